@@ -1,0 +1,74 @@
+"""Keras callbacks for FTWT training."""
+
+import keras
+
+
+class FlopsLogger(keras.callbacks.Callback):
+    """Logs dense MACs, executed MACs and the FLOPs reduction at each epoch end.
+
+    Reads the `flops_reduction` metric that `FTWTModel` tracks over the epoch
+    (and `val_flops_reduction` when there is validation data) and adds
+    `dense_macs`, `dynamic_macs` (per image, predictors included) and their
+    `val_` twins to the epoch's logs, so `History`, `CSVLogger` and
+    `TensorBoard` (place this callback before them) record them.
+
+    Args:
+        verbose: print one line per epoch (default True).
+
+    Example:
+
+    >>> logger = FlopsLogger(verbose=False)
+    """
+
+    def __init__(self, verbose=True):
+        super().__init__()
+        self.verbose = verbose
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not hasattr(self.model, "dense_macs"):
+            return
+        dense = float(self.model.dense_macs)
+        logs["dense_macs"] = dense
+        line = [f"Epoch {epoch + 1}: dense {dense / 1e6:.2f} MMACs"]
+        for prefix in ("", "val_"):
+            reduction = logs.get(prefix + "flops_reduction")
+            if reduction is None:
+                continue
+            logs[prefix + "dynamic_macs"] = dense * (1.0 - float(reduction))
+            line.append(
+                f"{prefix or 'train_'}dynamic {logs[prefix + 'dynamic_macs'] / 1e6:.2f} "
+                f"MMACs ({100 * float(reduction):.1f}% fewer)"
+            )
+        if self.verbose:
+            print(" | ".join(line))
+
+
+class GateCooldown(keras.callbacks.Callback):
+    """Sets the gate-loss weight to 0 after a fraction of the epochs (paper: 0.5).
+
+    Afterwards the predictors are no longer trained toward the targets while the
+    backbone keeps adapting to the gates it gets.
+
+    Args:
+        fraction: fraction of `epochs` after which the weight is 0.
+        epochs: total epochs; by default the `epochs` passed to `fit`.
+    """
+
+    def __init__(self, fraction=0.5, epochs=None):
+        super().__init__()
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"`fraction` must be in [0, 1]; got {fraction}.")
+        self.fraction = fraction
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        epochs = self.epochs or self.params.get("epochs")
+        weight = 0.0 if epoch >= int(self.fraction * epochs) else 1.0
+        self.model.gate_loss_weight.assign(weight)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["gate_loss_weight"] = float(keras.ops.convert_to_numpy(self.model.gate_loss_weight))
+
+
+__all__ = ["FlopsLogger", "GateCooldown"]

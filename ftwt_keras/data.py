@@ -1,0 +1,185 @@
+"""Input pipelines (TensorFlow / tfds): CIFAR-10/100, ImageNet, image folders.
+
+Images come out as float32 raw RGB pixels in [0, 255] (the zoo models
+normalize inside), labels as int32. Training pipelines shuffle and apply the
+standard augmentation: CIFAR pad-4 random crop + horizontal flip; ImageNet
+random-resized crop + flip, evaluation resize-256 + center crop.
+"""
+
+import os
+
+CIFAR_DATASETS = ("cifar10", "cifar100")
+IMAGENET = "imagenet2012"
+
+_PREPARE_HINT = {
+    "cifar10": (
+        "This machine has no internet: build it offline with\n"
+        "    python ../shared/data/build_tfds_cifar10.py \"$HOME/tensorflow_datasets\"\n"
+        "(or download it elsewhere with tfds and copy the data_dir)."
+    ),
+    "cifar100": "Prepare it with `tfds build cifar100` on a machine with internet and copy the data_dir.",
+    IMAGENET: (
+        "imagenet2012 needs a manual download: put ILSVRC2012_img_train.tar and "
+        "ILSVRC2012_img_val.tar in <data_dir>/downloads/manual and run "
+        "`tfds build imagenet2012 --data_dir <data_dir>`."
+    ),
+}
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _data_dir(data_dir):
+    return data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def load_tfds(name, split, data_dir=None):
+    """Loads a prepared tfds dataset as `(image, label)` pairs, never downloading.
+
+    Raises:
+        FileNotFoundError: the dataset is not prepared in `data_dir`; the
+            message says how to prepare it.
+    """
+    import tensorflow_datasets as tfds
+
+    data_dir = _data_dir(data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as error:  # unknown name, broken registry
+        raise ValueError(f"Unknown tfds dataset {name!r}: {error}") from None
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"Dataset {name!r} is not prepared in {data_dir}. "
+            + _PREPARE_HINT.get(name, f"Prepare it with `tfds build {name}`.")
+        )
+    return builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+
+
+def _cifar_augment(image, label):
+    tf = _tf()
+    image = tf.pad(image, [[4, 4], [4, 4], [0, 0]], mode="CONSTANT")
+    image = tf.image.random_crop(image, tf.shape(image) - [8, 8, 0])
+    image = tf.image.random_flip_left_right(image)
+    return image, label
+
+
+def _imagenet_train(image, label, size):
+    tf = _tf()
+    begin, crop, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.zeros([1, 0, 4]),
+        area_range=(0.08, 1.0),
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.slice(image, begin, crop)
+    image = tf.image.resize(image, (size, size))
+    return tf.image.random_flip_left_right(image), label
+
+
+def _imagenet_eval(image, label, size):
+    tf = _tf()
+    resize = int(round(size * 256 / 224))
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = resize / tf.reduce_min(shape)
+    image = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32))
+    return tf.image.resize_with_crop_or_pad(image, size, size), label
+
+
+def _finish(dataset, batch_size, training, augment, shuffle_buffer, seed):
+    tf = _tf()
+
+    def to_float(image, label):
+        return tf.cast(image, tf.float32), tf.cast(label, tf.int32)
+
+    dataset = dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if augment is not None:
+        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+def cifar(name="cifar10", split="train", batch_size=128, training=None, data_dir=None,
+          take=None, seed=None):
+    """A CIFAR-10/100 pipeline of `(images, labels)` batches.
+
+    Args:
+        name: "cifar10" or "cifar100".
+        split: tfds split, e.g. "train", "test", "train[:10%]".
+        batch_size: batch size (training drops the last partial batch).
+        training: shuffle + augment; defaults to `split` starting with "train".
+        data_dir: tfds data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
+        take: keep only the first `take` examples (before shuffling).
+        seed: shuffle / augmentation seed.
+    """
+    if name not in CIFAR_DATASETS:
+        raise ValueError(f"`name` must be one of {CIFAR_DATASETS}; got {name!r}.")
+    training = split.startswith("train") if training is None else training
+    dataset = load_tfds(name, split, data_dir)
+    if take is not None:
+        dataset = dataset.take(take)
+    return _finish(dataset, batch_size, training, _cifar_augment if training else None, 50_000, seed)
+
+
+def imagenet(split="train", batch_size=256, training=None, data_dir=None, image_size=224, seed=None):
+    """An ImageNet (imagenet2012, manual download) pipeline; see `cifar` for args."""
+    training = split.startswith("train") if training is None else training
+    dataset = load_tfds(IMAGENET, split, data_dir)
+    tf = _tf()
+    prepare = _imagenet_train if training else _imagenet_eval
+    dataset = dataset.map(
+        lambda image, label: prepare(tf.cast(image, tf.float32), label, image_size),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return _finish(dataset, batch_size, training, None, 10_000, seed)
+
+
+def image_folder(directory, image_size, batch_size=64, training=False, seed=None):
+    """Images in `directory/<class name>/*.jpg|png` as `(images, labels)` batches.
+
+    Class indices follow the sorted class-folder names. Training applies a
+    random horizontal flip (plus the CIFAR crop for 32x32 images).
+    """
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"Image folder {directory!r} does not exist; expected "
+            "<directory>/<class name>/<image files>."
+        )
+    import keras
+
+    dataset = keras.utils.image_dataset_from_directory(
+        directory,
+        image_size=tuple(image_size),
+        batch_size=None,
+        shuffle=training,
+        seed=seed,
+        label_mode="int",
+    )
+    tf = _tf()
+
+    def flip(image, label):
+        return tf.image.random_flip_left_right(image), label
+
+    augment = None
+    if training:
+        augment = _cifar_augment if tuple(image_size) == (32, 32) else flip
+    return _finish(dataset, batch_size, training, augment, 10_000, seed)
+
+
+def load(name, split, batch_size=128, training=None, data_dir=None, **kwargs):
+    """Dispatches on `name`: "cifar10", "cifar100", "imagenet2012" or a folder path."""
+    if name in CIFAR_DATASETS:
+        return cifar(name, split, batch_size, training, data_dir, **kwargs)
+    if name == IMAGENET:
+        return imagenet(split, batch_size, training, data_dir, **kwargs)
+    if os.path.sep in name or os.path.isdir(name):
+        return image_folder(os.path.join(name, split), batch_size=batch_size,
+                            training=bool(training), **kwargs)
+    raise ValueError(
+        f"Unknown dataset {name!r}: use cifar10, cifar100, imagenet2012 or a "
+        "path to an image folder."
+    )

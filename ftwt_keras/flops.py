@@ -1,0 +1,284 @@
+"""Exact multiply-accumulate (MAC) accounting for dense and gated models.
+
+Convention (one MAC = one multiply-add; FLOPs ~ 2 x MACs):
+
+* Conv2D: `H_out * W_out * k_h * k_w * C_in * C_out / groups`; Dense:
+  `C_in * C_out` per position. Batch norm, activations, pooling, additions and
+  the masking multiply are not counted (they are not MACs).
+* Gated execution counts what really has to be computed for one image:
+  a conv costs `H_out * W_out * k_h * k_w * (active inputs) * (active
+  outputs)`; a depthwise conv costs `H_out * W_out * k_h * k_w` per channel
+  whose input *and* output are both active. An output filter that is on but
+  whose inputs are all off is a per-channel constant (the batch-norm shift):
+  it costs no MACs.
+* A channel is "inactive" at a layer's input when the gated layer that produced
+  it switched it off and every layer in between maps zero to zero (padding,
+  pooling, dropout, flatten, zero-preserving activations). Anything else — a
+  residual `Add`, a standalone batch norm, concatenation — makes the input
+  dense again.
+* Each gated layer's `MaskPredictor` is charged its dense map, `C_in * C_out`
+  MACs (global pooling and softmax are not MACs), in every image.
+
+This differs on purpose from the official FTWT code, which charges a depthwise
+layer zero once any of its inputs is masked, lets a residual block's next conv
+inherit the previous conv's sparsity, and ignores predictors.
+"""
+
+import dataclasses
+import math
+from typing import Optional
+
+import keras
+import numpy as np
+from keras import ops
+
+from ftwt_keras import _graph
+from ftwt_keras.layers import GatedConv, record_gates
+
+
+@dataclasses.dataclass(frozen=True)
+class MacTerm:
+    """The MACs of one layer, as a function of the gates around it.
+
+    `kind` is `"conv"` (cost = `macs_per_pair * active_in * in_repeat *
+    active_out`), `"depthwise"` (cost = `macs_per_pair * |active_in & active_out|`)
+    or `"predictor"` (constant `macs_per_pair`). `in_gate` / `out_gate` name the
+    gated layers whose masks describe the input / output channels (None: dense).
+    """
+
+    layer_name: str
+    kind: str
+    macs_per_pair: int
+    in_channels: int
+    out_channels: int
+    in_gate: Optional[str] = None
+    out_gate: Optional[str] = None
+    in_repeat: int = 1
+
+    @property
+    def dense_macs(self):
+        if self.kind == "predictor":
+            return self.macs_per_pair
+        if self.kind == "depthwise":
+            return self.macs_per_pair * self.out_channels
+        return self.macs_per_pair * self.in_channels * self.in_repeat * self.out_channels
+
+
+def _network(model):
+    return getattr(model, "network", model)
+
+
+def _zero_preserving_activation(activation):
+    try:
+        value = activation(ops.zeros((1,)))
+        return float(ops.convert_to_numpy(value)[0]) == 0.0
+    except Exception:  # an activation we cannot probe: assume it is not
+        return False
+
+
+_CHANNEL_PRESERVING = (
+    keras.layers.ZeroPadding2D,
+    keras.layers.MaxPooling2D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout2D,
+    keras.layers.Identity,
+)
+
+
+def _spatial(shape):
+    return math.prod(int(d) for d in shape[1:-1])
+
+
+def _layer_terms(layer, in_shape, out_shape, source):
+    """MacTerms of one layer and the channel source of its output."""
+    in_gate, repeat = source
+    if isinstance(layer, GatedConv):
+        conv = layer.conv
+        per = _spatial(out_shape) * math.prod(conv.kernel_size)
+        cin, cout = int(in_shape[-1]), int(out_shape[-1])
+        kind = "depthwise" if layer.is_depthwise else "conv"
+        terms = [
+            MacTerm(layer.name, kind, per, cin, cout, in_gate, layer.name, repeat),
+            MacTerm(layer.name + "/predictor", "predictor", cin * cout, cin, cout),
+        ]
+        return terms, (layer.name, 1)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        per = _spatial(out_shape) * math.prod(layer.kernel_size)
+        cin = int(in_shape[-1])
+        if layer.depth_multiplier == 1:
+            term = MacTerm(layer.name, "depthwise", per, cin, cin, in_gate, None)
+            keeps_zero = not layer.use_bias and _zero_preserving_activation(layer.activation)
+            return [term], (in_gate, 1) if keeps_zero else (None, 1)
+        cout = int(out_shape[-1])
+        return [MacTerm(layer.name, "conv", per * cout // cin, cin, 1, in_gate, None)], (None, 1)
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        per = _spatial(out_shape) * math.prod(layer.kernel_size)
+        cin, cout = int(in_shape[-1]), int(out_shape[-1])
+        mid = cin * layer.depth_multiplier
+        return [
+            MacTerm(layer.name + "/depthwise", "conv", per * layer.depth_multiplier, cin, 1, in_gate),
+            MacTerm(layer.name + "/pointwise", "conv", _spatial(out_shape), mid, cout),
+        ], (None, 1)
+    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
+        groups = getattr(layer, "groups", 1)
+        per = _spatial(out_shape) * math.prod(layer.kernel_size)
+        cin, cout = int(in_shape[-1]), int(out_shape[-1])
+        if groups != 1 or len(in_shape) != 4:
+            return [MacTerm(layer.name, "conv", per, cin // groups, cout)], (None, 1)
+        return [MacTerm(layer.name, "conv", per, cin, cout, in_gate, None, repeat)], (None, 1)
+    if isinstance(layer, (keras.layers.Conv2DTranspose, keras.layers.Conv1DTranspose, keras.layers.Conv3DTranspose)):
+        per = _spatial(in_shape) * math.prod(layer.kernel_size)
+        return [MacTerm(layer.name, "conv", per, int(in_shape[-1]), int(out_shape[-1]))], (None, 1)
+    if isinstance(layer, keras.layers.Dense):
+        per = _spatial(in_shape) if len(in_shape) > 2 else 1
+        # After a Flatten, each of the gate's channels became `repeat` features.
+        cin, cout = int(in_shape[-1]) // repeat, int(out_shape[-1])
+        return [MacTerm(layer.name, "conv", per, cin, cout, in_gate, None, repeat)], (None, 1)
+    if isinstance(layer, keras.Model):
+        return mac_terms(layer), (None, 1)
+    if isinstance(layer, keras.layers.Flatten):
+        return [], (in_gate, repeat * _spatial(in_shape))
+    if isinstance(layer, _CHANNEL_PRESERVING):
+        return [], source
+    if isinstance(layer, (keras.layers.Activation, keras.layers.ReLU)):
+        activation = layer.activation if isinstance(layer, keras.layers.Activation) else layer
+        return [], source if _zero_preserving_activation(activation) else (None, 1)
+    return [], (None, 1)
+
+
+def mac_terms(model):
+    """Lists the `MacTerm`s of every MAC-carrying layer of a functional model."""
+    network = _graph.as_functional(_network(model))
+    _graph.layer_nodes(network)  # refuses shared layers
+    sources = {}
+    terms = []
+    for node in _graph.model_nodes(network):
+        if node.is_input or node.operation is None:
+            continue
+        layer = node.operation
+        feeding = _graph.producers(node)
+        source = sources.get(id(feeding[0]), (None, 1)) if len(feeding) == 1 else (None, 1)
+        in_shape = node.input_tensors[0].shape
+        out_shape = node.outputs[0].shape
+        layer_terms, sources[id(layer)] = _layer_terms(layer, in_shape, out_shape, source)
+        terms.extend(layer_terms)
+    return terms
+
+
+def count_macs(model, include_predictors=False):
+    """Dense MACs per image of `model` (conv and dense layers), as an int.
+
+    For a gated model this is the MACs of its backbone with every filter on;
+    the predictors are added only with `include_predictors=True`.
+
+    Example:
+
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    >>> count_macs(keras.Model(inputs, x))  # 8*8 * 3*3 * 3*4
+    6912
+    """
+    return int(
+        sum(
+            t.dense_macs
+            for t in mac_terms(model)
+            if include_predictors or t.kind != "predictor"
+        )
+    )
+
+
+def executed_macs(terms, gate_masks, batch_size=None):
+    """Per-sample MACs executed, given each gated layer's `(batch, C)` 0/1 mask.
+
+    Args:
+        terms: from `mac_terms(model)`.
+        gate_masks: dict `{gated layer name: mask}`; a missing name counts as
+            all filters on.
+        batch_size: needed only when `gate_masks` is empty.
+
+    Returns:
+        Float tensor of shape `(batch,)` (keras.ops).
+    """
+    reference = next(iter(gate_masks.values()), None)
+    if reference is None:
+        constant = float(sum(t.dense_macs for t in terms))
+        return ops.full((batch_size,), constant)
+    total = ops.zeros_like(reference[:, 0])
+    constant = 0.0
+
+    def active(name, channels):
+        mask = gate_masks.get(name) if name is not None else None
+        if mask is None:
+            return None, float(channels)
+        return mask, ops.sum(mask, axis=-1)
+
+    for term in terms:
+        if term.kind == "predictor":
+            constant += term.macs_per_pair
+            continue
+        in_mask, in_count = active(term.in_gate, term.in_channels)
+        out_mask, out_count = active(term.out_gate, term.out_channels)
+        if term.kind == "depthwise":
+            if in_mask is None and out_mask is None:
+                constant += term.dense_macs
+                continue
+            if in_mask is None or out_mask is None:
+                both = in_count if out_mask is None else out_count
+            else:
+                both = ops.sum(in_mask * out_mask, axis=-1)
+            total = total + term.macs_per_pair * both
+        else:
+            if in_mask is None and out_mask is None:
+                constant += term.dense_macs
+                continue
+            total = total + term.macs_per_pair * term.in_repeat * in_count * out_count
+    return total + constant
+
+
+def gate_masks_of(model, images, training=False):
+    """Runs `model` on one batch and returns `{gated layer name: mask}` (tensors)."""
+    with record_gates() as recorder:
+        _network(model)(images, training=training)
+    return {name: record.mask for name, record in recorder.by_layer_name().items()}
+
+
+def _batches(images, batch_size):
+    if isinstance(images, np.ndarray) or hasattr(images, "shape"):
+        for start in range(0, int(images.shape[0]), batch_size):
+            yield images[start : start + batch_size]
+        return
+    for batch in images:
+        if isinstance(batch, (tuple, list)):
+            batch = batch[0]
+        elif isinstance(batch, dict):
+            batch = batch.get("image", next(iter(batch.values())))
+        yield batch
+
+
+def dynamic_macs(model, images, batch_size=128):
+    """MACs actually executed for each image by a gated model, as a numpy array.
+
+    Args:
+        model: an `FTWTModel` (or a plain model, whose MACs are constant).
+        images: array of images `(N, H, W, C)`, or an iterable of batches
+            (e.g. a `tf.data.Dataset` of `(images, labels)`).
+        batch_size: used when `images` is an array.
+
+    Returns:
+        `np.ndarray` of shape `(N,)`, predictors included (see module doc).
+    """
+    terms = mac_terms(model)
+    results = []
+    for batch in _batches(images, batch_size):
+        masks = gate_masks_of(model, batch)
+        macs = executed_macs(terms, masks, batch_size=int(batch.shape[0]))
+        results.append(np.asarray(ops.convert_to_numpy(macs), dtype=np.float64))
+    if not results:
+        raise ValueError("`images` is empty: dynamic_macs needs at least one image.")
+    return np.concatenate(results)
+
+
+__all__ = ["MacTerm", "mac_terms", "count_macs", "executed_macs", "dynamic_macs", "gate_masks_of"]

@@ -1,0 +1,187 @@
+"""`gate()`: turn a trained plain CNN into an FTWT model with the same weights."""
+
+import keras
+
+from ftwt_keras import _graph, masks
+from ftwt_keras.layers import MODES, POOLINGS, TARGETS, SUPPORTED_CONVS, GatedConv, _check_conv
+from ftwt_keras.training import FTWTModel
+
+_UNSUPPORTED_CONVS = (
+    keras.layers.SeparableConv2D,
+    keras.layers.Conv1D,
+    keras.layers.Conv3D,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv3DTranspose,
+    keras.layers.SeparableConv1D,
+)
+
+
+def _copy_layer(layer):
+    """A new layer with the same config and weights as `layer`."""
+    copy = layer.__class__.from_config(layer.get_config())
+    if layer.built:
+        copy.build_from_config(layer.get_build_config())
+        copy.set_weights(layer.get_weights())
+    return copy
+
+
+def _activation_of(layer):
+    """The serializable activation computed by an activation layer, else None."""
+    if isinstance(layer, keras.layers.Activation):
+        return layer.activation
+    if isinstance(layer, keras.layers.ReLU) and not layer.negative_slope and not layer.threshold:
+        if layer.max_value is None:
+            return "relu"
+        if float(layer.max_value) == 6.0:
+            return "relu6"
+    return None
+
+
+def _find_units(model, layers_to_gate):
+    """Maps `id(conv)` to `(conv, batch_norm or None, activation layer or None)`."""
+    nodes = _graph.layer_nodes(model)
+    readers = _graph.consumers(model, nodes)
+
+    def sole_reader(layer):
+        found = readers.get(id(layer), [])
+        return found[0] if len(found) == 1 else None
+
+    units = {}
+    for node in nodes.values():
+        layer = node.operation
+        if isinstance(layer, GatedConv):
+            raise ValueError(
+                f"Layer '{layer.name}' is already a GatedConv: this model is "
+                "already gated."
+            )
+        if isinstance(layer, keras.Model) and any(
+            isinstance(sub, SUPPORTED_CONVS + _UNSUPPORTED_CONVS) for sub in layer._flatten_layers()
+        ):
+            raise ValueError(
+                f"Layer '{layer.name}' is a nested model containing convs; gate() "
+                "needs a flat model. Rebuild it without nesting, or gate the "
+                "inner model first."
+            )
+        is_conv = isinstance(layer, SUPPORTED_CONVS + _UNSUPPORTED_CONVS)
+        if not is_conv or (layers_to_gate is not None and not layers_to_gate(layer)):
+            continue
+        if type(layer) not in SUPPORTED_CONVS:
+            raise ValueError(
+                f"Cannot gate layer '{layer.name}' ({type(layer).__name__}): FTWT "
+                "gates Conv2D and DepthwiseConv2D only. Pass "
+                "`layers_to_gate=lambda layer: ...` to leave it dense."
+            )
+        try:
+            _check_conv(layer)
+        except ValueError as error:
+            raise ValueError(f"Cannot gate layer '{layer.name}': {error}") from None
+        batch_norm = activation = None
+        follower = sole_reader(layer)
+        if isinstance(follower, keras.layers.BatchNormalization) and follower.axis in (-1, 3, [-1], [3]):
+            batch_norm = follower
+            follower = sole_reader(batch_norm)
+        if follower is not None and _activation_of(follower) is not None:
+            activation = follower
+        units[id(layer)] = (layer, batch_norm, activation)
+    return units
+
+
+def gate(
+    model,
+    threshold=1.0,
+    mode="decoupled",
+    target="mass",
+    pooling="avg",
+    use_softmax=True,
+    layers_to_gate=None,
+):
+    """Returns an `FTWTModel` computing `model` with every conv unit gated.
+
+    Each `Conv2D` / `DepthwiseConv2D` becomes a `GatedConv`, fused with the
+    `BatchNormalization` and activation layer that directly follow it (as in
+    FTWT: the target is read after BN and activation; a conv followed by BN and
+    a residual `Add`, like ResNet's second conv, is gated before the add). The
+    weights are copied, so `model` is left untouched, and with every gate on
+    the result computes exactly what `model` computes.
+
+    Args:
+        model: a built functional or Sequential Keras model (e.g. from
+            `ftwt_keras.models`), typically trained.
+        threshold: float in (0, 1], the heatmap mass kept by the targets.
+        mode: `"decoupled"` (gate loss trains only the predictors) or `"joint"`.
+        target: `"mass"` (default) or `"uniform"`.
+        pooling, use_softmax: mask predictor options.
+        layers_to_gate: optional `callable(layer) -> bool`; convs for which it
+            returns False stay plain (dense) layers.
+
+    Returns:
+        An uncompiled `ftwt_keras.FTWTModel`.
+
+    Raises:
+        ValueError: for a bad argument, a subclassed model, or a conv layer
+            that cannot be gated (the message names the layer).
+
+    Example:
+
+    >>> import ftwt_keras as fk
+    >>> base = fk.models.resnet_cifar(depth=20)
+    >>> model = fk.gate(base, threshold=0.95)
+    >>> len(model.gated_layers)
+    19
+    """
+    masks.check_threshold(threshold)
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+    if target not in TARGETS:
+        raise ValueError(f"`target` must be one of {TARGETS}; got {target!r}.")
+    if pooling not in POOLINGS:
+        raise ValueError(f"`pooling` must be one of {POOLINGS}; got {pooling!r}.")
+    if isinstance(model, FTWTModel):
+        raise ValueError(f"Model '{model.name}' is already an FTWTModel.")
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"gate() expects a keras.Model; got {type(model).__name__}.")
+    functional = _graph.as_functional(model)
+    units = _find_units(functional, layers_to_gate)
+    if not units:
+        raise ValueError(
+            f"Model '{model.name}' has no Conv2D or DepthwiseConv2D layer to gate."
+        )
+    fused = {}  # id(batch norm or activation layer) of a unit -> True
+    for _, batch_norm, activation in units.values():
+        for layer in (batch_norm, activation):
+            if layer is not None:
+                fused[id(layer)] = True
+
+    _FUSED = object()  # stands for a layer folded into the preceding GatedConv
+
+    def clone_function(layer):
+        if id(layer) in units:
+            conv, batch_norm, activation = units[id(layer)]
+            return GatedConv(
+                _copy_layer(conv),
+                None if batch_norm is None else _copy_layer(batch_norm),
+                activation=None if activation is None else _activation_of(activation),
+                threshold=threshold,
+                target=target,
+                mode=mode,
+                pooling=pooling,
+                use_softmax=use_softmax,
+                name=conv.name,
+            )
+        if id(layer) in fused:
+            return _FUSED
+        return _copy_layer(layer)
+
+    def call_function(layer, *args, **kwargs):
+        if layer is _FUSED:
+            return args[0]
+        return layer(*args, **kwargs)
+
+    network = keras.models.clone_model(
+        functional, clone_function=clone_function, call_function=call_function
+    )
+    return FTWTModel(network, name=f"{model.name}_ftwt")
+
+
+__all__ = ["gate"]

@@ -1,0 +1,382 @@
+"""Keras layers of FTWT: the mask predictor and the gated conv unit.
+
+`GatedConv` wraps one conv unit (a `Conv2D` or `DepthwiseConv2D`, optionally
+followed by `BatchNormalization` and an activation) with a `MaskPredictor`
+that reads the unit's input and decides, per sample, which output filters
+fire. Training code needs the predictor logits and the self-supervised targets
+of every gated layer; a layer reports them to the innermost active
+`GateRecorder` (see `record_gates`) instead of changing its outputs, so gated
+layers drop into any functional model.
+"""
+
+import contextlib
+import threading
+from typing import NamedTuple, Optional
+
+import keras
+from keras import ops
+
+from ftwt_keras import masks
+
+PACKAGE = "ftwt_keras"
+POOLINGS = ("avg", "max")
+MODES = ("decoupled", "joint")
+TARGETS = ("mass", "uniform")
+SUPPORTED_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MaskPredictor(keras.layers.Layer):
+    """Predicts per-sample gate logits for a conv layer's output filters.
+
+    As in the official FTWT code: global pooling of the conv's *input*, an
+    optional softmax over channels, then a dense (1x1 conv) map to one logit
+    per output filter. A filter fires when its logit is > 0 (sigmoid > 0.5).
+
+    Args:
+        units: number of output filters to gate.
+        pooling: `"avg"` (official code, default) or `"max"` (paper figure).
+        use_softmax: apply a softmax over the pooled channels (default True).
+        kernel_initializer: defaults to PyTorch's conv default,
+            U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        bias_initializer: `None` (default) means the same PyTorch default.
+
+    Example:
+
+    >>> import numpy as np
+    >>> predictor = MaskPredictor(8)
+    >>> predictor(np.ones((2, 4, 4, 3), "float32")).shape
+    (2, 8)
+    """
+
+    def __init__(
+        self,
+        units,
+        pooling="avg",
+        use_softmax=True,
+        kernel_initializer=None,
+        bias_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(units, int) or units < 1:
+            raise ValueError(f"`units` must be a positive int; got {units!r}.")
+        if pooling not in POOLINGS:
+            raise ValueError(f"`pooling` must be one of {POOLINGS}; got {pooling!r}.")
+        self.units = units
+        self.pooling = pooling
+        self.use_softmax = bool(use_softmax)
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer
+            or keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+        )
+        self.bias_initializer = (
+            None if bias_initializer is None else keras.initializers.get(bias_initializer)
+        )
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError("MaskPredictor needs a known number of input channels.")
+        bias_initializer = self.bias_initializer or keras.initializers.RandomUniform(
+            -(channels**-0.5), channels**-0.5
+        )
+        self.kernel = self.add_weight(
+            name="kernel", shape=(channels, self.units), initializer=self.kernel_initializer
+        )
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer=bias_initializer)
+
+    def pool(self, inputs):
+        """Global pooling of channels-last `inputs` to `(batch, channels)`."""
+        if len(inputs.shape) == 2:
+            return inputs
+        if self.pooling == "max":
+            return ops.max(inputs, axis=(1, 2))
+        return ops.mean(inputs, axis=(1, 2))
+
+    def call(self, inputs):
+        pooled = self.pool(inputs)
+        if self.use_softmax:
+            pooled = ops.softmax(pooled, axis=-1)
+        return ops.matmul(pooled, self.kernel) + self.bias
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            units=self.units,
+            pooling=self.pooling,
+            use_softmax=self.use_softmax,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=(
+                None
+                if self.bias_initializer is None
+                else keras.initializers.serialize(self.bias_initializer)
+            ),
+        )
+        return config
+
+
+class GateRecord(NamedTuple):
+    """What one call of a `GatedConv` reports to the active recorder."""
+
+    layer: "GatedConv"
+    logits: object  # (batch, filters) predictor logits
+    mask: object  # (batch, filters) binary mask that was applied (logits > 0)
+    target: Optional[object]  # (batch, filters) self-supervised target, if asked
+
+
+class GateRecorder:
+    """Collects the `GateRecord`s of the gated layers called inside its scope.
+
+    Use through `record_gates`. Scopes are per thread (each replica of a
+    `tf.distribute` strategy runs in its own thread) and nest: only the
+    innermost recorder receives records.
+
+    Args:
+        targets: compute each layer's self-supervised target (costs a
+            reduction and a sort per layer; training and evaluation need it).
+        apply_masks: multiply outputs by the predicted masks. `False` runs the
+            dense network (every filter computed), e.g. to read the targets of
+            the unpruned model.
+    """
+
+    _local = threading.local()
+
+    def __init__(self, targets=False, apply_masks=True):
+        self.targets = targets
+        self.apply_masks = apply_masks
+        self.records = []
+
+    @classmethod
+    def current(cls):
+        stack = getattr(cls._local, "stack", None)
+        return stack[-1] if stack else None
+
+    def __enter__(self):
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        self._local.stack.append(self)
+        return self
+
+    def __exit__(self, *exc_info):
+        self._local.stack.pop()
+        return False
+
+    def by_layer_name(self):
+        """Returns `{layer name: GateRecord}`; each layer must be called once."""
+        records = {}
+        for record in self.records:
+            name = record.layer.name
+            if name in records:
+                raise ValueError(
+                    f"Gated layer '{name}' was called more than once in one "
+                    "forward pass; FTWT needs one gate per layer call. Use a "
+                    "separate GatedConv for each call."
+                )
+            records[name] = record
+        return records
+
+
+def record_gates(targets=False, apply_masks=True):
+    """Context manager collecting gate logits, masks (and targets) of a forward pass.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = GatedConv(keras.layers.Conv2D(4, 3, padding="same"))
+    >>> with record_gates(targets=True) as recorder:
+    ...     _ = layer(np.ones((1, 8, 8, 3), "float32"))
+    >>> [r.mask.shape for r in recorder.records]
+    [(1, 4)]
+    """
+    return GateRecorder(targets=targets, apply_masks=apply_masks)
+
+
+def _deserialize_layer(layer):
+    if layer is None or isinstance(layer, keras.layers.Layer):
+        return layer
+    return keras.saving.deserialize_keras_object(layer)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GatedConv(keras.layers.Layer):
+    """A conv unit (conv -> batch norm -> activation) gated per sample by FTWT.
+
+    The `MaskPredictor` reads the unit's input and predicts one logit per output
+    filter; filters whose logit is <= 0 are zeroed in the output (in training
+    too: the binary mask is a constant for the task loss, as in the paper).
+    The self-supervised target is taken from the unit's dense output after
+    batch norm and activation. In `"decoupled"` mode the predictor's input is
+    a stop-gradient, so the gate loss cannot reach the backbone; in `"joint"`
+    mode it can.
+
+    Args:
+        conv: a `keras.layers.Conv2D` (groups=1) or `DepthwiseConv2D`
+            (depth_multiplier=1) layer, channels-last.
+        batch_norm: optional `keras.layers.BatchNormalization` after the conv.
+        activation: optional activation after batch norm (name or callable).
+        threshold: float in (0, 1]: the heatmap mass to keep (`target="mass"`)
+            or the fraction of filters kept (`target="uniform"`).
+        target: `"mass"` (default) or `"uniform"`, see `ftwt_keras.masks`.
+        mode: `"decoupled"` (default) or `"joint"`.
+        pooling, use_softmax: passed to the `MaskPredictor`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = GatedConv(
+    ...     keras.layers.Conv2D(16, 3, padding="same", use_bias=False),
+    ...     keras.layers.BatchNormalization(),
+    ...     activation="relu",
+    ...     threshold=0.95,
+    ... )
+    >>> layer(np.ones((2, 8, 8, 3), "float32")).shape
+    (2, 8, 8, 16)
+    """
+
+    def __init__(
+        self,
+        conv,
+        batch_norm=None,
+        activation=None,
+        threshold=1.0,
+        target="mass",
+        mode="decoupled",
+        pooling="avg",
+        use_softmax=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        conv = _deserialize_layer(conv)
+        batch_norm = _deserialize_layer(batch_norm)
+        _check_conv(conv)
+        if batch_norm is not None and not isinstance(
+            batch_norm, keras.layers.BatchNormalization
+        ):
+            raise ValueError(
+                "`batch_norm` must be a keras.layers.BatchNormalization or None; "
+                f"got {type(batch_norm).__name__}."
+            )
+        if batch_norm is not None and batch_norm.axis not in (-1, 3, [-1], [3]):
+            raise ValueError(
+                f"BatchNormalization '{batch_norm.name}' must normalize the last "
+                f"(channels) axis; got axis={batch_norm.axis}."
+            )
+        if target not in TARGETS:
+            raise ValueError(f"`target` must be one of {TARGETS}; got {target!r}.")
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+        self.conv = conv
+        self.batch_norm = batch_norm
+        self.activation = keras.activations.get(activation)
+        self.threshold = masks.check_threshold(threshold)
+        self.target = target
+        self.mode = mode
+        self.pooling = pooling
+        self.use_softmax = bool(use_softmax)
+        # A depthwise conv has as many filters as input channels: its
+        # predictor is made in build(), once they are known.
+        self.predictor = None
+        if not self.is_depthwise:
+            self.predictor = self._make_predictor(conv.filters)
+
+    def _make_predictor(self, units):
+        return MaskPredictor(
+            units, pooling=self.pooling, use_softmax=self.use_softmax, name="predictor"
+        )
+
+    @property
+    def is_depthwise(self):
+        return isinstance(self.conv, keras.layers.DepthwiseConv2D)
+
+    def build(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError(f"GatedConv '{self.name}' needs a known number of input channels.")
+        if not self.conv.built:
+            self.conv.build(input_shape)
+        conv_shape = self.conv.compute_output_shape(input_shape)
+        if self.batch_norm is not None and not self.batch_norm.built:
+            self.batch_norm.build(conv_shape)
+        if self.predictor is None:
+            self.predictor = self._make_predictor(conv_shape[-1])
+        if not self.predictor.built:
+            self.predictor.build(input_shape)
+
+    def dense_outputs(self, inputs, training=None):
+        """The unit's output with every filter computed (before gating)."""
+        outputs = self.conv(inputs)
+        if self.batch_norm is not None:
+            outputs = self.batch_norm(outputs, training=training)
+        return self.activation(outputs)
+
+    def gate_logits(self, inputs):
+        """Predictor logits; the input is a stop-gradient unless mode is joint."""
+        if self.mode == "decoupled":
+            inputs = ops.stop_gradient(inputs)
+        return self.predictor(inputs)
+
+    def call(self, inputs, training=None):
+        logits = self.gate_logits(inputs)
+        outputs = self.dense_outputs(inputs, training=training)
+        mask = ops.cast(logits > 0, outputs.dtype)
+        recorder = GateRecorder.current()
+        if recorder is not None:
+            target = None
+            if recorder.targets:
+                target = masks.target_mask(
+                    ops.stop_gradient(outputs), self.threshold, self.target
+                )
+            recorder.records.append(GateRecord(self, logits, mask, target))
+            if not recorder.apply_masks:
+                return outputs
+        return outputs * mask[:, None, None, :]
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            conv=keras.saving.serialize_keras_object(self.conv),
+            batch_norm=(
+                None
+                if self.batch_norm is None
+                else keras.saving.serialize_keras_object(self.batch_norm)
+            ),
+            activation=keras.activations.serialize(self.activation),
+            threshold=self.threshold,
+            target=self.target,
+            mode=self.mode,
+            pooling=self.pooling,
+            use_softmax=self.use_softmax,
+        )
+        return config
+
+
+def _check_conv(conv):
+    if type(conv) not in SUPPORTED_CONVS:
+        raise ValueError(
+            f"GatedConv can gate keras.layers.Conv2D or DepthwiseConv2D; layer "
+            f"'{getattr(conv, 'name', conv)}' is a {type(conv).__name__}."
+        )
+    if conv.data_format != "channels_last":
+        raise ValueError(
+            f"Layer '{conv.name}' uses data_format='{conv.data_format}'; FTWT "
+            "gates channels-last convs only. Rebuild the model channels-last."
+        )
+    if isinstance(conv, keras.layers.DepthwiseConv2D) and conv.depth_multiplier != 1:
+        raise ValueError(
+            f"DepthwiseConv2D '{conv.name}' has depth_multiplier="
+            f"{conv.depth_multiplier}; only 1 can be gated."
+        )
+    if isinstance(conv, keras.layers.Conv2D) and conv.groups != 1:
+        raise ValueError(
+            f"Conv2D '{conv.name}' is grouped (groups={conv.groups}); grouped "
+            "convs cannot be gated yet. Exclude it with `layers_to_gate`."
+        )
+
+
+__all__ = ["MaskPredictor", "GatedConv", "GateRecord", "GateRecorder", "record_gates"]

@@ -1,0 +1,262 @@
+"""The two-stage FTWT recipe shared by every `python -m ftwt_keras.recipes.*` app.
+
+Stage 1 trains (or loads) the dense baseline; stage 2 gates it and trains
+FTWT. Both stages checkpoint every epoch (`keras.callbacks.BackupAndRestore`),
+so re-running the same command after a kill resumes where it stopped; a
+finished stage is skipped. Outputs in `--output_dir`: `baseline.keras`,
+`model.keras`, `results.json`, TensorBoard logs under `logs/`.
+"""
+
+import json
+import os
+import time
+
+from absl import flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(**defaults):
+    """Defines the recipe flags; `defaults` override per-recipe default values."""
+
+    def default(name, value):
+        return defaults.get(name, value)
+
+    flags.DEFINE_string("output_dir", default("output_dir", "runs/recipe"), "Where checkpoints, logs and results go.")
+    flags.DEFINE_string("dataset", default("dataset", "cifar10"), "cifar10, cifar100, imagenet2012 or an image-folder path.")
+    flags.DEFINE_string("data_dir", None, "tfds data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+    flags.DEFINE_string("model", default("model", "mobilenet_v1"), "Zoo model: mobilenet_v1, resnet_cifar, vgg16_bn, resnet18, resnet34.")
+    flags.DEFINE_float("alpha", default("alpha", 1.0), "MobileNetV1 width multiplier.")
+    flags.DEFINE_integer("depth", default("depth", 56), "CIFAR ResNet depth.")
+    flags.DEFINE_integer("image_size", default("image_size", 32), "Input resolution.")
+    flags.DEFINE_integer("batch_size", default("batch_size", 128), "Batch size.")
+    flags.DEFINE_integer("train_take", None, "Use only the first N training images (quick runs).")
+    flags.DEFINE_integer("test_take", None, "Use only the first N test images (quick runs).")
+    flags.DEFINE_string("baseline", None, "Path of a trained dense .keras model: skips stage 1.")
+    flags.DEFINE_integer("baseline_epochs", default("baseline_epochs", 200), "Dense baseline epochs.")
+    flags.DEFINE_float("baseline_lr", default("baseline_lr", 0.1), "Dense baseline learning rate.")
+    flags.DEFINE_list("baseline_milestones", default("baseline_milestones", ["0.5", "0.75"]),
+                      "Baseline LR x0.1 points, as fractions of the epochs.")
+    flags.DEFINE_integer("epochs", default("epochs", 200), "FTWT epochs.")
+    flags.DEFINE_float("lr", default("lr", 0.01), "FTWT backbone learning rate.")
+    flags.DEFINE_list("milestones", default("milestones", ["0.405", "0.61", "0.755"]),
+                      "FTWT LR x0.1 points as fractions of the epochs (paper: 81/122/151 of 200).")
+    flags.DEFINE_float("gate_lr", default("gate_lr", 0.1), "Mask predictor learning rate.")
+    flags.DEFINE_float("weight_decay", default("weight_decay", 5e-4), "Backbone L2 weight decay.")
+    flags.DEFINE_float("threshold", default("threshold", 1.0), "Heatmap mass r kept by the gate targets.")
+    flags.DEFINE_enum("mode", default("mode", "decoupled"), ["decoupled", "joint"], "FTWT mode.")
+    flags.DEFINE_enum("target", default("target", "mass"), ["mass", "uniform"], "Gate target rule.")
+    flags.DEFINE_float("cooldown", default("cooldown", 0.5), "Fraction of FTWT epochs with the gate loss on.")
+    flags.DEFINE_integer("warmup_steps", default("warmup_steps", 0), "Predictor warm-up batches toward all-ones.")
+    flags.DEFINE_integer("estimate_images", default("estimate_images", 2048), "Training images for the before-training FLOPs estimate.")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 1 progress bar, 2 one line per epoch.")
+
+
+def build_model(config):
+    from ftwt_keras import models
+
+    shape = (config["image_size"], config["image_size"], 3)
+    classes = config["num_classes"]
+    name = config["model"]
+    if name == "mobilenet_v1":
+        return models.mobilenet_v1(shape, classes, alpha=config["alpha"])
+    if name == "resnet_cifar":
+        return models.resnet_cifar(config["depth"], shape, classes)
+    if name == "vgg16_bn":
+        return models.vgg16_bn(shape, classes)
+    if name in ("resnet18", "resnet34"):
+        return getattr(models, name)(shape, classes)
+    raise ValueError(f"Unknown --model {name!r}.")
+
+
+def step_schedule(lr, milestones, epochs):
+    """LR x0.1 at each milestone (fractions of `epochs`), as a Keras callback."""
+    import keras
+
+    boundaries = sorted(int(round(float(m) * epochs)) for m in milestones)
+
+    def schedule(epoch, current_lr):
+        return lr * (0.1 ** sum(epoch >= b for b in boundaries))
+
+    return keras.callbacks.LearningRateScheduler(schedule)
+
+
+def _with_l2(model, weight_decay):
+    """PyTorch-style (coupled) weight decay on every backbone variable.
+
+    SGD's `weight_decay` in Keras is decoupled; the paper's numbers come from
+    PyTorch's L2 term, `weight_decay / 2 * ||w||^2`, which momentum sees. Mask
+    predictors get none (paper: wd 0).
+    """
+    import keras
+
+    if not weight_decay:
+        return model
+    skip = {id(v) for v in getattr(model, "predictor_variables", [])}
+    for variable in model.trainable_variables:
+        if id(variable) not in skip:
+            variable.regularizer = keras.regularizers.L2(weight_decay / 2)
+    return model
+
+
+def _read_config():
+    config = {name: FLAGS[name].value for name in FLAGS if name in _RECIPE_FLAGS}
+    config["num_classes"] = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}.get(config["dataset"], 0)
+    return config
+
+
+_RECIPE_FLAGS = (
+    "output_dir dataset data_dir model alpha depth image_size batch_size train_take test_take baseline "
+    "baseline_epochs baseline_lr baseline_milestones epochs lr milestones gate_lr weight_decay threshold "
+    "mode target cooldown warmup_steps estimate_images seed verbose"
+).split()
+
+
+def _datasets(config):
+    from ftwt_keras import data
+
+    kwargs = {}
+    if config["dataset"] in data.CIFAR_DATASETS:
+        train = data.cifar(config["dataset"], "train", config["batch_size"], data_dir=config["data_dir"],
+                           take=config["train_take"], seed=config["seed"])
+        test = data.cifar(config["dataset"], "test", 256, training=False, data_dir=config["data_dir"],
+                          take=config["test_take"])
+        estimate = data.cifar(config["dataset"], "train", 256, training=False, data_dir=config["data_dir"],
+                              take=config["estimate_images"])
+        return train, test, estimate
+    if config["dataset"] == data.IMAGENET:
+        kwargs = {"image_size": config["image_size"]}
+        train = data.imagenet("train", config["batch_size"], data_dir=config["data_dir"], seed=config["seed"], **kwargs)
+        test = data.imagenet("validation", 128, training=False, data_dir=config["data_dir"], **kwargs)
+        return train, test, test.take(max(1, config["estimate_images"] // 128))
+    size = (config["image_size"], config["image_size"])
+    train = data.image_folder(os.path.join(config["dataset"], "train"), size, config["batch_size"], True, config["seed"])
+    test = data.image_folder(os.path.join(config["dataset"], "test"), size, 256)
+    config["num_classes"] = len(os.listdir(os.path.join(config["dataset"], "train")))
+    return train, test, test
+
+
+def _callbacks(config, stage, extra=()):
+    import keras
+
+    out = config["output_dir"]
+    return [
+        *extra,
+        keras.callbacks.BackupAndRestore(os.path.join(out, f"backup_{stage}")),
+        keras.callbacks.CSVLogger(os.path.join(out, f"{stage}_history.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(out, "logs", stage)),
+    ]
+
+
+def train_baseline(config, train, test):
+    """Stage 1: the dense baseline, resumable; returns the trained model."""
+    import keras
+
+    path = os.path.join(config["output_dir"], "baseline.keras")
+    if config["baseline"]:
+        logging.info("Using the given baseline %s", config["baseline"])
+        return keras.saving.load_model(config["baseline"]), 0.0
+    if os.path.exists(path):
+        logging.info("Stage 1 already done: loading %s", path)
+        return keras.saving.load_model(path), 0.0
+    model = _with_l2(build_model(config), config["weight_decay"])
+    model.compile(
+        optimizer=keras.optimizers.SGD(config["baseline_lr"], momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    epochs = config["baseline_epochs"]
+    start = time.time()
+    model.fit(
+        train, epochs=epochs, validation_data=test, verbose=config["verbose"], shuffle=False,
+        callbacks=_callbacks(config, "baseline", [step_schedule(config["baseline_lr"], config["baseline_milestones"], epochs)]),
+    )
+    model.save(path)
+    return model, time.time() - start
+
+
+def train_ftwt(config, baseline, train, test):
+    """Stage 2: gate the baseline and train FTWT, resumable; returns the model."""
+    import keras
+
+    import ftwt_keras as fk
+
+    path = os.path.join(config["output_dir"], "model.keras")
+    if os.path.exists(path):
+        logging.info("Stage 2 already done: loading %s", path)
+        return keras.saving.load_model(path), 0.0
+    model = fk.gate(baseline, threshold=config["threshold"], mode=config["mode"], target=config["target"])
+    _with_l2(model, config["weight_decay"])
+    model.compile(
+        optimizer=keras.optimizers.SGD(config["lr"], momentum=0.9),
+        gate_optimizer=keras.optimizers.SGD(config["gate_lr"], momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    epochs = config["epochs"]
+    backup = os.path.join(config["output_dir"], "backup_ftwt")
+    start = time.time()
+    if config["warmup_steps"] and not os.path.exists(backup):
+        logging.info("Warming up the predictors for %d batches", config["warmup_steps"])
+        model.warm_up_gates(train.repeat(), steps=config["warmup_steps"], verbose=config["verbose"])
+    extra = [
+        step_schedule(config["lr"], config["milestones"], epochs),
+        fk.callbacks.GateCooldown(config["cooldown"]),
+        fk.callbacks.FlopsLogger(),
+    ]
+    model.fit(train, epochs=epochs, validation_data=test, verbose=config["verbose"], shuffle=False,
+              callbacks=_callbacks(config, "ftwt", extra))
+    model.save(path)
+    return model, time.time() - start
+
+
+def run(config=None):
+    """Runs both stages and writes `results.json`; returns the results dict."""
+    import keras
+    import numpy as np
+
+    import ftwt_keras as fk
+
+    config = config or _read_config()
+    os.makedirs(config["output_dir"], exist_ok=True)
+    keras.utils.set_random_seed(config["seed"])
+    train, test, estimate_data = _datasets(config)
+
+    baseline, baseline_time = train_baseline(config, train, test)
+    baseline_accuracy = float(baseline.evaluate(test, verbose=0, return_dict=True)["accuracy"])
+    logging.info("Dense baseline test accuracy: %.4f", baseline_accuracy)
+    estimated = fk.estimate_flops_reduction(baseline, estimate_data, config["threshold"], config["target"])
+    logging.info("Estimated FLOPs reduction at r=%g before FTWT training: %.4f", config["threshold"], estimated)
+
+    model, ftwt_time = train_ftwt(config, baseline, train, test)
+    metrics = model.evaluate(test, verbose=0, return_dict=True)
+    macs = fk.flops.dynamic_macs(model, test)
+    dense = fk.flops.count_macs(model)
+    results = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "threshold": config["threshold"],
+        "mode": config["mode"],
+        "target": config["target"],
+        "baseline_accuracy": baseline_accuracy,
+        "accuracy": float(metrics["accuracy"]),
+        "gate_accuracy": float(metrics["gate_accuracy"]),
+        "dense_macs": int(dense),
+        "mean_dynamic_macs": float(np.mean(macs)),
+        "flops_reduction": float(1.0 - np.mean(macs) / dense),
+        "estimated_flops_reduction": float(estimated),
+        "test_images": int(macs.shape[0]),
+        "baseline_train_seconds": round(baseline_time, 1),
+        "ftwt_train_seconds": round(ftwt_time, 1),
+        "config": {k: v for k, v in config.items() if k != "verbose"},
+    }
+    with open(os.path.join(config["output_dir"], "results.json"), "w") as file:
+        json.dump(results, file, indent=2)
+    print(
+        f"\nBaseline top-1 {100 * baseline_accuracy:.2f}% | FTWT top-1 {100 * results['accuracy']:.2f}% | "
+        f"FLOPs reduction {100 * results['flops_reduction']:.1f}% (estimated before training: "
+        f"{100 * estimated:.1f}%) | gate accuracy {100 * results['gate_accuracy']:.1f}% | "
+        f"{results['test_images']} test images\nSaved {os.path.join(config['output_dir'], 'model.keras')}"
+    )
+    return results

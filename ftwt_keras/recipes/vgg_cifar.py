@@ -1,0 +1,23 @@
+"""FTWT recipe: VGG16-bn on CIFAR.
+
+    python -m ftwt_keras.recipes.vgg_cifar --flagfile=recipes/<row>.flags
+
+Stage 1 trains the dense baseline (or takes --baseline), stage 2 trains FTWT;
+re-running the same command resumes after a kill. See ftwt_keras.recipes.common.
+"""
+
+from absl import app
+
+from ftwt_keras.recipes import common
+
+common.define_flags(model="vgg16_bn", output_dir="runs/vgg_cifar", threshold=0.92)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common.run()
+
+
+if __name__ == "__main__":
+    app.run(main)

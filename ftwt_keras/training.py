@@ -1,0 +1,310 @@
+"""`FTWTModel`: a Keras model that trains its backbone and its gates together.
+
+The FTWT train step runs the gated network once, then applies
+
+* the task loss (the compiled loss, e.g. cross-entropy) to the backbone
+  through `optimizer`, and
+* the gate loss (binary cross-entropy between predictor logits and the
+  self-supervised targets, averaged over the batch, summed over filters,
+  averaged over gated layers) to the mask predictors through `gate_optimizer`.
+
+One backward pass of `task_loss + gate_loss_weight * gate_loss` gives both: the
+binary masks carry no gradient, and in `"decoupled"` mode each predictor reads
+a stop-gradient of its input, so the gate loss cannot reach the backbone. In
+`"joint"` mode it does, as in the paper. The loss math is in `keras.ops`; only
+the gradient tape is TensorFlow's.
+"""
+
+import keras
+from keras import ops
+
+from ftwt_keras import flops
+from ftwt_keras.layers import PACKAGE, GatedConv, record_gates
+
+
+def gate_objectives(records, all_ones=False):
+    """Gate loss and gate accuracy over a pass's `GateRecord`s.
+
+    Args:
+        records: iterable of `GateRecord` holding logits, masks and targets.
+        all_ones: train toward "every filter on" (predictor warm-up).
+
+    Returns:
+        `(loss, accuracy)` scalars: BCE-with-logits averaged over the batch,
+        summed over filters and averaged over layers; and the fraction of
+        filters whose binary decision equals the target, averaged over layers.
+    """
+    losses, accuracies = [], []
+    for record in records:
+        target = ops.ones_like(record.logits) if all_ones else record.target
+        if target is None:
+            raise ValueError(
+                f"No target was recorded for gated layer '{record.layer.name}'; "
+                "run the forward pass inside record_gates(targets=True)."
+            )
+        bce = ops.binary_crossentropy(target, record.logits, from_logits=True)
+        losses.append(ops.sum(ops.mean(bce, axis=0)))
+        accuracies.append(ops.mean(ops.cast(ops.equal(record.mask, target), "float32")))
+    if not losses:
+        raise ValueError("The model has no gated layer: nothing to train the gates on.")
+    return ops.mean(ops.stack(losses)), ops.mean(ops.stack(accuracies))
+
+
+def _num_replicas():
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.distribute.get_strategy().num_replicas_in_sync
+    return 1
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FTWTModel(keras.Model):
+    """A gated network plus the FTWT training logic.
+
+    Build it with `ftwt_keras.gate(base_model, ...)`, or directly from any
+    functional model containing `GatedConv` layers. `model(x)`, `predict` and
+    `evaluate` apply the predicted binary masks.
+
+    Args:
+        network: a functional Keras model containing `GatedConv` layers.
+
+    Metrics logged by `fit` / `evaluate` besides the compiled ones:
+    `task_loss`, `gate_loss`, `gate_accuracy` and `flops_reduction` (1 -
+    executed MACs / dense MACs, predictors included, see `ftwt_keras.flops`).
+
+    Example:
+
+    >>> import ftwt_keras as fk
+    >>> model = fk.gate(fk.models.mobilenet_v1(alpha=0.25), threshold=0.95)
+    >>> model.compile(
+    ...     optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+    ...     gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+    ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ...     metrics=["accuracy"],
+    ... )
+    """
+
+    def __init__(self, network, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(network, dict):
+            network = keras.saving.deserialize_keras_object(network)
+        if not isinstance(network, keras.Model):
+            raise ValueError(f"`network` must be a keras.Model; got {type(network).__name__}.")
+        self.network = network
+        if not self.gated_layers:
+            raise ValueError(
+                f"Model '{network.name}' has no GatedConv layer; use "
+                "ftwt_keras.gate(model) to gate a plain model."
+            )
+        self.gate_loss_weight = keras.Variable(
+            1.0, trainable=False, dtype="float32", name="gate_loss_weight"
+        )
+        self.gate_optimizer = None
+        self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
+        self.gate_loss_tracker = keras.metrics.Mean(name="gate_loss")
+        self.gate_accuracy_tracker = keras.metrics.Mean(name="gate_accuracy")
+        self.flops_reduction_tracker = keras.metrics.Mean(name="flops_reduction")
+        self._warming_up = False
+        self._mac_terms = None
+        if network.built:
+            self.built = True
+
+    # -- structure -------------------------------------------------------
+    @property
+    def gated_layers(self):
+        """The `GatedConv` layers, in the network's order."""
+        return [layer for layer in self.network.layers if isinstance(layer, GatedConv)]
+
+    @property
+    def predictor_variables(self):
+        """Trainable variables of the mask predictors (trained by `gate_optimizer`)."""
+        return [v for layer in self.gated_layers for v in layer.predictor.trainable_variables]
+
+    @property
+    def backbone_variables(self):
+        """Every other trainable variable (trained by `optimizer`)."""
+        predictor_ids = {id(v) for v in self.predictor_variables}
+        return [v for v in self.trainable_variables if id(v) not in predictor_ids]
+
+    @property
+    def mac_terms(self):
+        if self._mac_terms is None:
+            self._mac_terms = flops.mac_terms(self.network)
+        return self._mac_terms
+
+    @property
+    def dense_macs(self):
+        """MACs per image of the ungated backbone (predictors excluded)."""
+        return sum(t.dense_macs for t in self.mac_terms if t.kind != "predictor")
+
+    def build(self, input_shape):
+        if not self.network.built:
+            self.network.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        self._check_inputs(inputs)
+        return self.network(inputs, training=training)
+
+    def _check_inputs(self, inputs):
+        expected = tuple(self.network.inputs[0].shape)
+        shape = tuple(getattr(inputs, "shape", ()))
+        mismatch = len(shape) != len(expected) or any(
+            e is not None and s is not None and int(e) != int(s)
+            for e, s in zip(expected[1:], shape[1:])
+        )
+        if mismatch:
+            raise ValueError(
+                f"Model '{self.name}' expects images of shape (batch,) + "
+                f"{expected[1:]}, raw RGB pixels; got an input of shape {shape}. "
+                "Resize the images, or rebuild the model for this input shape."
+            )
+
+    # -- compile / serialization -------------------------------------------
+    def compile(self, optimizer="rmsprop", gate_optimizer=None, **kwargs):
+        """Configures training; `gate_optimizer` trains the mask predictors.
+
+        Args:
+            optimizer: backbone optimizer (paper: SGD(0.01, momentum=0.9),
+                weight decay 5e-4, steps x0.1).
+            gate_optimizer: predictor optimizer; default SGD(0.1,
+                momentum=0.9) as in the paper. Must be a different object.
+            **kwargs: everything else `keras.Model.compile` takes.
+        """
+        if gate_optimizer is None:
+            gate_optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+        gate_optimizer = keras.optimizers.get(gate_optimizer)
+        super().compile(optimizer=optimizer, **kwargs)
+        if gate_optimizer is self.optimizer:
+            raise ValueError(
+                "`gate_optimizer` must be a different optimizer object than "
+                "`optimizer`: each keeps its own state for its own variables."
+            )
+        self.gate_optimizer = gate_optimizer
+        if self.built:
+            # Build each optimizer on its own variables now, so Keras does not
+            # build the backbone optimizer over the predictors too.
+            self.optimizer.build(self.backbone_variables)
+            self.gate_optimizer.build(self.predictor_variables)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config and self.gate_optimizer is not None:
+            config["gate_optimizer"] = keras.saving.serialize_keras_object(self.gate_optimizer)
+        return config
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        gate_optimizer = config.pop("gate_optimizer", None)
+        config = keras.saving.deserialize_keras_object(config)
+        if gate_optimizer is not None:
+            gate_optimizer = keras.saving.deserialize_keras_object(gate_optimizer)
+        self.compile(gate_optimizer=gate_optimizer, **config)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "network": keras.saving.serialize_keras_object(self.network),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        network = keras.saving.deserialize_keras_object(config.pop("network"))
+        return cls(network, **config)
+
+    # -- training ----------------------------------------------------------
+    def _flops_reduction(self, gate_masks):
+        executed = flops.executed_macs(self.mac_terms, gate_masks)
+        return 1.0 - ops.mean(executed) / float(self.dense_macs)
+
+    def _update_gate_metrics(self, task_loss, gate_loss, gate_accuracy, gate_masks):
+        self.task_loss_tracker.update_state(task_loss)
+        self.gate_loss_tracker.update_state(gate_loss)
+        self.gate_accuracy_tracker.update_state(gate_accuracy)
+        self.flops_reduction_tracker.update_state(self._flops_reduction(gate_masks))
+
+    def train_step(self, data):
+        if keras.backend.backend() != "tensorflow":
+            raise NotImplementedError(
+                "FTWTModel.fit needs the TensorFlow backend for now "
+                f"(KERAS_BACKEND={keras.backend.backend()}); inference works on any backend."
+            )
+        import tensorflow as tf
+
+        if self.gate_optimizer is None:
+            raise ValueError("Call model.compile(...) before fit().")
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        backbone = [] if self._warming_up else self.backbone_variables
+        predictors = self.predictor_variables
+        replicas = _num_replicas()
+        with tf.GradientTape() as tape:
+            with record_gates(targets=not self._warming_up) as recorder:
+                y_pred = self(x, training=True)
+            records = recorder.by_layer_name()
+            gate_loss, gate_accuracy = gate_objectives(
+                records.values(), all_ones=self._warming_up
+            )
+            if self._warming_up:
+                task_loss = ops.zeros(())
+                loss = gate_loss / replicas
+            else:
+                # compute_loss already divides by the number of replicas.
+                task_loss = self._compute_loss(x, y, y_pred, sample_weight, training=True)
+                loss = task_loss + self.gate_loss_weight * gate_loss / replicas
+            self._loss_tracker.update_state(
+                loss * replicas, sample_weight=ops.shape(y_pred)[0]
+            )
+            loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(loss, backbone + predictors)
+        if backbone:
+            self.optimizer.apply_gradients(zip(gradients[: len(backbone)], backbone))
+        self.gate_optimizer.apply_gradients(zip(gradients[len(backbone) :], predictors))
+        masks = {name: record.mask for name, record in records.items()}
+        self._update_gate_metrics(task_loss * replicas, gate_loss, gate_accuracy, masks)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with record_gates(targets=True) as recorder:
+            y_pred = self(x, training=False)
+        records = recorder.by_layer_name()
+        gate_loss, gate_accuracy = gate_objectives(records.values())
+        replicas = _num_replicas()
+        task_loss = self._compute_loss(x, y, y_pred, sample_weight, training=False)
+        loss = task_loss + self.gate_loss_weight * gate_loss / replicas
+        self._loss_tracker.update_state(loss * replicas, sample_weight=ops.shape(y_pred)[0])
+        masks = {name: record.mask for name, record in records.items()}
+        self._update_gate_metrics(task_loss * replicas, gate_loss, gate_accuracy, masks)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def warm_up_gates(self, x, steps=500, verbose="auto"):
+        """Trains only the predictors toward "every filter on", for `steps` batches.
+
+        The official code's optional head initialization: run it after
+        `compile` and before `fit`, so that training starts from the dense
+        network's behaviour. The backbone weights are not updated (batch-norm
+        statistics are, as in training).
+
+        Args:
+            x: a dataset of `(images, labels)` batches, as for `fit`.
+            steps: number of batches.
+            verbose: as in `fit`.
+
+        Returns:
+            The `History` of the warm-up run.
+        """
+        if self.gate_optimizer is None:
+            raise ValueError("Call model.compile(...) before warm_up_gates().")
+        self._warming_up = True
+        self.train_function = None  # retrace the step for the warm-up branch
+        try:
+            return self.fit(x, epochs=1, steps_per_epoch=steps, verbose=verbose, shuffle=False)
+        finally:
+            self._warming_up = False
+            self.train_function = None
+
+
+__all__ = ["FTWTModel", "gate_objectives"]

@@ -1,0 +1,26 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import pytest
+
+
+def force_gates(model, on):
+    """Sets every predictor so that all its gates are on (or off) for any input."""
+    for layer in model.gated_layers:
+        layer.predictor.kernel.assign(np.zeros(layer.predictor.kernel.shape, "float32"))
+        layer.predictor.bias.assign(np.full(layer.predictor.bias.shape, 50.0 if on else -50.0, "float32"))
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(0)
+    yield
+    keras.backend.clear_session()

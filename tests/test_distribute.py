@@ -1,0 +1,36 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np, ftwt_keras as fk
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    with strategy.scope():
+        model = fk.gate(fk.models.resnet_cifar(depth=20), threshold=0.9)
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                      gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+    x = np.random.default_rng(0).uniform(0, 255, (32, 32, 32, 3)).astype("float32")
+    y = np.arange(32) % 10
+    before = [v.numpy().copy() for v in model.predictor_variables]
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    after = [v.numpy() for v in model.predictor_variables]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+    assert np.isfinite(history.history["loss"]).all()
+    print("OK", history.history["gate_accuracy"], model.evaluate(x, y, verbose=0, return_dict=True)["gate_accuracy"])
+    """
+)
+
+
+def test_fit_under_mirrored_strategy_with_two_cpu_replicas():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK" in result.stdout

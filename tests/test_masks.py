@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from ftwt_keras import masks
+
+
+def as_np(x):
+    return np.asarray(x).tolist()
+
+
+def test_mass_mask_keeps_filters_within_the_mass():
+    # normalized: 0.4, 0.3, 0.2, 0.1 -> cumulative 0.4, 0.7, 0.9, 1.0
+    scores = np.array([[0.1, 0.4, 0.2, 0.3]], "float32")
+    assert as_np(masks.mass_mask(scores, 0.7)) == [[0, 1, 0, 1]]
+    # The filter whose addition crosses r is off.
+    assert as_np(masks.mass_mask(scores, 0.85)) == [[0, 1, 0, 1]]
+    assert as_np(masks.mass_mask(scores, 0.9)) == [[0, 1, 1, 1]]
+    assert as_np(masks.mass_mask(scores, 0.39)) == [[0, 0, 0, 0]]
+
+
+def test_mass_mask_uses_spatial_max_of_absolute_value():
+    x = np.zeros((1, 2, 2, 3), "float32")
+    x[0, 0, 0, 0] = -6.0  # |.| counts: score 6
+    x[0, 1, 1, 1] = 3.0
+    x[0, 0, 1, 1] = 1.0  # max, not sum: score stays 3
+    x[0, 1, 0, 2] = 1.0
+    # normalized 0.6, 0.3, 0.1
+    assert as_np(masks.mass_mask(x, 0.6)) == [[1, 0, 0]]
+    assert as_np(masks.mass_mask(x, 0.95)) == [[1, 1, 0]]
+
+
+def test_threshold_one_drops_only_dead_filters():
+    scores = np.array([[5.0, 0.0, 1e-9, 1.0], [1.0, 1.0, 1.0, 1.0]], "float32")
+    assert as_np(masks.mass_mask(scores, 1.0)) == [[1, 0, 0, 1], [1, 1, 1, 1]]
+
+
+def test_all_zero_sample_gives_all_zero_mask_without_nan():
+    x = np.zeros((2, 4, 4, 5), "float32")
+    x[1, 0, 0, 2] = 1.0
+    for r in (1.0, 0.9, 0.5):
+        m = np.asarray(masks.mass_mask(x, r))
+        assert not np.isnan(m).any()
+        assert m[0].tolist() == [0, 0, 0, 0, 0]
+        # One filter holds all the mass: it crosses any r < 1, so it is off.
+        assert m[1].tolist() == ([0, 0, 1, 0, 0] if r == 1.0 else [0] * 5)
+    assert np.asarray(masks.uniform_mask(x, 0.4))[0].tolist() == [0] * 5
+
+
+def test_mass_mask_per_sample_and_ties():
+    scores = np.array([[1, 1, 1, 1], [8, 1, 1, 0]], "float32")
+    m = np.asarray(masks.mass_mask(scores, 0.5))
+    assert m[0].sum() == 2  # two of four equal filters hold exactly half
+    assert m[1].tolist() == [0, 0, 0, 0]  # 0.8 alone crosses 0.5
+    assert np.asarray(masks.mass_mask(scores, 0.8))[1].tolist() == [1, 0, 0, 0]
+
+
+def test_uniform_mask_prunes_lowest_fraction_and_dead():
+    scores = np.array([[0.5, 0.1, 0.3, 0.0, 0.2]], "float32")
+    assert as_np(masks.uniform_mask(scores, 0.4)) == [[1, 0, 1, 0, 1]]
+    assert as_np(masks.uniform_mask(scores, 0.0)) == [[1, 1, 1, 0, 1]]
+    assert as_np(masks.target_mask(scores, 0.6, "uniform")) == [[1, 0, 1, 0, 1]]
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.01, "0.9", None, True])
+def test_bad_threshold_is_refused(bad):
+    with pytest.raises(ValueError, match="threshold"):
+        masks.mass_mask(np.ones((1, 3), "float32"), bad)
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="prune_ratio"):
+        masks.uniform_mask(np.ones((1, 3), "float32"), 1.0)
+    with pytest.raises(ValueError, match="rank 4"):
+        masks.mass_mask(np.ones((1, 3, 3), "float32"), 0.5)
+    with pytest.raises(ValueError, match="'mass' or 'uniform'"):
+        masks.target_mask(np.ones((1, 3), "float32"), 0.5, "topk")

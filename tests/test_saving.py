@@ -1,0 +1,29 @@
+import keras
+import numpy as np
+
+import ftwt_keras as fk
+
+
+def test_gated_model_round_trips_without_custom_objects(tmp_path, images):
+    model = fk.gate(fk.models.mobilenet_v1(alpha=0.25), threshold=0.93, mode="joint", pooling="max")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        gate_optimizer=keras.optimizers.SGD(0.2, momentum=0.8),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(images, np.arange(8) % 10, batch_size=4, epochs=1, verbose=0)
+    model.gate_loss_weight.assign(0.0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, fk.FTWTModel)
+    np.testing.assert_array_equal(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
+    layer = loaded.gated_layers[5]
+    assert (layer.threshold, layer.mode, layer.pooling) == (0.93, "joint", "max")
+    assert float(loaded.gate_loss_weight.numpy()) == 0.0
+    assert float(loaded.gate_optimizer.learning_rate.numpy()) == np.float32(0.2)
+    for a, b in zip(loaded.gate_optimizer.variables, model.gate_optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Training can go on after loading.
+    loaded.fit(images, np.arange(8) % 10, batch_size=4, epochs=1, verbose=0)

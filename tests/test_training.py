@@ -1,0 +1,111 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import force_gates
+
+import ftwt_keras as fk
+from ftwt_keras.layers import record_gates
+from ftwt_keras.training import gate_objectives
+
+
+def _compiled(mode="decoupled", threshold=0.9):
+    model = fk.gate(fk.models.resnet_cifar(depth=20), threshold=threshold, mode=mode)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _losses(model, images, labels):
+    with record_gates(targets=True) as recorder:
+        logits = model(images, training=True)
+    task = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+    gate, _ = gate_objectives(recorder.records)
+    return task, gate
+
+
+def _gradient_norms(model, images, labels, which):
+    with tf.GradientTape(persistent=True) as tape:
+        task, gate = _losses(model, images, labels)
+    loss = task if which == "task" else gate
+    backbone = tape.gradient(loss, model.backbone_variables)
+    predictors = tape.gradient(loss, model.predictor_variables)
+    norm = lambda grads: sum(0.0 if g is None else float(tf.reduce_sum(tf.abs(g))) for g in grads)
+    return norm(backbone), norm(predictors)
+
+
+def test_decoupled_gradients_are_separated(images):
+    model = _compiled("decoupled")
+    labels = np.arange(8) % 10
+    backbone, predictors = _gradient_norms(model, images, labels, "gate")
+    assert backbone == 0.0 and predictors > 0.0
+    backbone, predictors = _gradient_norms(model, images, labels, "task")
+    assert backbone > 0.0 and predictors == 0.0
+
+
+def test_joint_mode_lets_the_gate_loss_reach_the_backbone(images):
+    model = _compiled("joint")
+    labels = np.arange(8) % 10
+    backbone, predictors = _gradient_norms(model, images, labels, "gate")
+    assert backbone > 0.0 and predictors > 0.0
+    _, predictors = _gradient_norms(model, images, labels, "task")
+    assert predictors == 0.0  # the binary mask carries no gradient
+
+
+def test_each_optimizer_updates_only_its_variables(images):
+    model = _compiled()
+    labels = np.arange(8) % 10
+    assert len(model.optimizer.variables) < len(model.gate_optimizer.variables) + len(model.optimizer.variables)
+    backbone_before = [v.numpy().copy() for v in model.backbone_variables]
+    model.gate_loss_weight.assign(1.0)
+    model.train_on_batch(images, labels)
+    assert int(model.optimizer.iterations) == 1 and int(model.gate_optimizer.iterations) == 1
+    # Warm-up trains the predictors toward "on" and leaves the backbone alone.
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4).repeat()
+    before = [v.numpy().copy() for v in model.backbone_variables]
+    predictors_before = [v.numpy().copy() for v in model.predictor_variables]
+    history = model.warm_up_gates(ds, steps=3, verbose=0)
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.backbone_variables))
+    assert not all(np.array_equal(a, v.numpy()) for a, v in zip(predictors_before, model.predictor_variables))
+    assert int(model.optimizer.iterations) == 1
+    assert history.history["gate_loss"][0] > 0
+    del backbone_before
+
+
+def test_fit_logs_ftwt_metrics_and_cooldown(images):
+    model = _compiled()
+    labels = np.arange(8) % 10
+    history = model.fit(
+        images, labels, batch_size=4, epochs=2, verbose=0, validation_data=(images, labels),
+        callbacks=[fk.callbacks.GateCooldown(0.5), fk.callbacks.FlopsLogger(verbose=False)],
+    )
+    logs = history.history
+    for key in ("task_loss", "gate_loss", "gate_accuracy", "flops_reduction", "accuracy",
+                "val_flops_reduction", "dense_macs", "dynamic_macs", "val_dynamic_macs"):
+        assert key in logs, key
+    assert logs["gate_loss_weight"] == [1.0, 0.0]
+    # Loss = task + gate in epoch 1, task only after the cooldown.
+    np.testing.assert_allclose(logs["loss"][1], logs["task_loss"][1], rtol=1e-5)
+    assert logs["loss"][0] > logs["task_loss"][0]
+    assert logs["dense_macs"][0] == fk.flops.count_macs(model)
+    np.testing.assert_allclose(logs["dynamic_macs"][0], logs["dense_macs"][0] * (1 - logs["flops_reduction"][0]))
+
+
+def test_predict_applies_masks(images):
+    model = _compiled()
+    force_gates(model, on=False)
+    logits = model.predict(images, verbose=0)
+    bias = model.network.get_layer("logits").bias.numpy()
+    # Every conv output is zero: the classifier sees zeros and returns its bias.
+    np.testing.assert_allclose(logits, np.broadcast_to(bias, logits.shape), atol=1e-6)
+
+
+def test_compile_checks():
+    model = fk.gate(fk.models.resnet_cifar(depth=20))
+    opt = keras.optimizers.SGD()
+    with pytest.raises(ValueError, match="different optimizer"):
+        model.compile(optimizer=opt, gate_optimizer=opt, loss="mse")
