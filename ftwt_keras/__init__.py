@@ -7,7 +7,7 @@ import os
 # export TF_ENABLE_ONEDNN_OPTS=0.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from ftwt_keras import callbacks, flops, layers, masks, models
+from ftwt_keras import callbacks, data, flops, layers, masks, models
 from ftwt_keras.estimate import estimate_flops_reduction
 from ftwt_keras.gating import gate
 from ftwt_keras.layers import GatedConv, MaskPredictor, record_gates
@@ -20,6 +20,7 @@ __all__ = [
     "GatedConv",
     "MaskPredictor",
     "callbacks",
+    "data",
     "estimate_flops_reduction",
     "flops",
     "gate",

@@ -9,7 +9,6 @@ of every gated layer; a layer reports them to the innermost active
 layers drop into any functional model.
 """
 
-import contextlib
 import threading
 from typing import NamedTuple, Optional
 
@@ -45,7 +44,7 @@ class MaskPredictor(keras.layers.Layer):
 
     >>> import numpy as np
     >>> predictor = MaskPredictor(8)
-    >>> predictor(np.ones((2, 4, 4, 3), "float32")).shape
+    >>> tuple(predictor(np.ones((2, 4, 4, 3), "float32")).shape)
     (2, 8)
     """
 
@@ -189,7 +188,7 @@ def record_gates(targets=False, apply_masks=True):
     >>> layer = GatedConv(keras.layers.Conv2D(4, 3, padding="same"))
     >>> with record_gates(targets=True) as recorder:
     ...     _ = layer(np.ones((1, 8, 8, 3), "float32"))
-    >>> [r.mask.shape for r in recorder.records]
+    >>> [tuple(r.mask.shape) for r in recorder.records]
     [(1, 4)]
     """
     return GateRecorder(targets=targets, apply_masks=apply_masks)
@@ -233,7 +232,7 @@ class GatedConv(keras.layers.Layer):
     ...     activation="relu",
     ...     threshold=0.95,
     ... )
-    >>> layer(np.ones((2, 8, 8, 3), "float32")).shape
+    >>> tuple(layer(np.ones((2, 8, 8, 3), "float32")).shape)
     (2, 8, 8, 16)
     """
 

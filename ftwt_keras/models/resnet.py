@@ -45,7 +45,7 @@ def resnet_cifar(depth=56, input_shape=(32, 32, 3), num_classes=10, name=None):
     Example:
 
     >>> resnet_cifar(depth=20).count_params()
-    272474
+    271098
     """
     if depth not in CIFAR_DEPTHS:
         raise ValueError(f"`depth` must be one of {CIFAR_DEPTHS}; got {depth}.")

@@ -16,7 +16,7 @@ def vgg16_bn(input_shape=(32, 32, 3), num_classes=10, name=None):
     Example:
 
     >>> vgg16_bn().count_params()
-    14728266
+    14736714
     """
     inputs = keras.Input(input_shape, name="images")
     x = _blocks.pixel_normalization(*_blocks.default_normalization(input_shape))(inputs)

@@ -1,0 +1,162 @@
+"""Time the dense and the dynamic (FTWT, gathered) .tflite side by side with LiteRT.
+
+    python edge/benchmark.py                      # both modes, 1 and 2 threads
+    python edge/benchmark.py --mode cifar --model runs/x/ftwt.keras
+
+Mode "cifar": MobileNetV1 (or --model, a trained FTWT .keras) on >= 200 real
+CIFAR-10 test images at 32x32. Without --model the gates are untrained, so
+masks are drawn at random at each --keeps ratio per layer (said in the output).
+Mode "imagenet": MobileNetV1 at 224x224, 1000 classes, random weights (no
+ImageNet weights exist here), masks drawn at each --keeps ratio per layer,
+timed on CIFAR-10 test images resized to 224.
+
+Each invoke is timed alone (batch 1, XNNPACK on, after warm-up), dense and
+dynamic alternating image by image; the table gives medians and the
+interquartile spread, the measured speed-up and the ideal one (dense MACs /
+executed MACs, predictors included, from ftwt_keras.flops). Rows go to
+--output as {"rows": [...]}.
+"""
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("mode", "both", ["cifar", "imagenet", "both"], "What to time.")
+flags.DEFINE_string("model", None, "cifar mode: a trained FTWT .keras model (masks from its predictors).")
+flags.DEFINE_list("keeps", ["0.3", "0.5", "0.7", "1.0"], "Keep ratios per layer for drawn masks.")
+flags.DEFINE_list("threads", ["1", "2"], "Interpreter thread counts.")
+flags.DEFINE_integer("num_images", 200, "Timed images per configuration (real CIFAR-10 test images).")
+flags.DEFINE_integer("warmup", 20, "Untimed invokes before timing.")
+flags.DEFINE_string("policy", "auto", "Dynamic export policy: gather, dense, auto, or a keep cutoff in [0, 1].")
+flags.DEFINE_float("alpha", 1.0, "MobileNetV1 width multiplier (when no --model).")
+flags.DEFINE_string("output", "benchmarks/results/edge_latency.json", "JSON file for the rows ('' to skip).")
+flags.DEFINE_string("tflite_dir", "/tmp/ftwt_edge", "Folder for the .tflite files made on the way.")
+
+
+def _policy(text):
+    if text in ("gather", "dense", "auto"):
+        return text
+    return float(text)
+
+
+def _cifar_images(count, size=None):
+    import numpy as np
+    import tensorflow as tf
+
+    from ftwt_keras import data
+
+    images = np.concatenate([np.asarray(x) for x, _ in data.cifar("cifar10", f"test[:{count}]", batch_size=256,
+                                                                    training=False)])
+    if size is not None and size != images.shape[1]:
+        images = tf.image.resize(images, (size, size)).numpy()
+    return images.astype("float32")
+
+
+def _measure(label, model, images, keep_label, dense_flatbuffer):
+    """Times one dynamic configuration against the dense model; returns table rows."""
+    import numpy as np
+
+    from ftwt_keras import flops
+    from ftwt_keras.export import tflite
+
+    start = time.time()
+    dynamic = tflite.convert(model, policy=_policy(FLAGS.policy))
+    converted = time.time() - start
+    tflite.save(dynamic, os.path.join(FLAGS.tflite_dir, f"{label}_{images.shape[1]}_keep{keep_label}.tflite"))
+    sample = images[: min(len(images), 64)]
+    executed = float(np.mean(flops.dynamic_macs(model, sample, batch_size=16)))
+    dense_macs = flops.count_macs(model)
+    masks = flops.gate_masks_of(model, sample[:16])
+    keep = float(np.mean([np.asarray(m).mean() for m in masks.values()]))
+    rows = []
+    for threads in (int(t) for t in FLAGS.threads):
+        times = tflite.time_side_by_side({"dense": dense_flatbuffer, "dynamic": dynamic}, images, threads,
+                                         FLAGS.warmup)
+        dense_ms, dynamic_ms = (1e3 * np.median(times[k]) for k in ("dense", "dynamic"))
+        spread = {k: 1e3 * (np.percentile(v, 75) - np.percentile(v, 25)) for k, v in times.items()}
+        row = {
+            "model": label,
+            "resolution": int(images.shape[1]),
+            "keep": round(keep, 3),
+            "threads": threads,
+            "flops_reduction": round(1.0 - executed / dense_macs, 3),
+            "dense_ms": round(float(dense_ms), 3),
+            "dynamic_ms": round(float(dynamic_ms), 3),
+            "speedup": round(float(dense_ms / dynamic_ms), 3),
+            "ideal_speedup": round(dense_macs / executed, 3),
+            "dense_iqr_ms": round(float(spread["dense"]), 3),
+            "dynamic_iqr_ms": round(float(spread["dynamic"]), 3),
+            "images": int(len(images)),
+            "policy": FLAGS.policy,
+            "masks": keep_label if keep_label == "predicted" else f"random, keep {keep_label} per layer",
+        }
+        rows.append(row)
+        print(f"{label:>16} {row['resolution']:>4} keep={row['keep']:<5} thr={threads} "
+              f"FLOPs-{100 * row['flops_reduction']:4.1f}%  dense {row['dense_ms']:7.2f} ms "
+              f"(IQR {row['dense_iqr_ms']:.2f})  dynamic {row['dynamic_ms']:7.2f} ms "
+              f"(IQR {row['dynamic_iqr_ms']:.2f})  speed-up {row['speedup']:.2f}x  "
+              f"ideal {row['ideal_speedup']:.2f}x  [convert {converted:.0f}s]", flush=True)
+    return rows
+
+
+def _run_mode(resolution, images):
+    import ftwt_keras as fk
+    from ftwt_keras.export import tflite
+
+    rows = []
+    if resolution == 32 and FLAGS.model:
+        model = tflite.load_ftwt_model(FLAGS.model)
+        dense = tflite.convert(model, dynamic=False)
+        print(f"cifar: trained model {FLAGS.model}, masks from its predictors.")
+        return _measure(os.path.basename(FLAGS.model).replace(".keras", ""), model, images, "predicted", dense)
+    if resolution == 32:
+        base = fk.models.mobilenet_v1(input_shape=(32, 32, 3), num_classes=10, alpha=FLAGS.alpha)
+    else:
+        base = fk.models.mobilenet_v1(input_shape=(224, 224, 3), num_classes=1000, alpha=FLAGS.alpha)
+    label = f"mobilenet_v1_{FLAGS.alpha:g}"
+    print(f"{resolution}x{resolution}: {label}, random weights, masks drawn at random at a fixed keep ratio "
+          "per layer (not predicted by trained gates).", flush=True)
+    model = fk.gate(base)
+    dense = tflite.convert(model, dynamic=False)
+    tflite.save(dense, os.path.join(FLAGS.tflite_dir, f"{label}_{resolution}_dense.tflite"))
+    for keep in FLAGS.keeps:
+        tflite.set_keep_ratio(model, float(keep), seed=0)
+        rows += _measure(label, model, images, keep, dense)
+    return rows
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.num_images < 1:
+        raise app.UsageError("--num_images must be positive.")
+    from ftwt_keras.export import tflite
+
+    try:
+        rows = []
+        if FLAGS.mode in ("cifar", "both"):
+            rows += _run_mode(32, _cifar_images(FLAGS.num_images))
+        if FLAGS.mode in ("imagenet", "both"):
+            rows += _run_mode(224, _cifar_images(FLAGS.num_images, size=224))
+    except tflite.ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print("Per-layer times: the Python interpreter has no op profiler; run LiteRT's benchmark_model with "
+          f"--enable_op_profiling=true on the .tflite files in {FLAGS.tflite_dir} (see edge/README.md).")
+    if FLAGS.output:
+        os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
+        with open(FLAGS.output, "w") as file:
+            json.dump({"rows": rows}, file, indent=1)
+        print(f"Wrote {len(rows)} rows to {FLAGS.output}.")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,65 @@
+"""Export a saved FTWT model (.keras) to a batch-1 LiteRT / TFLite model.
+
+    python edge/convert.py --model M.keras --output M.tflite           # dynamic (gathered) export
+    python edge/convert.py --model M.keras --output M_dense.tflite --dense
+
+The dynamic model runs every gate's mask predictor and computes only the
+active filters of each image (builtin TFLite ops only; conversion fails rather
+than emit Flex ops). Input: raw RGB pixels (1, H, W, 3) float32; output: logits.
+See edge/README.md.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Saved FTWT model (.keras), e.g. from FTWTModel.save().")
+flags.DEFINE_string("output", None, "Where to write the .tflite model.")
+flags.DEFINE_bool("dense", False, "Export the ordinary dense model with the same weights (no gating).")
+flags.DEFINE_string(
+    "policy",
+    "auto",
+    "Dynamic export only. How each gated layer is computed: 'gather' (only active filters), "
+    "'dense' (all filters, then masked), 'auto' (the library default: run-time choice), or a "
+    "keep-ratio cutoff in [0, 1]: a builtin IF runs the layer dense when more than that fraction "
+    "of its filters is active in the image, gathered otherwise.",
+)
+
+
+def parse_policy(text):
+    """'gather' / 'dense' / 'auto' / a float cutoff, as convert() takes it."""
+    if text in ("gather", "dense", "auto"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise app.UsageError(f"--policy must be gather, dense, auto or a number in [0, 1]; got {text!r}.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.model or not FLAGS.output:
+        raise app.UsageError("Both --model and --output are required.")
+    from ftwt_keras.export import tflite
+
+    try:
+        path = tflite.export_file(FLAGS.model, FLAGS.output, dynamic=not FLAGS.dense, policy=parse_policy(FLAGS.policy))
+    except tflite.ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    with open(path, "rb") as file:
+        names = tflite.op_names(file.read())
+    kind = "dense" if FLAGS.dense else "dynamic (gathered)"
+    print(f"Wrote {kind} model to {path} ({os.path.getsize(path) / 1e6:.2f} MB, {len(names)} ops: "
+          f"{', '.join(sorted(set(names)))}).")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,35 @@
+"""Exporting FTWT models for on-device inference.
+
+`ftwt_keras.export.tflite` converts an `FTWTModel` to a LiteRT (TFLite)
+flatbuffer that computes only each image's active filters (needs TensorFlow).
+"""
+
+from ftwt_keras.export.tflite import (
+    ExportError,
+    check_ftwt_model,
+    convert,
+    export_file,
+    interpreter,
+    load_ftwt_model,
+    op_names,
+    run,
+    save,
+    set_keep_ratio,
+    time_invokes,
+    time_side_by_side,
+)
+
+__all__ = [
+    "ExportError",
+    "check_ftwt_model",
+    "convert",
+    "export_file",
+    "interpreter",
+    "load_ftwt_model",
+    "op_names",
+    "run",
+    "save",
+    "set_keep_ratio",
+    "time_invokes",
+    "time_side_by_side",
+]

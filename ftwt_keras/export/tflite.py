@@ -1,0 +1,713 @@
+"""Export FTWT models to TFLite (LiteRT) with gather-based dynamic pruning.
+
+`convert(model)` writes a batch-1 `.tflite` graph that, for every image,
+
+1. runs each gated layer's mask predictor on the layer's input exactly as in
+   Keras (global pool -> optional softmax -> matmul + bias -> logit > 0),
+2. lists the active filters with `WHERE`, and
+3. computes only those filters: the weights of the active filters are
+   `GATHER`ed from constant tensors and the conv runs as a `BATCH_MATMUL`
+   (a k x k conv as im2col + matmul, a depthwise conv as k*k shifted
+   multiply-adds), so XNNPACK still runs the heavy matmuls.
+
+Activations travel between layers in *compact* form: only the channels of
+the producing gate's active filters are stored (`Compact.values`), with their
+channel numbers (`Compact.channels`); every other channel is exactly zero.
+Layers that map zero to zero (padding, pooling, ReLU, the zero-channel shortcut
+pad of ResNet-CIFAR) run directly on the compact tensor; anything else
+(residual `Add`, the classifier) first scatters it back to all channels.
+
+Where gathering costs more than it saves (a high keep ratio), a layer can run
+dense instead: the layer's `policy` is `"gather"`, `"dense"`, or a float
+`cutoff`: at run time a builtin `IF` takes the dense branch when the fraction
+of active filters exceeds `cutoff`. Batch norm is folded into the conv
+weights (per-channel scale and shift), which is exact up to float32 rounding.
+
+`convert(model, dynamic=False)` exports the ordinary dense network (same
+weights, no predictors): what one would ship without FTWT.
+
+Only TFLite builtin ops are emitted; conversion fails with `ExportError`
+rather than falling back to Flex (Select TF) ops.
+"""
+
+import dataclasses
+import math
+import os
+from typing import Optional
+
+import keras
+import numpy as np
+
+from ftwt_keras import _graph
+from ftwt_keras.layers import GatedConv
+from ftwt_keras.models import ChannelZeroPad
+from ftwt_keras.training import FTWTModel
+
+# Layer types the exporter knows how to compute (besides GatedConv).
+# Zero-preserving ones run directly on compact activations.
+_ZERO_PRESERVING = (
+    keras.layers.ZeroPadding2D,
+    keras.layers.MaxPooling2D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout2D,
+    keras.layers.Identity,
+)
+_DENSE_ONLY = (
+    keras.layers.InputLayer,
+    keras.layers.Normalization,
+    keras.layers.Rescaling,
+    keras.layers.Flatten,
+    keras.layers.Dense,
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.BatchNormalization,
+    keras.layers.Add,
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    ChannelZeroPad,
+)
+SUPPORTED_LAYERS = (GatedConv,) + _ZERO_PRESERVING + _DENSE_ONLY
+
+POLICIES = ("gather", "dense")
+
+
+class ExportError(ValueError):
+    """A model, file or option that the TFLite exporter cannot handle."""
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+# --------------------------------------------------------------------------
+# Loading and checking inputs
+# --------------------------------------------------------------------------
+
+
+def load_ftwt_model(path):
+    """Loads a saved `FTWTModel` (`.keras` file), with errors that say what to do.
+
+    Raises:
+        ExportError: the file is missing, unreadable, or not an FTWT model.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ExportError(f"Model file {path!r} does not exist. Pass the path of a saved .keras FTWT model.")
+    if os.path.isdir(path) or not path.endswith(".keras"):
+        raise ExportError(
+            f"{path!r} is not a .keras file. Save the model with `model.save('name.keras')` and pass that file."
+        )
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # corrupt zip, unknown layer, ...
+        raise ExportError(f"Could not load {path!r} as a Keras model: {error}") from None
+    return check_ftwt_model(model)
+
+
+def check_ftwt_model(model):
+    """Returns `model` if it is an FTWTModel with a batch-1-exportable network."""
+    if not isinstance(model, FTWTModel):
+        raise ExportError(
+            f"Expected an ftwt_keras.FTWTModel (made by ftwt_keras.gate); got "
+            f"{type(model).__name__} '{getattr(model, 'name', '?')}'. Gate the model "
+            "first: `model = ftwt_keras.gate(base_model)`."
+        )
+    network = _graph.as_functional(model.network)
+    if len(network.inputs) != 1 or len(network.outputs) != 1:
+        raise ExportError(f"Model '{model.name}' must have exactly one input and one output.")
+    shape = tuple(network.inputs[0].shape[1:])
+    if len(shape) != 3 or any(d is None for d in shape):
+        raise ExportError(
+            f"Model '{model.name}' has input shape {shape}; the exporter needs a fixed "
+            "(height, width, channels) input. Rebuild it with a fixed input_shape."
+        )
+    for layer in network.layers:
+        if not isinstance(layer, SUPPORTED_LAYERS):
+            raise ExportError(
+                f"Layer '{layer.name}' ({type(layer).__name__}) is not supported by the "
+                "FTWT TFLite exporter. Supported: GatedConv and "
+                + ", ".join(sorted({cls.__name__ for cls in SUPPORTED_LAYERS if cls is not GatedConv}))
+                + "."
+            )
+        if isinstance(layer, GatedConv):
+            _check_gated(layer)
+    return model
+
+
+def _check_gated(layer):
+    conv = layer.conv
+    if tuple(conv.dilation_rate) != (1, 1):
+        raise ExportError(f"GatedConv '{layer.name}' has dilation {conv.dilation_rate}; only 1 is supported.")
+    if conv.padding not in ("same", "valid"):
+        raise ExportError(f"GatedConv '{layer.name}' has padding {conv.padding!r}; use 'same' or 'valid'.")
+
+
+# --------------------------------------------------------------------------
+# Folded constants of one gated layer
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FoldedUnit:
+    """A GatedConv's conv + batch norm folded to `activation(conv(x, kernel) + bias)`.
+
+    `kernel` has the conv's layout ((kh, kw, C_in, C_out), or (kh, kw, C, 1)
+    for depthwise) with the batch-norm scale folded in; `bias` is (C_out,).
+    """
+
+    layer: GatedConv
+    kernel: np.ndarray
+    bias: np.ndarray
+
+    @property
+    def is_depthwise(self):
+        return self.layer.is_depthwise
+
+    @property
+    def filters(self):
+        return self.bias.shape[0]
+
+
+def _numpy(variable, dtype=np.float32):
+    return np.asarray(keras.ops.convert_to_numpy(variable), dtype)
+
+
+def fold_batch_norm(layer):
+    """Folds `layer`'s batch norm (inference statistics) into its conv (eagerly)."""
+    conv = layer.conv
+    kernel = _numpy(conv.kernel, np.float64)
+    filters = kernel.shape[2] if layer.is_depthwise else kernel.shape[3]
+    bias = _numpy(conv.bias, np.float64) if conv.use_bias else np.zeros(filters)
+    bn = layer.batch_norm
+    if bn is not None:
+        gamma = _numpy(bn.gamma, np.float64) if bn.scale else np.ones(filters)
+        beta = _numpy(bn.beta, np.float64) if bn.center else np.zeros(filters)
+        mean = _numpy(bn.moving_mean, np.float64)
+        variance = _numpy(bn.moving_variance, np.float64)
+        scale = gamma / np.sqrt(variance + bn.epsilon)
+        shift = beta - mean * scale
+        if layer.is_depthwise:
+            kernel = kernel * scale[None, None, :, None]
+        else:
+            kernel = kernel * scale[None, None, None, :]
+        bias = bias * scale + shift
+    return FoldedUnit(layer, kernel.astype(np.float32), bias.astype(np.float32))
+
+
+# --------------------------------------------------------------------------
+# Compact activations
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Compact:
+    """An activation whose channels not listed in `channels` are exactly zero.
+
+    `values`: (1, ..., k) tensor; `channels`: int32 (k,) channel numbers, or
+    None when all `width` channels are present in order (a dense tensor).
+    """
+
+    values: object
+    channels: Optional[object]
+    width: int
+    _positions: Optional[object] = None
+
+    @property
+    def is_dense(self):
+        return self.channels is None
+
+    def positions(self):
+        """(width,) int32: 1 + the position of each channel in `values`, 0 if absent."""
+        tf = _tf()
+        if self._positions is None:
+            count = tf.shape(self.channels)[0]
+            self._positions = tf.scatter_nd(
+                self.channels[:, None], tf.range(1, count + 1, dtype=tf.int32), [self.width]
+            )
+        return self._positions
+
+    def select(self, channels):
+        """Values of the given channels (int32 (m,)), zeros for absent ones."""
+        tf = _tf()
+        if self.is_dense:
+            return tf.gather(self.values, channels, axis=-1)
+        return tf.gather(_with_zero_channel(self.values), tf.gather(self.positions(), channels), axis=-1)
+
+    def dense(self):
+        """The activation with all `width` channels (scattered back)."""
+        if self.is_dense:
+            return self.values
+        tf = _tf()
+        return tf.gather(_with_zero_channel(self.values), self.positions(), axis=-1)
+
+
+def _with_zero_channel(values):
+    """Prepends one all-zero channel, so that gathering index 0 yields zeros."""
+    tf = _tf()
+    zero = tf.zeros_like(values[..., :1])
+    return tf.concat([zero, values], axis=-1)
+
+
+def _dense(values):
+    return Compact(values, None, int(values.shape[-1]))
+
+
+# --------------------------------------------------------------------------
+# The graph builder
+# --------------------------------------------------------------------------
+
+
+def _activation_fn(layer):
+    """The TF function of a GatedConv's activation (keras activations run on TF)."""
+    tf = _tf()
+    activation = layer.activation
+    name = getattr(activation, "__name__", "")
+    if name == "linear":
+        return lambda x: x
+    if name == "relu":
+        return tf.nn.relu
+    if name == "relu6":
+        return tf.nn.relu6
+    return activation
+
+
+def _same_padding(size, kernel, stride):
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _padded(values, layer):
+    """Applies the conv's 'same' padding explicitly (no-op for 'valid')."""
+    tf = _tf()
+    conv = layer.conv
+    if conv.padding == "valid":
+        return values
+    (kh, kw), (sh, sw) = conv.kernel_size, conv.strides
+    top, bottom = _same_padding(int(values.shape[1]), kh, sh)
+    left, right = _same_padding(int(values.shape[2]), kw, sw)
+    if top == bottom == left == right == 0:
+        return values
+    return tf.pad(values, [[0, 0], [top, bottom], [left, right], [0, 0]])
+
+
+def _shifted_windows(padded, layer, out_h, out_w):
+    """The kh*kw strided views of `padded` that a conv's taps read, in (dy, dx) order."""
+    (kh, kw), (sh, sw) = layer.conv.kernel_size, layer.conv.strides
+    views = []
+    for dy in range(kh):
+        for dx in range(kw):
+            views.append(padded[:, dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw, :])
+    return views
+
+
+class _Builder:
+    """Emits the TF ops of one network, layer by layer (inside a tf.function)."""
+
+    def __init__(self, network, dynamic, policies):
+        self.network = network
+        self.dynamic = dynamic
+        self.policies = policies
+        # Read every weight eagerly, before tracing (variables have no numpy() in a graph).
+        self.folded = {}
+        self.predictors = {}
+        for layer in network.layers:
+            if isinstance(layer, GatedConv):
+                self.folded[layer.name] = fold_batch_norm(layer)
+                self.predictors[layer.name] = (_numpy(layer.predictor.kernel), _numpy(layer.predictor.bias))
+
+    def unit(self, layer):
+        return self.folded[layer.name]
+
+    def __call__(self, images):
+        tf = _tf()
+        tensors = {id(self.network.inputs[0]): _dense(images)}
+        for node in _graph.model_nodes(self.network):
+            if node.is_input or node.operation is None:
+                continue
+            inputs = [tensors[id(t)] for t in node.input_tensors]
+            tensors[id(node.outputs[0])] = self.layer(node.operation, inputs)
+        result = tensors[id(self.network.outputs[0])].dense()
+        return tf.identity(result, name="logits")
+
+    # -- one layer ----------------------------------------------------------
+
+    def layer(self, layer, inputs):
+        tf = _tf()
+        if isinstance(layer, GatedConv):
+            return self.gated(layer, inputs[0])
+        if isinstance(layer, _ZERO_PRESERVING):
+            x = inputs[0]
+            return Compact(layer(x.values, training=False), x.channels, x.width, x._positions)
+        if isinstance(layer, ChannelZeroPad):
+            x = inputs[0]
+            if x.is_dense:
+                channels = tf.range(x.width, dtype=tf.int32)
+                return Compact(x.values, channels, x.width + layer.pad)
+            return Compact(x.values, x.channels, x.width + layer.pad)
+        if isinstance(layer, (keras.layers.Activation, keras.layers.ReLU)) and _keeps_zero(layer):
+            x = inputs[0]
+            return Compact(layer(x.values), x.channels, x.width, x._positions)
+        if isinstance(layer, keras.layers.Add):
+            return _dense(tf.add_n([x.dense() for x in inputs]) if len(inputs) > 1 else inputs[0].dense())
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and layer.data_format != "channels_last":
+            raise ExportError(f"Layer '{layer.name}' must be channels_last.")
+        return _dense(layer(inputs[0].dense(), training=False))
+
+    def gated(self, layer, x):
+        unit = self.unit(layer)
+        activation = _activation_fn(layer)
+        if not self.dynamic:
+            return _dense(self.dense_unit(unit, activation, x.dense()))
+        tf = _tf()
+        logits = self.predictor_logits(layer, x)  # (1, filters)
+        mask = logits > 0
+        policy = self.policies.get(layer.name, "gather")
+        if policy == "dense":
+            return self.masked_dense(unit, activation, x, mask)
+        if policy == "gather":
+            return self.gathered(unit, activation, x, mask)
+        # A float cutoff: choose at run time (builtin IF).
+        if not x.is_dense:
+            x.positions()  # computed outside the branches, which both read it
+        active = tf.reduce_sum(tf.cast(mask, tf.int32))
+        limit = int(math.floor(float(policy) * unit.filters))
+
+        def dense_branch():
+            out = self.masked_dense(unit, activation, x, mask)
+            return out.values, tf.range(unit.filters, dtype=tf.int32)
+
+        def gather_branch():
+            out = self.gathered(unit, activation, x, mask)
+            return out.values, out.channels
+
+        values, channels = tf.cond(active > limit, dense_branch, gather_branch)
+        return Compact(values, channels, unit.filters)
+
+    def predictor_logits(self, layer, x):
+        tf = _tf()
+        predictor = layer.predictor
+        if predictor.pooling == "max":
+            pooled = tf.reduce_max(x.values, axis=[1, 2])
+        else:
+            pooled = tf.reduce_mean(x.values, axis=[1, 2])
+        if not x.is_dense:  # absent channels pool to exactly zero
+            pooled = tf.gather(_with_zero_channel(pooled), x.positions(), axis=-1)
+        if predictor.use_softmax:
+            pooled = tf.nn.softmax(pooled, axis=-1)
+        kernel, bias = (tf.constant(w) for w in self.predictors[layer.name])
+        return tf.matmul(pooled, kernel) + bias
+
+    def dense_unit(self, unit, activation, values):
+        """activation(conv(values) + bias) with all filters, constant weights."""
+        tf = _tf()
+        conv = unit.layer.conv
+        strides = [1, *conv.strides, 1]
+        padding = conv.padding.upper()
+        if unit.is_depthwise:
+            y = tf.nn.depthwise_conv2d(values, tf.constant(unit.kernel), strides, padding)
+        else:
+            y = tf.nn.conv2d(values, tf.constant(unit.kernel), strides, padding)
+        return activation(tf.nn.bias_add(y, tf.constant(unit.bias)))
+
+    def masked_dense(self, unit, activation, x, mask):
+        tf = _tf()
+        y = self.dense_unit(unit, activation, x.dense())
+        return _dense(y * tf.cast(mask, tf.float32)[:, None, None, :])
+
+    def gathered(self, unit, activation, x, mask):
+        """Computes only the active filters; returns a Compact on them."""
+        tf = _tf()
+        active = tf.cast(tf.where(mask[0])[:, 0], tf.int32)  # (k_out,)
+        layer = unit.layer
+        (kh, kw) = layer.conv.kernel_size
+        bias = tf.gather(tf.constant(unit.bias), active)
+        if unit.is_depthwise:
+            values = _padded(x.select(active), layer)
+            out_h, out_w = _output_hw(layer, x.values)
+            taps = tf.constant(unit.kernel.reshape(kh * kw, unit.filters))
+            taps = tf.gather(taps, active, axis=1)  # (kh*kw, k_out)
+            windows = _shifted_windows(values, layer, out_h, out_w)
+            y = tf.add_n([w * taps[i] for i, w in enumerate(windows)])
+            return Compact(activation(y + bias), active, unit.filters)
+        # Regular conv: (C_out, kh*kw, C_in) so that active filters are contiguous rows.
+        weights = tf.constant(np.ascontiguousarray(unit.kernel.reshape(kh * kw, -1, unit.filters).transpose(2, 0, 1)))
+        weights = tf.gather(weights, active)  # (k_out, kh*kw, C_in)
+        if not x.is_dense:
+            weights = tf.gather(weights, x.channels, axis=2)  # (k_out, kh*kw, k_in)
+        k_in = tf.shape(x.values)[-1]
+        k_out = tf.shape(active)[0]
+        weights = tf.reshape(weights, [k_out, kh * kw * k_in])
+        out_h, out_w = _output_hw(layer, x.values)
+        if (kh, kw) == (1, 1) and tuple(layer.conv.strides) == (1, 1):
+            columns = x.values
+        else:
+            columns = tf.concat(_shifted_windows(_padded(x.values, layer), layer, out_h, out_w), axis=-1)
+        columns = tf.reshape(columns, [1, out_h * out_w, kh * kw * k_in])
+        # Rank-3 matmul -> BATCH_MATMUL, which XNNPACK runs with run-time weights.
+        y = tf.linalg.matmul(columns, weights[None], adjoint_b=True)[0] + bias
+        y = tf.reshape(activation(y), [1, out_h, out_w, k_out])
+        return Compact(y, active, unit.filters)
+
+
+def _output_hw(layer, values):
+    shape = layer.conv.compute_output_shape((1, int(values.shape[1]), int(values.shape[2]), 1))
+    return int(shape[1]), int(shape[2])
+
+
+def _keeps_zero(layer):
+    from ftwt_keras import flops
+
+    activation = layer.activation if isinstance(layer, keras.layers.Activation) else layer
+    return flops._zero_preserving_activation(activation)
+
+
+# --------------------------------------------------------------------------
+# Conversion
+# --------------------------------------------------------------------------
+
+
+def _policies(model, policy):
+    names = [layer.name for layer in model.gated_layers]
+    if isinstance(policy, dict):
+        unknown = sorted(set(policy) - set(names))
+        if unknown:
+            raise ExportError(f"`policy` names layers that are not gated layers of the model: {unknown}.")
+        policies = dict(policy)
+    else:
+        policies = {name: policy for name in names}
+    for name, value in policies.items():
+        if value in POLICIES:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
+            continue
+        raise ExportError(
+            f"Policy {value!r} for layer '{name}' is not valid: use 'gather', 'dense', or a "
+            "keep-ratio cutoff in [0, 1] (dense branch above it, chosen at run time)."
+        )
+    return policies
+
+
+def convert(model, dynamic=True, policy="gather"):
+    """Converts an FTWT model to a batch-1 TFLite flatbuffer (builtin ops only).
+
+    Args:
+        model: an `ftwt_keras.FTWTModel`.
+        dynamic: True: gated export computing only the active filters of
+            each image. False: the ordinary dense network with the same
+            weights (no predictors, no masks).
+        policy: per gated layer, how the dynamic export computes it:
+            `"gather"` (only active filters), `"dense"` (all filters, then
+            masked), or a float cutoff in [0, 1]: at run time, dense when
+            more than that fraction of the layer's filters is active, else
+            gather. One value for all layers, or `{layer name: value}`
+            (missing layers: "gather").
+
+    Returns:
+        The `.tflite` model as bytes. Input: raw RGB pixels `(1, H, W, 3)`
+        float32, as the Keras model takes them. Output: logits `(1, classes)`.
+
+    Raises:
+        ExportError: not an FTWT model, an unsupported layer, or the graph
+            would need Flex (Select TF) ops.
+    """
+    check_ftwt_model(model)
+    tf = _tf()
+    network = _graph.as_functional(model.network)
+    policies = _policies(model, policy) if isinstance(policy, dict) else _policies(model, policy)
+    builder = _Builder(network, dynamic, policies)
+    shape = (1,) + tuple(int(d) for d in network.inputs[0].shape[1:])
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="images")], autograph=False)
+    def serve(images):
+        return builder(images)
+
+    concrete = serve.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], serve)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        flatbuffer = converter.convert()
+    except Exception as error:
+        message = str(error)
+        hint = ""
+        if "flex" in message.lower() or "custom op" in message.lower() or "neither" in message:
+            hint = (
+                " The graph needs TensorFlow (Flex / Select TF) ops, which this exporter "
+                "refuses: the model contains an operation without a TFLite builtin kernel."
+            )
+        raise ExportError(f"TFLite conversion of '{model.name}' failed.{hint} Converter said: {message[:2000]}") from None
+    flex = [name for name in op_names(flatbuffer) if name.startswith("Flex") or name.startswith("CUSTOM")]
+    if flex:
+        raise ExportError(f"The converted model contains non-builtin ops {sorted(set(flex))}; refusing to emit it.")
+    return flatbuffer
+
+
+def op_names(flatbuffer):
+    """Names of every op in every subgraph of a .tflite flatbuffer (with repeats).
+
+    Builtin ops by their builtin name (e.g. "GATHER"), custom ops (Flex
+    included) by their custom code (e.g. "FlexConv2D").
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names_by_code = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            codes.append(code.CustomCode().decode())
+        else:
+            codes.append(names_by_code.get(builtin, str(builtin)))
+    names = []
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for o in range(subgraph.OperatorsLength()):
+            names.append(codes[subgraph.Operators(o).OpcodeIndex()])
+    return names
+
+
+def save(flatbuffer, path):
+    """Writes a flatbuffer to `path` (creating its folder)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    with open(path, "wb") as file:
+        file.write(flatbuffer)
+    return path
+
+
+def export_file(model_path, output_path, dynamic=True, policy="gather"):
+    """Loads a saved FTWT `.keras` model and writes its `.tflite` export; returns the path."""
+    model = load_ftwt_model(model_path)
+    output_path = os.fspath(output_path)
+    if not output_path.endswith(".tflite"):
+        raise ExportError(f"Output path {output_path!r} must end with .tflite.")
+    return save(convert(model, dynamic=dynamic, policy=policy), output_path)
+
+
+def set_keep_ratio(model, keep, seed=0):
+    """Makes every gate of `model` keep a fixed random `keep` fraction of its filters.
+
+    For benchmarks of untrained models: each predictor's kernel is zeroed and
+    its bias set to +50 for `round(keep * filters)` (at least 1) randomly
+    drawn filters and -50 for the others, so every image gets the same masks.
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ExportError(f"`keep` must be in (0, 1]; got {keep}.")
+    rng = np.random.default_rng(seed)
+    for layer in model.gated_layers:
+        units = layer.predictor.bias.shape[0]
+        count = max(1, int(round(keep * units)))
+        bias = np.full(units, -50.0, np.float32)
+        bias[rng.choice(units, count, replace=False)] = 50.0
+        layer.predictor.kernel.assign(np.zeros(layer.predictor.kernel.shape, np.float32))
+        layer.predictor.bias.assign(bias)
+    return model
+
+
+# --------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------
+
+
+def interpreter(flatbuffer, num_threads=1):
+    """A LiteRT interpreter (XNNPACK on, the default) with tensors allocated."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    if isinstance(flatbuffer, (str, os.PathLike)):
+        runner = Interpreter(model_path=os.fspath(flatbuffer), num_threads=num_threads)
+    else:
+        runner = Interpreter(model_content=flatbuffer, num_threads=num_threads)
+    runner.allocate_tensors()
+    return runner
+
+
+def time_invokes(flatbuffer, images, num_threads=1, warmup=10):
+    """Seconds taken by each `invoke()` alone, one image at a time (after `warmup` runs)."""
+    import time
+
+    runner = interpreter(flatbuffer, num_threads)
+    input_index = runner.get_input_details()[0]["index"]
+    images = np.asarray(images, np.float32)
+    for i in range(warmup):
+        runner.set_tensor(input_index, images[i % len(images)][None])
+        runner.invoke()
+    times = np.empty(len(images))
+    for i, image in enumerate(images):
+        runner.set_tensor(input_index, image[None])
+        start = time.perf_counter()
+        runner.invoke()
+        times[i] = time.perf_counter() - start
+    return times
+
+
+def time_side_by_side(flatbuffers, images, num_threads=1, warmup=10):
+    """Times several models on the same images, alternating models image by image.
+
+    Args:
+        flatbuffers: `{name: .tflite bytes or path}`.
+        images: (N, H, W, C) float32; each invoke is timed alone.
+
+    Returns:
+        `{name: np.ndarray of N seconds}`.
+    """
+    import time
+
+    runners = {name: interpreter(fb, num_threads) for name, fb in flatbuffers.items()}
+    inputs = {name: r.get_input_details()[0]["index"] for name, r in runners.items()}
+    images = np.asarray(images, np.float32)
+    times = {name: np.empty(len(images)) for name in runners}
+    for step in range(-warmup, len(images)):
+        image = images[step % len(images)][None]
+        for name, runner in runners.items():
+            runner.set_tensor(inputs[name], image)
+            start = time.perf_counter()
+            runner.invoke()
+            elapsed = time.perf_counter() - start
+            if step >= 0:
+                times[name][step] = elapsed
+    return times
+
+
+def run(flatbuffer_or_interpreter, images, num_threads=1):
+    """Runs a batch-1 .tflite model on each image of `images` (N, H, W, C); returns (N, classes)."""
+    runner = flatbuffer_or_interpreter
+    if not hasattr(runner, "invoke"):
+        runner = interpreter(runner, num_threads)
+    input_index = runner.get_input_details()[0]["index"]
+    output_index = runner.get_output_details()[0]["index"]
+    outputs = []
+    for image in np.asarray(images, np.float32):
+        runner.set_tensor(input_index, image[None])
+        runner.invoke()
+        outputs.append(np.array(runner.get_tensor(output_index)[0]))
+    return np.stack(outputs)
+
+
+__all__ = [
+    "Compact",
+    "ExportError",
+    "FoldedUnit",
+    "POLICIES",
+    "SUPPORTED_LAYERS",
+    "check_ftwt_model",
+    "convert",
+    "export_file",
+    "fold_batch_norm",
+    "interpreter",
+    "load_ftwt_model",
+    "op_names",
+    "run",
+    "save",
+    "set_keep_ratio",
+    "time_invokes",
+    "time_side_by_side",
+]

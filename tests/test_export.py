@@ -1,0 +1,190 @@
+"""TFLite export (ftwt_keras.export): builtin ops only, exact logits, clear errors."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("ai_edge_litert")
+
+import ftwt_keras as fk  # noqa: E402
+from ftwt_keras.export import tflite as export  # noqa: E402
+
+from conftest import force_gates  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_IMAGES = 24
+
+
+@pytest.fixture(scope="module")
+def cifar_images():
+    """A few real CIFAR-10 test images (raw RGB 0..255); random ones if CIFAR-10 is not prepared."""
+    try:
+        from ftwt_keras import data
+
+        batch = next(iter(data.cifar("cifar10", f"test[:{NUM_IMAGES}]", batch_size=NUM_IMAGES, training=False)))
+        return np.asarray(batch[0], np.float32)
+    except (FileNotFoundError, ImportError) as error:  # pragma: no cover - machine without the data
+        pytest.skip(f"CIFAR-10 is not prepared: {error}")
+
+
+def perturb(model, seed=0):
+    """Non-trivial batch-norm statistics and random predictor biases (masks vary per image)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.gated_layers:
+        bn = layer.batch_norm
+        if bn is not None:
+            channels = bn.moving_mean.shape[0]
+            bn.moving_mean.assign(rng.normal(0.0, 0.2, channels).astype("float32"))
+            bn.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
+            bn.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
+            # Positive shifts: filters that are on while all their inputs are off
+            # give a non-zero constant, which the export must reproduce.
+            bn.beta.assign(rng.normal(0.1, 0.3, channels).astype("float32"))
+        bias = layer.predictor.bias
+        bias.assign(np.asarray(bias) + rng.normal(0.0, 1.0, bias.shape).astype("float32"))
+    return model
+
+
+def assert_same_logits(flatbuffer, model, images):
+    expected = np.asarray(model.predict(images, verbose=0))
+    actual = export.run(flatbuffer, images)
+    logit_range = float(expected.max() - expected.min())
+    assert np.abs(actual - expected).max() <= 1e-3 * logit_range
+    assert np.mean(actual.argmax(1) == expected.argmax(1)) >= 0.995
+
+
+def assert_builtin_only(flatbuffer):
+    names = export.op_names(flatbuffer)
+    assert names
+    assert not [name for name in names if name.startswith("Flex") or not name.isupper()]
+
+
+BUILDERS = {
+    "mobilenet_v1": lambda: fk.models.mobilenet_v1(alpha=0.25),
+    "resnet20": lambda: fk.models.resnet_cifar(depth=20),
+    "vgg16_bn": fk.models.vgg16_bn,
+}
+
+
+@pytest.mark.parametrize(
+    "name, policy",
+    [("mobilenet_v1", "gather"), ("resnet20", "gather"), ("vgg16_bn", 0.5)],
+)
+def test_dynamic_export_matches_keras(name, policy, cifar_images):
+    model = perturb(fk.gate(BUILDERS[name]()))
+    masks = {k: np.asarray(v) for k, v in fk.flops.gate_masks_of(model, cifar_images).items()}
+    # The test is meaningful only if masks differ between images and layers are partly on.
+    assert any(len(np.unique(mask, axis=0)) > 1 for mask in masks.values())
+    assert 0.1 < np.mean([mask.mean() for mask in masks.values()]) < 0.9
+    flatbuffer = export.convert(model, policy=policy)
+    assert_builtin_only(flatbuffer)
+    names = set(export.op_names(flatbuffer))
+    assert {"WHERE", "GATHER"} <= names
+    if isinstance(policy, float):
+        assert "IF" in names  # the run-time dense / gather choice
+    assert_same_logits(flatbuffer, model, cifar_images)
+
+
+def test_dense_export_is_the_plain_model(cifar_images):
+    base = fk.models.resnet_cifar(depth=20)
+    model = fk.gate(base)
+    flatbuffer = export.convert(model, dynamic=False)
+    assert_builtin_only(flatbuffer)
+    names = set(export.op_names(flatbuffer))
+    assert "WHERE" not in names and "CONV_2D" in names
+    expected = np.asarray(base.predict(cifar_images[:8], verbose=0))
+    np.testing.assert_allclose(export.run(flatbuffer, cifar_images[:8]), expected, atol=1e-4 * np.ptp(expected))
+
+
+def test_layers_with_all_gates_off_or_on(cifar_images):
+    """Whole layers switched off (empty tensors downstream) or on still convert and run exactly."""
+    model = perturb(fk.gate(fk.models.mobilenet_v1(alpha=0.25)), seed=1)
+    layers = {layer.name: layer for layer in model.gated_layers}
+
+    def force(layer, on):
+        layer.predictor.kernel.assign(np.zeros(layer.predictor.kernel.shape, "float32"))
+        layer.predictor.bias.assign(np.full(layer.predictor.bias.shape, 50.0 if on else -50.0, "float32"))
+
+    force(layers["block2_dw"], on=False)  # block2_pw then has no active input
+    force(layers["block2_pw"], on=True)  # ... so its filters are per-channel constants
+    force(layers["block5_pw"], on=False)
+    force(layers["block6_dw"], on=True)
+    flatbuffer = export.convert(model, policy="gather")
+    assert_same_logits(flatbuffer, model, cifar_images[:8])
+    for on in (True, False):
+        force_gates(model, on)
+        for policy in ("gather", 0.5):
+            assert_same_logits(export.convert(model, policy=policy), model, cifar_images[:4])
+
+
+def test_dense_policy_and_set_keep_ratio(cifar_images):
+    model = export.set_keep_ratio(fk.gate(fk.models.mobilenet_v1(alpha=0.25)), keep=0.5, seed=3)
+    masks = fk.flops.gate_masks_of(model, cifar_images[:2])
+    for layer in model.gated_layers:
+        assert float(np.mean(np.asarray(masks[layer.name]))) == pytest.approx(0.5, abs=0.05)
+    policy = {layer.name: "dense" for layer in model.gated_layers[::2]}
+    assert_same_logits(export.convert(model, policy=policy), model, cifar_images[:4])
+
+
+def test_rejects_a_model_that_is_not_ftwt():
+    with pytest.raises(export.ExportError, match="FTWTModel"):
+        export.convert(fk.models.mobilenet_v1(alpha=0.25))
+
+
+def test_rejects_missing_and_wrong_files(tmp_path):
+    with pytest.raises(export.ExportError, match="does not exist"):
+        export.load_ftwt_model(tmp_path / "missing.keras")
+    wrong = tmp_path / "model.h5"
+    wrong.write_bytes(b"not a model")
+    with pytest.raises(export.ExportError, match=r"not a \.keras file"):
+        export.load_ftwt_model(wrong)
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(export.ExportError, match="Could not load"):
+        export.load_ftwt_model(broken)
+
+
+def test_rejects_an_unsupported_layer():
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.LayerNormalization(name="layer_norm")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = fk.gate(keras.Model(inputs, keras.layers.Dense(2)(x)))
+    with pytest.raises(export.ExportError, match="layer_norm.*LayerNormalization.*not supported"):
+        export.convert(model)
+
+
+def test_rejects_a_bad_policy():
+    model = fk.gate(fk.models.mobilenet_v1(alpha=0.25))
+    with pytest.raises(export.ExportError, match="Policy"):
+        export.convert(model, policy="fast")
+    with pytest.raises(export.ExportError, match="not gated layers"):
+        export.convert(model, policy={"nope": "dense"})
+
+
+def test_export_file_round_trip(tmp_path, cifar_images):
+    model = perturb(fk.gate(fk.models.resnet_cifar(depth=20)), seed=2)
+    path = str(tmp_path / "resnet.keras")
+    model.save(path)
+    output = export.export_file(path, tmp_path / "resnet.tflite")
+    assert_same_logits(open(output, "rb").read(), model, cifar_images[:8])
+    with pytest.raises(export.ExportError, match=".tflite"):
+        export.export_file(path, tmp_path / "resnet.bin")
+
+
+@pytest.mark.parametrize("script", ["convert.py", "benchmark.py"])
+def test_cli_help(script):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "edge", script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--" in result.stdout

@@ -1,0 +1,60 @@
+import keras
+import numpy as np
+from conftest import force_gates
+
+import ftwt_keras as fk
+from ftwt_keras import flops
+
+
+def test_dense_macs_equal_a_hand_count():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)  # 8*8*9*3*4 = 6912
+    x = keras.layers.ZeroPadding2D(1)(x)
+    x = keras.layers.DepthwiseConv2D(3, strides=2, use_bias=False)(x)  # 4*4*9*4 = 576
+    x = keras.layers.Conv2D(5, 1)(x)  # 4*4*4*5 = 320
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(10)(x)  # 80*10 = 800
+    model = keras.Model(inputs, x)
+    assert flops.count_macs(model) == 6912 + 576 + 320 + 800
+    gated = fk.gate(model)
+    assert flops.count_macs(gated) == 6912 + 576 + 320 + 800
+    predictors = 3 * 4 + 4 * 4 + 4 * 5
+    assert flops.count_macs(gated, include_predictors=True) == 8608 + predictors
+
+
+def test_zoo_macs_match_the_official_profile():
+    # Official FTWT nw_profile (thop) minus what it also counts: the final
+    # average pool (1024 adds) and, for VGG, conv bias adds.
+    assert flops.count_macs(fk.models.mobilenet_v1()) == 46355456 - 1024
+    assert flops.count_macs(fk.models.resnet_cifar(56)) == 125485760 - 64
+
+
+def test_dynamic_macs_all_on_all_off_and_partial(images):
+    model = fk.gate(fk.models.mobilenet_v1(alpha=0.25))
+    dense = flops.count_macs(model)
+    predictors = flops.count_macs(model, include_predictors=True) - dense
+    force_gates(model, on=True)
+    np.testing.assert_allclose(flops.dynamic_macs(model, images), dense + predictors)
+    force_gates(model, on=False)
+    # Only the classifier's bias-free inputs vanish: every conv and dense term is 0.
+    np.testing.assert_allclose(flops.dynamic_macs(model, images), predictors)
+    # Half the filters of one pointwise layer: its own cost halves, and so does
+    # the next depthwise layer's.
+    force_gates(model, on=True)
+    layer = model.network.get_layer("block3_pw")
+    bias = np.full(layer.predictor.bias.shape, 50.0, "float32")
+    bias[::2] = -50.0
+    layer.predictor.bias.assign(bias)
+    terms = {t.layer_name: t for t in flops.mac_terms(model)}
+    saved = terms["block3_pw"].dense_macs / 2 + terms["block4_dw"].dense_macs / 2 + terms["block4_pw"].dense_macs / 2
+    # block4_pw reads block4_dw's output, whose gates are all on: dense input.
+    saved -= terms["block4_pw"].dense_macs / 2
+    np.testing.assert_allclose(flops.dynamic_macs(model, images), dense + predictors - saved)
+
+
+def test_residual_add_makes_the_input_dense_again(images):
+    model = fk.gate(fk.models.resnet_cifar(depth=20))
+    terms = {t.layer_name: t for t in flops.mac_terms(model)}
+    assert terms["stage1_block1_conv2"].in_gate == "stage1_block1_conv1"
+    assert terms["stage1_block2_conv1"].in_gate is None  # after the add
+    assert terms["logits"].in_gate is None
