@@ -37,19 +37,16 @@ def estimate_flops_reduction(model, dataset, threshold, target="mass", max_batch
     >>> 0.0 < fk.estimate_flops_reduction(base, images, threshold=0.9) < 1.0
     True
     """
-    gated = model if isinstance(model, FTWTModel) else gating.gate(
-        model, threshold=threshold, target=target
-    )
-    if isinstance(model, FTWTModel):
-        for layer in gated.gated_layers:
-            layer.threshold, layer.target = float(threshold), target
+    # A plain model is gated (weights copied) only to locate its conv units; the
+    # pass below runs it dense, so its outputs are the baseline's.
+    gated = model if isinstance(model, FTWTModel) else gating.gate(model, threshold, target=target)
     terms = gated.mac_terms
     dense = float(gated.dense_macs)
     executed = []
-    for index, batch in enumerate(flops._batches(dataset, 128)):
+    for index, batch in enumerate(flops.image_batches(dataset, 128)):
         if max_batches is not None and index >= max_batches:
             break
-        with record_gates(targets=True, apply_masks=False) as recorder:
+        with record_gates(targets=True, apply_masks=False, threshold=threshold, target=target) as recorder:
             gated.network(batch, training=False)
         targets = {name: r.target for name, r in recorder.by_layer_name().items()}
         executed.append(ops.convert_to_numpy(flops.executed_macs(terms, targets)))

@@ -245,7 +245,12 @@ def gate_masks_of(model, images, training=False):
     return {name: record.mask for name, record in recorder.by_layer_name().items()}
 
 
-def _batches(images, batch_size):
+def image_batches(images, batch_size):
+    """Yields image batches from an array or from an iterable of batches.
+
+    Batches may be `(images, labels[, weights])` tuples or dicts with an
+    "image" key; only the images are yielded.
+    """
     if isinstance(images, np.ndarray) or hasattr(images, "shape"):
         for start in range(0, int(images.shape[0]), batch_size):
             yield images[start : start + batch_size]
@@ -272,7 +277,7 @@ def dynamic_macs(model, images, batch_size=128):
     """
     terms = mac_terms(model)
     results = []
-    for batch in _batches(images, batch_size):
+    for batch in image_batches(images, batch_size):
         masks = gate_masks_of(model, batch)
         macs = executed_macs(terms, masks, batch_size=int(batch.shape[0]))
         results.append(np.asarray(ops.convert_to_numpy(macs), dtype=np.float64))
@@ -281,4 +286,4 @@ def dynamic_macs(model, images, batch_size=128):
     return np.concatenate(results)
 
 
-__all__ = ["MacTerm", "mac_terms", "count_macs", "executed_macs", "dynamic_macs", "gate_masks_of"]
+__all__ = ["MacTerm", "mac_terms", "count_macs", "executed_macs", "dynamic_macs", "gate_masks_of", "image_batches"]

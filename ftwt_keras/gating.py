@@ -3,7 +3,7 @@
 import keras
 
 from ftwt_keras import _graph, masks
-from ftwt_keras.layers import MODES, POOLINGS, TARGETS, SUPPORTED_CONVS, GatedConv, _check_conv
+from ftwt_keras.layers import MODES, POOLINGS, TARGETS, SUPPORTED_CONVS, GatedConv, check_gateable_conv
 from ftwt_keras.training import FTWTModel
 
 _UNSUPPORTED_CONVS = (
@@ -73,7 +73,7 @@ def _find_units(model, layers_to_gate):
                 "`layers_to_gate=lambda layer: ...` to leave it dense."
             )
         try:
-            _check_conv(layer)
+            check_gateable_conv(layer)
         except ValueError as error:
             raise ValueError(f"Cannot gate layer '{layer.name}': {error}") from None
         batch_norm = activation = None

@@ -140,13 +140,19 @@ class GateRecorder:
         apply_masks: multiply outputs by the predicted masks. `False` runs the
             dense network (every filter computed), e.g. to read the targets of
             the unpruned model.
+        threshold, target: compute the targets with this threshold / rule
+            instead of each layer's own (None: the layer's).
     """
 
     _local = threading.local()
 
-    def __init__(self, targets=False, apply_masks=True):
+    def __init__(self, targets=False, apply_masks=True, threshold=None, target=None):
         self.targets = targets
         self.apply_masks = apply_masks
+        self.threshold = None if threshold is None else masks.check_threshold(threshold)
+        if target is not None and target not in TARGETS:
+            raise ValueError(f"`target` must be one of {TARGETS}; got {target!r}.")
+        self.target = target
         self.records = []
 
     @classmethod
@@ -179,7 +185,7 @@ class GateRecorder:
         return records
 
 
-def record_gates(targets=False, apply_masks=True):
+def record_gates(targets=False, apply_masks=True, threshold=None, target=None):
     """Context manager collecting gate logits, masks (and targets) of a forward pass.
 
     Example:
@@ -191,7 +197,7 @@ def record_gates(targets=False, apply_masks=True):
     >>> [tuple(r.mask.shape) for r in recorder.records]
     [(1, 4)]
     """
-    return GateRecorder(targets=targets, apply_masks=apply_masks)
+    return GateRecorder(targets, apply_masks, threshold, target)
 
 
 def _deserialize_layer(layer):
@@ -251,7 +257,7 @@ class GatedConv(keras.layers.Layer):
         super().__init__(**kwargs)
         conv = _deserialize_layer(conv)
         batch_norm = _deserialize_layer(batch_norm)
-        _check_conv(conv)
+        check_gateable_conv(conv)
         if batch_norm is not None and not isinstance(
             batch_norm, keras.layers.BatchNormalization
         ):
@@ -326,7 +332,9 @@ class GatedConv(keras.layers.Layer):
             target = None
             if recorder.targets:
                 target = masks.target_mask(
-                    ops.stop_gradient(outputs), self.threshold, self.target
+                    ops.stop_gradient(outputs),
+                    recorder.threshold or self.threshold,
+                    recorder.target or self.target,
                 )
             recorder.records.append(GateRecord(self, logits, mask, target))
             if not recorder.apply_masks:
@@ -355,7 +363,8 @@ class GatedConv(keras.layers.Layer):
         return config
 
 
-def _check_conv(conv):
+def check_gateable_conv(conv):
+    """Raises a `ValueError` naming `conv` unless `GatedConv` can wrap it."""
     if type(conv) not in SUPPORTED_CONVS:
         raise ValueError(
             f"GatedConv can gate keras.layers.Conv2D or DepthwiseConv2D; layer "

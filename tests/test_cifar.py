@@ -60,3 +60,18 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path):
         data.image_folder(str(tmp_path / "nope"), (32, 32))
     with pytest.raises(ValueError, match="Unknown dataset"):
         data.load("mnist-ish", "train")
+
+
+def test_image_folder_pipeline_reads_the_real_jpegs(tmp_path):
+    import pathlib
+    import subprocess
+
+    archive = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.xz"
+    if not archive.exists():
+        pytest.skip("../shared/data/cifar10-jpeg.tar.xz is not beside this checkout")
+    subprocess.run(["tar", "xJf", str(archive), "-C", str(tmp_path), "--wildcards", "*test/cat/000*", "*test/dog/000*"],
+                   check=True)
+    batches = list(data.image_folder(str(tmp_path / "test"), (32, 32), batch_size=8))
+    images, labels = batches[0]
+    assert images.shape[1:] == (32, 32, 3) and float(np.max(images)) > 100.0
+    assert set(np.concatenate([np.asarray(b[1]) for b in batches]).tolist()) == {0, 1}

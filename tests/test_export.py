@@ -73,7 +73,7 @@ BUILDERS = {
 
 @pytest.mark.parametrize(
     "name, policy",
-    [("mobilenet_v1", "gather"), ("resnet20", "gather"), ("vgg16_bn", 0.5)],
+    [("mobilenet_v1", "gather"), ("mobilenet_v1", "gather_inputs"), ("resnet20", "gather"), ("vgg16_bn", 0.5)],
 )
 def test_dynamic_export_matches_keras(name, policy, cifar_images):
     model = perturb(fk.gate(BUILDERS[name]()))
@@ -118,7 +118,7 @@ def test_layers_with_all_gates_off_or_on(cifar_images):
     assert_same_logits(flatbuffer, model, cifar_images[:8])
     for on in (True, False):
         force_gates(model, on)
-        for policy in ("gather", 0.5):
+        for policy in ("gather", 0.5, "auto"):
             assert_same_logits(export.convert(model, policy=policy), model, cifar_images[:4])
 
 
@@ -128,6 +128,7 @@ def test_dense_policy_and_set_keep_ratio(cifar_images):
     for layer in model.gated_layers:
         assert float(np.mean(np.asarray(masks[layer.name]))) == pytest.approx(0.5, abs=0.05)
     policy = {layer.name: "dense" for layer in model.gated_layers[::2]}
+    policy.update({layer.name: "inputs<0.6" for layer in model.gated_layers[1::4]})
     assert_same_logits(export.convert(model, policy=policy), model, cifar_images[:4])
 
 

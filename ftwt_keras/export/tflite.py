@@ -71,7 +71,14 @@ _DENSE_ONLY = (
 )
 SUPPORTED_LAYERS = (GatedConv,) + _ZERO_PRESERVING + _DENSE_ONLY
 
-POLICIES = ("gather", "dense")
+POLICIES = ("gather", "gather_inputs", "dense", "auto")
+# "auto": a regular conv reads only its input's active channels when at most
+# this fraction of them is on (else it runs dense).
+AUTO_INPUT_CUTOFF = 0.5
+# ... and has at least this many filters (gathering activations costs about as
+# much as ~150 multiply-adds per element on x86 XNNPACK, so it pays only when
+# each gathered input channel feeds many filters).
+AUTO_MIN_FILTERS = 256
 
 
 class ExportError(ValueError):
@@ -216,6 +223,9 @@ class Compact:
     channels: Optional[object]
     width: int
     _positions: Optional[object] = None
+    # For a dense tensor made by a gated layer: int32 channel numbers outside
+    # which it is known to be zero (the gate's active filters), else None.
+    support: Optional[object] = None
 
     @property
     def is_dense(self):
@@ -238,6 +248,15 @@ class Compact:
             return tf.gather(self.values, channels, axis=-1)
         return tf.gather(_with_zero_channel(self.values), tf.gather(self.positions(), channels), axis=-1)
 
+    def compact(self):
+        """`(values, channels)` on the known non-zero channels (gathering if needed)."""
+        tf = _tf()
+        if not self.is_dense:
+            return self.values, self.channels
+        if self.support is not None:
+            return tf.gather(self.values, self.support, axis=-1), self.support
+        return self.values, None
+
     def dense(self):
         """The activation with all `width` channels (scattered back)."""
         if self.is_dense:
@@ -249,8 +268,10 @@ class Compact:
 def _with_zero_channel(values):
     """Prepends one all-zero channel, so that gathering index 0 yields zeros."""
     tf = _tf()
-    zero = tf.zeros_like(values[..., :1])
-    return tf.concat([zero, values], axis=-1)
+    # PAD, not concat with zeros_like(values[..., :1]): that is empty when
+    # `values` has no channels (a layer with every gate off).
+    paddings = [[0, 0]] * (values.shape.rank - 1) + [[1, 0]]
+    return tf.pad(values, paddings)
 
 
 def _dense(values):
@@ -343,7 +364,7 @@ class _Builder:
             return self.gated(layer, inputs[0])
         if isinstance(layer, _ZERO_PRESERVING):
             x = inputs[0]
-            return Compact(layer(x.values, training=False), x.channels, x.width, x._positions)
+            return Compact(layer(x.values, training=False), x.channels, x.width, x._positions, x.support)
         if isinstance(layer, ChannelZeroPad):
             x = inputs[0]
             if x.is_dense:
@@ -352,7 +373,7 @@ class _Builder:
             return Compact(x.values, x.channels, x.width + layer.pad)
         if isinstance(layer, (keras.layers.Activation, keras.layers.ReLU)) and _keeps_zero(layer):
             x = inputs[0]
-            return Compact(layer(x.values), x.channels, x.width, x._positions)
+            return Compact(layer(x.values), x.channels, x.width, x._positions, x.support)
         if isinstance(layer, keras.layers.Add):
             return _dense(tf.add_n([x.dense() for x in inputs]) if len(inputs) > 1 else inputs[0].dense())
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and layer.data_format != "channels_last":
@@ -368,10 +389,18 @@ class _Builder:
         logits = self.predictor_logits(layer, x)  # (1, filters)
         mask = logits > 0
         policy = self.policies.get(layer.name, "gather")
+        if policy == "auto":
+            policy = self.auto_policy(unit, x)
         if policy == "dense":
             return self.masked_dense(unit, activation, x, mask)
         if policy == "gather":
             return self.gathered(unit, activation, x, mask)
+        if policy == "gather_inputs":
+            if unit.is_depthwise:
+                return self.masked_dense(unit, activation, x, mask)
+            return self.gathered_inputs(unit, activation, x, mask)
+        if isinstance(policy, str) and policy.startswith("inputs<"):
+            return self.inputs_or_dense(unit, activation, x, mask, float(policy[len("inputs<"):]))
         # A float cutoff: choose at run time (builtin IF).
         if not x.is_dense:
             x.positions()  # computed outside the branches, which both read it
@@ -388,6 +417,36 @@ class _Builder:
 
         values, channels = tf.cond(active > limit, dense_branch, gather_branch)
         return Compact(values, channels, unit.filters)
+
+    def auto_policy(self, unit, x):
+        """The default per-layer choice (from timings of MobileNetV1 on x86 XNNPACK).
+
+        Depthwise convs run dense (a depthwise conv over a run-time channel
+        set has no fast builtin kernel); regular convs read only the input's
+        non-zero channels when fewer than `AUTO_INPUT_CUTOFF` of them are on
+        (builtin IF at run time), else run dense.
+        """
+        if unit.is_depthwise or (x.is_dense and x.support is None) or unit.filters < AUTO_MIN_FILTERS:
+            return "dense"
+        return f"inputs<{AUTO_INPUT_CUTOFF}"
+
+    def inputs_or_dense(self, unit, activation, x, mask, cutoff):
+        """Run-time choice (builtin IF): gathered inputs when few input channels are on, else dense."""
+        tf = _tf()
+        if not x.is_dense:
+            x.positions()
+        values, channels = x.compact()
+        compacted = Compact(values, channels, x.width, x._positions)
+        limit = int(math.floor(cutoff * x.width))
+        count = tf.shape(values)[-1]
+        y = tf.cond(
+            count <= limit,
+            lambda: self.gathered_inputs(unit, activation, compacted, mask).values,
+            lambda: self.masked_dense(unit, activation, x, mask).values,
+        )
+        y = tf.ensure_shape(y, [1, *y.shape[1:3], unit.filters]) if y.shape.rank == 4 else y
+        support = tf.cast(tf.where(mask[0])[:, 0], tf.int32)
+        return Compact(y, None, unit.filters, support=support)
 
     def predictor_logits(self, layer, x):
         tf = _tf()
@@ -418,7 +477,34 @@ class _Builder:
     def masked_dense(self, unit, activation, x, mask):
         tf = _tf()
         y = self.dense_unit(unit, activation, x.dense())
-        return _dense(y * tf.cast(mask, tf.float32)[:, None, None, :])
+        support = tf.cast(tf.where(mask[0])[:, 0], tf.int32)
+        return Compact(y * tf.cast(mask, tf.float32)[:, None, None, :], None, unit.filters, support=support)
+
+    def gathered_inputs(self, unit, activation, x, mask):
+        """A regular conv reading only the input's non-zero channels; all filters, masked.
+
+        Output keeps the dense layout (static shape), so no scatter is needed
+        downstream; only the input side is compacted.
+        """
+        tf = _tf()
+        layer = unit.layer
+        (kh, kw) = layer.conv.kernel_size
+        values, channels = x.compact()
+        out_h, out_w = _output_hw(layer, x.values)
+        weights = tf.constant(unit.kernel.reshape(kh * kw, -1, unit.filters))  # (kh*kw, C_in, C_out)
+        if channels is not None:
+            weights = tf.gather(weights, channels, axis=1)
+        k_in = tf.shape(values)[-1]
+        weights = tf.reshape(weights, [1, kh * kw * k_in, unit.filters])
+        if (kh, kw) == (1, 1) and tuple(layer.conv.strides) == (1, 1):
+            columns = values
+        else:
+            columns = tf.concat(_shifted_windows(_padded(values, layer), layer, out_h, out_w), axis=-1)
+        columns = tf.reshape(columns, [1, out_h * out_w, kh * kw * k_in])
+        y = activation(tf.linalg.matmul(columns, weights) + tf.constant(unit.bias))
+        y = tf.reshape(y, [1, out_h, out_w, unit.filters]) * tf.cast(mask, tf.float32)[:, None, None, :]
+        support = tf.cast(tf.where(mask[0])[:, 0], tf.int32)
+        return Compact(y, None, unit.filters, support=support)
 
     def gathered(self, unit, activation, x, mask):
         """Computes only the active filters; returns a Compact on them."""
@@ -486,6 +572,12 @@ def _policies(model, policy):
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
             continue
+        if isinstance(value, str) and value.startswith("inputs<"):
+            try:
+                if 0.0 <= float(value[len("inputs<"):]) <= 1.0:
+                    continue
+            except ValueError:
+                pass
         raise ExportError(
             f"Policy {value!r} for layer '{name}' is not valid: use 'gather', 'dense', or a "
             "keep-ratio cutoff in [0, 1] (dense branch above it, chosen at run time)."
