@@ -323,6 +323,13 @@ class GatedConv(keras.layers.Layer):
             inputs = ops.stop_gradient(inputs)
         return self.predictor(inputs)
 
+    def _filter_scores(self, outputs):
+        # Same as masks.filter_scores; after a ReLU the abs() pass over the
+        # activations is skipped (it costs as much as the max itself).
+        if getattr(self.activation, "__name__", None) in ("relu", "relu6"):
+            return ops.max(outputs, axis=(1, 2))
+        return masks.filter_scores(outputs)
+
     def call(self, inputs, training=None):
         logits = self.gate_logits(inputs)
         outputs = self.dense_outputs(inputs, training=training)
@@ -332,7 +339,7 @@ class GatedConv(keras.layers.Layer):
             target = None
             if recorder.targets:
                 target = masks.target_mask(
-                    ops.stop_gradient(outputs),
+                    self._filter_scores(ops.stop_gradient(outputs)),
                     recorder.threshold or self.threshold,
                     recorder.target or self.target,
                 )
