@@ -118,7 +118,7 @@ def test_layers_with_all_gates_off_or_on(cifar_images):
     assert_same_logits(flatbuffer, model, cifar_images[:8])
     for on in (True, False):
         force_gates(model, on)
-        for policy in ("gather", 0.5, "auto"):
+        for policy in ("gather", "auto"):
             assert_same_logits(export.convert(model, policy=policy), model, cifar_images[:4])
 
 
@@ -187,5 +187,6 @@ def test_cli_help(script):
         timeout=120,
         env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "--" in result.stdout
+    # absl prints the help and exits (with status 1 in absl-py 2.x).
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    assert "--output" in result.stdout and "Traceback" not in result.stderr

@@ -274,6 +274,18 @@ def _with_zero_channel(values):
     return tf.pad(values, paddings)
 
 
+def _active_channels(mask_row):
+    """int32 indices of the True entries of a (C,) bool mask, never empty.
+
+    XNNPACK cannot run zero-size tensors, so when every gate is off the list is
+    [0]; callers make sure channel 0 then carries zeros (its values are masked).
+    """
+    tf = _tf()
+    active = tf.cast(tf.where(mask_row)[:, 0], tf.int32)
+    count = tf.maximum(tf.shape(active)[0], 1)
+    return tf.slice(tf.concat([active, tf.zeros([1], tf.int32)], axis=0), [0], [count])
+
+
 def _dense(values):
     return Compact(values, None, int(values.shape[-1]))
 
@@ -400,6 +412,8 @@ class _Builder:
                 return self.masked_dense(unit, activation, x, mask)
             return self.gathered_inputs(unit, activation, x, mask)
         if isinstance(policy, str) and policy.startswith("inputs<"):
+            if unit.is_depthwise:  # its inputs are its filters: nothing to compact on the input side
+                return self.masked_dense(unit, activation, x, mask)
             return self.inputs_or_dense(unit, activation, x, mask, float(policy[len("inputs<"):]))
         # A float cutoff: choose at run time (builtin IF).
         if not x.is_dense:
@@ -445,7 +459,7 @@ class _Builder:
             lambda: self.masked_dense(unit, activation, x, mask).values,
         )
         y = tf.ensure_shape(y, [1, *y.shape[1:3], unit.filters]) if y.shape.rank == 4 else y
-        support = tf.cast(tf.where(mask[0])[:, 0], tf.int32)
+        support = _active_channels(mask[0])
         return Compact(y, None, unit.filters, support=support)
 
     def predictor_logits(self, layer, x):
@@ -477,7 +491,7 @@ class _Builder:
     def masked_dense(self, unit, activation, x, mask):
         tf = _tf()
         y = self.dense_unit(unit, activation, x.dense())
-        support = tf.cast(tf.where(mask[0])[:, 0], tf.int32)
+        support = _active_channels(mask[0])
         return Compact(y * tf.cast(mask, tf.float32)[:, None, None, :], None, unit.filters, support=support)
 
     def gathered_inputs(self, unit, activation, x, mask):
@@ -503,16 +517,17 @@ class _Builder:
         columns = tf.reshape(columns, [1, out_h * out_w, kh * kw * k_in])
         y = activation(tf.linalg.matmul(columns, weights) + tf.constant(unit.bias))
         y = tf.reshape(y, [1, out_h, out_w, unit.filters]) * tf.cast(mask, tf.float32)[:, None, None, :]
-        support = tf.cast(tf.where(mask[0])[:, 0], tf.int32)
+        support = _active_channels(mask[0])
         return Compact(y, None, unit.filters, support=support)
 
     def gathered(self, unit, activation, x, mask):
         """Computes only the active filters; returns a Compact on them."""
         tf = _tf()
-        active = tf.cast(tf.where(mask[0])[:, 0], tf.int32)  # (k_out,)
+        active = _active_channels(mask[0])  # (k_out,), never empty
         layer = unit.layer
         (kh, kw) = layer.conv.kernel_size
         bias = tf.gather(tf.constant(unit.bias), active)
+        on = tf.gather(tf.cast(mask[0], tf.float32), active)  # 1s, or [0] when all are off
         if unit.is_depthwise:
             values = _padded(x.select(active), layer)
             out_h, out_w = _output_hw(layer, x.values)
@@ -520,7 +535,7 @@ class _Builder:
             taps = tf.gather(taps, active, axis=1)  # (kh*kw, k_out)
             windows = _shifted_windows(values, layer, out_h, out_w)
             y = tf.add_n([w * taps[i] for i, w in enumerate(windows)])
-            return Compact(activation(y + bias), active, unit.filters)
+            return Compact(activation(y + bias) * on, active, unit.filters)
         # Regular conv: (C_out, kh*kw, C_in) so that active filters are contiguous rows.
         weights = tf.constant(np.ascontiguousarray(unit.kernel.reshape(kh * kw, -1, unit.filters).transpose(2, 0, 1)))
         weights = tf.gather(weights, active)  # (k_out, kh*kw, C_in)
@@ -537,7 +552,7 @@ class _Builder:
         columns = tf.reshape(columns, [1, out_h * out_w, kh * kw * k_in])
         # Rank-3 matmul -> BATCH_MATMUL, which XNNPACK runs with run-time weights.
         y = tf.linalg.matmul(columns, weights[None], adjoint_b=True)[0] + bias
-        y = tf.reshape(activation(y), [1, out_h, out_w, k_out])
+        y = tf.reshape(activation(y) * on, [1, out_h, out_w, k_out])
         return Compact(y, active, unit.filters)
 
 
