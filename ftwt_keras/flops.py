@@ -76,7 +76,8 @@ def _zero_preserving_activation(activation):
         return False
 
 
-_CHANNEL_PRESERVING = (
+# Layers that keep channels and map an all-zero channel to an all-zero channel.
+ZERO_PRESERVING_LAYERS = (
     keras.layers.ZeroPadding2D,
     keras.layers.MaxPooling2D,
     keras.layers.AveragePooling2D,
@@ -141,7 +142,7 @@ def _layer_terms(layer, in_shape, out_shape, source):
         return mac_terms(layer), (None, 1)
     if isinstance(layer, keras.layers.Flatten):
         return [], (in_gate, repeat * _spatial(in_shape))
-    if isinstance(layer, _CHANNEL_PRESERVING):
+    if isinstance(layer, ZERO_PRESERVING_LAYERS):
         return [], source
     if isinstance(layer, (keras.layers.Activation, keras.layers.ReLU)):
         activation = layer.activation if isinstance(layer, keras.layers.Activation) else layer

@@ -39,22 +39,13 @@ import keras
 import numpy as np
 
 from ftwt_keras import _graph
+from ftwt_keras.flops import ZERO_PRESERVING_LAYERS
 from ftwt_keras.layers import GatedConv
 from ftwt_keras.models import ChannelZeroPad
 from ftwt_keras.training import FTWTModel
 
 # Layer types the exporter knows how to compute (besides GatedConv).
 # Zero-preserving ones run directly on compact activations.
-_ZERO_PRESERVING = (
-    keras.layers.ZeroPadding2D,
-    keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout2D,
-    keras.layers.Identity,
-)
 _DENSE_ONLY = (
     keras.layers.InputLayer,
     keras.layers.Normalization,
@@ -69,7 +60,7 @@ _DENSE_ONLY = (
     keras.layers.ReLU,
     ChannelZeroPad,
 )
-SUPPORTED_LAYERS = (GatedConv,) + _ZERO_PRESERVING + _DENSE_ONLY
+SUPPORTED_LAYERS = (GatedConv,) + ZERO_PRESERVING_LAYERS + _DENSE_ONLY
 
 POLICIES = ("gather", "gather_inputs", "dense", "auto")
 # "auto": a regular conv reads only its input's active channels when at most
@@ -374,7 +365,7 @@ class _Builder:
         tf = _tf()
         if isinstance(layer, GatedConv):
             return self.gated(layer, inputs[0])
-        if isinstance(layer, _ZERO_PRESERVING):
+        if isinstance(layer, ZERO_PRESERVING_LAYERS):
             x = inputs[0]
             return Compact(layer(x.values, training=False), x.channels, x.width, x._positions, x.support)
         if isinstance(layer, ChannelZeroPad):

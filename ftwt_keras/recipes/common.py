@@ -209,6 +209,15 @@ def train_ftwt(config, baseline, train, test):
     return model, time.time() - start
 
 
+def main(argv):
+    """The absl `main` of every recipe app."""
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    run()
+
+
 def run(config=None):
     """Runs both stages and writes `results.json`; returns the results dict."""
     import keras

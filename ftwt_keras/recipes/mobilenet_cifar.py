@@ -13,11 +13,5 @@ from ftwt_keras.recipes import common
 common.define_flags(model="mobilenet_v1", output_dir="runs/mobilenet_cifar", threshold=1.0)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    common.run()
-
-
 if __name__ == "__main__":
-    app.run(main)
+    app.run(common.main)

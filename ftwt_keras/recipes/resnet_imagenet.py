@@ -13,11 +13,5 @@ from ftwt_keras.recipes import common
 common.define_flags(model="resnet34", output_dir="runs/resnet_imagenet", dataset="imagenet2012", image_size=224, batch_size=256, baseline_epochs=90, epochs=90, threshold=0.95)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    common.run()
-
-
 if __name__ == "__main__":
-    app.run(main)
+    app.run(common.main)
