@@ -220,10 +220,11 @@ class FTWTModel(keras.Model):
         executed = flops.executed_macs(self.mac_terms, gate_masks)
         return 1.0 - ops.mean(executed) / float(self.dense_macs)
 
-    def _update_gate_metrics(self, task_loss, gate_loss, gate_accuracy, gate_masks):
+    def _update_gate_metrics(self, task_loss, gate_loss, gate_accuracy, records):
         self.task_loss_tracker.update_state(task_loss)
         self.gate_loss_tracker.update_state(gate_loss)
         self.gate_accuracy_tracker.update_state(gate_accuracy)
+        gate_masks = {name: record.mask for name, record in records.items()}
         self.flops_reduction_tracker.update_state(self._flops_reduction(gate_masks))
 
     def train_step(self, data):
@@ -262,8 +263,7 @@ class FTWTModel(keras.Model):
         if backbone:
             self.optimizer.apply_gradients(zip(gradients[: len(backbone)], backbone))
         self.gate_optimizer.apply_gradients(zip(gradients[len(backbone) :], predictors))
-        masks = {name: record.mask for name, record in records.items()}
-        self._update_gate_metrics(task_loss * replicas, gate_loss, gate_accuracy, masks)
+        self._update_gate_metrics(task_loss * replicas, gate_loss, gate_accuracy, records)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def test_step(self, data):
@@ -276,8 +276,7 @@ class FTWTModel(keras.Model):
         task_loss = self._compute_loss(x, y, y_pred, sample_weight, training=False)
         loss = task_loss + self.gate_loss_weight * gate_loss / replicas
         self._loss_tracker.update_state(loss * replicas, sample_weight=ops.shape(y_pred)[0])
-        masks = {name: record.mask for name, record in records.items()}
-        self._update_gate_metrics(task_loss * replicas, gate_loss, gate_accuracy, masks)
+        self._update_gate_metrics(task_loss * replicas, gate_loss, gate_accuracy, records)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def warm_up_gates(self, x, steps=500, verbose="auto"):

@@ -115,7 +115,6 @@ _RECIPE_FLAGS = (
 def _datasets(config):
     from ftwt_keras import data
 
-    kwargs = {}
     if config["dataset"] in data.CIFAR_DATASETS:
         train = data.cifar(config["dataset"], "train", config["batch_size"], data_dir=config["data_dir"],
                            take=config["train_take"], seed=config["seed"])
@@ -125,9 +124,10 @@ def _datasets(config):
                               take=config["estimate_images"])
         return train, test, estimate
     if config["dataset"] == data.IMAGENET:
-        kwargs = {"image_size": config["image_size"]}
-        train = data.imagenet("train", config["batch_size"], data_dir=config["data_dir"], seed=config["seed"], **kwargs)
-        test = data.imagenet("validation", 128, training=False, data_dir=config["data_dir"], **kwargs)
+        size = config["image_size"]
+        train = data.imagenet("train", config["batch_size"], data_dir=config["data_dir"], image_size=size,
+                              seed=config["seed"])
+        test = data.imagenet("validation", 128, training=False, data_dir=config["data_dir"], image_size=size)
         return train, test, test.take(max(1, config["estimate_images"] // 128))
     size = (config["image_size"], config["image_size"])
     train = data.image_folder(os.path.join(config["dataset"], "train"), size, config["batch_size"], True, config["seed"])
