@@ -73,7 +73,14 @@ BUILDERS = {
 
 @pytest.mark.parametrize(
     "name, policy",
-    [("mobilenet_v1", "gather"), ("mobilenet_v1", "gather_inputs"), ("resnet20", "gather"), ("vgg16_bn", 0.5)],
+    [
+        ("mobilenet_v1", "gather"),
+        ("mobilenet_v1", "gather_inputs"),
+        ("mobilenet_v1", "auto"),
+        ("resnet20", "gather"),
+        ("vgg16_bn", 0.5),
+        ("vgg16_bn", "auto"),
+    ],
 )
 def test_dynamic_export_matches_keras(name, policy, cifar_images):
     model = perturb(fk.gate(BUILDERS[name]()))
@@ -85,7 +92,7 @@ def test_dynamic_export_matches_keras(name, policy, cifar_images):
     assert_builtin_only(flatbuffer)
     names = set(export.op_names(flatbuffer))
     assert {"WHERE", "GATHER"} <= names
-    if isinstance(policy, float):
+    if isinstance(policy, float) or policy == "auto":
         assert "IF" in names  # the run-time dense / gather choice
     assert_same_logits(flatbuffer, model, cifar_images)
 

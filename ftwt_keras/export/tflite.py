@@ -440,13 +440,20 @@ class _Builder:
         tf = _tf()
         if not x.is_dense:
             x.positions()
-        values, channels = x.compact()
-        compacted = Compact(values, channels, x.width, x._positions)
+        # Count the input's non-zero channels without gathering them: the
+        # gather belongs to the branch that uses it (at a high keep ratio the
+        # dense branch runs, and an activation gather there is pure waste).
+        channels = x.channels if not x.is_dense else x.support
         limit = int(math.floor(cutoff * x.width))
-        count = tf.shape(values)[-1]
+        count = tf.shape(channels)[0]
+
+        def gathered_branch():
+            values, kept = x.compact()
+            return self.gathered_inputs(unit, activation, Compact(values, kept, x.width, x._positions), mask).values
+
         y = tf.cond(
             count <= limit,
-            lambda: self.gathered_inputs(unit, activation, compacted, mask).values,
+            gathered_branch,
             lambda: self.masked_dense(unit, activation, x, mask).values,
         )
         y = tf.ensure_shape(y, [1, *y.shape[1:3], unit.filters]) if y.shape.rank == 4 else y

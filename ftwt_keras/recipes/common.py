@@ -47,6 +47,8 @@ def define_flags(**defaults):
     flags.DEFINE_enum("mode", default("mode", "decoupled"), ["decoupled", "joint"], "FTWT mode.")
     flags.DEFINE_enum("target", default("target", "mass"), ["mass", "uniform"], "Gate target rule.")
     flags.DEFINE_float("cooldown", default("cooldown", 0.5), "Fraction of FTWT epochs with the gate loss on.")
+    flags.DEFINE_enum("pooling", default("pooling", "avg"), ["avg", "max"], "Mask predictor global pooling.")
+    flags.DEFINE_bool("use_softmax", default("use_softmax", True), "Softmax over the pooled channels in the predictors.")
     flags.DEFINE_integer("warmup_steps", default("warmup_steps", 0), "Predictor warm-up batches toward all-ones.")
     flags.DEFINE_integer("estimate_images", default("estimate_images", 2048), "Training images for the before-training FLOPs estimate.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
@@ -108,7 +110,7 @@ def _read_config():
 _RECIPE_FLAGS = (
     "output_dir dataset data_dir model alpha depth image_size batch_size train_take test_take baseline "
     "baseline_epochs baseline_lr baseline_milestones epochs lr milestones gate_lr weight_decay threshold "
-    "mode target cooldown warmup_steps estimate_images seed verbose"
+    "mode target pooling use_softmax cooldown warmup_steps estimate_images seed verbose"
 ).split()
 
 
@@ -185,7 +187,8 @@ def train_ftwt(config, baseline, train, test):
     if os.path.exists(path):
         logging.info("Stage 2 already done: loading %s", path)
         return keras.saving.load_model(path), 0.0
-    model = fk.gate(baseline, threshold=config["threshold"], mode=config["mode"], target=config["target"])
+    model = fk.gate(baseline, threshold=config["threshold"], mode=config["mode"], target=config["target"],
+                    pooling=config.get("pooling", "avg"), use_softmax=config.get("use_softmax", True))
     model.compile(
         optimizer=sgd(config["lr"], config["weight_decay"]),
         gate_optimizer=keras.optimizers.SGD(config["gate_lr"], momentum=0.9),

@@ -1,0 +1,349 @@
+"""FTWT's accuracy / FLOPs trade-off on real CIFAR-10 at CPU scale.
+
+    python benchmarks/cifar_cpu.py                       # the full protocol (see README "Results")
+    python benchmarks/cifar_cpu.py --analyze_only        # tables and plots from finished runs
+
+One dense baseline (MobileNetV1, width --alpha), then FTWT from it for each
+--thresholds value in decoupled mode and for --joint_thresholds in joint
+mode. For every run: top-1 on the full test set, the FLOPs reduction measured
+with `ftwt_keras.flops` on it, the reduction `estimate_flops_reduction`
+predicts from the baseline before FTWT training, gate accuracy, training
+time, per-layer keep ratios, per-image MACs on clean and on shifted
+(noisy, blurred) test images, and the measured .tflite speed-up vs dense
+(LiteRT, XNNPACK, 1 thread, batch 1, --tflite_images real test images).
+
+Every stage is resumable: re-running the same command skips finished runs
+and resumes an interrupted one at its last epoch. Outputs:
+`--output_dir/<run>/` (models, histories, TensorBoard logs, analysis.npz),
+`--results` (JSON rows, fractions in 0..1), a Markdown table beside it, and
+PNG plots (needs matplotlib: `pip install -e .[test]`).
+"""
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output_dir", "runs/cifar_cpu", "Checkpoints, models and per-run analysis.")
+flags.DEFINE_string("results", "benchmarks/results/cifar10_cpu.json", "Results JSON (a .md table and PNG plots go beside it).")
+flags.DEFINE_float("alpha", 0.25, "MobileNetV1 width multiplier.")
+flags.DEFINE_integer("baseline_epochs", 15, "Dense baseline epochs (LR 0.1, x0.1 at 50% and 75%).")
+flags.DEFINE_integer("epochs", 6, "FTWT epochs per run (LR 0.01, x0.1 at 75%).")
+flags.DEFINE_list("thresholds", ["1.0", "0.9", "0.8", "0.7"], "Decoupled-mode thresholds r.")
+flags.DEFINE_list("joint_thresholds", ["0.8"], "Joint-mode thresholds r.")
+flags.DEFINE_float("gate_lr", 0.1, "Mask predictor learning rate.")
+flags.DEFINE_bool("use_softmax", False, "Softmax over the pooled channels in the mask predictors (the official predictor has it; "
+                  "in a short schedule it leaves the predictors nearly input-blind, see README).")
+flags.DEFINE_float("cooldown", 0.75, "Fraction of FTWT epochs with the gate loss on.")
+flags.DEFINE_integer("warmup_steps", 100, "Predictor warm-up batches toward all-ones.")
+flags.DEFINE_integer("train_take", None, "Use only the first N training images (smoke runs).")
+flags.DEFINE_integer("test_take", None, "Use only the first N test images (smoke runs).")
+flags.DEFINE_integer("tflite_images", 200, "Real test images timed per .tflite (0: skip the edge timing).")
+flags.DEFINE_float("noise_std", 25.0, "Std of the Gaussian pixel noise of the shifted test set (0..255 scale).")
+flags.DEFINE_float("blur_sigma", 1.0, "Gaussian blur sigma (pixels) of the second shifted test set.")
+flags.DEFINE_bool("analyze_only", False, "Only rebuild the JSON, table and plots from finished runs.")
+flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
+
+
+def run_name(threshold, mode):
+    return f"r{float(threshold):g}_{mode}"
+
+
+def _runs():
+    runs = [(float(t), "decoupled") for t in FLAGS.thresholds]
+    runs += [(float(t), "joint") for t in FLAGS.joint_thresholds]
+    return runs
+
+
+def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None):
+    return {
+        "output_dir": output_dir, "dataset": "cifar10", "data_dir": None, "model": "mobilenet_v1",
+        "alpha": FLAGS.alpha, "depth": 20, "image_size": 32, "batch_size": 128, "num_classes": 10,
+        "train_take": FLAGS.train_take, "test_take": FLAGS.test_take, "baseline": baseline,
+        "baseline_epochs": FLAGS.baseline_epochs, "baseline_lr": 0.1, "baseline_milestones": ["0.5", "0.75"],
+        "epochs": FLAGS.epochs, "lr": 0.01, "milestones": ["0.75"], "gate_lr": FLAGS.gate_lr,
+        "pooling": "avg", "use_softmax": FLAGS.use_softmax, "weight_decay": 5e-4, "threshold": threshold, "mode": mode,
+        "target": "mass", "cooldown": FLAGS.cooldown, "warmup_steps": FLAGS.warmup_steps,
+        "estimate_images": 2048, "seed": 0, "verbose": FLAGS.verbose,
+    }
+
+
+def shifted_images(images, kind):
+    """The test images under a distribution shift: `"noise"` or `"blur"` (0..255 floats)."""
+    import numpy as np
+    import tensorflow as tf
+
+    if kind == "noise":
+        rng = np.random.default_rng(0)
+        return np.clip(images + rng.normal(0.0, FLAGS.noise_std, images.shape), 0, 255).astype("float32")
+    radius = max(1, int(round(3 * FLAGS.blur_sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / FLAGS.blur_sigma) ** 2)
+    taps /= taps.sum()
+    kernel = np.outer(taps, taps)[:, :, None, None] * np.eye(3)[None, None]
+    padded = tf.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    return tf.nn.conv2d(padded, kernel.astype("float32"), 1, "VALID").numpy()
+
+
+def analyze(model, baseline, run_dir):
+    """Per-run measurements beyond the recipe's results.json; cached in analysis.npz."""
+    import numpy as np
+
+    import ftwt_keras as fk
+    from ftwt_keras import data
+
+    path = os.path.join(run_dir, "analysis.npz")
+    if os.path.exists(path):
+        return dict(np.load(path))
+    batches = list(data.cifar("cifar10", "test", 500, training=False, take=FLAGS.test_take))
+    images = np.concatenate([np.asarray(x) for x, _ in batches]).astype("float32")
+    labels = np.concatenate([np.asarray(y) for _, y in batches])
+    out = {"names": np.array([layer.name for layer in model.gated_layers])}
+    keep = {name: [] for name in out["names"]}
+    for start in range(0, len(images), 500):
+        for name, mask in fk.flops.gate_masks_of(model, images[start : start + 500]).items():
+            keep[name].append(np.asarray(mask).mean(axis=0) * len(mask))
+    out["layer_keep"] = np.array([np.sum(keep[n], axis=0).mean() / len(images) for n in out["names"]])
+    dense = fk.flops.count_macs(model)
+    out["dense_macs"] = np.array(dense)
+    for kind in ("clean", "noise", "blur"):
+        shifted = images if kind == "clean" else shifted_images(images, kind)
+        out[f"macs_{kind}"] = fk.flops.dynamic_macs(model, shifted, batch_size=250)
+        logits = model.predict(shifted, batch_size=250, verbose=0)
+        out[f"accuracy_{kind}"] = np.array(np.mean(np.argmax(logits, -1) == labels))
+        base_logits = baseline.predict(shifted, batch_size=250, verbose=0)
+        out[f"baseline_accuracy_{kind}"] = np.array(np.mean(np.argmax(base_logits, -1) == labels))
+    if FLAGS.tflite_images:
+        out.update(time_tflite(model, images[: FLAGS.tflite_images], run_dir))
+    np.savez(path, **out)
+    return out
+
+
+def time_tflite(model, images, run_dir):
+    """Dense vs dynamic .tflite, 1 thread, alternating image by image."""
+    import numpy as np
+
+    from ftwt_keras.export import tflite
+
+    flatbuffers = {"dense": tflite.convert(model, dynamic=False), "dynamic": tflite.convert(model, policy="auto")}
+    logging.info("Timing dense and dynamic .tflite on %d test images", len(images))
+    times = tflite.time_side_by_side(flatbuffers, images, num_threads=1, warmup=20)
+    dense_ms, dynamic_ms = (1e3 * float(np.median(times[k])) for k in ("dense", "dynamic"))
+    return {"tflite_dense_ms": np.array(dense_ms), "tflite_dynamic_ms": np.array(dynamic_ms)}
+
+
+def train_all():
+    import keras
+
+    from ftwt_keras.recipes import common
+
+    root = FLAGS.output_dir
+    os.makedirs(root, exist_ok=True)
+    baseline_config = _config(root)
+    keras.utils.set_random_seed(0)
+    train, test, _ = common._datasets(baseline_config)
+    logging.info("Stage 1: dense MobileNetV1 x%g baseline, %d epochs", FLAGS.alpha, FLAGS.baseline_epochs)
+    _, seconds = common.train_baseline(baseline_config, train, test)
+    if seconds:
+        with open(os.path.join(root, "baseline_seconds.json"), "w") as file:
+            json.dump({"seconds": round(seconds, 1)}, file)
+    baseline_path = os.path.join(root, "baseline.keras")
+    for threshold, mode in _runs():
+        run_dir = os.path.join(root, run_name(threshold, mode))
+        if not os.path.exists(os.path.join(run_dir, "results.json")):
+            logging.info("FTWT at r=%g, %s mode", threshold, mode)
+            common.run(_config(run_dir, threshold, mode, baseline=baseline_path))
+        baseline = keras.saving.load_model(baseline_path)
+        model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+        analyze(model, baseline, run_dir)
+
+
+def collect():
+    """Rows for every finished run."""
+    import numpy as np
+
+    rows = []
+    for threshold, mode in _runs():
+        run_dir = os.path.join(FLAGS.output_dir, run_name(threshold, mode))
+        results_path, analysis_path = (os.path.join(run_dir, f) for f in ("results.json", "analysis.npz"))
+        if not (os.path.exists(results_path) and os.path.exists(analysis_path)):
+            continue
+        with open(results_path) as file:
+            results = json.load(file)
+        analysis = dict(np.load(analysis_path))
+        dense = float(analysis["dense_macs"])
+        row = {
+            "threshold": threshold,
+            "mode": mode,
+            "baseline_accuracy": results["baseline_accuracy"],
+            "accuracy": results["accuracy"],
+            "flops_reduction": results["flops_reduction"],
+            "estimated_flops_reduction": results["estimated_flops_reduction"],
+            "gate_accuracy": results["gate_accuracy"],
+            "tflite_speedup": None,
+            "tflite_dense_ms": None,
+            "tflite_dynamic_ms": None,
+            "ideal_speedup": dense / float(np.mean(analysis["macs_clean"])),
+            "flops_reduction_noise": 1.0 - float(np.mean(analysis["macs_noise"])) / dense,
+            "flops_reduction_blur": 1.0 - float(np.mean(analysis["macs_blur"])) / dense,
+            "accuracy_noise": float(analysis["accuracy_noise"]),
+            "accuracy_blur": float(analysis["accuracy_blur"]),
+            "baseline_accuracy_noise": float(analysis["baseline_accuracy_noise"]),
+            "baseline_accuracy_blur": float(analysis["baseline_accuracy_blur"]),
+            "ftwt_train_seconds": results["ftwt_train_seconds"],
+            "baseline_train_seconds": _baseline_seconds(),
+            "dense_macs": int(dense),
+            "test_images": results["test_images"],
+            "alpha": FLAGS.alpha,
+            "baseline_epochs": results["config"]["baseline_epochs"],
+            "epochs": results["config"]["epochs"],
+        }
+        if "tflite_dense_ms" in analysis:
+            row["tflite_dense_ms"] = float(analysis["tflite_dense_ms"])
+            row["tflite_dynamic_ms"] = float(analysis["tflite_dynamic_ms"])
+            row["tflite_speedup"] = row["tflite_dense_ms"] / row["tflite_dynamic_ms"]
+        rows.append((row, analysis))
+    return rows
+
+
+def _baseline_seconds():
+    path = os.path.join(FLAGS.output_dir, "baseline_seconds.json")
+    if os.path.exists(path):
+        with open(path) as file:
+            return json.load(file)["seconds"]
+    return None
+
+
+def _pct(value):
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def markdown_table(rows):
+    lines = [
+        "| r | mode | baseline top-1 | FTWT top-1 | drop (pt) | FLOPs red. | estimate | gate acc. "
+        "| FLOPs red. noisy / blurred | .tflite dense / dynamic ms | speed-up (ideal) | FTWT train min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row, _ in rows:
+        speed = "n/a" if row["tflite_speedup"] is None else (
+            f"{row['tflite_dense_ms']:.2f} / {row['tflite_dynamic_ms']:.2f}")
+        speedup = "n/a" if row["tflite_speedup"] is None else f"{row['tflite_speedup']:.2f}x"
+        lines.append(
+            f"| {row['threshold']:g} | {row['mode']} | {_pct(row['baseline_accuracy'])} | {_pct(row['accuracy'])} "
+            f"| {100 * (row['baseline_accuracy'] - row['accuracy']):+.1f} | {_pct(row['flops_reduction'])}% "
+            f"| {_pct(row['estimated_flops_reduction'])}% | {_pct(row['gate_accuracy'])} "
+            f"| {_pct(row['flops_reduction_noise'])}% / {_pct(row['flops_reduction_blur'])}% | {speed} "
+            f"| {speedup} ({row['ideal_speedup']:.2f}x) | {row['ftwt_train_seconds'] / 60:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(rows, folder):
+    """Writes the three PNG plots; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    base = rows[0][0]["baseline_accuracy"]
+    ax.scatter([0], [100 * base], marker="*", s=160, color="k", label="dense baseline", zorder=3)
+    for mode, marker in (("decoupled", "o"), ("joint", "s")):
+        pts = sorted((r["flops_reduction"], r["accuracy"], r["threshold"]) for r, _ in rows if r["mode"] == mode)
+        if not pts:
+            continue
+        ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker=marker, label=f"FTWT {mode}")
+        for red, acc, r in pts:
+            ax.annotate(f"r={r:g}", (100 * red, 100 * acc), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        est = sorted((r["estimated_flops_reduction"], r["accuracy"]) for r, _ in rows if r["mode"] == mode)
+        ax.scatter([100 * e[0] for e in est], [100 * e[1] for e in est], marker=marker, facecolors="none",
+                   edgecolors="gray", label=f"{mode}: estimate before training" if mode == "decoupled" else None)
+    ax.set_xlabel("FLOPs reduction on the test set (%)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"MobileNetV1 x{FLAGS.alpha:g}, CIFAR-10, CPU-scale schedule")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, folder, "cifar10_cpu_accuracy_vs_flops.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for row, analysis in rows:
+        ax.plot(100 * analysis["layer_keep"], marker=".", label=f"r={row['threshold']:g} {row['mode']}")
+    ax.set_xlabel("gated layer (input to output; MobileNetV1: stem, then depthwise / pointwise pairs)")
+    ax.set_ylabel("filters kept, mean over test images (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, folder, "cifar10_cpu_layer_keep.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for row, analysis in rows:
+        dense = float(analysis["dense_macs"])
+        axes[0].hist(100 * analysis["macs_clean"] / dense, bins=50, histtype="step",
+                     label=f"r={row['threshold']:g} {row['mode']}")
+    axes[0].set_xlabel("per-image MACs executed (% of dense)")
+    axes[0].set_ylabel("test images")
+    axes[0].set_title("Per-image cost on CIFAR-10 test")
+    axes[0].legend(fontsize=8)
+    row, analysis = _middle_run(rows)
+    dense = float(analysis["dense_macs"])
+    for kind, label in (("clean", "clean"), ("noise", f"Gaussian noise, std {FLAGS.noise_std:g}"),
+                        ("blur", f"Gaussian blur, sigma {FLAGS.blur_sigma:g}")):
+        axes[1].hist(100 * analysis[f"macs_{kind}"] / dense, bins=50, histtype="step", label=label)
+    axes[1].set_xlabel("per-image MACs executed (% of dense)")
+    axes[1].set_title(f"Shifted inputs, r={row['threshold']:g} {row['mode']}")
+    axes[1].legend(fontsize=8)
+    paths.append(_save(fig, folder, "cifar10_cpu_per_image_flops.png"))
+    plt.close("all")
+    return paths
+
+
+def _middle_run(rows):
+    decoupled = [r for r in rows if r[0]["mode"] == "decoupled"] or rows
+    return decoupled[len(decoupled) // 2]
+
+
+def _save(fig, folder, name):
+    path = os.path.join(folder, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def report():
+    rows = collect()
+    if not rows:
+        print("No finished runs yet.")
+        return
+    folder = os.path.dirname(FLAGS.results) or "."
+    os.makedirs(folder, exist_ok=True)
+    with open(FLAGS.results, "w") as file:
+        json.dump({"rows": [row for row, _ in rows]}, file, indent=1)
+    table = markdown_table(rows)
+    with open(os.path.splitext(FLAGS.results)[0] + ".md", "w") as file:
+        file.write(table)
+    print(table)
+    try:
+        paths = plots(rows, folder)
+        print("Plots:", ", ".join(paths))
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install -e .[test]).")
+    print(f"Wrote {FLAGS.results}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.analyze_only:
+        start = time.time()
+        train_all()
+        logging.info("Protocol done in %.1f min", (time.time() - start) / 60)
+    report()
+
+
+if __name__ == "__main__":
+    app.run(main)
