@@ -74,16 +74,21 @@ def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None):
     }
 
 
-def shifted_images(images, kind):
-    """The test images under a distribution shift: `"noise"` or `"blur"` (0..255 floats)."""
+def shifted_images(images, kind, noise_std=25.0, blur_sigma=1.0):
+    """The test images under a distribution shift: `"noise"` or `"blur"` (0..255 floats).
+
+    Noise: i.i.d. Gaussian pixel noise of std `noise_std`, clipped to 0..255
+    (seeded, so every run sees the same noise). Blur: a separable Gaussian of
+    `blur_sigma` pixels with reflected borders.
+    """
     import numpy as np
     import tensorflow as tf
 
     if kind == "noise":
         rng = np.random.default_rng(0)
-        return np.clip(images + rng.normal(0.0, FLAGS.noise_std, images.shape), 0, 255).astype("float32")
-    radius = max(1, int(round(3 * FLAGS.blur_sigma)))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / FLAGS.blur_sigma) ** 2)
+        return np.clip(images + rng.normal(0.0, noise_std, images.shape), 0, 255).astype("float32")
+    radius = max(1, int(round(3 * blur_sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / blur_sigma) ** 2)
     taps /= taps.sum()
     kernel = np.outer(taps, taps)[:, :, None, None] * np.eye(3)[None, None]
     padded = tf.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
@@ -112,7 +117,7 @@ def analyze(model, baseline, run_dir):
     dense = fk.flops.count_macs(model)
     out["dense_macs"] = np.array(dense)
     for kind in ("clean", "noise", "blur"):
-        shifted = images if kind == "clean" else shifted_images(images, kind)
+        shifted = images if kind == "clean" else shifted_images(images, kind, FLAGS.noise_std, FLAGS.blur_sigma)
         out[f"macs_{kind}"] = fk.flops.dynamic_macs(model, shifted, batch_size=250)
         logits = model.predict(shifted, batch_size=250, verbose=0)
         out[f"accuracy_{kind}"] = np.array(np.mean(np.argmax(logits, -1) == labels))
@@ -155,7 +160,9 @@ def train_all():
     baseline_path = os.path.join(root, "baseline.keras")
     for threshold, mode in _runs():
         run_dir = os.path.join(root, run_name(threshold, mode))
-        if not os.path.exists(os.path.join(run_dir, "results.json")):
+        if os.path.exists(os.path.join(run_dir, "results.json")):
+            logging.info("FTWT at r=%g, %s mode: already done (%s)", threshold, mode, run_dir)
+        else:
             logging.info("FTWT at r=%g, %s mode", threshold, mode)
             common.run(_config(run_dir, threshold, mode, baseline=baseline_path))
         baseline = keras.saving.load_model(baseline_path)

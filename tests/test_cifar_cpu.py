@@ -1,0 +1,69 @@
+"""benchmarks/cifar_cpu.py end to end on a tiny slice of real CIFAR-10 (pipeline, not accuracy)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "cifar_cpu.py")
+
+pytest.importorskip("ai_edge_litert")
+
+
+def _run(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env,
+                          timeout=900, cwd=ROOT)
+
+
+def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
+    results = tmp_path / "results" / "cifar10_cpu.json"
+    args = [f"--output_dir={tmp_path / 'runs'}", f"--results={results}", "--baseline_epochs=1", "--epochs=1",
+            "--train_take=256", "--test_take=64", "--thresholds=0.9", "--joint_thresholds=0.9",
+            "--warmup_steps=1", "--tflite_images=4"]
+    first = _run(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = json.loads(results.read_text())["rows"]
+    assert [(row["threshold"], row["mode"]) for row in rows] == [(0.9, "decoupled"), (0.9, "joint")]
+    for row in rows:
+        for key in ("baseline_accuracy", "accuracy", "estimated_flops_reduction", "gate_accuracy",
+                    "flops_reduction_noise", "flops_reduction_blur"):
+            assert 0.0 <= row[key] <= 1.0, key
+        assert row["flops_reduction"] <= 1.0 and row["test_images"] == 64
+        assert row["tflite_dense_ms"] > 0 and row["tflite_dynamic_ms"] > 0
+        assert row["tflite_speedup"] == pytest.approx(row["tflite_dense_ms"] / row["tflite_dynamic_ms"])
+    analysis = np.load(tmp_path / "runs" / "r0.9_decoupled" / "analysis.npz")
+    assert analysis["macs_clean"].shape == (64,) and analysis["macs_noise"].shape == (64,)
+    assert np.all(analysis["macs_clean"] <= analysis["dense_macs"] * 1.5)
+    table = results.with_suffix(".md").read_text()
+    assert table.count("\n| 0.9 |") == 2
+    pytest.importorskip("matplotlib")
+    for name in ("accuracy_vs_flops", "layer_keep", "per_image_flops"):
+        assert (results.parent / f"cifar10_cpu_{name}.png").stat().st_size > 1000
+
+    # A second run trains nothing: every stage is found finished.
+    again = _run(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("already done") >= 3  # the baseline, and both FTWT runs
+    assert "Epoch 1/" not in again.stdout + again.stderr
+
+
+def test_shifted_images_keep_range_and_shape():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import cifar_cpu
+    finally:
+        sys.path.pop(0)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    for kind in ("noise", "blur"):
+        shifted = cifar_cpu.shifted_images(images, kind, noise_std=25.0, blur_sigma=1.0)
+        assert shifted.shape == images.shape and shifted.dtype == np.float32
+        assert shifted.min() >= -1e-3 and shifted.max() <= 255 + 1e-3
+        assert not np.allclose(shifted, images)
+    flat = np.full((1, 32, 32, 3), 100.0, np.float32)
+    np.testing.assert_allclose(cifar_cpu.shifted_images(flat, "blur"), flat, rtol=1e-5)  # blur keeps a flat image
