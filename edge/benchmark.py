@@ -40,12 +40,6 @@ flags.DEFINE_string("output", "benchmarks/results/edge_latency.json", "JSON file
 flags.DEFINE_string("tflite_dir", "/tmp/ftwt_edge", "Folder for the .tflite files made on the way.")
 
 
-def _policy(text):
-    if text in ("gather", "dense", "auto"):
-        return text
-    return float(text)
-
-
 def _cifar_images(count, size=None):
     import numpy as np
     import tensorflow as tf
@@ -67,7 +61,7 @@ def _measure(label, model, images, keep_label, dense_flatbuffer):
     from ftwt_keras.export import tflite
 
     start = time.time()
-    dynamic = tflite.convert(model, policy=_policy(FLAGS.policy))
+    dynamic = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy))
     converted = time.time() - start
     tflite.save(dynamic, os.path.join(FLAGS.tflite_dir, f"{label}_{images.shape[1]}_keep{keep_label}.tflite"))
     sample = images[: min(len(images), 64)]

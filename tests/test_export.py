@@ -173,6 +173,9 @@ def test_rejects_a_bad_policy():
         export.convert(model, policy="fast")
     with pytest.raises(export.ExportError, match="not gated layers"):
         export.convert(model, policy={"nope": "dense"})
+    assert export.parse_policy("gather_inputs") == "gather_inputs" and export.parse_policy("0.4") == 0.4
+    with pytest.raises(export.ExportError, match="gather_inputs"):
+        export.parse_policy("fast")
 
 
 def test_export_file_round_trip(tmp_path, cifar_images):

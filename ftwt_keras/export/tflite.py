@@ -18,9 +18,10 @@ pad of ResNet-CIFAR) run directly on the compact tensor; anything else
 (residual `Add`, the classifier) first scatters it back to all channels.
 
 Where gathering costs more than it saves (a high keep ratio), a layer can run
-dense instead: the layer's `policy` is `"gather"`, `"dense"`, or a float
-`cutoff`: at run time a builtin `IF` takes the dense branch when the fraction
-of active filters exceeds `cutoff`. Batch norm is folded into the conv
+dense instead: the layer's `policy` is `"auto"` (the default, chosen per
+layer from timings on x86 XNNPACK), `"gather"`, `"gather_inputs"`, `"dense"`,
+or a float `cutoff`: at run time a builtin `IF` takes the dense branch when
+the fraction of active filters exceeds `cutoff`. Batch norm is folded into the conv
 weights (per-channel scale and shift), which is exact up to float32 rounding.
 
 `convert(model, dynamic=False)` exports the ordinary dense network (same
@@ -391,7 +392,7 @@ class _Builder:
         tf = _tf()
         logits = self.predictor_logits(layer, x)  # (1, filters)
         mask = logits > 0
-        policy = self.policies.get(layer.name, "gather")
+        policy = self.policies.get(layer.name, "auto")
         if policy == "auto":
             policy = self.auto_policy(unit, x)
         if policy == "dense":
@@ -571,6 +572,18 @@ def _keeps_zero(layer):
 # --------------------------------------------------------------------------
 
 
+def parse_policy(text):
+    """A `--policy` command-line value as `convert` takes it: a name in `POLICIES` or a float cutoff."""
+    if text in POLICIES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ExportError(
+            f"Policy must be one of {list(POLICIES)} or a keep-ratio cutoff in [0, 1]; got {text!r}."
+        ) from None
+
+
 def _policies(model, policy):
     names = [layer.name for layer in model.gated_layers]
     if isinstance(policy, dict):
@@ -592,13 +605,13 @@ def _policies(model, policy):
             except ValueError:
                 pass
         raise ExportError(
-            f"Policy {value!r} for layer '{name}' is not valid: use 'gather', 'dense', or a "
+            f"Policy {value!r} for layer '{name}' is not valid: use one of {list(POLICIES)}, or a "
             "keep-ratio cutoff in [0, 1] (dense branch above it, chosen at run time)."
         )
     return policies
 
 
-def convert(model, dynamic=True, policy="gather"):
+def convert(model, dynamic=True, policy="auto"):
     """Converts an FTWT model to a batch-1 TFLite flatbuffer (builtin ops only).
 
     Args:
@@ -607,11 +620,13 @@ def convert(model, dynamic=True, policy="gather"):
             each image. False: the ordinary dense network with the same
             weights (no predictors, no masks).
         policy: per gated layer, how the dynamic export computes it:
-            `"gather"` (only active filters), `"dense"` (all filters, then
-            masked), or a float cutoff in [0, 1]: at run time, dense when
-            more than that fraction of the layer's filters is active, else
-            gather. One value for all layers, or `{layer name: value}`
-            (missing layers: "gather").
+            `"auto"` (default: the fastest choice measured on x86 XNNPACK,
+            see `_Builder.auto_policy`), `"gather"` (only active filters),
+            `"gather_inputs"` (only the input's active channels, all
+            filters), `"dense"` (all filters, then masked), or a float cutoff
+            in [0, 1]: at run time, dense when more than that fraction of the
+            layer's filters is active, else gather. One value for all layers,
+            or `{layer name: value}` (missing layers: "auto").
 
     Returns:
         The `.tflite` model as bytes. Input: raw RGB pixels `(1, H, W, 3)`
@@ -689,7 +704,7 @@ def save(flatbuffer, path):
     return path
 
 
-def export_file(model_path, output_path, dynamic=True, policy="gather"):
+def export_file(model_path, output_path, dynamic=True, policy="auto"):
     """Loads a saved FTWT `.keras` model and writes its `.tflite` export; returns the path."""
     model = load_ftwt_model(model_path)
     output_path = os.fspath(output_path)
@@ -810,6 +825,7 @@ __all__ = [
     "interpreter",
     "load_ftwt_model",
     "op_names",
+    "parse_policy",
     "run",
     "save",
     "set_keep_ratio",
