@@ -108,12 +108,8 @@ def analyze(model, baseline, run_dir):
     batches = list(data.cifar("cifar10", "test", 500, training=False, take=FLAGS.test_take))
     images = np.concatenate([np.asarray(x) for x, _ in batches]).astype("float32")
     labels = np.concatenate([np.asarray(y) for _, y in batches])
-    out = {"names": np.array([layer.name for layer in model.gated_layers])}
-    keep = {name: [] for name in out["names"]}
-    for start in range(0, len(images), 500):
-        for name, mask in fk.flops.gate_masks_of(model, images[start : start + 500]).items():
-            keep[name].append(np.asarray(mask).mean(axis=0) * len(mask))
-    out["layer_keep"] = np.array([np.sum(keep[n], axis=0).mean() / len(images) for n in out["names"]])
+    ratios = fk.flops.keep_ratios(model, images, batch_size=500)
+    out = {"names": np.array(list(ratios)), "layer_keep": np.array(list(ratios.values()))}
     dense = fk.flops.count_macs(model)
     out["dense_macs"] = np.array(dense)
     for kind in ("clean", "noise", "blur"):

@@ -246,6 +246,37 @@ def gate_masks_of(model, images, training=False):
     return {name: record.mask for name, record in recorder.by_layer_name().items()}
 
 
+def keep_ratios(model, images, batch_size=128):
+    """Fraction of each gated layer's filters that its gate keeps, averaged over images.
+
+    Args:
+        model: an `FTWTModel`.
+        images: array `(N, H, W, C)` or an iterable of batches (as `dynamic_macs`).
+        batch_size: used when `images` is an array.
+
+    Returns:
+        `{gated layer name: float in [0, 1]}`, in the model's layer order.
+
+    Example:
+
+    >>> import numpy as np, ftwt_keras as fk
+    >>> model = fk.gate(fk.models.resnet_cifar(depth=20))
+    >>> ratios = fk.flops.keep_ratios(model, np.zeros((2, 32, 32, 3), "float32"))
+    >>> len(ratios), all(0.0 <= r <= 1.0 for r in ratios.values())
+    (19, True)
+    """
+    kept, images_seen = {}, 0
+    for batch in image_batches(images, batch_size):
+        for name, mask in gate_masks_of(model, batch).items():
+            mask = np.asarray(ops.convert_to_numpy(mask), np.float64)
+            kept[name] = kept.get(name, 0.0) + mask.mean(axis=1).sum()
+        images_seen += int(batch.shape[0])
+    if not images_seen:
+        raise ValueError("`images` is empty: keep_ratios needs at least one image.")
+    order = [layer.name for layer in _network(model).layers if layer.name in kept]
+    return {name: kept[name] / images_seen for name in order}
+
+
 def image_batches(images, batch_size):
     """Yields image batches from an array or from an iterable of batches.
 
@@ -287,4 +318,13 @@ def dynamic_macs(model, images, batch_size=128):
     return np.concatenate(results)
 
 
-__all__ = ["MacTerm", "mac_terms", "count_macs", "executed_macs", "dynamic_macs", "gate_masks_of", "image_batches"]
+__all__ = [
+    "MacTerm",
+    "mac_terms",
+    "count_macs",
+    "executed_macs",
+    "dynamic_macs",
+    "gate_masks_of",
+    "image_batches",
+    "keep_ratios",
+]

@@ -1,5 +1,6 @@
 import keras
 import numpy as np
+import pytest
 from conftest import force_gates
 
 import ftwt_keras as fk
@@ -58,3 +59,19 @@ def test_residual_add_makes_the_input_dense_again(images):
     assert terms["stage1_block1_conv2"].in_gate == "stage1_block1_conv1"
     assert terms["stage1_block2_conv1"].in_gate is None  # after the add
     assert terms["logits"].in_gate is None
+
+
+def test_keep_ratios_follow_the_gates(images):
+    model = fk.gate(fk.models.mobilenet_v1(alpha=0.25))
+    force_gates(model, on=True)
+    assert set(fk.flops.keep_ratios(model, images, batch_size=3).values()) == {1.0}
+    force_gates(model, on=False)
+    first = model.gated_layers[0]
+    bias = np.full(first.predictor.bias.shape, -50.0, "float32")
+    bias[: len(bias) // 4] = 50.0  # a quarter of the first layer's filters on
+    first.predictor.bias.assign(bias)
+    ratios = fk.flops.keep_ratios(model, images, batch_size=3)
+    assert list(ratios) == [layer.name for layer in model.gated_layers]
+    assert ratios[first.name] == 0.25 and set(list(ratios.values())[1:]) == {0.0}
+    with pytest.raises(ValueError, match="empty"):
+        fk.flops.keep_ratios(model, images[:0])
