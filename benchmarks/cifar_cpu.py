@@ -35,8 +35,11 @@ flags.DEFINE_string("results", "benchmarks/results/cifar10_cpu.json", "Results J
 flags.DEFINE_float("alpha", 0.25, "MobileNetV1 width multiplier.")
 flags.DEFINE_integer("baseline_epochs", 15, "Dense baseline epochs (LR 0.1, x0.1 at 50% and 75%).")
 flags.DEFINE_integer("epochs", 6, "FTWT epochs per run (LR 0.01, x0.1 at 75%).")
-flags.DEFINE_list("thresholds", ["1.0", "0.9", "0.8", "0.7"], "Decoupled-mode thresholds r.")
+flags.DEFINE_list("thresholds", ["1.0", "0.9", "0.8"], "Decoupled-mode thresholds r.")
 flags.DEFINE_list("joint_thresholds", ["0.8"], "Joint-mode thresholds r.")
+flags.DEFINE_list("joint_gate_loss_weights", ["1.0", "0.01"],
+                  "Gate-loss weights of the joint runs (each joint r runs with each). The gate learning rate is "
+                  "divided by the weight, so only the BCE gradient reaching the backbone changes.")
 flags.DEFINE_float("gate_lr", 0.1, "Mask predictor learning rate.")
 flags.DEFINE_bool("use_softmax", False, "Softmax over the pooled channels in the mask predictors (the official predictor has it; "
                   "in a short schedule it leaves the predictors nearly input-blind, see README).")
@@ -51,23 +54,26 @@ flags.DEFINE_bool("analyze_only", False, "Only rebuild the JSON, table and plots
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
 
 
-def run_name(threshold, mode):
-    return f"r{float(threshold):g}_{mode}"
+def run_name(threshold, mode, weight=1.0):
+    suffix = "" if weight == 1.0 else f"_w{weight:g}"
+    return f"r{float(threshold):g}_{mode}{suffix}"
 
 
 def _runs():
-    runs = [(float(t), "decoupled") for t in FLAGS.thresholds]
-    runs += [(float(t), "joint") for t in FLAGS.joint_thresholds]
+    """(threshold, mode, gate-loss weight) of every FTWT run."""
+    runs = [(float(t), "decoupled", 1.0) for t in FLAGS.thresholds]
+    runs += [(float(t), "joint", float(w)) for t in FLAGS.joint_thresholds for w in FLAGS.joint_gate_loss_weights]
     return runs
 
 
-def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None):
+def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None, weight=1.0):
     return {
         "output_dir": output_dir, "dataset": "cifar10", "data_dir": None, "model": "mobilenet_v1",
         "alpha": FLAGS.alpha, "depth": 20, "image_size": 32, "batch_size": 128, "num_classes": 10,
         "train_take": FLAGS.train_take, "test_take": FLAGS.test_take, "baseline": baseline,
         "baseline_epochs": FLAGS.baseline_epochs, "baseline_lr": 0.1, "baseline_milestones": ["0.5", "0.75"],
-        "epochs": FLAGS.epochs, "lr": 0.01, "milestones": ["0.75"], "gate_lr": FLAGS.gate_lr,
+        "epochs": FLAGS.epochs, "lr": 0.01, "milestones": ["0.75"], "gate_lr": FLAGS.gate_lr / weight,
+        "gate_loss_weight": weight,
         "pooling": "avg", "use_softmax": FLAGS.use_softmax, "weight_decay": 5e-4, "threshold": threshold, "mode": mode,
         "target": "mass", "cooldown": FLAGS.cooldown, "warmup_steps": FLAGS.warmup_steps,
         "estimate_images": 2048, "seed": 0, "verbose": FLAGS.verbose,
@@ -154,13 +160,14 @@ def train_all():
         with open(os.path.join(root, "baseline_seconds.json"), "w") as file:
             json.dump({"seconds": round(seconds, 1)}, file)
     baseline_path = os.path.join(root, "baseline.keras")
-    for threshold, mode in _runs():
-        run_dir = os.path.join(root, run_name(threshold, mode))
+    for threshold, mode, weight in _runs():
+        run_dir = os.path.join(root, run_name(threshold, mode, weight))
         if os.path.exists(os.path.join(run_dir, "results.json")):
-            logging.info("FTWT at r=%g, %s mode: already done (%s)", threshold, mode, run_dir)
+            logging.info("FTWT at r=%g, %s mode, gate-loss weight %g: already done (%s)", threshold, mode, weight,
+                         run_dir)
         else:
-            logging.info("FTWT at r=%g, %s mode", threshold, mode)
-            common.run(_config(run_dir, threshold, mode, baseline=baseline_path))
+            logging.info("FTWT at r=%g, %s mode, gate-loss weight %g", threshold, mode, weight)
+            common.run(_config(run_dir, threshold, mode, baseline=baseline_path, weight=weight))
         baseline = keras.saving.load_model(baseline_path)
         model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
         analyze(model, baseline, run_dir)
@@ -171,8 +178,8 @@ def collect():
     import numpy as np
 
     rows = []
-    for threshold, mode in _runs():
-        run_dir = os.path.join(FLAGS.output_dir, run_name(threshold, mode))
+    for threshold, mode, weight in _runs():
+        run_dir = os.path.join(FLAGS.output_dir, run_name(threshold, mode, weight))
         results_path, analysis_path = (os.path.join(run_dir, f) for f in ("results.json", "analysis.npz"))
         if not (os.path.exists(results_path) and os.path.exists(analysis_path)):
             continue
@@ -183,6 +190,7 @@ def collect():
         row = {
             "threshold": threshold,
             "mode": mode,
+            "gate_loss_weight": weight,
             "baseline_accuracy": results["baseline_accuracy"],
             "accuracy": results["accuracy"],
             "flops_reduction": results["flops_reduction"],
@@ -228,7 +236,7 @@ def _pct(value):
 
 def markdown_table(rows):
     lines = [
-        "| r | mode | baseline top-1 | FTWT top-1 | drop (pt) | FLOPs red. | estimate | gate acc. "
+        "| r | mode (gate-loss weight) | baseline top-1 | FTWT top-1 | drop (pt) | FLOPs red. | estimate | gate acc. "
         "| FLOPs red. noisy / blurred | .tflite dense / dynamic ms | speed-up (ideal) | FTWT train min |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -237,7 +245,7 @@ def markdown_table(rows):
             f"{row['tflite_dense_ms']:.2f} / {row['tflite_dynamic_ms']:.2f}")
         speedup = "n/a" if row["tflite_speedup"] is None else f"{row['tflite_speedup']:.2f}x"
         lines.append(
-            f"| {row['threshold']:g} | {row['mode']} | {_pct(row['baseline_accuracy'])} | {_pct(row['accuracy'])} "
+            f"| {row['threshold']:g} | {row['mode']} ({row['gate_loss_weight']:g}) | {_pct(row['baseline_accuracy'])} | {_pct(row['accuracy'])} "
             f"| {100 * (row['baseline_accuracy'] - row['accuracy']):+.1f} | {_pct(row['flops_reduction'])}% "
             f"| {_pct(row['estimated_flops_reduction'])}% | {_pct(row['gate_accuracy'])} "
             f"| {_pct(row['flops_reduction_noise'])}% / {_pct(row['flops_reduction_blur'])}% | {speed} "
@@ -257,16 +265,20 @@ def plots(rows, folder):
     fig, ax = plt.subplots(figsize=(6, 4.2))
     base = rows[0][0]["baseline_accuracy"]
     ax.scatter([0], [100 * base], marker="*", s=160, color="k", label="dense baseline", zorder=3)
-    for mode, marker in (("decoupled", "o"), ("joint", "s")):
-        pts = sorted((r["flops_reduction"], r["accuracy"], r["threshold"]) for r, _ in rows if r["mode"] == mode)
-        if not pts:
-            continue
-        ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker=marker, label=f"FTWT {mode}")
+    groups = sorted({(r["mode"], r["gate_loss_weight"]) for r, _ in rows}, key=lambda g: (g[0], -g[1]))
+    for mode, weight in groups:
+        group = [r for r, _ in rows if (r["mode"], r["gate_loss_weight"]) == (mode, weight)]
+        marker = "o" if mode == "decoupled" else "s"
+        name = f"FTWT {mode}" + ("" if weight == 1.0 else f", gate-loss weight {weight:g}")
+        pts = sorted((r["flops_reduction"], r["accuracy"], r["threshold"]) for r in group)
+        ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker=marker, label=name)
         for red, acc, r in pts:
             ax.annotate(f"r={r:g}", (100 * red, 100 * acc), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        est = sorted((r["estimated_flops_reduction"], r["accuracy"]) for r, _ in rows if r["mode"] == mode)
-        ax.scatter([100 * e[0] for e in est], [100 * e[1] for e in est], marker=marker, facecolors="none",
-                   edgecolors="gray", label=f"{mode}: estimate before training" if mode == "decoupled" else None)
+    estimates = sorted({(r["threshold"], r["estimated_flops_reduction"]) for r, _ in rows})
+    for threshold, estimate in estimates:
+        ax.axvline(100 * estimate, color="gray", lw=0.8, ls=":")
+        ax.annotate(f"estimate r={threshold:g}", (100 * estimate, 100 * base), rotation=90, fontsize=7, color="gray",
+                    textcoords="offset points", xytext=(-9, -60))
     ax.set_xlabel("FLOPs reduction on the test set (%)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"MobileNetV1 x{FLAGS.alpha:g}, CIFAR-10, CPU-scale schedule")
@@ -276,7 +288,7 @@ def plots(rows, folder):
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for row, analysis in rows:
-        ax.plot(100 * analysis["layer_keep"], marker=".", label=f"r={row['threshold']:g} {row['mode']}")
+        ax.plot(100 * analysis["layer_keep"], marker=".", label=_label(row))
     ax.set_xlabel("gated layer (input to output; MobileNetV1: stem, then depthwise / pointwise pairs)")
     ax.set_ylabel("filters kept, mean over test images (%)")
     ax.grid(alpha=0.3)
@@ -287,7 +299,7 @@ def plots(rows, folder):
     for row, analysis in rows:
         dense = float(analysis["dense_macs"])
         axes[0].hist(100 * analysis["macs_clean"] / dense, bins=50, histtype="step",
-                     label=f"r={row['threshold']:g} {row['mode']}")
+                     label=_label(row))
     axes[0].set_xlabel("per-image MACs executed (% of dense)")
     axes[0].set_ylabel("test images")
     axes[0].set_title("Per-image cost on CIFAR-10 test")
@@ -298,11 +310,16 @@ def plots(rows, folder):
                         ("blur", f"Gaussian blur, sigma {FLAGS.blur_sigma:g}")):
         axes[1].hist(100 * analysis[f"macs_{kind}"] / dense, bins=50, histtype="step", label=label)
     axes[1].set_xlabel("per-image MACs executed (% of dense)")
-    axes[1].set_title(f"Shifted inputs, r={row['threshold']:g} {row['mode']}")
+    axes[1].set_title(f"Shifted inputs, {_label(row)}")
     axes[1].legend(fontsize=8)
     paths.append(_save(fig, folder, "cifar10_cpu_per_image_flops.png"))
     plt.close("all")
     return paths
+
+
+def _label(row):
+    weight = "" if row["gate_loss_weight"] == 1.0 else f" w={row['gate_loss_weight']:g}"
+    return f"r={row['threshold']:g} {row['mode']}{weight}"
 
 
 def _middle_run(rows):

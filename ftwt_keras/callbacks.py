@@ -52,18 +52,25 @@ class GateCooldown(keras.callbacks.Callback):
     Args:
         fraction: fraction of `epochs` after which the weight is 0.
         epochs: total epochs; by default the `epochs` passed to `fit`.
+        weight: the gate-loss weight before the cooldown (paper: 1). In joint
+            mode it also scales the BCE gradient reaching the backbone; with
+            plain SGD, dividing the gate optimizer's learning rate by the same
+            factor leaves the predictors' updates unchanged.
     """
 
-    def __init__(self, fraction=0.5, epochs=None):
+    def __init__(self, fraction=0.5, epochs=None, weight=1.0):
         super().__init__()
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"`fraction` must be in [0, 1]; got {fraction}.")
+        if weight < 0.0:
+            raise ValueError(f"`weight` must be >= 0; got {weight}.")
         self.fraction = fraction
         self.epochs = epochs
+        self.weight = float(weight)
 
     def on_epoch_begin(self, epoch, logs=None):
         epochs = self.epochs or self.params.get("epochs")
-        weight = 0.0 if epoch >= int(self.fraction * epochs) else 1.0
+        weight = 0.0 if epoch >= int(self.fraction * epochs) else self.weight
         self.model.gate_loss_weight.assign(weight)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -98,6 +98,17 @@ def test_fit_logs_ftwt_metrics_and_cooldown(images):
     np.testing.assert_allclose(logs["dynamic_macs"][0], logs["dense_macs"][0] * (1 - logs["flops_reduction"][0]))
 
 
+def test_cooldown_weight_scales_the_gate_loss(images):
+    model = _compiled()
+    labels = np.arange(8) % 10
+    logs = model.fit(images, labels, batch_size=8, epochs=2, verbose=0,
+                     callbacks=[fk.callbacks.GateCooldown(0.5, weight=0.25)]).history
+    assert logs["gate_loss_weight"] == [0.25, 0.0]
+    np.testing.assert_allclose(logs["loss"][0], logs["task_loss"][0] + 0.25 * logs["gate_loss"][0], rtol=1e-4)
+    with pytest.raises(ValueError, match="weight"):
+        fk.callbacks.GateCooldown(0.5, weight=-1.0)
+
+
 def test_predict_applies_masks(images):
     model = _compiled()
     force_gates(model, on=False)

@@ -46,6 +46,8 @@ def define_flags(**defaults):
     flags.DEFINE_float("threshold", default("threshold", 1.0), "Heatmap mass r kept by the gate targets.")
     flags.DEFINE_enum("mode", default("mode", "decoupled"), ["decoupled", "joint"], "FTWT mode.")
     flags.DEFINE_enum("target", default("target", "mass"), ["mass", "uniform"], "Gate target rule.")
+    flags.DEFINE_float("gate_loss_weight", default("gate_loss_weight", 1.0),
+                       "Gate-loss weight before the cooldown (joint mode: also scales the BCE reaching the backbone).")
     flags.DEFINE_float("cooldown", default("cooldown", 0.5), "Fraction of FTWT epochs with the gate loss on.")
     flags.DEFINE_enum("pooling", default("pooling", "avg"), ["avg", "max"], "Mask predictor global pooling.")
     flags.DEFINE_bool("use_softmax", default("use_softmax", True), "Softmax over the pooled channels in the predictors.")
@@ -110,7 +112,7 @@ def _read_config():
 _RECIPE_FLAGS = (
     "output_dir dataset data_dir model alpha depth image_size batch_size train_take test_take baseline "
     "baseline_epochs baseline_lr baseline_milestones epochs lr milestones gate_lr weight_decay threshold "
-    "mode target pooling use_softmax cooldown warmup_steps estimate_images seed verbose"
+    "mode target pooling use_softmax gate_loss_weight cooldown warmup_steps estimate_images seed verbose"
 ).split()
 
 
@@ -203,7 +205,7 @@ def train_ftwt(config, baseline, train, test):
         model.warm_up_gates(train.repeat(), steps=config["warmup_steps"], verbose=config["verbose"])
     extra = [
         step_schedule(config["lr"], config["milestones"], epochs),
-        fk.callbacks.GateCooldown(config["cooldown"]),
+        fk.callbacks.GateCooldown(config["cooldown"], weight=config.get("gate_loss_weight", 1.0)),
         fk.callbacks.FlopsLogger(),
     ]
     model.fit(train, epochs=epochs, validation_data=test, verbose=config["verbose"], shuffle=False,
