@@ -31,17 +31,18 @@ from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "runs/cifar_cpu", "Checkpoints, models and per-run analysis.")
-flags.DEFINE_string("results", "benchmarks/results/cifar10_cpu.json", "Results JSON (a .md table and PNG plots go beside it).")
+flags.DEFINE_string("results", "benchmarks/results/cifar10_cpu.json",
+                    "Results JSON (a .md table and PNG plots go beside it).")
 flags.DEFINE_float("alpha", 0.25, "MobileNetV1 width multiplier.")
 flags.DEFINE_integer("baseline_epochs", 15, "Dense baseline epochs (LR 0.1, x0.1 at 50% and 75%).")
 flags.DEFINE_integer("epochs", 6, "FTWT epochs per run (LR 0.01, x0.1 at 75%).")
 flags.DEFINE_list("thresholds", ["1.0", "0.9", "0.8"], "Decoupled-mode thresholds r.")
 flags.DEFINE_list("joint_thresholds", ["0.8"], "Joint-mode thresholds r.")
-flags.DEFINE_list("joint_gate_loss_weights", ["1.0", "0.01"],
-                  "Gate-loss weights of the joint runs (each joint r runs with each). The gate learning rate is "
-                  "divided by the weight, so only the BCE gradient reaching the backbone changes.")
+flags.DEFINE_float("joint_gate_loss_weight", 1.0,
+                   "Gate-loss weight of the joint runs (scales the BCE for the predictors and the backbone alike).")
 flags.DEFINE_float("gate_lr", 0.1, "Mask predictor learning rate.")
-flags.DEFINE_bool("use_softmax", False, "Softmax over the pooled channels in the mask predictors (the official predictor has it; "
+flags.DEFINE_bool("use_softmax", False,
+                  "Softmax over the pooled channels in the mask predictors (the official predictor has it; "
                   "in a short schedule it leaves the predictors nearly input-blind, see README).")
 flags.DEFINE_float("cooldown", 0.75, "Fraction of FTWT epochs with the gate loss on.")
 flags.DEFINE_integer("warmup_steps", 100, "Predictor warm-up batches toward all-ones.")
@@ -62,7 +63,7 @@ def run_name(threshold, mode, weight=1.0):
 def _runs():
     """(threshold, mode, gate-loss weight) of every FTWT run."""
     runs = [(float(t), "decoupled", 1.0) for t in FLAGS.thresholds]
-    runs += [(float(t), "joint", float(w)) for t in FLAGS.joint_thresholds for w in FLAGS.joint_gate_loss_weights]
+    runs += [(float(t), "joint", FLAGS.joint_gate_loss_weight) for t in FLAGS.joint_thresholds]
     return runs
 
 
@@ -72,7 +73,7 @@ def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None, weight=1
         "alpha": FLAGS.alpha, "depth": 20, "image_size": 32, "batch_size": 128, "num_classes": 10,
         "train_take": FLAGS.train_take, "test_take": FLAGS.test_take, "baseline": baseline,
         "baseline_epochs": FLAGS.baseline_epochs, "baseline_lr": 0.1, "baseline_milestones": ["0.5", "0.75"],
-        "epochs": FLAGS.epochs, "lr": 0.01, "milestones": ["0.75"], "gate_lr": FLAGS.gate_lr / weight,
+        "epochs": FLAGS.epochs, "lr": 0.01, "milestones": ["0.75"], "gate_lr": FLAGS.gate_lr,
         "gate_loss_weight": weight,
         "pooling": "avg", "use_softmax": FLAGS.use_softmax, "weight_decay": 5e-4, "threshold": threshold, "mode": mode,
         "target": "mass", "cooldown": FLAGS.cooldown, "warmup_steps": FLAGS.warmup_steps,
@@ -245,7 +246,8 @@ def markdown_table(rows):
             f"{row['tflite_dense_ms']:.2f} / {row['tflite_dynamic_ms']:.2f}")
         speedup = "n/a" if row["tflite_speedup"] is None else f"{row['tflite_speedup']:.2f}x"
         lines.append(
-            f"| {row['threshold']:g} | {row['mode']} ({row['gate_loss_weight']:g}) | {_pct(row['baseline_accuracy'])} | {_pct(row['accuracy'])} "
+            f"| {row['threshold']:g} | {row['mode']} ({row['gate_loss_weight']:g}) "
+            f"| {_pct(row['baseline_accuracy'])} | {_pct(row['accuracy'])} "
             f"| {100 * (row['baseline_accuracy'] - row['accuracy']):+.1f} | {_pct(row['flops_reduction'])}% "
             f"| {_pct(row['estimated_flops_reduction'])}% | {_pct(row['gate_accuracy'])} "
             f"| {_pct(row['flops_reduction_noise'])}% / {_pct(row['flops_reduction_blur'])}% | {speed} "

@@ -40,7 +40,8 @@ def main(argv):
     from ftwt_keras.export import tflite
 
     try:
-        path = tflite.export_file(FLAGS.model, FLAGS.output, dynamic=not FLAGS.dense, policy=tflite.parse_policy(FLAGS.policy))
+        policy = tflite.parse_policy(FLAGS.policy)
+        path = tflite.export_file(FLAGS.model, FLAGS.output, dynamic=not FLAGS.dense, policy=policy)
     except tflite.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

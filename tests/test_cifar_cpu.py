@@ -23,7 +23,8 @@ def _run(*args):
 def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     results = tmp_path / "results" / "cifar10_cpu.json"
     args = [f"--output_dir={tmp_path / 'runs'}", f"--results={results}", "--baseline_epochs=1", "--epochs=1",
-            "--train_take=256", "--test_take=64", "--thresholds=0.9", "--joint_thresholds=0.9", "--joint_gate_loss_weights=0.5",
+            "--train_take=256", "--test_take=64", "--thresholds=0.9", "--joint_thresholds=0.9",
+            "--joint_gate_loss_weight=0.5",
             "--warmup_steps=1", "--tflite_images=4"]
     first = _run(*args)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -31,7 +32,7 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert [(row["threshold"], row["mode"], row["gate_loss_weight"]) for row in rows] == [
         (0.9, "decoupled", 1.0), (0.9, "joint", 0.5)]
     joint = json.loads((tmp_path / "runs" / "r0.9_joint_w0.5" / "results.json").read_text())
-    assert joint["config"]["gate_loss_weight"] == 0.5 and joint["config"]["gate_lr"] == pytest.approx(0.2)
+    assert joint["config"]["gate_loss_weight"] == 0.5 and joint["config"]["gate_lr"] == pytest.approx(0.1)
     for row in rows:
         for key in ("baseline_accuracy", "accuracy", "estimated_flops_reduction", "gate_accuracy",
                     "flops_reduction_noise", "flops_reduction_blur"):
