@@ -52,10 +52,9 @@ class GateCooldown(keras.callbacks.Callback):
     Args:
         fraction: fraction of `epochs` after which the weight is 0.
         epochs: total epochs; by default the `epochs` passed to `fit`.
-        weight: the gate-loss weight before the cooldown (paper: 1). In joint
-            mode it also scales the BCE gradient reaching the backbone; with
-            plain SGD, dividing the gate optimizer's learning rate by the same
-            factor leaves the predictors' updates unchanged.
+        weight: the gate-loss weight before the cooldown (paper: 1). It
+            scales the BCE for the predictors and, in joint mode, for the
+            backbone too. `FTWTModel.warm_up_gates` does not use it.
     """
 
     def __init__(self, fraction=0.5, epochs=None, weight=1.0):

@@ -506,7 +506,6 @@ class _Builder:
         return activation(tf.nn.bias_add(y, tf.constant(unit.bias)))
 
     def masked_dense(self, unit, activation, x, mask):
-        tf = _tf()
         y = self.dense_unit(unit, activation, x.dense())
         support = _active_channels(mask.on[0])
         return Compact(y * mask.values, None, unit.filters, support=support)
