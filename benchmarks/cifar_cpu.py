@@ -55,6 +55,9 @@ flags.DEFINE_bool("analyze_only", False, "Only rebuild the JSON, table and plots
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
 
 
+ANALYSIS_FILE = "analysis.npz"
+
+
 def run_name(threshold, mode, weight=1.0):
     suffix = "" if weight == 1.0 else f"_w{weight:g}"
     return f"r{float(threshold):g}_{mode}{suffix}"
@@ -103,15 +106,12 @@ def shifted_images(images, kind, noise_std=25.0, blur_sigma=1.0):
 
 
 def analyze(model, baseline, run_dir):
-    """Per-run measurements beyond the recipe's results.json; cached in analysis.npz."""
+    """Per-run measurements beyond the recipe's results.json, saved to ANALYSIS_FILE."""
     import numpy as np
 
     import ftwt_keras as fk
     from ftwt_keras import data
 
-    path = os.path.join(run_dir, "analysis.npz")
-    if os.path.exists(path):
-        return dict(np.load(path))
     batches = list(data.cifar("cifar10", "test", 500, training=False, take=FLAGS.test_take))
     images = np.concatenate([np.asarray(x) for x, _ in batches]).astype("float32")
     labels = np.concatenate([np.asarray(y) for _, y in batches])
@@ -127,12 +127,12 @@ def analyze(model, baseline, run_dir):
         base_logits = baseline.predict(shifted, batch_size=250, verbose=0)
         out[f"baseline_accuracy_{kind}"] = np.array(np.mean(np.argmax(base_logits, -1) == labels))
     if FLAGS.tflite_images:
-        out.update(time_tflite(model, images[: FLAGS.tflite_images], run_dir))
-    np.savez(path, **out)
+        out.update(time_tflite(model, images[: FLAGS.tflite_images]))
+    np.savez(os.path.join(run_dir, ANALYSIS_FILE), **out)
     return out
 
 
-def time_tflite(model, images, run_dir):
+def time_tflite(model, images):
     """Dense vs dynamic .tflite, 1 thread, alternating image by image."""
     import numpy as np
 
@@ -161,6 +161,7 @@ def train_all():
         with open(os.path.join(root, "baseline_seconds.json"), "w") as file:
             json.dump({"seconds": round(seconds, 1)}, file)
     baseline_path = os.path.join(root, "baseline.keras")
+    baseline = None
     for threshold, mode, weight in _runs():
         run_dir = os.path.join(root, run_name(threshold, mode, weight))
         if os.path.exists(os.path.join(run_dir, "results.json")):
@@ -169,9 +170,10 @@ def train_all():
         else:
             logging.info("FTWT at r=%g, %s mode, gate-loss weight %g", threshold, mode, weight)
             common.run(_config(run_dir, threshold, mode, baseline=baseline_path, weight=weight))
-        baseline = keras.saving.load_model(baseline_path)
-        model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
-        analyze(model, baseline, run_dir)
+        if os.path.exists(os.path.join(run_dir, ANALYSIS_FILE)):
+            continue
+        baseline = baseline or keras.saving.load_model(baseline_path)
+        analyze(keras.saving.load_model(os.path.join(run_dir, "model.keras")), baseline, run_dir)
 
 
 def collect():
@@ -181,7 +183,7 @@ def collect():
     rows = []
     for threshold, mode, weight in _runs():
         run_dir = os.path.join(FLAGS.output_dir, run_name(threshold, mode, weight))
-        results_path, analysis_path = (os.path.join(run_dir, f) for f in ("results.json", "analysis.npz"))
+        results_path, analysis_path = (os.path.join(run_dir, f) for f in ("results.json", ANALYSIS_FILE))
         if not (os.path.exists(results_path) and os.path.exists(analysis_path)):
             continue
         with open(results_path) as file:

@@ -295,7 +295,6 @@ class _GateMask:
 
     def __init__(self, logits):
         tf = _tf()
-        self.logits = logits
         self.on = logits > 0
         self.values = tf.math.ceil(tf.clip_by_value(logits, 0.0, 1.0))
 
