@@ -23,6 +23,7 @@ flags.DEFINE_integer("steps", 10, "Timed steps per round.")
 flags.DEFINE_integer("rounds", 3, "Alternating rounds.")
 flags.DEFINE_float("threshold", 0.95, "FTWT threshold r.")
 flags.DEFINE_enum("mode", "decoupled", ["decoupled", "joint"], "FTWT mode.")
+flags.DEFINE_bool("jit_compile", False, "Compile both train steps with XLA (`compile(jit_compile=True)`).")
 FLAGS = flags.FLAGS
 
 
@@ -66,10 +67,12 @@ def main(argv):
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     plain = _build()
-    plain.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss(), metrics=["accuracy"])
+    plain.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss(), metrics=["accuracy"],
+                  jit_compile=FLAGS.jit_compile)
     ftwt = fk.gate(_build(), threshold=FLAGS.threshold, mode=FLAGS.mode)
     ftwt.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                 gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=loss(), metrics=["accuracy"])
+                 gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=loss(), metrics=["accuracy"],
+                 jit_compile=FLAGS.jit_compile)
     iterators = {}
     for name, model in (("plain", plain), ("ftwt", ftwt)):  # trace and warm up
         model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
@@ -86,7 +89,7 @@ def main(argv):
     plain_ips, ftwt_ips = (float(np.median(results[k])) for k in ("plain", "ftwt"))
     name = f"{FLAGS.model}" + (f" alpha={FLAGS.alpha:g}" if FLAGS.model == "mobilenet_v1" else "")
     print(f"\n{name}, batch {FLAGS.batch_size}, {os.cpu_count()} CPUs, "
-          f"oneDNN={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, TF {tf.__version__}, Keras {keras.__version__}")
+          f"oneDNN={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, XLA={FLAGS.jit_compile}, TF {tf.__version__}, Keras {keras.__version__}")
     print(f"plain train step: {plain_ips:.0f} images/s (median of {FLAGS.rounds * FLAGS.steps} steps)")
     print(f"FTWT  train step: {ftwt_ips:.0f} images/s ({FLAGS.mode}, r={FLAGS.threshold:g})")
     print(f"FTWT / plain:     {ftwt_ips / plain_ips:.2f}x")

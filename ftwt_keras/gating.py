@@ -3,7 +3,15 @@
 import keras
 
 from ftwt_keras import _graph, masks
-from ftwt_keras.layers import MODES, POOLINGS, TARGETS, SUPPORTED_CONVS, GatedConv, check_gateable_conv
+from ftwt_keras.layers import (
+    MODES,
+    POOLINGS,
+    SUPPORTED_CONVS,
+    TARGETS,
+    GatedConv,
+    check_gateable_conv,
+    check_joint_gradient_scale,
+)
 from ftwt_keras.training import FTWTModel
 
 _UNSUPPORTED_CONVS = (
@@ -95,6 +103,7 @@ def gate(
     pooling="avg",
     use_softmax=True,
     layers_to_gate=None,
+    joint_gradient_scale=1.0,
 ):
     """Returns an `FTWTModel` computing `model` with every conv unit gated.
 
@@ -114,6 +123,8 @@ def gate(
         pooling, use_softmax: mask predictor options.
         layers_to_gate: optional `callable(layer) -> bool`; convs for which it
             returns False stay plain (dense) layers.
+        joint_gradient_scale: joint mode only: factor on the gate-loss gradient
+            reaching the backbone (1.0: the paper; see `GatedConv`).
 
     Returns:
         An uncompiled `ftwt_keras.FTWTModel`.
@@ -137,6 +148,7 @@ def gate(
         raise ValueError(f"`target` must be one of {TARGETS}; got {target!r}.")
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}; got {pooling!r}.")
+    check_joint_gradient_scale(joint_gradient_scale)
     if isinstance(model, FTWTModel):
         raise ValueError(f"Model '{model.name}' is already an FTWTModel.")
     if not isinstance(model, keras.Model):
@@ -167,6 +179,7 @@ def gate(
                 mode=mode,
                 pooling=pooling,
                 use_softmax=use_softmax,
+                joint_gradient_scale=joint_gradient_scale,
                 name=conv.name,
             )
         if id(layer) in fused:

@@ -216,7 +216,7 @@ class GatedConv(keras.layers.Layer):
     The self-supervised target is taken from the unit's dense output after
     batch norm and activation. In `"decoupled"` mode the predictor's input is
     a stop-gradient, so the gate loss cannot reach the backbone; in `"joint"`
-    mode it can.
+    mode it can, scaled by `joint_gradient_scale`.
 
     Args:
         conv: a `keras.layers.Conv2D` (groups=1) or `DepthwiseConv2D`
@@ -228,6 +228,12 @@ class GatedConv(keras.layers.Layer):
         target: `"mass"` (default) or `"uniform"`, see `ftwt_keras.masks`.
         mode: `"decoupled"` (default) or `"joint"`.
         pooling, use_softmax: passed to the `MaskPredictor`.
+        joint_gradient_scale: joint mode only: factor applied to the gate-loss
+            gradient that reaches the backbone through the predictor's pooled
+            input (1.0, the default, is the paper's joint mode; 0.0 makes it
+            decoupled). The forward pass and the predictor's own gradient do
+            not change. The gate loss is summed over filters, so at 1.0 its
+            gradient can dominate the task loss's (see README).
 
     Example:
 
@@ -252,6 +258,7 @@ class GatedConv(keras.layers.Layer):
         mode="decoupled",
         pooling="avg",
         use_softmax=True,
+        joint_gradient_scale=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -275,6 +282,7 @@ class GatedConv(keras.layers.Layer):
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
         self.conv = conv
+        self.joint_gradient_scale = check_joint_gradient_scale(joint_gradient_scale)
         self.batch_norm = batch_norm
         self.activation = keras.activations.get(activation)
         self.threshold = masks.check_threshold(threshold)
@@ -320,8 +328,12 @@ class GatedConv(keras.layers.Layer):
     def gate_logits(self, inputs):
         """Predictor logits; the input is a stop-gradient unless mode is joint."""
         if self.mode == "decoupled":
-            inputs = ops.stop_gradient(inputs)
-        return self.predictor(inputs)
+            return self.predictor(ops.stop_gradient(inputs))
+        if self.joint_gradient_scale == 1.0:
+            return self.predictor(inputs)
+        # Scale after pooling: the (batch, channels) tensor is cheap to touch.
+        pooled = self.predictor.pool(inputs)
+        return self.predictor(scale_gradient(pooled, self.joint_gradient_scale))
 
     def _filter_scores(self, outputs):
         # Same as masks.filter_scores; after a ReLU the abs() pass over the
@@ -366,8 +378,29 @@ class GatedConv(keras.layers.Layer):
             mode=self.mode,
             pooling=self.pooling,
             use_softmax=self.use_softmax,
+            joint_gradient_scale=self.joint_gradient_scale,
         )
         return config
+
+
+def scale_gradient(x, scale):
+    """Identity in the forward pass; multiplies the gradient flowing back by `scale`.
+
+    `stop_gradient(x) + scale * (x - stop_gradient(x))` equals `x` exactly (the
+    difference is 0) and has gradient `scale`, on any Keras backend.
+    """
+    frozen = ops.stop_gradient(x)
+    return frozen + scale * (x - frozen)
+
+
+def check_joint_gradient_scale(scale):
+    """Raises a `ValueError` unless `scale` is a number >= 0."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
+        raise ValueError(
+            "`joint_gradient_scale` must be a number >= 0 (1.0: the paper's joint "
+            f"mode, 0.0: no gate-loss gradient into the backbone); got {scale!r}."
+        )
+    return float(scale)
 
 
 def check_gateable_conv(conv):

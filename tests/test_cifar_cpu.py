@@ -24,15 +24,15 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     results = tmp_path / "results" / "cifar10_cpu.json"
     args = [f"--output_dir={tmp_path / 'runs'}", f"--results={results}", "--baseline_epochs=1", "--epochs=1",
             "--train_take=256", "--test_take=64", "--thresholds=0.9", "--joint_thresholds=0.9",
-            "--joint_gate_loss_weight=0.5",
+            "--joint_gradient_scale=0.5",
             "--warmup_steps=1", "--tflite_images=4"]
     first = _run(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     rows = json.loads(results.read_text())["rows"]
-    assert [(row["threshold"], row["mode"], row["gate_loss_weight"]) for row in rows] == [
-        (0.9, "decoupled", 1.0), (0.9, "joint", 0.5)]
-    joint = json.loads((tmp_path / "runs" / "r0.9_joint_w0.5" / "results.json").read_text())
-    assert joint["config"]["gate_loss_weight"] == 0.5 and joint["config"]["gate_lr"] == pytest.approx(0.1)
+    assert [(row["threshold"], row["mode"], row["joint_gradient_scale"]) for row in rows] == [
+        (0.9, "decoupled", None), (0.9, "joint", 0.5)]
+    joint = json.loads((tmp_path / "runs" / "r0.9_joint_g0.5" / "results.json").read_text())
+    assert joint["config"]["joint_gradient_scale"] == 0.5 and joint["config"]["gate_lr"] == pytest.approx(0.1)
     for row in rows:
         for key in ("baseline_accuracy", "accuracy", "estimated_flops_reduction", "gate_accuracy",
                     "flops_reduction_noise", "flops_reduction_blur"):
@@ -54,6 +54,11 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("already done") >= 3  # the baseline, and both FTWT runs
     assert "Epoch 1/" not in again.stdout + again.stderr
+
+    # A finished run is never silently reused under other settings.
+    changed = _run(*[a for a in args if not a.startswith("--epochs")], "--epochs=2")
+    assert changed.returncode != 0
+    assert "holds a finished run with other settings (epochs: 1 there, 2 now)" in changed.stderr
 
 
 def test_shifted_images_keep_range_and_shape():

@@ -9,8 +9,8 @@ from ftwt_keras.layers import record_gates
 from ftwt_keras.training import gate_objectives
 
 
-def _compiled(mode="decoupled", threshold=0.9):
-    model = fk.gate(fk.models.resnet_cifar(depth=20), threshold=threshold, mode=mode)
+def _compiled(mode="decoupled", threshold=0.9, **gate_kwargs):
+    model = fk.gate(fk.models.resnet_cifar(depth=20), threshold=threshold, mode=mode, **gate_kwargs)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
         gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
@@ -54,6 +54,37 @@ def test_joint_mode_lets_the_gate_loss_reach_the_backbone(images):
     assert backbone > 0.0 and predictors > 0.0
     _, predictors = _gradient_norms(model, images, labels, "task")
     assert predictors == 0.0  # the binary mask carries no gradient
+
+
+def _gate_loss_gradients(model, images, labels):
+    with tf.GradientTape() as tape:
+        _, gate = _losses(model, images, labels)
+    return tape.gradient(gate, [model.backbone_variables, model.predictor_variables])
+
+
+def test_joint_gradient_scale_scales_only_the_backbone_gradient(images):
+    labels = np.arange(8) % 10
+    paper = _compiled("joint")
+    scaled = _compiled("joint", joint_gradient_scale=0.25)
+    scaled.set_weights(paper.get_weights())
+    np.testing.assert_array_equal(paper.predict(images, verbose=0), scaled.predict(images, verbose=0))
+    (paper_backbone, paper_predictors) = _gate_loss_gradients(paper, images, labels)
+    (scaled_backbone, scaled_predictors) = _gate_loss_gradients(scaled, images, labels)
+    reached = [(a, b) for a, b in zip(paper_backbone, scaled_backbone) if a is not None]
+    assert reached and any(float(tf.reduce_max(tf.abs(a))) > 0 for a, _ in reached)
+    for a, b in reached:
+        np.testing.assert_allclose(b, 0.25 * a, rtol=1e-4, atol=1e-7)
+    for a, b in zip(paper_predictors, scaled_predictors):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    # Saved and restored with its scale.
+    layer = scaled.gated_layers[3]
+    assert type(layer).from_config(layer.get_config()).joint_gradient_scale == 0.25
+
+
+@pytest.mark.parametrize("scale", [-1.0, "1", True, float("nan")])
+def test_joint_gradient_scale_is_validated(scale):
+    with pytest.raises(ValueError, match="joint_gradient_scale"):
+        fk.gate(fk.models.mobilenet_v1(alpha=0.25), mode="joint", joint_gradient_scale=scale)
 
 
 def test_each_optimizer_updates_only_its_variables(images):

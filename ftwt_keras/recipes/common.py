@@ -48,6 +48,8 @@ def define_flags(**defaults):
     flags.DEFINE_enum("target", default("target", "mass"), ["mass", "uniform"], "Gate target rule.")
     flags.DEFINE_float("gate_loss_weight", default("gate_loss_weight", 1.0),
                        "Gate-loss weight before the cooldown (joint mode: also scales the BCE reaching the backbone).")
+    flags.DEFINE_float("joint_gradient_scale", default("joint_gradient_scale", 1.0),
+                       "Joint mode: factor on the gate-loss gradient reaching the backbone (1.0: the paper).")
     flags.DEFINE_float("cooldown", default("cooldown", 0.5), "Fraction of FTWT epochs with the gate loss on.")
     flags.DEFINE_enum("pooling", default("pooling", "avg"), ["avg", "max"], "Mask predictor global pooling.")
     flags.DEFINE_bool("use_softmax", default("use_softmax", True), "Softmax over the pooled channels in the predictors.")
@@ -112,7 +114,7 @@ def _read_config():
 _RECIPE_FLAGS = (
     "output_dir dataset data_dir model alpha depth image_size batch_size train_take test_take baseline "
     "baseline_epochs baseline_lr baseline_milestones epochs lr milestones gate_lr weight_decay threshold "
-    "mode target pooling use_softmax gate_loss_weight cooldown warmup_steps estimate_images seed verbose"
+    "mode joint_gradient_scale target pooling use_softmax gate_loss_weight cooldown warmup_steps estimate_images seed verbose"
 ).split()
 
 
@@ -190,7 +192,8 @@ def train_ftwt(config, baseline, train, test):
         logging.info("Stage 2 already done: loading %s", path)
         return keras.saving.load_model(path), 0.0
     model = fk.gate(baseline, threshold=config["threshold"], mode=config["mode"], target=config["target"],
-                    pooling=config.get("pooling", "avg"), use_softmax=config.get("use_softmax", True))
+                    pooling=config["pooling"], use_softmax=config["use_softmax"],
+                    joint_gradient_scale=config["joint_gradient_scale"])
     model.compile(
         optimizer=sgd(config["lr"], config["weight_decay"]),
         gate_optimizer=keras.optimizers.SGD(config["gate_lr"], momentum=0.9),
@@ -205,7 +208,7 @@ def train_ftwt(config, baseline, train, test):
         model.warm_up_gates(train.repeat(), steps=config["warmup_steps"], verbose=config["verbose"])
     extra = [
         step_schedule(config["lr"], config["milestones"], epochs),
-        fk.callbacks.GateCooldown(config["cooldown"], weight=config.get("gate_loss_weight", 1.0)),
+        fk.callbacks.GateCooldown(config["cooldown"], weight=config["gate_loss_weight"]),
         fk.callbacks.FlopsLogger(),
     ]
     model.fit(train, epochs=epochs, validation_data=test, verbose=config["verbose"], shuffle=False,
