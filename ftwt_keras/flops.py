@@ -203,40 +203,70 @@ def executed_macs(terms, gate_masks, batch_size=None):
     Returns:
         Float tensor of shape `(batch,)` (keras.ops).
     """
-    reference = next(iter(gate_masks.values()), None)
-    if reference is None:
+    gates = [name for name, mask in gate_masks.items() if mask is not None]
+    if not gates:
         constant = float(sum(t.dense_macs for t in terms))
         return ops.full((batch_size,), constant)
-    total = ops.zeros_like(reference[:, 0])
+    # Vectorized over layers (a few ops in all, not a few per layer): each
+    # term is coefficient * count[in] * count[out], where column `dense` of
+    # the counts is 1 and an ungated side's channel count goes into the
+    # coefficient. A depthwise conv between two gates counts the channels
+    # active on both sides instead.
+    column = {name: index for index, name in enumerate(gates)}
+    dense = len(gates)
+    widths = [int(gate_masks[name].shape[-1]) for name in gates]
+    counts = ops.matmul(
+        ops.concatenate([gate_masks[name] for name in gates], axis=-1)
+        if len(gates) > 1
+        else gate_masks[gates[0]],
+        _segment_matrix(widths),
+    )
+    counts = ops.concatenate([counts, ops.ones_like(counts[:, :1])], axis=-1)
     constant = 0.0
-
-    def active(name, channels):
-        mask = gate_masks.get(name) if name is not None else None
-        if mask is None:
-            return None, float(channels)
-        return mask, ops.sum(mask, axis=-1)
-
+    coefficients, in_columns, out_columns, both_sides = [], [], [], []
     for term in terms:
-        if term.kind == "predictor":
-            constant += term.macs_per_pair
-            continue
-        in_mask, in_count = active(term.in_gate, term.in_channels)
-        out_mask, out_count = active(term.out_gate, term.out_channels)
-        if term.kind == "depthwise":
-            if in_mask is None and out_mask is None:
-                constant += term.dense_macs
-                continue
-            if in_mask is None or out_mask is None:
-                both = in_count if out_mask is None else out_count
-            else:
-                both = ops.sum(in_mask * out_mask, axis=-1)
-            total = total + term.macs_per_pair * both
+        in_column = column.get(term.in_gate, dense)
+        out_column = column.get(term.out_gate, dense)
+        if term.kind == "predictor" or in_column == out_column == dense:
+            constant += term.dense_macs
+        elif term.kind == "depthwise" and dense not in (in_column, out_column):
+            both_sides.append(term)
+        elif term.kind == "depthwise":
+            coefficients.append(term.macs_per_pair)
+            in_columns.append(min(in_column, out_column))
+            out_columns.append(dense)
         else:
-            if in_mask is None and out_mask is None:
-                constant += term.dense_macs
-                continue
-            total = total + term.macs_per_pair * term.in_repeat * in_count * out_count
-    return total + constant
+            coefficients.append(
+                term.macs_per_pair
+                * term.in_repeat
+                * (term.in_channels if in_column == dense else 1)
+                * (term.out_channels if out_column == dense else 1)
+            )
+            in_columns.append(in_column)
+            out_columns.append(out_column)
+    total = ops.full_like(counts[:, 0], constant)
+    if coefficients:
+        pairs = ops.take(counts, np.array(in_columns), axis=1) * ops.take(
+            counts, np.array(out_columns), axis=1
+        )
+        total = total + ops.matmul(pairs, np.array(coefficients, "float32"))
+    if both_sides:
+        in_masks = [gate_masks[t.in_gate] for t in both_sides]
+        out_masks = [gate_masks[t.out_gate] for t in both_sides]
+        shared = ops.matmul(
+            ops.concatenate(in_masks, axis=-1) * ops.concatenate(out_masks, axis=-1),
+            _segment_matrix([int(m.shape[-1]) for m in in_masks]),
+        )
+        per_pair = np.array([t.macs_per_pair for t in both_sides], "float32")
+        total = total + ops.matmul(shared, per_pair)
+    return total
+
+
+def _segment_matrix(widths):
+    """`(sum(widths), len(widths))` 0/1 matrix: row c is 1 in the column of its segment."""
+    matrix = np.zeros((sum(widths), len(widths)), "float32")
+    matrix[np.arange(sum(widths)), np.repeat(np.arange(len(widths)), widths)] = 1.0
+    return matrix
 
 
 def gate_masks_of(model, images, training=False):

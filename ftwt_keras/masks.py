@@ -89,14 +89,27 @@ def mass_mask(activations, threshold):
         keep = normalized > DEAD_FILTER_TOLERANCE
     else:
         channels = scores.shape[-1]
+        # top_k orders by score, the lower index first among equal scores.
         sorted_scores, order = ops.top_k(normalized, k=channels, sorted=True)
         cumulative = ops.cumsum(sorted_scores, axis=-1)
-        keep_sorted = ops.cast(
-            cumulative - threshold <= DEAD_FILTER_TOLERANCE, dtype
+        # Scores are >= 0, so the kept filters are a prefix of that order...
+        kept = cumulative - threshold <= DEAD_FILTER_TOLERANCE
+        # ...i.e. every filter ranked at or above the last kept one: compare
+        # with it rather than un-sort (a second sort and a gather).
+        last_score = ops.min(
+            ops.where(kept, sorted_scores, ops.full_like(sorted_scores, 2.0)),
+            axis=-1,
+            keepdims=True,
         )
-        # Undo the sort: position p of a filter in `order` is its rank.
-        ranks = ops.argsort(order, axis=-1)
-        keep = ops.take_along_axis(keep_sorted, ranks, axis=-1) > 0
+        at_last_score = ops.logical_and(kept, sorted_scores == last_score)
+        last_index = ops.max(
+            ops.where(at_last_score, order, ops.full_like(order, -1)), axis=-1, keepdims=True
+        )
+        index = ops.arange(channels, dtype=order.dtype)
+        keep = ops.logical_or(
+            normalized > last_score,
+            ops.logical_and(normalized == last_score, index <= last_index),
+        )
         keep = ops.logical_and(keep, has_mass)
     return ops.cast(keep, dtype)
 

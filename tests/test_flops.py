@@ -75,3 +75,36 @@ def test_keep_ratios_follow_the_gates(images):
     assert ratios[first.name] == 0.25 and set(list(ratios.values())[1:]) == {0.0}
     with pytest.raises(ValueError, match="empty"):
         fk.flops.keep_ratios(model, images[:0])
+
+
+def _reference_executed_macs(terms, gate_masks):
+    """Term by term, as the `MacTerm` docstring states it, in numpy."""
+    batch = len(next(iter(gate_masks.values())))
+    total = np.zeros(batch)
+    for term in terms:
+        if term.kind == "predictor":
+            total += term.macs_per_pair
+            continue
+        inputs = gate_masks.get(term.in_gate, np.ones((batch, term.in_channels)))
+        outputs = gate_masks.get(term.out_gate, np.ones((batch, term.out_channels)))
+        if term.kind == "depthwise":
+            total += term.macs_per_pair * (inputs * outputs).sum(axis=1)
+        else:
+            total += term.macs_per_pair * term.in_repeat * inputs.sum(axis=1) * outputs.sum(axis=1)
+    return total
+
+
+@pytest.mark.parametrize("make", [lambda: fk.models.mobilenet_v1(alpha=0.25), lambda: fk.models.resnet_cifar(20)])
+def test_executed_macs_equal_the_term_by_term_count_for_random_masks(make):
+    model = fk.gate(make(), threshold=0.9)
+    terms = flops.mac_terms(model)
+    rng = np.random.default_rng(0)
+    widths = {t.out_gate: t.out_channels for t in terms if t.out_gate is not None}
+    gate_masks = {
+        name: (rng.uniform(size=(6, width)) < rng.uniform(0.1, 0.9)).astype("float32")
+        for name, width in widths.items()
+    }
+    for subset in (gate_masks, dict(list(gate_masks.items())[::3])):  # missing gates count as all on
+        np.testing.assert_allclose(
+            np.asarray(flops.executed_macs(terms, subset)), _reference_executed_macs(terms, subset), rtol=1e-6
+        )

@@ -74,3 +74,31 @@ def test_bad_inputs_are_refused():
         masks.mass_mask(np.ones((1, 3, 3), "float32"), 0.5)
     with pytest.raises(ValueError, match="'mass' or 'uniform'"):
         masks.target_mask(np.ones((1, 3), "float32"), 0.5, "topk")
+
+
+def _reference_mass_mask(scores, threshold):
+    """The official rule, written with a sort: filters ranked by score (lower index first on ties)."""
+    mask = np.zeros_like(scores)
+    for row, sample in enumerate(scores):
+        total = sample.sum()
+        if total <= 0:
+            continue
+        order = sorted(range(len(sample)), key=lambda c: (-sample[c], c))
+        cumulative = np.cumsum(np.float32(sample[order] / total))
+        for rank, channel in enumerate(order):
+            if cumulative[rank] - threshold <= masks.DEAD_FILTER_TOLERANCE:
+                mask[row, channel] = 1.0
+    return mask
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.75, 0.9, 0.97])
+def test_mass_mask_matches_the_sorting_rule_with_many_ties(threshold):
+    rng = np.random.default_rng(int(threshold * 100))
+    # Small integer scores make ties at the boundary common.
+    scores = rng.integers(0, 4, (200, 12)).astype("float32")
+    expected = _reference_mass_mask(scores, threshold)
+    np.testing.assert_array_equal(np.asarray(masks.mass_mask(scores, threshold)), expected)
+    continuous = rng.exponential(1.0, (200, 64)).astype("float32")
+    np.testing.assert_array_equal(
+        np.asarray(masks.mass_mask(continuous, threshold)), _reference_mass_mask(continuous, threshold)
+    )

@@ -56,6 +56,29 @@ def test_joint_mode_lets_the_gate_loss_reach_the_backbone(images):
     assert predictors == 0.0  # the binary mask carries no gradient
 
 
+def test_gate_objectives_average_layers_of_different_widths():
+    from ftwt_keras.layers import GateRecord
+
+    rng = np.random.default_rng(0)
+    records, losses, accuracies = [], [], []
+    for channels in (3, 8, 20):
+        logits = rng.normal(size=(5, channels)).astype("float32")
+        target = (rng.uniform(size=(5, channels)) > 0.5).astype("float32")
+        mask = (logits > 0).astype("float32")
+        records.append(GateRecord(None, logits, mask, target))
+        probability = 1 / (1 + np.exp(-logits.astype("float64")))
+        bce = -(target * np.log(probability) + (1 - target) * np.log(1 - probability))
+        losses.append(bce.mean(axis=0).sum())  # mean over the batch, sum over filters
+        accuracies.append((mask == target).mean())
+    loss, accuracy = gate_objectives(records)
+    np.testing.assert_allclose(float(loss), np.mean(losses), rtol=1e-5)
+    np.testing.assert_allclose(float(accuracy), np.mean(accuracies), rtol=1e-5)
+    warm_loss, warm_accuracy = gate_objectives([r._replace(target=None) for r in records], all_ones=True)
+    ones = [np.log1p(np.exp(-r.logits.astype("float64"))).mean(axis=0).sum() for r in records]
+    np.testing.assert_allclose(float(warm_loss), np.mean(ones), rtol=1e-5)
+    np.testing.assert_allclose(float(warm_accuracy), np.mean([r.mask.mean() for r in records]), rtol=1e-5)
+
+
 def _gate_loss_gradients(model, images, labels):
     with tf.GradientTape() as tape:
         _, gate = _losses(model, images, labels)
