@@ -216,10 +216,7 @@ def executed_macs(terms, gate_masks, batch_size=None):
     dense = len(gates)
     widths = [int(gate_masks[name].shape[-1]) for name in gates]
     counts = ops.matmul(
-        ops.concatenate([gate_masks[name] for name in gates], axis=-1)
-        if len(gates) > 1
-        else gate_masks[gates[0]],
-        _segment_matrix(widths),
+        ops.concatenate([gate_masks[name] for name in gates], axis=-1), _segment_matrix(widths)
     )
     counts = ops.concatenate([counts, ops.ones_like(counts[:, :1])], axis=-1)
     constant = 0.0

@@ -46,12 +46,12 @@ def gate_objectives(records, all_ones=False):
             )
     # All layers side by side, so the loss is a handful of ops, not a handful
     # per layer (per-op overhead dominates small CPU train steps).
-    logits = _concatenate([record.logits for record in records])
-    decisions = _concatenate([record.mask for record in records])
+    logits = ops.concatenate([record.logits for record in records], axis=-1)
+    decisions = ops.concatenate([record.mask for record in records], axis=-1)
     if all_ones:
         targets = ops.ones_like(logits)
     else:
-        targets = _concatenate([record.target for record in records])
+        targets = ops.concatenate([record.target for record in records], axis=-1)
     layers = len(records)
     bce = ops.binary_crossentropy(targets, logits, from_logits=True)
     loss = ops.sum(ops.mean(bce, axis=0)) / layers
@@ -62,10 +62,6 @@ def gate_objectives(records, all_ones=False):
     correct = ops.cast(ops.equal(decisions, targets), "float32")
     accuracy = ops.sum(ops.mean(correct, axis=0) * filter_weights)
     return loss, accuracy
-
-
-def _concatenate(tensors):
-    return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis=-1)
 
 
 def _num_replicas():
