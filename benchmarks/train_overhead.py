@@ -4,8 +4,10 @@
 
 Both models are the same zoo network with the same batch; the FTWT one is
 `ftwt_keras.gate(...)` of it (predictors, targets, two optimizers). Each compiled
-train step is timed alone; rounds alternate plain / FTWT so that machine noise
-hits both, and the median over all steps is reported.
+train step is timed alone, plain and FTWT alternating step by step so that
+machine noise hits both alike; reported: the median images/s of each and the
+median of the per-pair ratios FTWT / plain (robust to drifts of the machine's
+speed over the run).
 """
 
 import os
@@ -19,8 +21,7 @@ flags.DEFINE_enum("model", "mobilenet_v1", ["mobilenet_v1", "resnet_cifar", "vgg
 flags.DEFINE_float("alpha", 1.0, "MobileNetV1 width multiplier.")
 flags.DEFINE_integer("depth", 56, "CIFAR ResNet depth.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_integer("steps", 10, "Timed steps per round.")
-flags.DEFINE_integer("rounds", 3, "Alternating rounds.")
+flags.DEFINE_integer("steps", 30, "Timed steps of each model (alternating plain / FTWT).")
 flags.DEFINE_float("threshold", 0.95, "FTWT threshold r.")
 flags.DEFINE_enum("mode", "decoupled", ["decoupled", "joint"], "FTWT mode.")
 flags.DEFINE_bool("jit_compile", False, "Compile both train steps with XLA (`compile(jit_compile=True)`).")
@@ -37,17 +38,14 @@ def _build():
     return fk.models.vgg16_bn()
 
 
-def _step_seconds(model, iterator, steps):
-    """Wall time of each of `steps` single train steps (waits for the results)."""
+def _step_seconds(model, iterator):
+    """Wall time of one train step (waits for its results)."""
     import numpy as np
 
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        logs = model.train_function(iterator)
-        np.asarray(logs["loss"])  # block until the step is done
-        times.append(time.perf_counter() - start)
-    return times
+    start = time.perf_counter()
+    logs = model.train_function(iterator)
+    np.asarray(logs["loss"])  # block until the step is done
+    return time.perf_counter() - start
 
 
 def main(argv):
@@ -78,21 +76,24 @@ def main(argv):
         model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
         model.make_train_function()
         iterators[name] = iter(dataset)
-        _step_seconds(model, iterators[name], 2)
-    results = {"plain": [], "ftwt": []}
-    for round_index in range(FLAGS.rounds):
+        for _ in range(2):
+            _step_seconds(model, iterators[name])
+    seconds = {"plain": [], "ftwt": []}
+    for step in range(FLAGS.steps):
         for name, model in (("plain", plain), ("ftwt", ftwt)):
-            seconds = _step_seconds(model, iterators[name], FLAGS.steps)
-            results[name].extend(FLAGS.batch_size / t for t in seconds)
-        print(f"round {round_index + 1}: plain {np.median(results['plain'][-FLAGS.steps:]):.0f} img/s, "
-              f"ftwt {np.median(results['ftwt'][-FLAGS.steps:]):.0f} img/s")
-    plain_ips, ftwt_ips = (float(np.median(results[k])) for k in ("plain", "ftwt"))
+            seconds[name].append(_step_seconds(model, iterators[name]))
+        if (step + 1) % 10 == 0:
+            recent = {k: FLAGS.batch_size / np.median(v[-10:]) for k, v in seconds.items()}
+            print(f"steps {step - 8}-{step + 1}: plain {recent['plain']:.0f} img/s, ftwt {recent['ftwt']:.0f} img/s")
+    plain_ips, ftwt_ips = (FLAGS.batch_size / float(np.median(seconds[k])) for k in ("plain", "ftwt"))
+    paired = float(np.median(np.array(seconds["plain"]) / np.array(seconds["ftwt"])))
     name = f"{FLAGS.model}" + (f" alpha={FLAGS.alpha:g}" if FLAGS.model == "mobilenet_v1" else "")
     print(f"\n{name}, batch {FLAGS.batch_size}, {os.cpu_count()} CPUs, "
           f"oneDNN={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, XLA={FLAGS.jit_compile}, TF {tf.__version__}, Keras {keras.__version__}")
-    print(f"plain train step: {plain_ips:.0f} images/s (median of {FLAGS.rounds * FLAGS.steps} steps)")
+    print(f"plain train step: {plain_ips:.0f} images/s (median of {FLAGS.steps} steps)")
     print(f"FTWT  train step: {ftwt_ips:.0f} images/s ({FLAGS.mode}, r={FLAGS.threshold:g})")
-    print(f"FTWT / plain:     {ftwt_ips / plain_ips:.2f}x")
+    print(f"FTWT / plain:     {ftwt_ips / plain_ips:.2f}x (ratio of medians), "
+          f"{paired:.2f}x (median of the {FLAGS.steps} paired step ratios)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ POOLINGS = ("avg", "max")
 MODES = ("decoupled", "joint")
 TARGETS = ("mass", "uniform")
 SUPPORTED_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+# Activations that are exactly 0 far below zero, so that a gated-off filter
+# can be switched off through its pre-activation shift (`OFF_SHIFT`).
+RELU_LIKE = ("relu", "relu6")
+OFF_SHIFT = 1e30
 
 
 def global_pool(inputs, pooling="avg"):
@@ -231,6 +235,13 @@ class GatedConv(keras.layers.Layer):
     a stop-gradient, so the gate loss cannot reach the backbone; in `"joint"`
     mode it can, scaled by `joint_gradient_scale`.
 
+    With a ReLU or ReLU6 activation (and batch norm without renorm), an off
+    filter is zeroed by shifting its pre-activation by `-OFF_SHIFT` rather than
+    by multiplying the output by the mask: the same outputs, gradients and
+    batch-norm statistics as `keras.layers.BatchNormalization` followed by the
+    multiply, with one full-size multiply fewer in each of the forward and
+    backward passes. Other activations are multiplied by the mask.
+
     Args:
         conv: a `keras.layers.Conv2D` (groups=1) or `DepthwiseConv2D`
             (depth_multiplier=1) layer, channels-last.
@@ -351,27 +362,90 @@ class GatedConv(keras.layers.Layer):
     def _filter_scores(self, outputs):
         # Same as masks.filter_scores; after a ReLU the abs() pass over the
         # activations is skipped (it costs as much as the max itself).
-        if getattr(self.activation, "__name__", None) in ("relu", "relu6"):
+        if self._relu_like:
             return global_pool(outputs, "max")
         return masks.filter_scores(outputs)
 
+    @property
+    def _relu_like(self):
+        return getattr(self.activation, "__name__", None) in RELU_LIKE
+
+    @property
+    def _masks_through_shift(self):
+        """Whether `call` can gate through the pre-activation shift (see there)."""
+        return self._relu_like and (self.batch_norm is None or not self.batch_norm.renorm)
+
+    def _scaled_and_shift(self, inputs, training):
+        """`(scaled, shift)` with `scaled + shift` = the conv -> batch norm output.
+
+        `scaled` is the conv output times the batch-norm scale, `(batch, h, w,
+        filters)`; `shift` is `(filters,)`. Same formula and statistics as
+        `keras.layers.BatchNormalization` (moving averages updated in training).
+        """
+        outputs = self.conv(inputs)
+        bn = self.batch_norm
+        if bn is None:
+            return outputs, ops.zeros((outputs.shape[-1],), outputs.dtype)
+        outputs = ops.cast(outputs, keras.backend.result_type(outputs.dtype, "float32"))
+        if training and bn.trainable:
+            mean, variance = ops.moments(outputs, axes=(0, 1, 2), synchronized=bn.synchronized)
+            momentum = bn.momentum
+            bn.moving_mean.assign(
+                ops.cast(bn.moving_mean, mean.dtype) * momentum + mean * (1.0 - momentum)
+            )
+            bn.moving_variance.assign(
+                ops.cast(bn.moving_variance, variance.dtype) * momentum
+                + variance * (1.0 - momentum)
+            )
+        else:
+            mean = ops.cast(bn.moving_mean, outputs.dtype)
+            variance = ops.cast(bn.moving_variance, outputs.dtype)
+        # As tf.nn.batch_normalization: x * inv + (beta - mean * inv).
+        inv = ops.rsqrt(variance + bn.epsilon)
+        if bn.scale:
+            inv = inv * ops.cast(bn.gamma, inv.dtype)
+        shift = -mean * inv
+        if bn.center:
+            shift = shift + ops.cast(bn.beta, shift.dtype)
+        return outputs * inv, shift
+
     def call(self, inputs, training=None):
         logits = self.gate_logits(inputs)
-        outputs = self.dense_outputs(inputs, training=training)
-        mask = ops.cast(logits > 0, outputs.dtype)
         recorder = GateRecorder.current()
+        apply_masks = recorder is None or recorder.apply_masks
+        if not self._masks_through_shift:
+            outputs = self.dense_outputs(inputs, training=training)
+            mask = ops.cast(logits > 0, outputs.dtype)
+            if recorder is not None:
+                target = None
+                if recorder.targets:
+                    target = self._target(self._filter_scores(ops.stop_gradient(outputs)), recorder)
+                recorder.records.append(GateRecord(self, logits, mask, target))
+            return outputs * mask[:, None, None, :] if apply_masks else outputs
+        # ReLU-like activation: a filter is switched off by shifting its
+        # pre-activation far below zero instead of multiplying the output by
+        # the mask. Same outputs and gradients, one full-size multiply fewer
+        # in the forward pass and one in the backward pass.
+        scaled, shift = self._scaled_and_shift(inputs, training)
+        mask = ops.cast(logits > 0, scaled.dtype)
         if recorder is not None:
             target = None
             if recorder.targets:
-                target = masks.target_mask(
-                    self._filter_scores(ops.stop_gradient(outputs)),
-                    recorder.threshold or self.threshold,
-                    recorder.target or self.target,
-                )
+                # max over h, w of act(scaled + shift) = act(max(scaled) + shift):
+                # the dense output's scores without computing the dense output.
+                peak = global_pool(ops.stop_gradient(scaled), "max") + ops.stop_gradient(shift)
+                target = self._target(self.activation(peak), recorder)
             recorder.records.append(GateRecord(self, logits, mask, target))
-            if not recorder.apply_masks:
-                return outputs
-        return outputs * mask[:, None, None, :]
+        if apply_masks:
+            shift = shift + (mask - 1.0) * OFF_SHIFT  # (batch, filters)
+            shift = shift[:, None, None, :]
+        outputs = self.activation(scaled + shift)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _target(self, scores, recorder):
+        return masks.target_mask(
+            scores, recorder.threshold or self.threshold, recorder.target or self.target
+        )
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)

@@ -59,6 +59,72 @@ def test_recorder_can_run_the_dense_network(images):
     np.testing.assert_allclose(out, np.asarray(layer.dense_outputs(images)))
 
 
+def _relu_reference(x):
+    # Not named "relu": GatedConv gates it by multiplying by the mask.
+    return keras.ops.relu(x)
+
+
+def _randomize(layer, rng):
+    """Random conv, batch-norm (some negative scales) and predictor weights."""
+    for variable in layer.weights:
+        value = rng.normal(size=variable.shape).astype("float32")
+        if "variance" in variable.path:
+            value = np.abs(value) + 0.1
+        variable.assign(value)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_relu_gates_through_the_shift_exactly_like_the_mask_multiply(depthwise, batch_norm, training, images):
+    import tensorflow as tf
+
+    def make(activation):
+        if depthwise:
+            conv = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=not batch_norm)
+        else:
+            conv = keras.layers.Conv2D(6, 3, padding="same", use_bias=not batch_norm)
+        norm = keras.layers.BatchNormalization() if batch_norm else None
+        layer = GatedConv(conv, norm, activation=activation, threshold=0.9)
+        layer.build(images.shape)
+        return layer
+
+    fast, reference = make("relu"), make(_relu_reference)
+    assert fast._masks_through_shift and not reference._masks_through_shift
+    _randomize(fast, np.random.default_rng(1))
+    reference.set_weights(fast.get_weights())
+    probe = np.random.default_rng(2).normal(size=(8, 32, 32, fast.predictor.units)).astype("float32")
+    results = []
+    for layer in (fast, reference):
+        x = tf.constant(images)
+        with tf.GradientTape() as tape, record_gates(targets=True) as recorder:
+            tape.watch(x)
+            out = layer(x, training=training)
+            loss = tf.reduce_sum(out * probe)
+        backbone = layer.conv.trainable_weights + (layer.batch_norm.trainable_weights if batch_norm else [])
+        gradients = tape.gradient(loss, [x] + backbone)
+        (record,) = recorder.records
+        results.append((out, record.mask, record.target, gradients, layer.non_trainable_weights))
+    (out, mask, target, gradients, stats), (ref_out, ref_mask, ref_target, ref_gradients, ref_stats) = results
+    mask = np.asarray(mask)
+    assert 0 < mask.mean() < 1  # both on and off gates
+    np.testing.assert_array_equal(mask, np.asarray(ref_mask))
+    np.testing.assert_array_equal(np.asarray(target), np.asarray(ref_target))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref_out), rtol=1e-5, atol=1e-5)
+    assert np.all(np.asarray(out)[np.broadcast_to(mask[:, None, None, :] == 0, out.shape)] == 0)
+    for gradient, ref_gradient in zip(gradients, ref_gradients):
+        np.testing.assert_allclose(np.asarray(gradient), np.asarray(ref_gradient), rtol=1e-4, atol=1e-4)
+    for stat, ref_stat in zip(stats, ref_stats):  # moving statistics (updated in training)
+        np.testing.assert_allclose(np.asarray(stat), np.asarray(ref_stat), rtol=1e-6)
+
+
+def test_batch_renorm_and_other_activations_gate_by_multiplying():
+    renorm = GatedConv(keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(renorm=True), activation="relu")
+    assert not renorm._masks_through_shift
+    assert not GatedConv(keras.layers.Conv2D(4, 3), activation="swish")._masks_through_shift
+    assert GatedConv(keras.layers.Conv2D(4, 3), activation="relu6")._masks_through_shift
+
+
 def test_unsupported_convs_are_refused_with_their_name():
     with pytest.raises(ValueError, match="'sep'.*SeparableConv2D"):
         GatedConv(keras.layers.SeparableConv2D(4, 3, name="sep"))
