@@ -413,39 +413,42 @@ class GatedConv(keras.layers.Layer):
         logits = self.gate_logits(inputs)
         recorder = GateRecorder.current()
         apply_masks = recorder is None or recorder.apply_masks
-        if not self._masks_through_shift:
-            outputs = self.dense_outputs(inputs, training=training)
-            mask = ops.cast(logits > 0, outputs.dtype)
-            if recorder is not None:
-                target = None
-                if recorder.targets:
-                    target = self._target(self._filter_scores(ops.stop_gradient(outputs)), recorder)
-                recorder.records.append(GateRecord(self, logits, mask, target))
-            return outputs * mask[:, None, None, :] if apply_masks else outputs
-        # ReLU-like activation: a filter is switched off by shifting its
-        # pre-activation far below zero instead of multiplying the output by
-        # the mask. Same outputs and gradients, one full-size multiply fewer
-        # in the forward pass and one in the backward pass.
-        scaled, shift = self._scaled_and_shift(inputs, training)
-        mask = ops.cast(logits > 0, scaled.dtype)
-        if recorder is not None:
-            target = None
-            if recorder.targets:
+        if self._masks_through_shift:
+            # ReLU-like activation: a filter is switched off by shifting its
+            # pre-activation far below zero instead of multiplying the output
+            # by the mask. Same outputs and gradients, one full-size multiply
+            # fewer in the forward pass and one in the backward pass.
+            scaled, shift = self._scaled_and_shift(inputs, training)
+            mask = ops.cast(logits > 0, scaled.dtype)
+
+            def dense_scores():
                 # max over h, w of act(scaled + shift) = act(max(scaled) + shift):
                 # the dense output's scores without computing the dense output.
                 peak = global_pool(ops.stop_gradient(scaled), "max") + ops.stop_gradient(shift)
-                target = self._target(self.activation(peak), recorder)
+                return self.activation(peak)
+
+        else:
+            outputs = self.dense_outputs(inputs, training=training)
+            mask = ops.cast(logits > 0, outputs.dtype)
+
+            def dense_scores():
+                return self._filter_scores(ops.stop_gradient(outputs))
+
+        if recorder is not None:
+            target = None
+            if recorder.targets:
+                target = masks.target_mask(
+                    dense_scores(),
+                    recorder.threshold or self.threshold,
+                    recorder.target or self.target,
+                )
             recorder.records.append(GateRecord(self, logits, mask, target))
+        if not self._masks_through_shift:
+            return outputs * mask[:, None, None, :] if apply_masks else outputs
         if apply_masks:
             shift = shift + (mask - 1.0) * OFF_SHIFT  # (batch, filters)
             shift = shift[:, None, None, :]
-        outputs = self.activation(scaled + shift)
-        return ops.cast(outputs, self.compute_dtype)
-
-    def _target(self, scores, recorder):
-        return masks.target_mask(
-            scores, recorder.threshold or self.threshold, recorder.target or self.target
-        )
+        return ops.cast(self.activation(scaled + shift), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
