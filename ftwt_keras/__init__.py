@@ -8,7 +8,7 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from ftwt_keras import callbacks, data, flops, layers, masks, models
-from ftwt_keras.estimate import estimate_flops_reduction
+from ftwt_keras.estimate import estimate_flops_reduction, target_flops_reduction
 from ftwt_keras.gating import gate
 from ftwt_keras.layers import GatedConv, MaskPredictor, record_gates
 from ftwt_keras.training import FTWTModel
@@ -28,4 +28,5 @@ __all__ = [
     "masks",
     "models",
     "record_gates",
+    "target_flops_reduction",
 ]

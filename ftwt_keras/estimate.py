@@ -40,19 +40,62 @@ def estimate_flops_reduction(model, dataset, threshold, target="mass", max_batch
     # A plain model is gated (weights copied) only to locate its conv units; the
     # pass below runs it dense, so its outputs are the baseline's.
     gated = model if isinstance(model, FTWTModel) else gating.gate(model, threshold, target=target)
+    return _target_reduction(gated, dataset, False, threshold, target, max_batches)
+
+
+def target_flops_reduction(model, dataset, apply_masks=True, max_batches=None):
+    """The FLOPs reduction of an FTWT model's own targets, at its thresholds.
+
+    What the predictors are being trained toward at this point of training.
+    `estimate_flops_reduction` is this number for the dense baseline; during
+    FTWT training the network changes and so do its targets. Comparing the
+    three numbers splits the gap between the estimate and the achieved
+    reduction (`ftwt_keras.flops.dynamic_macs`) into the targets' drift and
+    the predictors' error.
+
+    Args:
+        model: an `FTWTModel`.
+        dataset: images as an array, or an iterable of `(images, labels)`
+            batches.
+        apply_masks: True (default): targets of the gated network, each
+            layer seeing the inputs its upstream gates leave (as in training).
+            False: targets of the same weights run dense (every filter on).
+        max_batches: stop after this many batches (None: the whole dataset).
+
+    Returns:
+        Float: 1 - mean MACs that the target masks execute / dense MACs.
+
+    Example:
+
+    >>> import numpy as np, ftwt_keras as fk
+    >>> model = fk.gate(fk.models.resnet_cifar(depth=20), threshold=0.9)
+    >>> images = np.random.uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    >>> 0.0 < fk.target_flops_reduction(model, images, apply_masks=False) < 1.0
+    True
+    """
+    if not isinstance(model, FTWTModel):
+        raise ValueError(
+            f"target_flops_reduction needs an FTWTModel; got {type(model).__name__}. For a plain "
+            "baseline use estimate_flops_reduction(model, dataset, threshold)."
+        )
+    return _target_reduction(model, dataset, apply_masks, None, None, max_batches)
+
+
+def _target_reduction(gated, dataset, apply_masks, threshold, target, max_batches):
+    """Mean reduction of the target masks of `gated` (thresholds/rules: its own when None)."""
     terms = gated.mac_terms
     dense = float(gated.dense_macs)
     executed = []
     for index, batch in enumerate(flops.image_batches(dataset, 128)):
         if max_batches is not None and index >= max_batches:
             break
-        with record_gates(targets=True, apply_masks=False, threshold=threshold, target=target) as recorder:
+        with record_gates(targets=True, apply_masks=apply_masks, threshold=threshold, target=target) as recorder:
             gated.network(batch, training=False)
         targets = {name: r.target for name, r in recorder.by_layer_name().items()}
         executed.append(ops.convert_to_numpy(flops.executed_macs(terms, targets)))
     if not executed:
-        raise ValueError("`dataset` is empty: estimate_flops_reduction needs images.")
+        raise ValueError("`dataset` is empty: the target reduction needs images.")
     return float(1.0 - np.concatenate(executed).mean() / dense)
 
 
-__all__ = ["estimate_flops_reduction"]
+__all__ = ["estimate_flops_reduction", "target_flops_reduction"]

@@ -84,8 +84,13 @@ class FTWTModel(keras.Model):
         network: a functional Keras model containing `GatedConv` layers.
 
     Metrics logged by `fit` / `evaluate` besides the compiled ones:
-    `task_loss`, `gate_loss`, `gate_accuracy` and `flops_reduction` (1 -
-    executed MACs / dense MACs, predictors included, see `ftwt_keras.flops`).
+    `task_loss`, `gate_loss`, `gate_accuracy`, `flops_reduction` (1 -
+    executed MACs / dense MACs of the predicted masks, predictors included,
+    see `ftwt_keras.flops`) and `target_flops_reduction` (the same for the
+    self-supervised target masks of the pass; 0 while `warm_up_gates` runs,
+    which has no targets). Their gap is the predictors' error; the targets'
+    own change over training is the network's drift away from
+    `estimate_flops_reduction`.
 
     Example:
 
@@ -119,6 +124,9 @@ class FTWTModel(keras.Model):
         self.gate_loss_tracker = keras.metrics.Mean(name="gate_loss")
         self.gate_accuracy_tracker = keras.metrics.Mean(name="gate_accuracy")
         self.flops_reduction_tracker = keras.metrics.Mean(name="flops_reduction")
+        # The reduction the current targets ask for: the drift of the targets
+        # (vs `estimate_flops_reduction`) apart from the predictors' error.
+        self.target_flops_reduction_tracker = keras.metrics.Mean(name="target_flops_reduction")
         self._warming_up = False
         self._mac_terms = None
         if network.built:
@@ -231,8 +239,9 @@ class FTWTModel(keras.Model):
 
     # -- training ----------------------------------------------------------
     def _flops_reduction(self, gate_masks):
+        """Per-image reductions (batch,), so the epoch's Mean weighs images, not batches."""
         executed = flops.executed_macs(self.mac_terms, gate_masks)
-        return 1.0 - ops.mean(executed) / float(self.dense_macs)
+        return 1.0 - executed / float(self.dense_macs)
 
     def _update_gate_metrics(self, task_loss, gate_loss, gate_accuracy, records):
         self.task_loss_tracker.update_state(task_loss)
@@ -240,6 +249,9 @@ class FTWTModel(keras.Model):
         self.gate_accuracy_tracker.update_state(gate_accuracy)
         gate_masks = {name: record.mask for name, record in records.items()}
         self.flops_reduction_tracker.update_state(self._flops_reduction(gate_masks))
+        targets = {name: record.target for name, record in records.items()}
+        if all(target is not None for target in targets.values()):  # none during warm-up
+            self.target_flops_reduction_tracker.update_state(self._flops_reduction(targets))
 
     def train_step(self, data):
         if keras.backend.backend() != "tensorflow":

@@ -37,7 +37,7 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
         for key in ("baseline_accuracy", "accuracy", "estimated_flops_reduction", "gate_accuracy",
                     "flops_reduction_noise", "flops_reduction_blur"):
             assert 0.0 <= row[key] <= 1.0, key
-        assert row["flops_reduction"] <= 1.0 and row["test_images"] == 64
+        assert row["flops_reduction"] <= 1.0 and row["target_flops_reduction"] <= 1.0 and row["test_images"] == 64
         assert row["tflite_dense_ms"] > 0 and row["tflite_dynamic_ms"] > 0
         assert row["tflite_speedup"] == pytest.approx(row["tflite_dense_ms"] / row["tflite_dynamic_ms"])
     analysis = np.load(tmp_path / "runs" / "r0.9_decoupled" / "analysis.npz")

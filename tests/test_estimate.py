@@ -19,3 +19,29 @@ def test_estimate_is_the_same_from_the_gated_model_and_changes_nothing(images):
     from_gated = fk.estimate_flops_reduction(gated, images, threshold=0.9)
     assert abs(from_base - from_gated) < 1e-6
     assert all(layer.threshold == 1.0 for layer in gated.gated_layers)
+
+
+def test_target_reduction_of_a_gated_model_dense_gated_and_as_logged(images):
+    import keras
+    import numpy as np
+    from conftest import force_gates
+
+    base = fk.models.mobilenet_v1(alpha=0.25)
+    model = fk.gate(base, threshold=0.8)
+    estimate = fk.estimate_flops_reduction(base, images, threshold=0.8)
+    # Run dense, a freshly gated model's targets are the baseline's.
+    assert abs(fk.target_flops_reduction(model, images, apply_masks=False) - estimate) < 1e-6
+    # Gated, the targets see what the (untrained) predictors leave on.
+    gated = fk.target_flops_reduction(model, images)
+    assert abs(gated - estimate) > 1e-3
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        gate_optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    logs = model.evaluate(images, np.arange(8) % 10, batch_size=8, verbose=0, return_dict=True)
+    np.testing.assert_allclose(logs["target_flops_reduction"], gated, atol=1e-6)
+    force_gates(model, on=True)  # every gate on: the gated network is the dense one
+    assert abs(fk.target_flops_reduction(model, images) - estimate) < 1e-6
+    with pytest.raises(ValueError, match="FTWTModel"):
+        fk.target_flops_reduction(base, images)

@@ -141,7 +141,7 @@ def test_fit_logs_ftwt_metrics_and_cooldown(images):
         callbacks=[fk.callbacks.GateCooldown(0.5), fk.callbacks.FlopsLogger(verbose=False)],
     )
     logs = history.history
-    for key in ("task_loss", "gate_loss", "gate_accuracy", "flops_reduction", "accuracy",
+    for key in ("task_loss", "gate_loss", "gate_accuracy", "flops_reduction", "target_flops_reduction", "accuracy",
                 "val_flops_reduction", "dense_macs", "dynamic_macs", "val_dynamic_macs"):
         assert key in logs, key
     assert logs["gate_loss_weight"] == [1.0, 0.0]
@@ -150,6 +150,25 @@ def test_fit_logs_ftwt_metrics_and_cooldown(images):
     assert logs["loss"][0] > logs["task_loss"][0]
     assert logs["dense_macs"][0] == fk.flops.count_macs(model)
     np.testing.assert_allclose(logs["dynamic_macs"][0], logs["dense_macs"][0] * (1 - logs["flops_reduction"][0]))
+
+
+def test_evaluate_logs_image_weighted_reductions_of_masks_and_targets(images):
+    model = _compiled(threshold=0.7)
+    labels = np.arange(8) % 10
+    logs = model.evaluate(images, labels, batch_size=3, verbose=0, return_dict=True)  # batches of 3, 3, 2
+    dense = fk.flops.count_macs(model)
+    predicted = 1.0 - fk.flops.dynamic_macs(model, images) / dense
+    with record_gates(targets=True) as recorder:
+        model(images, training=False)
+    targets = {name: record.target for name, record in recorder.by_layer_name().items()}
+    target = 1.0 - keras.ops.convert_to_numpy(fk.flops.executed_macs(model.mac_terms, targets)) / dense
+    # Preconditions: per-image costs differ, so weighing batches instead of images would show.
+    for per_image in (predicted, target):
+        per_batch = np.mean([per_image[:3].mean(), per_image[3:6].mean(), per_image[6:].mean()])
+        assert abs(per_batch - per_image.mean()) > 1e-4
+    np.testing.assert_allclose(logs["flops_reduction"], predicted.mean(), atol=1e-6)
+    np.testing.assert_allclose(logs["target_flops_reduction"], target.mean(), atol=1e-6)
+    assert abs(target.mean() - predicted.mean()) > 1e-3  # two different quantities
 
 
 def test_cooldown_weight_scales_the_gate_loss(images):

@@ -261,6 +261,8 @@ def run(config=None):
         "mean_dynamic_macs": float(np.mean(macs)),
         "flops_reduction": float(1.0 - np.mean(macs) / dense),
         "estimated_flops_reduction": float(estimated),
+        # The test-set targets' own reduction (see FTWTModel): drift vs predictor error.
+        "target_flops_reduction": float(metrics["target_flops_reduction"]),
         "test_images": int(macs.shape[0]),
         "baseline_train_seconds": round(baseline_time, 1),
         "ftwt_train_seconds": round(ftwt_time, 1),
