@@ -41,16 +41,14 @@ flags.DEFINE_string("tflite_dir", "/tmp/ftwt_edge", "Folder for the .tflite file
 
 
 def _cifar_images(count, size=None):
-    import numpy as np
     import tensorflow as tf
 
     from ftwt_keras import data
 
-    images = np.concatenate([np.asarray(x) for x, _ in data.cifar("cifar10", f"test[:{count}]", batch_size=256,
-                                                                    training=False)])
+    images, _ = data.cifar_arrays("cifar10", f"test[:{count}]")
     if size is not None and size != images.shape[1]:
-        images = tf.image.resize(images, (size, size)).numpy()
-    return images.astype("float32")
+        images = tf.image.resize(images, (size, size)).numpy().astype("float32")
+    return images
 
 
 def _measure(label, model, images, keep_label, dense_flatbuffer):

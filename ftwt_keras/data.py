@@ -127,6 +127,22 @@ def cifar(name="cifar10", split="train", batch_size=128, training=None, data_dir
     return _finish(dataset, batch_size, training, _cifar_augment if training else None, 50_000, seed)
 
 
+def cifar_arrays(name="cifar10", split="test", take=None, data_dir=None):
+    """A CIFAR split as numpy arrays `(images float32 (N, 32, 32, 3) in 0..255, labels int32 (N,))`.
+
+    Unshuffled and not augmented: for evaluation and benchmarks that need the
+    images themselves (shifted copies, .tflite timing).
+    """
+    import numpy as np
+
+    batches = list(cifar(name, split, batch_size=1000, training=False, data_dir=data_dir, take=take))
+    if not batches:
+        raise ValueError(f"Split {split!r} of {name} holds no images (take={take}).")
+    images = np.concatenate([np.asarray(x) for x, _ in batches]).astype("float32")
+    labels = np.concatenate([np.asarray(y) for _, y in batches])
+    return images, labels
+
+
 def imagenet(split="train", batch_size=256, training=None, data_dir=None, image_size=224, seed=None):
     """An ImageNet (imagenet2012, manual download) pipeline; see `cifar` for args."""
     training = split.startswith("train") if training is None else training

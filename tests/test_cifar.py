@@ -27,6 +27,17 @@ def test_pipeline_yields_raw_pixels_and_labels(cifar_subset):
     assert sum(int(b[0].shape[0]) for b in test) == 512
 
 
+def test_cifar_arrays_match_the_evaluation_pipeline(cifar_subset):
+    _, test = cifar_subset
+    images, labels = data.cifar_arrays("cifar10", "test", take=512)
+    assert images.shape == (512, 32, 32, 3) and images.dtype == "float32"
+    assert labels.shape == (512,) and labels.dtype == "int32"
+    np.testing.assert_array_equal(images, np.concatenate([np.asarray(x) for x, _ in test]))
+    np.testing.assert_array_equal(labels, np.concatenate([np.asarray(y) for _, y in test]))
+    with pytest.raises(ValueError, match="no images"):
+        data.cifar_arrays("cifar10", "test", take=0)
+
+
 def test_short_fit_on_real_cifar_raises_gate_accuracy(cifar_subset):
     train, test = cifar_subset
     base = fk.models.mobilenet_v1(alpha=0.25)
