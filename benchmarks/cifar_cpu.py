@@ -274,10 +274,10 @@ def markdown_table(rows):
         lines.append(
             f"| {row['threshold']:g} | {_mode(row)} "
             f"| {_pct(row['baseline_accuracy'])} | {_pct(row['accuracy'])} "
-            f"| {100 * (row['baseline_accuracy'] - row['accuracy']):+.1f} | {_pct(row['flops_reduction'])}% "
-            f"| {_pct(row['estimated_flops_reduction'])}% | {_percent(row['target_flops_reduction'])} "
+            f"| {100 * (row['baseline_accuracy'] - row['accuracy']):+.1f} | {_percent(row['flops_reduction'])} "
+            f"| {_percent(row['estimated_flops_reduction'])} | {_percent(row['target_flops_reduction'])} "
             f"| {_pct(row['gate_accuracy'])} "
-            f"| {_pct(row['flops_reduction_noise'])}% / {_pct(row['flops_reduction_blur'])}% | {speed} "
+            f"| {_percent(row['flops_reduction_noise'])} / {_percent(row['flops_reduction_blur'])} | {speed} "
             f"| {speedup} ({row['ideal_speedup']:.2f}x) | {row['ftwt_train_seconds'] / 60:.1f} |"
         )
     return "\n".join(lines) + "\n"

@@ -43,13 +43,16 @@ def main(argv):
     print(f"{FLAGS.test_images} CIFAR-10 test images; FLOPs reductions in %")
     print("| model | r | estimate | targets, dense | targets, gated | achieved | drift of targets | predictor error |")
     print("|---|---|---|---|---|---|---|---|")
+    estimates = {}  # by threshold: models trained at the same r share the baseline's estimate
     for path in FLAGS.models:
         model = keras.saving.load_model(path)
         thresholds = {layer.threshold for layer in model.gated_layers}
         if len(thresholds) != 1:
             raise app.UsageError(f"{path} has gated layers with different thresholds {sorted(thresholds)}.")
         threshold = thresholds.pop()
-        estimate = fk.estimate_flops_reduction(baseline, test, threshold)
+        if threshold not in estimates:
+            estimates[threshold] = fk.estimate_flops_reduction(baseline, test, threshold)
+        estimate = estimates[threshold]
         dense_targets = fk.target_flops_reduction(model, test, apply_masks=False)
         gated_targets = fk.target_flops_reduction(model, test)
         achieved = 1.0 - float(np.mean(fk.flops.dynamic_macs(model, test))) / fk.flops.count_macs(model)

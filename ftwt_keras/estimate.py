@@ -40,7 +40,8 @@ def estimate_flops_reduction(model, dataset, threshold, target="mass", max_batch
     # A plain model is gated (weights copied) only to locate its conv units; the
     # pass below runs it dense, so its outputs are the baseline's.
     gated = model if isinstance(model, FTWTModel) else gating.gate(model, threshold, target=target)
-    return _target_reduction(gated, dataset, False, threshold, target, max_batches)
+    return _target_reduction(gated, dataset, apply_masks=False, threshold=threshold, target=target,
+                             max_batches=max_batches)
 
 
 def target_flops_reduction(model, dataset, apply_masks=True, max_batches=None):
@@ -78,10 +79,10 @@ def target_flops_reduction(model, dataset, apply_masks=True, max_batches=None):
             f"target_flops_reduction needs an FTWTModel; got {type(model).__name__}. For a plain "
             "baseline use estimate_flops_reduction(model, dataset, threshold)."
         )
-    return _target_reduction(model, dataset, apply_masks, None, None, max_batches)
+    return _target_reduction(model, dataset, apply_masks=apply_masks, max_batches=max_batches)
 
 
-def _target_reduction(gated, dataset, apply_masks, threshold, target, max_batches):
+def _target_reduction(gated, dataset, apply_masks, threshold=None, target=None, max_batches=None):
     """Mean reduction of the target masks of `gated` (thresholds/rules: its own when None)."""
     terms = gated.mac_terms
     dense = float(gated.dense_macs)
