@@ -10,10 +10,13 @@ Mode "imagenet": MobileNetV1 at 224x224, 1000 classes, random weights (no
 ImageNet weights exist here), masks drawn at each --keeps ratio per layer,
 timed on CIFAR-10 test images resized to 224.
 
-Each invoke is timed alone (batch 1, XNNPACK on, after warm-up), dense and
-dynamic alternating image by image; the table gives medians and the
-interquartile spread, the measured speed-up and the ideal one (dense MACs /
-executed MACs, predictors included, from ftwt_keras.flops). Rows go to
+Each invoke is timed alone (batch 1, XNNPACK on, after warm-up), the models
+alternating image by image; the table gives medians and the interquartile
+spread, the measured speed-up and the ideal one (dense MACs / executed MACs,
+predictors included, from ftwt_keras.flops). Two reference exports run in the
+same loop to show where the gap goes: the dense model plus every mask
+predictor (`predictors_ms`: what any exact dynamic export must at least run)
+and every layer masked but computed dense (`masked_dense_ms`). Rows go to
 --output as {"rows": [...]}.
 """
 
@@ -36,32 +39,54 @@ flags.DEFINE_integer("num_images", 200, "Timed images per configuration (real CI
 flags.DEFINE_integer("warmup", 20, "Untimed invokes before timing.")
 flags.DEFINE_string("policy", "auto", "Dynamic export policy: gather, dense, auto, or a keep cutoff in [0, 1].")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV1 width multiplier (when no --model).")
+flags.DEFINE_integer("calibration_images", 64,
+                     "CIFAR-10 training images from which --policy=auto picks each layer's computation "
+                     "once (0: per image, with builtin IF).")
 flags.DEFINE_string("output", "benchmarks/results/edge_latency.json", "JSON file for the rows ('' to skip).")
 flags.DEFINE_string("tflite_dir", "/tmp/ftwt_edge", "Folder for the .tflite files made on the way.")
 
 
-def _cifar_images(count, size=None):
+def _cifar_images(split, size=None):
     import tensorflow as tf
 
     from ftwt_keras import data
 
-    images, _ = data.cifar_arrays("cifar10", f"test[:{count}]")
+    images, _ = data.cifar_arrays("cifar10", split)
     if size is not None and size != images.shape[1]:
         images = tf.image.resize(images, (size, size)).numpy().astype("float32")
     return images
 
 
-def _measure(label, model, images, keep_label, dense_flatbuffer):
-    """Times one dynamic configuration against the dense model; returns table rows."""
+def _calibration(size):
+    """Training images for the `auto` policy's static choice (None: choose per image with IF)."""
+    if not FLAGS.calibration_images:
+        return None
+    return _cifar_images(f"train[:{FLAGS.calibration_images}]", size=size)
+
+
+def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
+    """Times one dynamic configuration against the dense model; returns table rows.
+
+    Four exports of the same weights run side by side: the dense model; the
+    dense model plus every mask predictor (not applied: the least any exact
+    dynamic export must run); every layer masked but computed dense (policy
+    `dense`); and the dynamic export under test (`--policy`).
+    """
     import numpy as np
 
     from ftwt_keras import flops
     from ftwt_keras.export import tflite
 
     start = time.time()
-    dynamic = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy))
+    dynamic = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy), calibration_images=calibration)
     converted = time.time() - start
     tflite.save(dynamic, os.path.join(FLAGS.tflite_dir, f"{label}_{images.shape[1]}_keep{keep_label}.tflite"))
+    flatbuffers = {
+        "dense": dense_flatbuffer,
+        "predictors": tflite.convert(model, dynamic=False, with_predictors=True),
+        "masked_dense": tflite.convert(model, policy="dense"),
+        "dynamic": dynamic,
+    }
     sample = images[: min(len(images), 64)]
     executed = float(np.mean(flops.dynamic_macs(model, sample, batch_size=16)))
     dense_macs = flops.count_macs(model)
@@ -69,24 +94,26 @@ def _measure(label, model, images, keep_label, dense_flatbuffer):
     keep = float(np.mean([np.asarray(m).mean() for m in masks.values()]))
     rows = []
     for threads in (int(t) for t in FLAGS.threads):
-        times = tflite.time_side_by_side({"dense": dense_flatbuffer, "dynamic": dynamic}, images, threads,
-                                         FLAGS.warmup)
-        dense_ms, dynamic_ms = (1e3 * np.median(times[k]) for k in ("dense", "dynamic"))
-        spread = {k: 1e3 * (np.percentile(v, 75) - np.percentile(v, 25)) for k, v in times.items()}
+        times = tflite.time_side_by_side(flatbuffers, images, threads, FLAGS.warmup)
+        median = {name: 1e3 * float(np.median(values)) for name, values in times.items()}
+        spread = {name: 1e3 * (np.percentile(v, 75) - np.percentile(v, 25)) for name, v in times.items()}
         row = {
             "model": label,
             "resolution": int(images.shape[1]),
             "keep": round(keep, 3),
             "threads": threads,
             "flops_reduction": round(1.0 - executed / dense_macs, 3),
-            "dense_ms": round(float(dense_ms), 3),
-            "dynamic_ms": round(float(dynamic_ms), 3),
-            "speedup": round(float(dense_ms / dynamic_ms), 3),
+            "dense_ms": round(median["dense"], 3),
+            "dynamic_ms": round(median["dynamic"], 3),
+            "speedup": round(median["dense"] / median["dynamic"], 3),
             "ideal_speedup": round(dense_macs / executed, 3),
+            "predictors_ms": round(median["predictors"], 3),
+            "masked_dense_ms": round(median["masked_dense"], 3),
             "dense_iqr_ms": round(float(spread["dense"]), 3),
             "dynamic_iqr_ms": round(float(spread["dynamic"]), 3),
             "images": int(len(images)),
             "policy": FLAGS.policy,
+            "calibration_images": 0 if calibration is None else int(len(calibration)),
             "masks": keep_label if keep_label == "predicted" else f"random, keep {keep_label} per layer",
         }
         rows.append(row)
@@ -94,11 +121,12 @@ def _measure(label, model, images, keep_label, dense_flatbuffer):
               f"FLOPs-{100 * row['flops_reduction']:4.1f}%  dense {row['dense_ms']:7.2f} ms "
               f"(IQR {row['dense_iqr_ms']:.2f})  dynamic {row['dynamic_ms']:7.2f} ms "
               f"(IQR {row['dynamic_iqr_ms']:.2f})  speed-up {row['speedup']:.2f}x  "
-              f"ideal {row['ideal_speedup']:.2f}x  [convert {converted:.0f}s]", flush=True)
+              f"ideal {row['ideal_speedup']:.2f}x  | dense+predictors {row['predictors_ms']:.2f} ms  "
+              f"masked dense {row['masked_dense_ms']:.2f} ms  [convert {converted:.0f}s]", flush=True)
     return rows
 
 
-def _run_mode(resolution, images):
+def _run_mode(resolution, images, calibration):
     import ftwt_keras as fk
     from ftwt_keras.export import tflite
 
@@ -107,7 +135,8 @@ def _run_mode(resolution, images):
         model = tflite.load_ftwt_model(FLAGS.model)
         dense = tflite.convert(model, dynamic=False)
         print(f"cifar: trained model {FLAGS.model}, masks from its predictors.")
-        return _measure(os.path.basename(FLAGS.model).replace(".keras", ""), model, images, "predicted", dense)
+        return _measure(os.path.basename(FLAGS.model).replace(".keras", ""), model, images, "predicted", dense,
+                        calibration)
     if resolution == 32:
         base = fk.models.mobilenet_v1(input_shape=(32, 32, 3), num_classes=10, alpha=FLAGS.alpha)
     else:
@@ -120,7 +149,7 @@ def _run_mode(resolution, images):
     tflite.save(dense, os.path.join(FLAGS.tflite_dir, f"{label}_{resolution}_dense.tflite"))
     for keep in FLAGS.keeps:
         tflite.set_keep_ratio(model, float(keep), seed=0)
-        rows += _measure(label, model, images, keep, dense)
+        rows += _measure(label, model, images, keep, dense, calibration)
     return rows
 
 
@@ -134,9 +163,9 @@ def main(argv):
     try:
         rows = []
         if FLAGS.mode in ("cifar", "both"):
-            rows += _run_mode(32, _cifar_images(FLAGS.num_images))
+            rows += _run_mode(32, _cifar_images(f"test[:{FLAGS.num_images}]"), _calibration(32))
         if FLAGS.mode in ("imagenet", "both"):
-            rows += _run_mode(224, _cifar_images(FLAGS.num_images, size=224))
+            rows += _run_mode(224, _cifar_images(f"test[:{FLAGS.num_images}]", size=224), _calibration(224))
     except tflite.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

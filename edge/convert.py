@@ -30,6 +30,14 @@ flags.DEFINE_string(
     "keep-ratio cutoff in [0, 1]: a builtin IF runs the layer dense when more than that fraction "
     "of its filters is active in the image, gathered otherwise.",
 )
+flags.DEFINE_string(
+    "calibration",
+    None,
+    "Images like those the model will see, for --policy=auto: a .npy file of raw images "
+    "(N, H, W, 3) or a CIFAR split as NAME:SPLIT (e.g. cifar10:train[:64]). auto then picks each "
+    "layer's computation once, from its mean keep ratio on them; without, it picks per image with a "
+    "builtin IF (exact either way, ~0.2 ms per branching layer slower at 224x224).",
+)
 
 
 def main(argv):
@@ -41,7 +49,9 @@ def main(argv):
 
     try:
         policy = tflite.parse_policy(FLAGS.policy)
-        path = tflite.export_file(FLAGS.model, FLAGS.output, dynamic=not FLAGS.dense, policy=policy)
+        calibration = tflite.load_calibration_images(FLAGS.calibration) if FLAGS.calibration else None
+        path = tflite.export_file(FLAGS.model, FLAGS.output, dynamic=not FLAGS.dense, policy=policy,
+                                  calibration_images=calibration)
     except tflite.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

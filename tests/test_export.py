@@ -72,17 +72,17 @@ BUILDERS = {
 
 
 @pytest.mark.parametrize(
-    "name, policy",
+    "name, policy, expected_ops",
     [
-        ("mobilenet_v1", "gather"),
-        ("mobilenet_v1", "gather_inputs"),
-        ("mobilenet_v1", "auto"),
-        ("resnet20", "gather"),
-        ("vgg16_bn", 0.5),
-        ("vgg16_bn", "auto"),
+        ("mobilenet_v1", "gather", {"WHERE", "GATHER"}),
+        ("mobilenet_v1", "gather_inputs", {"WHERE", "GATHER"}),
+        ("resnet20", "gather", {"WHERE", "GATHER"}),
+        ("vgg16_bn", 0.5, {"WHERE", "GATHER", "IF"}),  # IF: the run-time dense / gather choice
+        # VGG's 3x3 convs with >= 256 filters at 8x8 and 4x4 have >= 16M MACs: run-time choice.
+        ("vgg16_bn", "auto", {"WHERE", "GATHER", "IF"}),
     ],
 )
-def test_dynamic_export_matches_keras(name, policy, cifar_images):
+def test_dynamic_export_matches_keras(name, policy, expected_ops, cifar_images):
     model = perturb(fk.gate(BUILDERS[name]()))
     masks = {k: np.asarray(v) for k, v in fk.flops.gate_masks_of(model, cifar_images).items()}
     # The test is meaningful only if masks differ between images and layers are partly on.
@@ -90,11 +90,71 @@ def test_dynamic_export_matches_keras(name, policy, cifar_images):
     assert 0.1 < np.mean([mask.mean() for mask in masks.values()]) < 0.9
     flatbuffer = export.convert(model, policy=policy)
     assert_builtin_only(flatbuffer)
-    names = set(export.op_names(flatbuffer))
-    assert {"WHERE", "GATHER"} <= names
-    if isinstance(policy, float) or policy == "auto":
-        assert "IF" in names  # the run-time dense / gather choice
+    assert expected_ops <= set(export.op_names(flatbuffer))
     assert_same_logits(flatbuffer, model, cifar_images)
+
+
+def test_auto_policy_runs_small_layers_dense(cifar_images):
+    """At 32x32 every MobileNetV1 x0.25 layer is too small for a run-time branch to pay."""
+    model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()))
+    names = set(export.op_names(export.convert(model, policy="auto")))
+    assert not names & {"IF", "WHERE", "GATHER", "BATCH_MATMUL"}
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "MUL"} <= names  # dense convs, then masked
+    assert_same_logits(export.convert(model, policy="auto"), model, cifar_images[:8])
+    # The same layers above the MAC threshold get the run-time choice.
+    big = perturb(fk.gate(fk.models.mobilenet_v1(input_shape=(128, 128, 3), alpha=1.0)))
+    assert "IF" in export.op_names(export.convert(big, policy="auto"))
+
+
+def test_auto_policy_with_calibration_images_chooses_once(cifar_images):
+    """With calibration images auto picks per layer from the mean keep ratio: no IF, still exact."""
+    images = np.repeat(np.repeat(cifar_images[:6], 4, axis=1), 4, axis=2)  # 128x128: layers above the MAC floor
+    model = fk.gate(fk.models.mobilenet_v1(input_shape=(128, 128, 3), alpha=1.0))
+    export.set_keep_ratio(model, keep=0.3, seed=4)
+    sparse = export.convert(model, policy="auto", calibration_images=images[:4])
+    names = export.op_names(sparse)
+    assert "IF" not in names and "BATCH_MATMUL" in names  # inputs gathered, chosen statically
+    assert_same_logits(sparse, model, images)
+    export.set_keep_ratio(model, keep=0.9, seed=4)
+    names = set(export.op_names(export.convert(model, policy="auto", calibration_images=images[:4])))
+    assert not names & {"IF", "WHERE", "GATHER", "BATCH_MATMUL"}  # every layer dense, then masked
+    with pytest.raises(export.ExportError, match=r"Calibration images must be .*\(N, 128, 128, 3\)"):
+        export.convert(model, calibration_images=cifar_images[:2])
+
+
+def test_load_calibration_images(tmp_path, cifar_images):
+    path = tmp_path / "calibration.npy"
+    np.save(path, cifar_images[:3])
+    np.testing.assert_array_equal(export.load_calibration_images(str(path)), cifar_images[:3])
+    assert export.load_calibration_images("cifar10:test[:5]").shape == (5, 32, 32, 3)
+    with pytest.raises(export.ExportError, match="does not exist"):
+        export.load_calibration_images(str(tmp_path / "missing.npy"))
+    with pytest.raises(export.ExportError, match="NAME:SPLIT"):
+        export.load_calibration_images("imagenet")
+
+
+def test_dense_export_with_predictors(cifar_images):
+    """The floor export: plain logits first, then every predictor's logits on the dense activations."""
+    model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()))
+    images = cifar_images[:4]
+    flatbuffer = export.convert(model, dynamic=False, with_predictors=True)
+    assert_builtin_only(flatbuffer)
+    assert "WHERE" not in export.op_names(flatbuffer)
+    runner = export.interpreter(flatbuffer)
+    plain = export.run(export.convert(model, dynamic=False), images)
+    np.testing.assert_allclose(export.run(runner, images), plain, atol=1e-5 * np.ptp(plain))
+    with fk.layers.record_gates(apply_masks=False) as recorder:
+        model.network(images, training=False)
+    expected = np.concatenate([np.asarray(r.logits) for r in recorder.records], axis=-1)
+    gate_output = runner.get_output_details()[1]["index"]
+    actual = []
+    for image in images:
+        runner.set_tensor(runner.get_input_details()[0]["index"], image[None])
+        runner.invoke()
+        actual.append(np.array(runner.get_tensor(gate_output)[0]))
+    np.testing.assert_allclose(np.stack(actual), expected, atol=1e-3 * np.ptp(expected))
+    with pytest.raises(export.ExportError, match="dynamic=False"):
+        export.convert(model, with_predictors=True)
 
 
 def test_dense_export_is_the_plain_model(cifar_images):

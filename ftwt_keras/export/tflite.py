@@ -69,8 +69,14 @@ POLICIES = ("gather", "gather_inputs", "dense", "auto")
 AUTO_INPUT_CUTOFF = 0.5
 # ... and has at least this many filters (gathering activations costs about as
 # much as ~150 multiply-adds per element on x86 XNNPACK, so it pays only when
-# each gathered input channel feeds many filters).
+# each gathered input channel feeds many filters) ...
 AUTO_MIN_FILTERS = 256
+# ... and at least this many dense multiply-adds: gathering costs a fixed
+# ~0.1-0.2 ms per layer (IF, WHERE, re-preparing dynamic shapes), more than a
+# small layer can save. MobileNetV1 x1.0 at 32x32 (its >= 256-filter layers
+# have <= 4.2M MACs), keep 0.3, 1 thread: 4.43 ms with the branches, 3.78 ms
+# without; at 224x224 those layers have >= 25M MACs and the branches pay.
+AUTO_MIN_MACS = 16_000_000
 
 
 class ExportError(ValueError):
@@ -218,6 +224,9 @@ class Compact:
     # For a dense tensor made by a gated layer: int32 channel numbers outside
     # which it is known to be zero (the gate's active filters), else None.
     support: Optional[object] = None
+    # Fraction of the `width` channels expected to be non-zero (a Python float
+    # from calibration images), or None when unknown.
+    expected_keep: Optional[float] = None
 
     @property
     def is_dense(self):
@@ -351,10 +360,14 @@ def _shifted_windows(padded, layer, out_h, out_w):
 class _Builder:
     """Emits the TF ops of one network, layer by layer (inside a tf.function)."""
 
-    def __init__(self, network, dynamic, policies):
+    def __init__(self, network, dynamic, policies, with_predictors=False, keep_ratios=None):
         self.network = network
         self.dynamic = dynamic
         self.policies = policies
+        # {gated layer name: mean fraction of active filters} on calibration images.
+        self.keep_ratios = keep_ratios or {}
+        self.with_predictors = with_predictors
+        self.gate_logits = []  # predictor logits of a dense export `with_predictors`
         # Read every weight eagerly, before tracing (variables have no numpy() in a graph).
         self.folded = {}
         self.predictors = {}
@@ -374,8 +387,10 @@ class _Builder:
                 continue
             inputs = [tensors[id(t)] for t in node.input_tensors]
             tensors[id(node.outputs[0])] = self.layer(node.operation, inputs)
-        result = tensors[id(self.network.outputs[0])].dense()
-        return tf.identity(result, name="logits")
+        result = tf.identity(tensors[id(self.network.outputs[0])].dense(), name="logits")
+        if self.gate_logits:
+            return result, tf.concat(self.gate_logits, axis=-1, name="gate_logits")
+        return result
 
     # -- one layer ----------------------------------------------------------
 
@@ -385,16 +400,18 @@ class _Builder:
             return self.gated(layer, inputs[0])
         if isinstance(layer, ZERO_PRESERVING_LAYERS):
             x = inputs[0]
-            return Compact(layer(x.values, training=False), x.channels, x.width, x._positions, x.support)
+            return Compact(layer(x.values, training=False), x.channels, x.width, x._positions, x.support,
+                           x.expected_keep)
         if isinstance(layer, ChannelZeroPad):
             x = inputs[0]
+            keep = None if x.expected_keep is None else x.expected_keep * x.width / (x.width + layer.pad)
             if x.is_dense:
                 channels = tf.range(x.width, dtype=tf.int32)
-                return Compact(x.values, channels, x.width + layer.pad)
-            return Compact(x.values, x.channels, x.width + layer.pad)
+                return Compact(x.values, channels, x.width + layer.pad, expected_keep=keep)
+            return Compact(x.values, x.channels, x.width + layer.pad, expected_keep=keep)
         if isinstance(layer, (keras.layers.Activation, keras.layers.ReLU)) and _keeps_zero(layer):
             x = inputs[0]
-            return Compact(layer(x.values), x.channels, x.width, x._positions, x.support)
+            return Compact(layer(x.values), x.channels, x.width, x._positions, x.support, x.expected_keep)
         if isinstance(layer, keras.layers.Add):
             return _dense(tf.add_n([x.dense() for x in inputs]) if len(inputs) > 1 else inputs[0].dense())
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and layer.data_format != "channels_last":
@@ -402,9 +419,16 @@ class _Builder:
         return _dense(layer(inputs[0].dense(), training=False))
 
     def gated(self, layer, x):
+        out = self._gated(layer, x)
+        out.expected_keep = self.keep_ratios.get(layer.name)
+        return out
+
+    def _gated(self, layer, x):
         unit = self.unit(layer)
         activation = _activation_fn(layer)
         if not self.dynamic:
+            if self.with_predictors:
+                self.gate_logits.append(self.predictor_logits(layer, x))
             return _dense(self.dense_unit(unit, activation, x.dense()))
         tf = _tf()
         logits = self.predictor_logits(layer, x)  # (1, filters)
@@ -446,11 +470,19 @@ class _Builder:
 
         Depthwise convs run dense (a depthwise conv over a run-time channel
         set has no fast builtin kernel); regular convs read only the input's
-        non-zero channels when fewer than `AUTO_INPUT_CUTOFF` of them are on
-        (builtin IF at run time), else run dense.
+        non-zero channels when at most `AUTO_INPUT_CUTOFF` of them are on,
+        else run dense. Layers with fewer than `AUTO_MIN_FILTERS` filters or
+        `AUTO_MIN_MACS` multiply-adds always run dense: gathering costs more
+        than they can save. With calibration images the choice is static,
+        from the input's mean keep ratio on them; without, a builtin IF makes
+        it per image (~0.2 ms per layer at 224x224, the price of not knowing).
         """
         if unit.is_depthwise or (x.is_dense and x.support is None) or unit.filters < AUTO_MIN_FILTERS:
             return "dense"
+        if _dense_macs(unit, x.values) < AUTO_MIN_MACS:
+            return "dense"
+        if x.expected_keep is not None:
+            return "gather_inputs" if x.expected_keep <= AUTO_INPUT_CUTOFF else "dense"
         return f"inputs<{AUTO_INPUT_CUTOFF}"
 
     def inputs_or_dense(self, unit, activation, x, mask, cutoff):
@@ -571,6 +603,14 @@ class _Builder:
         return Compact(y, active, unit.filters)
 
 
+def _dense_macs(unit, values):
+    """Multiply-adds of `unit`'s conv on all channels of an input shaped like `values`."""
+    kh, kw = unit.layer.conv.kernel_size
+    out_h, out_w = _output_hw(unit.layer, values)
+    per_output = kh * kw * (1 if unit.is_depthwise else int(unit.kernel.shape[2]))
+    return out_h * out_w * unit.filters * per_output
+
+
 def _output_hw(layer, values):
     shape = layer.conv.compute_output_shape((1, int(values.shape[1]), int(values.shape[2]), 1))
     return int(shape[1]), int(shape[2])
@@ -627,7 +667,7 @@ def _policies(model, policy):
     return policies
 
 
-def convert(model, dynamic=True, policy="auto"):
+def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None):
     """Converts an FTWT model to a batch-1 TFLite flatbuffer (builtin ops only).
 
     Args:
@@ -643,20 +683,39 @@ def convert(model, dynamic=True, policy="auto"):
             in [0, 1]: at run time, dense when more than that fraction of the
             layer's filters is active, else gather. One value for all layers,
             or `{layer name: value}` (missing layers: "auto").
+        with_predictors: with `dynamic=False` only: the dense network plus
+            every mask predictor, run on the dense activations and not
+            applied (their logits, concatenated, are a second output). Every
+            exact dynamic export runs these predictors; benchmarks time this
+            export to show what they alone add to the dense model.
+        calibration_images: optional `(N, H, W, C)` raw images like those the
+            model will see (a few dozen suffice). With them, `"auto"` makes
+            its per-layer choice once, from each layer's mean keep ratio on
+            these images, instead of per image with a builtin IF (which costs
+            ~0.2 ms per layer at 224x224). The export stays exact for every
+            image either way; only its speed depends on the choice.
 
     Returns:
         The `.tflite` model as bytes. Input: raw RGB pixels `(1, H, W, 3)`
-        float32, as the Keras model takes them. Output: logits `(1, classes)`.
+        float32, as the Keras model takes them. Output: logits `(1, classes)`
+        (the first output).
 
     Raises:
         ExportError: not an FTWT model, an unsupported layer, or the graph
             would need Flex (Select TF) ops.
     """
     check_ftwt_model(model)
+    if with_predictors and dynamic:
+        raise ExportError("`with_predictors=True` needs `dynamic=False` (the dynamic export runs them anyway).")
     tf = _tf()
     network = _graph.as_functional(model.network)
-    policies = _policies(model, policy) if isinstance(policy, dict) else _policies(model, policy)
-    builder = _Builder(network, dynamic, policies)
+    policies = _policies(model, policy)
+    keep_ratios = None
+    if calibration_images is not None and dynamic:
+        from ftwt_keras import flops
+
+        keep_ratios = flops.keep_ratios(model, _checked_images(calibration_images, network), batch_size=32)
+    builder = _Builder(network, dynamic, policies, with_predictors, keep_ratios)
     shape = (1,) + tuple(int(d) for d in network.inputs[0].shape[1:])
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="images")], autograph=False)
@@ -681,6 +740,38 @@ def convert(model, dynamic=True, policy="auto"):
     if flex:
         raise ExportError(f"The converted model contains non-builtin ops {sorted(set(flex))}; refusing to emit it.")
     return flatbuffer
+
+
+def load_calibration_images(spec):
+    """Calibration images from a command-line value: a `.npy` file or `NAME:SPLIT`.
+
+    `NAME:SPLIT` reads a CIFAR split through tfds (e.g. `cifar10:train[:64]`);
+    a `.npy` file holds raw images `(N, H, W, C)`.
+    """
+    if spec.endswith(".npy"):
+        if not os.path.exists(spec):
+            raise ExportError(f"Calibration file {spec!r} does not exist.")
+        return np.load(spec).astype(np.float32)
+    name, _, split = spec.partition(":")
+    if name not in ("cifar10", "cifar100") or not split:
+        raise ExportError(
+            f"Calibration images {spec!r}: pass a .npy file of raw images (N, H, W, C) or a CIFAR "
+            "split as NAME:SPLIT, e.g. cifar10:train[:64]."
+        )
+    from ftwt_keras import data
+
+    return data.cifar_arrays(name, split)[0]
+
+
+def _checked_images(images, network):
+    images = np.asarray(images, np.float32)
+    expected = tuple(int(d) for d in network.inputs[0].shape[1:])
+    if images.ndim != 4 or images.shape[1:] != expected or len(images) == 0:
+        raise ExportError(
+            f"Calibration images must be a non-empty array (N, {', '.join(map(str, expected))}) of raw "
+            f"pixels like the model's input; got shape {images.shape}."
+        )
+    return images
 
 
 def op_names(flatbuffer):
@@ -720,13 +811,17 @@ def save(flatbuffer, path):
     return path
 
 
-def export_file(model_path, output_path, dynamic=True, policy="auto"):
-    """Loads a saved FTWT `.keras` model and writes its `.tflite` export; returns the path."""
+def export_file(model_path, output_path, dynamic=True, policy="auto", calibration_images=None):
+    """Loads a saved FTWT `.keras` model and writes its `.tflite` export; returns the path.
+
+    `policy` and `calibration_images` as in `convert`.
+    """
     model = load_ftwt_model(model_path)
     output_path = os.fspath(output_path)
     if not output_path.endswith(".tflite"):
         raise ExportError(f"Output path {output_path!r} must end with .tflite.")
-    return save(convert(model, dynamic=dynamic, policy=policy), output_path)
+    flatbuffer = convert(model, dynamic=dynamic, policy=policy, calibration_images=calibration_images)
+    return save(flatbuffer, output_path)
 
 
 def set_keep_ratio(model, keep, seed=0):
@@ -839,6 +934,7 @@ __all__ = [
     "export_file",
     "fold_batch_norm",
     "interpreter",
+    "load_calibration_images",
     "load_ftwt_model",
     "op_names",
     "parse_policy",
