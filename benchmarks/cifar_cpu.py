@@ -45,6 +45,8 @@ flags.DEFINE_float("gate_lr", 0.1, "Mask predictor learning rate.")
 flags.DEFINE_bool("use_softmax", False,
                   "Softmax over the pooled channels in the mask predictors (the official predictor has it; "
                   "in a short schedule it leaves the predictors nearly input-blind, see README).")
+flags.DEFINE_integer("predictor_rank", None,
+                     "Factor each mask predictor through this many channels (default: the paper's full predictor).")
 flags.DEFINE_float("cooldown", 0.75, "Fraction of FTWT epochs with the gate loss on.")
 flags.DEFINE_integer("warmup_steps", 100, "Predictor warm-up batches toward all-ones.")
 flags.DEFINE_integer("train_take", None, "Use only the first N training images (smoke runs).")
@@ -96,7 +98,8 @@ def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None, scale=0.
         "baseline_epochs": FLAGS.baseline_epochs, "baseline_lr": 0.1, "baseline_milestones": ["0.5", "0.75"],
         "epochs": FLAGS.epochs, "lr": 0.01, "milestones": ["0.75"], "gate_lr": FLAGS.gate_lr,
         "gate_loss_weight": 1.0, "joint_gradient_scale": scale,
-        "pooling": "avg", "use_softmax": FLAGS.use_softmax, "weight_decay": 5e-4, "threshold": threshold, "mode": mode,
+        "pooling": "avg", "use_softmax": FLAGS.use_softmax, "predictor_rank": FLAGS.predictor_rank,
+        "weight_decay": 5e-4, "threshold": threshold, "mode": mode,
         "target": "mass", "cooldown": FLAGS.cooldown, "warmup_steps": FLAGS.warmup_steps,
         "estimate_images": 2048, "seed": 0, "verbose": FLAGS.verbose,
     }
@@ -241,6 +244,7 @@ def collect():
             "alpha": FLAGS.alpha,
             "baseline_epochs": results["config"]["baseline_epochs"],
             "epochs": results["config"]["epochs"],
+            "predictor_rank": results["config"].get("predictor_rank"),
         }
         if "tflite_dense_ms" in analysis:
             row["tflite_dense_ms"] = float(analysis["tflite_dense_ms"])

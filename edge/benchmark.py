@@ -38,6 +38,9 @@ flags.DEFINE_list("threads", ["1", "2"], "Interpreter thread counts.")
 flags.DEFINE_integer("num_images", 200, "Timed images per configuration (real CIFAR-10 test images).")
 flags.DEFINE_integer("warmup", 20, "Untimed invokes before timing.")
 flags.DEFINE_string("policy", "auto", "Dynamic export policy: gather, dense, auto, or a keep cutoff in [0, 1].")
+flags.DEFINE_list("predictor_ranks", ["full"],
+                  "Mask predictors of the random-weight models: 'full' (the paper's) and/or ints (a low-rank "
+                  "MaskPredictor, ftwt_keras.gate(predictor_rank=...)); each is timed against the same dense model.")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV1 width multiplier (when no --model).")
 flags.DEFINE_integer("calibration_images", 64,
                      "CIFAR-10 training images from which --policy=auto picks each layer's computation "
@@ -114,6 +117,7 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
             "images": int(len(images)),
             "policy": FLAGS.policy,
             "calibration_images": 0 if calibration is None else int(len(calibration)),
+            "predictor_rank": model.gated_layers[-1].predictor_rank,
             "masks": keep_label if keep_label == "predicted" else f"random, keep {keep_label} per layer",
         }
         rows.append(row)
@@ -141,15 +145,19 @@ def _run_mode(resolution, images, calibration):
         base = fk.models.mobilenet_v1(input_shape=(32, 32, 3), num_classes=10, alpha=FLAGS.alpha)
     else:
         base = fk.models.mobilenet_v1(input_shape=(224, 224, 3), num_classes=1000, alpha=FLAGS.alpha)
-    label = f"mobilenet_v1_{FLAGS.alpha:g}"
-    print(f"{resolution}x{resolution}: {label}, random weights, masks drawn at random at a fixed keep ratio "
-          "per layer (not predicted by trained gates).", flush=True)
-    model = fk.gate(base)
-    dense = tflite.convert(model, dynamic=False)
-    tflite.save(dense, os.path.join(FLAGS.tflite_dir, f"{label}_{resolution}_dense.tflite"))
-    for keep in FLAGS.keeps:
-        tflite.set_keep_ratio(model, float(keep), seed=0)
-        rows += _measure(label, model, images, keep, dense, calibration)
+    dense = None
+    for rank in FLAGS.predictor_ranks:
+        rank = None if rank == "full" else int(rank)
+        label = f"mobilenet_v1_{FLAGS.alpha:g}" + ("" if rank is None else f"_rank{rank}")
+        print(f"{resolution}x{resolution}: {label}, random weights, masks drawn at random at a fixed keep ratio "
+              "per layer (not predicted by trained gates).", flush=True)
+        model = fk.gate(base, predictor_rank=rank)
+        if dense is None:  # the same dense network for every predictor rank
+            dense = tflite.convert(model, dynamic=False)
+            tflite.save(dense, os.path.join(FLAGS.tflite_dir, f"{label}_{resolution}_dense.tflite"))
+        for keep in FLAGS.keeps:
+            tflite.set_keep_ratio(model, float(keep), seed=0)
+            rows += _measure(label, model, images, keep, dense, calibration)
     return rows
 
 
@@ -158,6 +166,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.num_images < 1:
         raise app.UsageError("--num_images must be positive.")
+    if any(rank != "full" and not (rank.isdigit() and int(rank) > 0) for rank in FLAGS.predictor_ranks):
+        raise app.UsageError(f"--predictor_ranks takes 'full' or positive ints; got {FLAGS.predictor_ranks}.")
     from ftwt_keras.export import tflite
 
     try:

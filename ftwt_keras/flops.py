@@ -17,7 +17,8 @@ Convention (one MAC = one multiply-add; FLOPs ~ 2 x MACs):
   residual `Add`, a standalone batch norm, concatenation — makes the input
   dense again.
 * Each gated layer's `MaskPredictor` is charged its dense map, `C_in * C_out`
-  MACs (global pooling and softmax are not MACs), in every image.
+  MACs, or `rank * (C_in + C_out)` for a low-rank one (global pooling and
+  softmax are not MACs), in every image.
 
 This differs on purpose from the official FTWT code, which charges a depthwise
 layer zero once any of its inputs is masked, lets a residual block's next conv
@@ -103,7 +104,7 @@ def _layer_terms(layer, in_shape, out_shape, source):
         kind = "depthwise" if layer.is_depthwise else "conv"
         terms = [
             MacTerm(layer.name, kind, per, cin, cout, in_gate, layer.name, repeat),
-            MacTerm(layer.name + "/predictor", "predictor", cin * cout, cin, cout),
+            MacTerm(layer.name + "/predictor", "predictor", layer.predictor.multiply_adds(cin), cin, cout),
         ]
         return terms, (layer.name, 1)
     if isinstance(layer, keras.layers.DepthwiseConv2D):

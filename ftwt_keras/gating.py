@@ -11,6 +11,7 @@ from ftwt_keras.layers import (
     GatedConv,
     check_gateable_conv,
     check_joint_gradient_scale,
+    check_predictor_rank,
 )
 from ftwt_keras.training import FTWTModel
 
@@ -104,6 +105,7 @@ def gate(
     use_softmax=True,
     layers_to_gate=None,
     joint_gradient_scale=1.0,
+    predictor_rank=None,
 ):
     """Returns an `FTWTModel` computing `model` with every conv unit gated.
 
@@ -125,6 +127,9 @@ def gate(
             returns False stay plain (dense) layers.
         joint_gradient_scale: joint mode only: factor on the gate-loss gradient
             reaching the backbone (1.0: the paper; see `GatedConv`).
+        predictor_rank: None (the paper's full predictors) or an int: each
+            predictor's map is factored through that many channels, for
+            cheaper inference at batch size 1 (see `MaskPredictor`).
 
     Returns:
         An uncompiled `ftwt_keras.FTWTModel`.
@@ -149,6 +154,7 @@ def gate(
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}; got {pooling!r}.")
     check_joint_gradient_scale(joint_gradient_scale)
+    check_predictor_rank(predictor_rank)
     if isinstance(model, FTWTModel):
         raise ValueError(f"Model '{model.name}' is already an FTWTModel.")
     if not isinstance(model, keras.Model):
@@ -180,6 +186,7 @@ def gate(
                 pooling=pooling,
                 use_softmax=use_softmax,
                 joint_gradient_scale=joint_gradient_scale,
+                predictor_rank=predictor_rank,
                 name=conv.name,
             )
         if id(layer) in fused:

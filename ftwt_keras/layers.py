@@ -51,10 +51,18 @@ class MaskPredictor(keras.layers.Layer):
     optional softmax over channels, then a dense (1x1 conv) map to one logit
     per output filter. A filter fires when its logit is > 0 (sigmoid > 0.5).
 
+    With `rank`, the dense map is factored through `rank` channels
+    (`pooled @ projection @ kernel + bias`), which is not in the paper: at
+    batch size 1 (on a phone) a predictor is a matrix-vector product bound by
+    reading its weights, and full predictors hold more weights than the
+    network they gate (MobileNetV1: 1.8x). A rank at or above
+    `min(input channels, units)` saves nothing and builds the full map.
+
     Args:
         units: number of output filters to gate.
         pooling: `"avg"` (official code, default) or `"max"` (paper figure).
         use_softmax: apply a softmax over the pooled channels (default True).
+        rank: None (default, the paper's full map) or a positive int.
         kernel_initializer: defaults to PyTorch's conv default,
             U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
         bias_initializer: `None` (default) means the same PyTorch default.
@@ -74,11 +82,13 @@ class MaskPredictor(keras.layers.Layer):
         use_softmax=True,
         kernel_initializer=None,
         bias_initializer=None,
+        rank=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if not isinstance(units, int) or units < 1:
             raise ValueError(f"`units` must be a positive int; got {units!r}.")
+        self.rank = check_predictor_rank(rank)
         if pooling not in POOLINGS:
             raise ValueError(f"`pooling` must be one of {POOLINGS}; got {pooling!r}.")
         self.units = units
@@ -99,10 +109,23 @@ class MaskPredictor(keras.layers.Layer):
         bias_initializer = self.bias_initializer or keras.initializers.RandomUniform(
             -(channels**-0.5), channels**-0.5
         )
+        self.projection = None
+        inner = channels
+        if self.rank is not None and self.rank < min(channels, self.units):
+            inner = self.rank
+            self.projection = self.add_weight(
+                name="projection", shape=(channels, inner), initializer=self.kernel_initializer
+            )
         self.kernel = self.add_weight(
-            name="kernel", shape=(channels, self.units), initializer=self.kernel_initializer
+            name="kernel", shape=(inner, self.units), initializer=self.kernel_initializer
         )
         self.bias = self.add_weight(name="bias", shape=(self.units,), initializer=bias_initializer)
+
+    def multiply_adds(self, channels):
+        """Multiply-adds of the map from `channels` pooled inputs to the logits (per image)."""
+        if self.rank is not None and self.rank < min(channels, self.units):
+            return self.rank * (channels + self.units)
+        return channels * self.units
 
     def pool(self, inputs):
         """Global pooling of channels-last `inputs` to `(batch, channels)`."""
@@ -114,6 +137,8 @@ class MaskPredictor(keras.layers.Layer):
         pooled = self.pool(inputs)
         if self.use_softmax:
             pooled = ops.softmax(pooled, axis=-1)
+        if self.projection is not None:
+            pooled = ops.matmul(pooled, self.projection)
         return ops.matmul(pooled, self.kernel) + self.bias
 
     def compute_output_shape(self, input_shape):
@@ -125,6 +150,7 @@ class MaskPredictor(keras.layers.Layer):
             units=self.units,
             pooling=self.pooling,
             use_softmax=self.use_softmax,
+            rank=self.rank,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=(
                 None
@@ -252,6 +278,7 @@ class GatedConv(keras.layers.Layer):
         target: `"mass"` (default) or `"uniform"`, see `ftwt_keras.masks`.
         mode: `"decoupled"` (default) or `"joint"`.
         pooling, use_softmax: passed to the `MaskPredictor`.
+        predictor_rank: the `MaskPredictor`'s `rank` (None: the paper's full map).
         joint_gradient_scale: joint mode only: factor applied to the gate-loss
             gradient that reaches the backbone through the predictor's pooled
             input (1.0, the default, is the paper's joint mode; 0.0 makes it
@@ -283,6 +310,7 @@ class GatedConv(keras.layers.Layer):
         pooling="avg",
         use_softmax=True,
         joint_gradient_scale=1.0,
+        predictor_rank=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -314,6 +342,7 @@ class GatedConv(keras.layers.Layer):
         self.mode = mode
         self.pooling = pooling
         self.use_softmax = bool(use_softmax)
+        self.predictor_rank = check_predictor_rank(predictor_rank)
         # A depthwise conv has as many filters as input channels: its
         # predictor is made in build(), once they are known.
         self.predictor = None
@@ -322,7 +351,11 @@ class GatedConv(keras.layers.Layer):
 
     def _make_predictor(self, units):
         return MaskPredictor(
-            units, pooling=self.pooling, use_softmax=self.use_softmax, name="predictor"
+            units,
+            pooling=self.pooling,
+            use_softmax=self.use_softmax,
+            rank=self.predictor_rank,
+            name="predictor",
         )
 
     @property
@@ -469,6 +502,7 @@ class GatedConv(keras.layers.Layer):
             pooling=self.pooling,
             use_softmax=self.use_softmax,
             joint_gradient_scale=self.joint_gradient_scale,
+            predictor_rank=self.predictor_rank,
         )
         return config
 
@@ -491,6 +525,17 @@ def check_joint_gradient_scale(scale):
             f"mode, 0.0: no gate-loss gradient into the backbone); got {scale!r}."
         )
     return float(scale)
+
+
+def check_predictor_rank(rank):
+    """Returns `rank` if it is None or a positive int, else raises a `ValueError`."""
+    if rank is None:
+        return None
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(
+            f"The predictor rank must be None (full predictor) or a positive int; got {rank!r}."
+        )
+    return rank
 
 
 def check_gateable_conv(conv):

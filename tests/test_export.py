@@ -69,6 +69,7 @@ BUILDERS = {
     "resnet20": lambda: fk.models.resnet_cifar(depth=20),
     "vgg16_bn": fk.models.vgg16_bn,
 }
+GATE_OPTIONS = {"mobilenet_v1_low_rank": {"predictor_rank": 8}}
 
 
 @pytest.mark.parametrize(
@@ -77,13 +78,14 @@ BUILDERS = {
         ("mobilenet_v1", "gather", {"WHERE", "GATHER"}),
         ("mobilenet_v1", "gather_inputs", {"WHERE", "GATHER"}),
         ("resnet20", "gather", {"WHERE", "GATHER"}),
+        ("mobilenet_v1_low_rank", "gather", {"WHERE", "GATHER"}),
         ("vgg16_bn", 0.5, {"WHERE", "GATHER", "IF"}),  # IF: the run-time dense / gather choice
         # VGG's 3x3 convs with >= 256 filters at 8x8 and 4x4 have >= 16M MACs: run-time choice.
         ("vgg16_bn", "auto", {"WHERE", "GATHER", "IF"}),
     ],
 )
 def test_dynamic_export_matches_keras(name, policy, expected_ops, cifar_images):
-    model = perturb(fk.gate(BUILDERS[name]()))
+    model = perturb(fk.gate(BUILDERS[name.replace("_low_rank", "")](), **GATE_OPTIONS.get(name, {})))
     masks = {k: np.asarray(v) for k, v in fk.flops.gate_masks_of(model, cifar_images).items()}
     # The test is meaningful only if masks differ between images and layers are partly on.
     assert any(len(np.unique(mask, axis=0)) > 1 for mask in masks.values())

@@ -21,6 +21,10 @@ def test_dense_macs_equal_a_hand_count():
     assert flops.count_macs(gated) == 6912 + 576 + 320 + 800
     predictors = 3 * 4 + 4 * 4 + 4 * 5
     assert flops.count_macs(gated, include_predictors=True) == 8608 + predictors
+    # Rank-2 predictors: rank * (inputs + filters) where that is cheaper than inputs * filters.
+    low_rank = fk.gate(model, predictor_rank=2)
+    predictors = 2 * (3 + 4) + 2 * (4 + 4) + 2 * (4 + 5)
+    assert flops.count_macs(low_rank, include_predictors=True) == 8608 + predictors
 
 
 def test_zoo_macs_match_the_official_profile():

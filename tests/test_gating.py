@@ -56,6 +56,8 @@ def test_gate_refuses_what_it_cannot_gate():
         fk.gate(model, threshold=0.0)
     with pytest.raises(ValueError, match="mode"):
         fk.gate(model, mode="fused")
+    with pytest.raises(ValueError, match="predictor rank"):
+        fk.gate(model, predictor_rank=0)
 
     class Subclassed(keras.Model):
         def call(self, x):

@@ -20,6 +20,27 @@ def test_mask_predictor_pooling_and_softmax():
         MaskPredictor(3, pooling="sum")
 
 
+def test_low_rank_mask_predictor():
+    x = np.random.default_rng(1).normal(size=(2, 4, 4, 12)).astype("float32")
+    predictor = MaskPredictor(10, use_softmax=False, rank=3)
+    logits = np.asarray(predictor(x))
+    assert predictor.projection.shape == (12, 3) and predictor.kernel.shape == (3, 10)
+    expected = x.mean(axis=(1, 2)) @ np.asarray(predictor.projection) @ np.asarray(predictor.kernel)
+    np.testing.assert_allclose(logits, expected + np.asarray(predictor.bias), rtol=1e-5, atol=1e-5)
+    assert predictor.multiply_adds(12) == 3 * (12 + 10)
+    clone = MaskPredictor.from_config(predictor.get_config())
+    clone.build(x.shape)
+    clone.set_weights(predictor.get_weights())
+    np.testing.assert_array_equal(np.asarray(clone(x)), logits)
+    # A rank that would not save anything builds the paper's full map.
+    full = MaskPredictor(10, rank=12)
+    full.build(x.shape)
+    assert full.projection is None and full.kernel.shape == (12, 10) and full.multiply_adds(12) == 120
+    for bad in (0, -2, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="rank"):
+            MaskPredictor(3, rank=bad)
+
+
 def _gated(depthwise=False):
     conv = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False) if depthwise else keras.layers.Conv2D(6, 3, padding="same", use_bias=False)
     return GatedConv(conv, keras.layers.BatchNormalization(), activation="relu", threshold=0.9, pooling="max")

@@ -5,7 +5,8 @@ import ftwt_keras as fk
 
 
 def test_gated_model_round_trips_without_custom_objects(tmp_path, images):
-    model = fk.gate(fk.models.mobilenet_v1(alpha=0.25), threshold=0.93, mode="joint", pooling="max")
+    model = fk.gate(fk.models.mobilenet_v1(alpha=0.25), threshold=0.93, mode="joint", pooling="max",
+                    predictor_rank=8)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
         gate_optimizer=keras.optimizers.SGD(0.2, momentum=0.8),
@@ -20,7 +21,8 @@ def test_gated_model_round_trips_without_custom_objects(tmp_path, images):
     assert isinstance(loaded, fk.FTWTModel)
     np.testing.assert_array_equal(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
     layer = loaded.gated_layers[5]
-    assert (layer.threshold, layer.mode, layer.pooling) == (0.93, "joint", "max")
+    assert (layer.threshold, layer.mode, layer.pooling, layer.predictor_rank) == (0.93, "joint", "max", 8)
+    assert layer.predictor.projection is not None  # its map goes through 8 channels
     assert float(loaded.gate_loss_weight.numpy()) == 0.0
     assert float(loaded.gate_optimizer.learning_rate.numpy()) == np.float32(0.2)
     for a, b in zip(loaded.gate_optimizer.variables, model.gate_optimizer.variables):

@@ -374,7 +374,9 @@ class _Builder:
         for layer in network.layers:
             if isinstance(layer, GatedConv):
                 self.folded[layer.name] = fold_batch_norm(layer)
-                self.predictors[layer.name] = (_numpy(layer.predictor.kernel), _numpy(layer.predictor.bias))
+                predictor = layer.predictor
+                projection = None if predictor.projection is None else _numpy(predictor.projection)
+                self.predictors[layer.name] = (projection, _numpy(predictor.kernel), _numpy(predictor.bias))
 
     def unit(self, layer):
         return self.folded[layer.name]
@@ -521,8 +523,10 @@ class _Builder:
             pooled = tf.gather(_with_zero_channel(pooled), x.positions(), axis=-1)
         if predictor.use_softmax:
             pooled = tf.nn.softmax(pooled, axis=-1)
-        kernel, bias = (tf.constant(w) for w in self.predictors[layer.name])
-        return tf.matmul(pooled, kernel) + bias
+        projection, kernel, bias = self.predictors[layer.name]
+        if projection is not None:  # a low-rank predictor
+            pooled = tf.matmul(pooled, tf.constant(projection))
+        return tf.matmul(pooled, tf.constant(kernel)) + tf.constant(bias)
 
     def dense_unit(self, unit, activation, values):
         """activation(conv(values) + bias) with all filters, constant weights."""

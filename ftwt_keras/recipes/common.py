@@ -53,6 +53,9 @@ def define_flags(**defaults):
     flags.DEFINE_float("cooldown", default("cooldown", 0.5), "Fraction of FTWT epochs with the gate loss on.")
     flags.DEFINE_enum("pooling", default("pooling", "avg"), ["avg", "max"], "Mask predictor global pooling.")
     flags.DEFINE_bool("use_softmax", default("use_softmax", True), "Softmax over the pooled channels in the predictors.")
+    flags.DEFINE_integer("predictor_rank", default("predictor_rank", None),
+                         "Factor each mask predictor through this many channels (default: the paper's full "
+                         "predictor); cheaper at batch size 1, see MaskPredictor.")
     flags.DEFINE_integer("warmup_steps", default("warmup_steps", 0), "Predictor warm-up batches toward all-ones.")
     flags.DEFINE_integer("estimate_images", default("estimate_images", 2048), "Training images for the before-training FLOPs estimate.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
@@ -114,7 +117,7 @@ def _read_config():
 _RECIPE_FLAGS = (
     "output_dir dataset data_dir model alpha depth image_size batch_size train_take test_take baseline "
     "baseline_epochs baseline_lr baseline_milestones epochs lr milestones gate_lr weight_decay threshold "
-    "mode joint_gradient_scale target pooling use_softmax gate_loss_weight cooldown warmup_steps estimate_images seed verbose"
+    "mode joint_gradient_scale target pooling use_softmax predictor_rank gate_loss_weight cooldown warmup_steps estimate_images seed verbose"
 ).split()
 
 
@@ -193,7 +196,8 @@ def train_ftwt(config, baseline, train, test):
         return keras.saving.load_model(path), 0.0
     model = fk.gate(baseline, threshold=config["threshold"], mode=config["mode"], target=config["target"],
                     pooling=config["pooling"], use_softmax=config["use_softmax"],
-                    joint_gradient_scale=config["joint_gradient_scale"])
+                    joint_gradient_scale=config["joint_gradient_scale"],
+                    predictor_rank=config.get("predictor_rank"))
     model.compile(
         optimizer=sgd(config["lr"], config["weight_decay"]),
         gate_optimizer=keras.optimizers.SGD(config["gate_lr"], momentum=0.9),
