@@ -15,8 +15,9 @@ alternating image by image; the table gives medians and the interquartile
 spread, the measured speed-up and the ideal one (dense MACs / executed MACs,
 predictors included, from ftwt_keras.flops). Two reference exports run in the
 same loop to show where the gap goes: the dense model plus every mask
-predictor (`predictors_ms`: what any exact dynamic export must at least run)
-and every layer masked but computed dense (`masked_dense_ms`). Rows go to
+predictor, not applied (`predictors_ms`: what the predictors, which every
+exact dynamic export runs, add to the dense model) and every layer masked but
+computed dense (`masked_dense_ms`). Rows go to
 --output as {"rows": [...]}.
 """
 
@@ -71,8 +72,8 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
     """Times one dynamic configuration against the dense model; returns table rows.
 
     Four exports of the same weights run side by side: the dense model; the
-    dense model plus every mask predictor (not applied: the least any exact
-    dynamic export must run); every layer masked but computed dense (policy
+    dense model plus every mask predictor (not applied: what the predictors
+    alone cost); every layer masked but computed dense (policy
     `dense`); and the dynamic export under test (`--policy`).
     """
     import numpy as np

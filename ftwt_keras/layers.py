@@ -89,6 +89,7 @@ class MaskPredictor(keras.layers.Layer):
         if not isinstance(units, int) or units < 1:
             raise ValueError(f"`units` must be a positive int; got {units!r}.")
         self.rank = check_predictor_rank(rank)
+        self.projection = None  # (channels, rank) once built, if factored
         if pooling not in POOLINGS:
             raise ValueError(f"`pooling` must be one of {POOLINGS}; got {pooling!r}.")
         self.units = units
@@ -111,7 +112,7 @@ class MaskPredictor(keras.layers.Layer):
         )
         self.projection = None
         inner = channels
-        if self.rank is not None and self.rank < min(channels, self.units):
+        if self._factored(channels):
             inner = self.rank
             self.projection = self.add_weight(
                 name="projection", shape=(channels, inner), initializer=self.kernel_initializer
@@ -121,9 +122,13 @@ class MaskPredictor(keras.layers.Layer):
         )
         self.bias = self.add_weight(name="bias", shape=(self.units,), initializer=bias_initializer)
 
+    def _factored(self, channels):
+        """Whether the map from `channels` inputs goes through `rank` channels (only if cheaper)."""
+        return self.rank is not None and self.rank < min(channels, self.units)
+
     def multiply_adds(self, channels):
         """Multiply-adds of the map from `channels` pooled inputs to the logits (per image)."""
-        if self.rank is not None and self.rank < min(channels, self.units):
+        if self._factored(channels):
             return self.rank * (channels + self.units)
         return channels * self.units
 
