@@ -24,6 +24,7 @@ flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("steps", 30, "Timed steps of each model (alternating plain / FTWT).")
 flags.DEFINE_float("threshold", 0.95, "FTWT threshold r.")
 flags.DEFINE_enum("mode", "decoupled", ["decoupled", "joint"], "FTWT mode.")
+flags.DEFINE_integer("predictor_rank", None, "Low-rank mask predictors (default: the paper's full ones).")
 flags.DEFINE_bool("jit_compile", False, "Compile both train steps with XLA (`compile(jit_compile=True)`).")
 FLAGS = flags.FLAGS
 
@@ -67,7 +68,7 @@ def main(argv):
     plain = _build()
     plain.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss(), metrics=["accuracy"],
                   jit_compile=FLAGS.jit_compile)
-    ftwt = fk.gate(_build(), threshold=FLAGS.threshold, mode=FLAGS.mode)
+    ftwt = fk.gate(_build(), threshold=FLAGS.threshold, mode=FLAGS.mode, predictor_rank=FLAGS.predictor_rank)
     ftwt.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                  gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=loss(), metrics=["accuracy"],
                  jit_compile=FLAGS.jit_compile)
