@@ -267,7 +267,7 @@ def _pct(value):
 
 
 def _percent(value):
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+    return "n/a" if value is None else _pct(value) + "%"
 
 
 def markdown_table(rows):

@@ -360,10 +360,11 @@ def _shifted_windows(padded, layer, out_h, out_w):
 class _Builder:
     """Emits the TF ops of one network, layer by layer (inside a tf.function)."""
 
-    def __init__(self, network, dynamic, policies, with_predictors=False, keep_ratios=None):
+    def __init__(self, network, dynamic, policies, conv_macs, with_predictors=False, keep_ratios=None):
         self.network = network
         self.dynamic = dynamic
         self.policies = policies
+        self.conv_macs = conv_macs  # {gated layer name: dense multiply-adds of its conv}
         # {gated layer name: mean fraction of active filters} on calibration images.
         self.keep_ratios = keep_ratios or {}
         self.with_predictors = with_predictors
@@ -481,7 +482,7 @@ class _Builder:
         """
         if unit.is_depthwise or (x.is_dense and x.support is None) or unit.filters < AUTO_MIN_FILTERS:
             return "dense"
-        if _dense_macs(unit, x.values) < AUTO_MIN_MACS:
+        if self.conv_macs[unit.layer.name] < AUTO_MIN_MACS:
             return "dense"
         if x.expected_keep is not None:
             return "gather_inputs" if x.expected_keep <= AUTO_INPUT_CUTOFF else "dense"
@@ -607,14 +608,6 @@ class _Builder:
         return Compact(y, active, unit.filters)
 
 
-def _dense_macs(unit, values):
-    """Multiply-adds of `unit`'s conv on all channels of an input shaped like `values`."""
-    kh, kw = unit.layer.conv.kernel_size
-    out_h, out_w = _output_hw(unit.layer, values)
-    per_output = kh * kw * (1 if unit.is_depthwise else int(unit.kernel.shape[2]))
-    return out_h * out_w * unit.filters * per_output
-
-
 def _output_hw(layer, values):
     shape = layer.conv.compute_output_shape((1, int(values.shape[1]), int(values.shape[2]), 1))
     return int(shape[1]), int(shape[2])
@@ -719,7 +712,8 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
         from ftwt_keras import flops
 
         keep_ratios = flops.keep_ratios(model, _checked_images(calibration_images, network), batch_size=32)
-    builder = _Builder(network, dynamic, policies, with_predictors, keep_ratios)
+    conv_macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
+    builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, keep_ratios)
     shape = (1,) + tuple(int(d) for d in network.inputs[0].shape[1:])
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="images")], autograph=False)
