@@ -2,6 +2,7 @@
 
     python benchmarks/edge_ops.py                         # three MobileNetV1-224 layer shapes
     python benchmarks/edge_ops.py --shapes=14x512 --keep=0.3
+    python benchmarks/edge_ops.py --predictor_weights     # MobileNetV1's predictors: fp32 / int8 / fp16
 
 For each activation shape (H x H x C, batch 1) and keep ratio k, converts tiny
 builtins-only graphs with TFLite and times each invoke alone with LiteRT
@@ -13,15 +14,25 @@ the building blocks of the dynamic export (`ftwt_keras.export.tflite`):
   weights gathered at run time (BATCH_MATMUL);
 - `pw gathered k x C`: the same conv reading k*C input channels, all C filters
   (only the input side compacted; weight rows gathered);
+- `dw dense`         : the 3x3 depthwise conv alone on all C channels (XNNPACK);
+- `dw gathered k`    : the same conv on k*C compact channels, its filter gathered at
+  run time (converts only with a static k: DEPTHWISE_CONV_2D needs a constant
+  channel count, and then runs on the builtin kernel, not XNNPACK);
 - `gather channels`  : selecting k*C channels of an NHWC activation (GATHER, last axis);
 - `gather rows (CHW)`: the same selection in channels-first layout (GATHER, axis 0);
 - `transpose CHW->HWC`: changing layout once;
 - `mask multiply`    : multiplying the activation by a per-channel 0/1 mask;
-- `predictor`        : global average pool + matmul (a mask predictor);
+- `predictor`        : global average pool (MEAN) + matmul (a mask predictor);
+- `predictor AVG_POOL`: the same with the pool as a global AVERAGE_POOL_2D;
 - `elementwise pass` : x + 1, one read and one write of the activation (memory speed).
 
 The per-element costs show when gathering pays: a gather costs a few ns per
 element moved, a 1x1 conv about C_out * (time per MAC) per input element.
+
+`--predictor_weights` times instead the matrix-vector products of every mask
+predictor of a gated MobileNetV1 (`--alpha`) at batch 1, with float32 weights and
+with the converter's int8 (dynamic range) and float16 weight storage, and prints
+how far their outputs move from float32.
 """
 
 import os
@@ -38,14 +49,20 @@ flags.DEFINE_list("shapes", ["112x64", "56x128", "14x512"], "Activation shapes a
 flags.DEFINE_float("keep", 0.5, "Fraction of channels kept by the gathers and the gathered conv.")
 flags.DEFINE_integer("repeats", 200, "Timed invokes per graph.")
 flags.DEFINE_integer("threads", 1, "Interpreter threads.")
+flags.DEFINE_bool("predictor_weights", False, "Time MobileNetV1's predictor matvecs with fp32 / int8 / fp16 weights.")
+flags.DEFINE_float("alpha", 1.0, "MobileNetV1 width multiplier for --predictor_weights.")
 
 
-def _flatbuffer(fn, specs):
+def _flatbuffer(fn, specs, weights="float32"):
     import tensorflow as tf
 
     function = tf.function(fn, input_signature=specs, autograph=False)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if weights != "float32":  # the converter's post-training weight storage
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if weights == "float16":
+            converter.target_spec.supported_types = [tf.float16]
     return converter.convert()
 
 
@@ -85,12 +102,26 @@ def graphs(size, channels, keep, seed=0):
     def predictor(x):
         return tf.matmul(tf.reduce_mean(x, axis=[1, 2]), tf.constant(pointwise)) + bias
 
+    def predictor_avg_pool(x):
+        pooled = tf.reshape(tf.nn.avg_pool2d(x, (size, size), 1, "VALID"), [1, channels])
+        return tf.matmul(pooled, tf.constant(pointwise)) + bias
+
+    def dense_depthwise(x):
+        return tf.nn.relu(tf.nn.depthwise_conv2d(x, depthwise, [1, 1, 1, 1], "SAME"))
+
+    def gathered_depthwise(x, index):
+        weights = tf.gather(tf.constant(depthwise), index, axis=2)
+        return tf.nn.relu(tf.nn.depthwise_conv2d(x, weights, [1, 1, 1, 1], "SAME"))
+
     return {
         "dense dw3x3 + pw": (_flatbuffer(dense_block, [spec]), [full]),
         "pw gathered k x k": (_flatbuffer(gathered_pointwise, [tf.TensorSpec(compact.shape, tf.float32), index_spec]),
                               [compact, active]),
         "pw gathered k x C": (_flatbuffer(gathered_inputs, [tf.TensorSpec(compact.shape, tf.float32), index_spec]),
                               [compact, active]),
+        "dw dense": (_flatbuffer(dense_depthwise, [spec]), [full]),
+        "dw gathered k": (_flatbuffer(gathered_depthwise, [tf.TensorSpec(compact.shape, tf.float32), index_spec]),
+                          [compact, active]),
         "gather channels": (_flatbuffer(lambda x, i: tf.gather(x, i, axis=-1), [spec, index_spec]), [full, active]),
         "gather rows (CHW)": (_flatbuffer(lambda x, i: tf.gather(x, i), [tf.TensorSpec(chw.shape, tf.float32),
                                                                         index_spec]), [chw, active]),
@@ -98,8 +129,44 @@ def graphs(size, channels, keep, seed=0):
                                            [tf.TensorSpec(chw.shape, tf.float32)]), [chw]),
         "mask multiply": (_flatbuffer(lambda x: x * tf.constant(mask), [spec]), [full]),
         "predictor": (_flatbuffer(predictor, [spec]), [full]),
+        "predictor AVG_POOL": (_flatbuffer(predictor_avg_pool, [spec]), [full]),
         "elementwise pass": (_flatbuffer(lambda x: x + 1.0, [spec]), [full]),
     }
+
+
+def predictor_weight_graphs(alpha):
+    """`{weights: (flatbuffer, inputs)}`: all predictor matvecs of a gated MobileNetV1-224.
+
+    One graph per weight storage (float32, int8, float16); the input is one
+    pooled vector, sliced to each predictor's input width.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    import ftwt_keras as fk
+
+    model = fk.gate(fk.models.mobilenet_v1(input_shape=(224, 224, 3), num_classes=1000, alpha=alpha))
+    rng = np.random.default_rng(0)
+    kernels = [rng.normal(size=layer.predictor.kernel.shape).astype("float32") for layer in model.gated_layers]
+    width = max(kernel.shape[0] for kernel in kernels)
+    pooled = rng.normal(size=(1, width)).astype("float32")
+
+    def predictors(x):
+        return tf.concat([tf.matmul(x[:, : kernel.shape[0]], tf.constant(kernel)) for kernel in kernels], axis=-1)
+
+    spec = [tf.TensorSpec(pooled.shape, tf.float32)]
+    return {weights: (_flatbuffer(predictors, spec, weights), [pooled]) for weights in ("float32", "int8", "float16")}
+
+
+def _outputs(flatbuffer, inputs):
+    from ftwt_keras.export import tflite
+
+    runner = tflite.interpreter(flatbuffer, 1)
+    runner.allocate_tensors()
+    for detail, value in zip(runner.get_input_details(), inputs):
+        runner.set_tensor(detail["index"], value)
+    runner.invoke()
+    return runner.get_tensor(runner.get_output_details()[0]["index"]).copy()
 
 
 def time_graphs(built, repeats, threads):
@@ -131,6 +198,8 @@ def time_graphs(built, repeats, threads):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.predictor_weights:
+        return _predictor_weights()
     print(f"LiteRT, XNNPACK, {FLAGS.threads} thread(s), keep {FLAGS.keep:g}; median of {FLAGS.repeats} invokes.")
     for shape in FLAGS.shapes:
         size, channels = (int(v) for v in shape.lower().split("x"))
@@ -140,6 +209,24 @@ def main(argv):
         print(f"  {'op graph':20s} {'ms':>8s} {'ns per activation element':>26s}")
         for name, seconds in medians.items():
             print(f"  {name:20s} {1e3 * seconds:8.3f} {1e9 * seconds / elements:26.2f}")
+    return 0
+
+
+def _predictor_weights():
+    import numpy as np
+
+    built = predictor_weight_graphs(FLAGS.alpha)
+    medians = time_graphs(built, FLAGS.repeats, FLAGS.threads)
+    reference = _outputs(*built["float32"])
+    print(f"MobileNetV1 x{FLAGS.alpha:g} at 224x224: every mask predictor's matvec, batch 1, LiteRT, XNNPACK, "
+          f"{FLAGS.threads} thread(s); median of {FLAGS.repeats} invokes.")
+    print(f"  {'weights':8s} {'MB':>6s} {'ms':>7s} {'max |out - float32| / range':>28s} {'sign flips':>11s}")
+    for weights, (flatbuffer, inputs) in built.items():
+        outputs = _outputs(flatbuffer, inputs)
+        error = float(np.abs(outputs - reference).max() / np.ptp(reference))
+        flips = int(np.sum((outputs > 0) != (reference > 0)))
+        print(f"  {weights:8s} {len(flatbuffer) / 1e6:6.1f} {1e3 * medians[weights]:7.3f} {error:28.2e} "
+              f"{flips:5d} / {reference.size}")
     return 0
 
 

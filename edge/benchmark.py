@@ -147,8 +147,7 @@ def _run_mode(resolution, images, calibration):
     else:
         base = fk.models.mobilenet_v1(input_shape=(224, 224, 3), num_classes=1000, alpha=FLAGS.alpha)
     dense = None
-    for rank in FLAGS.predictor_ranks:
-        rank = None if rank == "full" else int(rank)
+    for rank in _predictor_ranks():
         label = f"mobilenet_v1_{FLAGS.alpha:g}" + ("" if rank is None else f"_rank{rank}")
         print(f"{resolution}x{resolution}: {label}, random weights, masks drawn at random at a fixed keep ratio "
               "per layer (not predicted by trained gates).", flush=True)
@@ -162,13 +161,19 @@ def _run_mode(resolution, images, calibration):
     return rows
 
 
+def _predictor_ranks():
+    """--predictor_ranks as `predictor_rank` values (None: the paper's full predictors)."""
+    if any(rank != "full" and not (rank.isdigit() and int(rank) > 0) for rank in FLAGS.predictor_ranks):
+        raise app.UsageError(f"--predictor_ranks takes 'full' or positive ints; got {FLAGS.predictor_ranks}.")
+    return [None if rank == "full" else int(rank) for rank in FLAGS.predictor_ranks]
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.num_images < 1:
         raise app.UsageError("--num_images must be positive.")
-    if any(rank != "full" and not (rank.isdigit() and int(rank) > 0) for rank in FLAGS.predictor_ranks):
-        raise app.UsageError(f"--predictor_ranks takes 'full' or positive ints; got {FLAGS.predictor_ranks}.")
+    _predictor_ranks()  # refuse a bad list before any conversion
     from ftwt_keras.export import tflite
 
     try:

@@ -102,3 +102,39 @@ def test_mass_mask_matches_the_sorting_rule_with_many_ties(threshold):
     np.testing.assert_array_equal(
         np.asarray(masks.mass_mask(continuous, threshold)), _reference_mass_mask(continuous, threshold)
     )
+
+
+def _reference_margins(scores, threshold):
+    """Per filter: float64 cumulative share at its rank minus (threshold + tolerance)."""
+    margins = np.full(scores.shape, -np.inf)
+    for row, sample in enumerate(scores.astype("float64")):
+        total = sample.sum()
+        if total <= 0:
+            continue
+        order = sorted(range(len(sample)), key=lambda c: (-sample[c], c))
+        cumulative = np.cumsum(sample[order] / total)
+        margins[row, order] = cumulative - threshold - masks.DEAD_FILTER_TOLERANCE
+    return margins
+
+
+@pytest.mark.parametrize("channels", [300, 1024])
+@pytest.mark.parametrize("threshold", [0.5, 0.9, 0.97, 0.999995])
+def test_mass_mask_matches_the_sorting_rule_on_wide_layers(channels, threshold):
+    # Wide layers spread over many score levels (see masks._mass_prefix); a
+    # decision may differ from a sequential cumsum only within float32 rounding
+    # of the boundary. r = 0.999995 leaves less than the tolerance outside, so
+    # no filter crosses it.
+    rng = np.random.default_rng(channels)
+    heavy_tail = rng.exponential(1.0, (64, channels)) * rng.gamma(0.5, size=(1, channels))
+    heavy_tail[:, rng.random(channels) < 0.1] = 0.0  # dead filters
+    ties = rng.integers(0, 4, (64, channels))
+    one_peak = rng.uniform(0, 1e-3, (64, channels))  # all but one filter in the lowest level
+    one_peak[np.arange(64), rng.integers(0, channels, 64)] = 1.0
+    for scores in (heavy_tail, ties, one_peak):
+        scores = scores.astype("float32")
+        got = np.asarray(masks.mass_mask(scores, threshold))
+        margins = _reference_margins(scores, threshold)
+        expected = (margins <= 0).astype("float32")
+        undecided = np.abs(margins) < 1e-6
+        np.testing.assert_array_equal(got[~undecided], expected[~undecided])
+        assert undecided.mean() < 1e-3
