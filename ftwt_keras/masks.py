@@ -124,7 +124,9 @@ def _mass_prefix(normalized, threshold):
 
     Sums are taken in another order than a sequential cumsum, so a decision
     can differ from it only where the cumulative sum is within float rounding
-    (~1e-7) of `threshold + DEAD_FILTER_TOLERANCE`.
+    (~1e-7) of `threshold + DEAD_FILTER_TOLERANCE`. The top-k's k depends on
+    the data: fine in TensorFlow graphs and in eager mode, not under `jax.jit`
+    (a static shape would be needed there).
     """
     levels = MASS_LEVELS
     batch = ops.shape(normalized)[0]
