@@ -8,6 +8,10 @@ train step is timed alone, plain and FTWT alternating step by step so that
 machine noise hits both alike; reported: the median images/s of each and the
 median of the per-pair ratios FTWT / plain (robust to drifts of the machine's
 speed over the run).
+
+`--profile_steps=N` then runs N more steps of each under the TensorFlow
+profiler and prints where the time goes: CPU milliseconds per step by op type
+(op times summed over threads), plain vs FTWT, largest differences first.
 """
 
 import os
@@ -25,6 +29,7 @@ flags.DEFINE_integer("steps", 30, "Timed steps of each model (alternating plain 
 flags.DEFINE_float("threshold", 0.95, "FTWT threshold r.")
 flags.DEFINE_enum("mode", "decoupled", ["decoupled", "joint"], "FTWT mode.")
 flags.DEFINE_integer("predictor_rank", None, "Low-rank mask predictors (default: the paper's full ones).")
+flags.DEFINE_integer("profile_steps", 0, "Steps of each model to profile by op type afterwards (0: none).")
 flags.DEFINE_bool("jit_compile", False, "Compile both train steps with XLA (`compile(jit_compile=True)`).")
 FLAGS = flags.FLAGS
 
@@ -47,6 +52,52 @@ def _step_seconds(model, iterator):
     logs = model.train_function(iterator)
     np.asarray(logs["loss"])  # block until the step is done
     return time.perf_counter() - start
+
+
+def _op_milliseconds(model, iterator, steps, logdir):
+    """CPU ms per step of each op type over `steps` profiled train steps."""
+    import collections
+    import glob
+
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    tf.profiler.experimental.start(logdir)
+    for _ in range(steps):
+        np.asarray(model.train_function(iterator)["loss"])
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    with open(sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1], "rb") as file:
+        space.ParseFromString(file.read())
+    totals = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                # TF op events are "scope/op_name:OpType"; runtime events
+                # ("ExecutorState::Process", "EagerLocalExecute: f") are not ops.
+                if ":" in name and "::" not in name and ": " not in name and "#" not in name:
+                    totals[name.rsplit(":", 1)[-1]] += event.duration_ps / 1e9 / steps
+    return totals
+
+
+def _print_profile(models, iterators):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as logdir:
+        totals = {name: _op_milliseconds(model, iterators[name], FLAGS.profile_steps, os.path.join(logdir, name))
+                  for name, model in models}
+    ops = sorted(set(totals["plain"]) | set(totals["ftwt"]),
+                 key=lambda op: totals["plain"][op] - totals["ftwt"][op])
+    print(f"\nCPU ms per step by op type (TensorFlow profiler, {FLAGS.profile_steps} steps each; "
+          "op times summed over threads, so a step's total exceeds its wall time):")
+    print(f"  {'op type':44s} {'plain':>8s} {'FTWT':>8s} {'FTWT - plain':>13s}")
+    for op in ops[:25]:
+        print(f"  {op:44s} {totals['plain'][op]:8.1f} {totals['ftwt'][op]:8.1f} "
+              f"{totals['ftwt'][op] - totals['plain'][op]:+13.1f}")
+    print(f"  {'all op types':44s} {sum(totals['plain'].values()):8.1f} {sum(totals['ftwt'].values()):8.1f} "
+          f"{sum(totals['ftwt'].values()) - sum(totals['plain'].values()):+13.1f}")
 
 
 def main(argv):
@@ -95,6 +146,8 @@ def main(argv):
     print(f"FTWT  train step: {ftwt_ips:.0f} images/s ({FLAGS.mode}, r={FLAGS.threshold:g})")
     print(f"FTWT / plain:     {ftwt_ips / plain_ips:.2f}x (ratio of medians), "
           f"{paired:.2f}x (median of the {FLAGS.steps} paired step ratios)")
+    if FLAGS.profile_steps:
+        _print_profile((("plain", plain), ("ftwt", ftwt)), iterators)
 
 
 if __name__ == "__main__":
