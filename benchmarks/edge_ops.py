@@ -158,13 +158,22 @@ def predictor_weight_graphs(alpha):
     return {weights: (_flatbuffer(predictors, spec, weights), [pooled]) for weights in ("float32", "int8", "float16")}
 
 
-def _outputs(flatbuffer, inputs):
+def _runner(flatbuffer, inputs, threads):
+    """An interpreter for `flatbuffer` with `inputs` set, ready to invoke."""
     from ftwt_keras.export import tflite
 
-    runner = tflite.interpreter(flatbuffer, 1)
+    runner = tflite.interpreter(flatbuffer, threads)
+    for detail, value in zip(runner.get_input_details(), inputs):
+        if tuple(detail["shape"]) != value.shape:
+            runner.resize_tensor_input(detail["index"], value.shape)
     runner.allocate_tensors()
     for detail, value in zip(runner.get_input_details(), inputs):
         runner.set_tensor(detail["index"], value)
+    return runner
+
+
+def _outputs(flatbuffer, inputs):
+    runner = _runner(flatbuffer, inputs, 1)
     runner.invoke()
     return runner.get_tensor(runner.get_output_details()[0]["index"]).copy()
 
@@ -173,18 +182,7 @@ def time_graphs(built, repeats, threads):
     """Median seconds per invoke of each graph, alternating graphs invoke by invoke."""
     import numpy as np
 
-    from ftwt_keras.export import tflite
-
-    runners = {}
-    for name, (flatbuffer, inputs) in built.items():
-        runner = tflite.interpreter(flatbuffer, threads)
-        for detail, value in zip(runner.get_input_details(), inputs):
-            if tuple(detail["shape"]) != value.shape:
-                runner.resize_tensor_input(detail["index"], value.shape)
-        runner.allocate_tensors()
-        for detail, value in zip(runner.get_input_details(), inputs):
-            runner.set_tensor(detail["index"], value)
-        runners[name] = runner
+    runners = {name: _runner(flatbuffer, inputs, threads) for name, (flatbuffer, inputs) in built.items()}
     times = {name: [] for name in runners}
     for step in range(repeats + 10):
         for name, runner in runners.items():
