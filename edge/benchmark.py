@@ -131,7 +131,7 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
     return rows
 
 
-def _run_mode(resolution, images, calibration):
+def _run_mode(resolution, images, calibration, predictor_ranks):
     import ftwt_keras as fk
     from ftwt_keras.export import tflite
 
@@ -147,7 +147,7 @@ def _run_mode(resolution, images, calibration):
     else:
         base = fk.models.mobilenet_v1(input_shape=(224, 224, 3), num_classes=1000, alpha=FLAGS.alpha)
     dense = None
-    for rank in _predictor_ranks():
+    for rank in predictor_ranks:
         label = f"mobilenet_v1_{FLAGS.alpha:g}" + ("" if rank is None else f"_rank{rank}")
         print(f"{resolution}x{resolution}: {label}, random weights, masks drawn at random at a fixed keep ratio "
               "per layer (not predicted by trained gates).", flush=True)
@@ -173,15 +173,16 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.num_images < 1:
         raise app.UsageError("--num_images must be positive.")
-    _predictor_ranks()  # refuse a bad list before any conversion
+    predictor_ranks = _predictor_ranks()  # refuses a bad list before any conversion
     from ftwt_keras.export import tflite
 
     try:
         rows = []
         if FLAGS.mode in ("cifar", "both"):
-            rows += _run_mode(32, _cifar_images(f"test[:{FLAGS.num_images}]"), _calibration(32))
+            rows += _run_mode(32, _cifar_images(f"test[:{FLAGS.num_images}]"), _calibration(32), predictor_ranks)
         if FLAGS.mode in ("imagenet", "both"):
-            rows += _run_mode(224, _cifar_images(f"test[:{FLAGS.num_images}]", size=224), _calibration(224))
+            rows += _run_mode(224, _cifar_images(f"test[:{FLAGS.num_images}]", size=224), _calibration(224),
+                             predictor_ranks)
     except tflite.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
