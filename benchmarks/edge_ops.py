@@ -3,6 +3,7 @@
     python benchmarks/edge_ops.py                         # three MobileNetV1-224 layer shapes
     python benchmarks/edge_ops.py --shapes=14x512 --keep=0.3
     python benchmarks/edge_ops.py --predictor_weights     # MobileNetV1's predictors: fp32 / int8 / fp16
+    python benchmarks/edge_ops.py --predictor_pool        # predictors pooling the padded vs unpadded input
 
 For each activation shape (H x H x C, batch 1) and keep ratio k, converts tiny
 builtins-only graphs with TFLite and times each invoke alone with LiteRT
@@ -33,6 +34,14 @@ element moved, a 1x1 conv about C_out * (time per MAC) per input element.
 predictor of a gated MobileNetV1 (`--alpha`) at batch 1, with float32 weights and
 with the converter's int8 (dynamic range) and float16 weight storage, and prints
 how far their outputs move from float32.
+
+`--predictor_pool` times whole MobileNetV1-224 exports (`--alpha`, full and
+rank-64 predictors): dense, dense + every predictor pooling its conv's
+unpadded input (what `gate()` builds: the official predictor sees the input
+before the conv's padding), and dense + predictors pooling the zero-padded
+input in front of the strided convs (the earlier behaviour), to show what
+reading the padded tensor costs: it keeps XNNPACK from fusing that PAD into
+the conv.
 """
 
 import os
@@ -50,7 +59,9 @@ flags.DEFINE_float("keep", 0.5, "Fraction of channels kept by the gathers and th
 flags.DEFINE_integer("repeats", 200, "Timed invokes per graph.")
 flags.DEFINE_integer("threads", 1, "Interpreter threads.")
 flags.DEFINE_bool("predictor_weights", False, "Time MobileNetV1's predictor matvecs with fp32 / int8 / fp16 weights.")
-flags.DEFINE_float("alpha", 1.0, "MobileNetV1 width multiplier for --predictor_weights.")
+flags.DEFINE_bool("predictor_pool", False,
+                  "Time MobileNetV1-224 with predictors pooling the padded vs the unpadded input.")
+flags.DEFINE_float("alpha", 1.0, "MobileNetV1 width multiplier for --predictor_weights and --predictor_pool.")
 
 
 def _flatbuffer(fn, specs, weights="float32"):
@@ -158,6 +169,25 @@ def predictor_weight_graphs(alpha):
     return {weights: (_flatbuffer(predictors, spec, weights), [pooled]) for weights in ("float32", "int8", "float16")}
 
 
+def predictor_pool_exports(alpha, ranks=(None, 64)):
+    """`{name: flatbuffer}`: MobileNetV1-224 dense, and + predictors pooling the unpadded / padded input."""
+    import ftwt_keras as fk
+    from ftwt_keras.export import tflite
+
+    base = fk.models.mobilenet_v1(input_shape=(224, 224, 3), num_classes=1000, alpha=alpha)
+    built = {}
+    for rank in ranks:
+        model = fk.gate(base, predictor_rank=rank)
+        label = "full" if rank is None else f"rank {rank}"
+        if not built:
+            built["dense"] = tflite.convert(model, dynamic=False)
+        built[f"+ predictors ({label}), unpadded"] = tflite.convert(model, dynamic=False, with_predictors=True)
+        for layer in model.gated_layers:  # the earlier behaviour: pool the ZeroPadding2D output
+            layer.predictor.input_padding = None
+        built[f"+ predictors ({label}), padded"] = tflite.convert(model, dynamic=False, with_predictors=True)
+    return built
+
+
 def _runner(flatbuffer, inputs, threads):
     """An interpreter for `flatbuffer` with `inputs` set, ready to invoke."""
     from ftwt_keras.export import tflite
@@ -198,6 +228,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.predictor_weights:
         return _predictor_weights()
+    if FLAGS.predictor_pool:
+        return _predictor_pool()
     print(f"LiteRT, XNNPACK, {FLAGS.threads} thread(s), keep {FLAGS.keep:g}; median of {FLAGS.repeats} invokes.")
     for shape in FLAGS.shapes:
         size, channels = (int(v) for v in shape.lower().split("x"))
@@ -225,6 +257,20 @@ def _predictor_weights():
         flips = int(np.sum((outputs > 0) != (reference > 0)))
         print(f"  {weights:8s} {len(flatbuffer) / 1e6:6.1f} {1e3 * medians[weights]:7.3f} {error:28.2e} "
               f"{flips:5d} / {reference.size}")
+    return 0
+
+
+def _predictor_pool():
+    import numpy as np
+
+    images = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3)).astype("float32")
+    built = {name: (flatbuffer, [images]) for name, flatbuffer in predictor_pool_exports(FLAGS.alpha).items()}
+    medians = time_graphs(built, FLAGS.repeats, FLAGS.threads)
+    print(f"MobileNetV1 x{FLAGS.alpha:g} at 224x224, random weights, LiteRT, XNNPACK, {FLAGS.threads} thread(s); "
+          f"median of {FLAGS.repeats} invokes, exports alternating.")
+    print(f"  {'export':36s} {'ms':>7s} {'over dense':>11s}")
+    for name, seconds in medians.items():
+        print(f"  {name:36s} {1e3 * seconds:7.2f} {1e3 * (seconds - medians['dense']):+10.2f}")
     return 0
 
 

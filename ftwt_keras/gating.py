@@ -47,8 +47,17 @@ def _activation_of(layer):
     return None
 
 
+def _input_padding(node):
+    """The zero border around a conv's input, if a `ZeroPadding2D` made that input."""
+    producer = _graph.producers(node)[0]
+    if isinstance(producer, keras.layers.ZeroPadding2D) and producer.data_format == "channels_last":
+        return producer.padding
+    return None
+
+
 def _find_units(model, layers_to_gate):
-    """Maps `id(conv)` to `(conv, batch_norm or None, activation layer or None)`."""
+    """Maps `id(conv)` to `(conv, batch_norm or None, activation layer or None,
+    zero padding of its input or None)`."""
     nodes = _graph.layer_nodes(model)
     readers = _graph.consumers(model, nodes)
 
@@ -92,7 +101,7 @@ def _find_units(model, layers_to_gate):
             follower = sole_reader(batch_norm)
         if follower is not None and _activation_of(follower) is not None:
             activation = follower
-        units[id(layer)] = (layer, batch_norm, activation)
+        units[id(layer)] = (layer, batch_norm, activation, _input_padding(node))
     return units
 
 
@@ -112,7 +121,10 @@ def gate(
     Each `Conv2D` / `DepthwiseConv2D` becomes a `GatedConv`, fused with the
     `BatchNormalization` and activation layer that directly follow it (as in
     FTWT: the target is read after BN and activation; a conv followed by BN and
-    a residual `Add`, like ResNet's second conv, is gated before the add). The
+    a residual `Add`, like ResNet's second conv, is gated before the add). A
+    conv whose input comes from a `ZeroPadding2D` (PyTorch's symmetric padding
+    of a strided conv, written the Keras way) gets that border as its
+    `input_padding`: its predictor pools the unpadded input, as in FTWT. The
     weights are copied, so `model` is left untouched, and with every gate on
     the result computes exactly what `model` computes.
 
@@ -166,7 +178,7 @@ def gate(
             f"Model '{model.name}' has no Conv2D or DepthwiseConv2D layer to gate."
         )
     fused = {}  # id(batch norm or activation layer) of a unit -> True
-    for _, batch_norm, activation in units.values():
+    for _, batch_norm, activation, _ in units.values():
         for layer in (batch_norm, activation):
             if layer is not None:
                 fused[id(layer)] = True
@@ -175,7 +187,7 @@ def gate(
 
     def clone_function(layer):
         if id(layer) in units:
-            conv, batch_norm, activation = units[id(layer)]
+            conv, batch_norm, activation, input_padding = units[id(layer)]
             return GatedConv(
                 _copy_layer(conv),
                 None if batch_norm is None else _copy_layer(batch_norm),
@@ -187,6 +199,7 @@ def gate(
                 use_softmax=use_softmax,
                 joint_gradient_scale=joint_gradient_scale,
                 predictor_rank=predictor_rank,
+                input_padding=input_padding,
                 name=conv.name,
             )
         if id(layer) in fused:

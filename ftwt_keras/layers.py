@@ -51,6 +51,12 @@ class MaskPredictor(keras.layers.Layer):
     optional softmax over channels, then a dense (1x1 conv) map to one logit
     per output filter. A filter fires when its logit is > 0 (sigmoid > 0.5).
 
+    With `input_padding`, the pooling skips a zero border of the input: in
+    Keras a strided conv with PyTorch's symmetric padding is written as a
+    `ZeroPadding2D` in front of a "valid" conv, and the official predictor
+    pools the conv's *unpadded* input (PyTorch convs pad internally).
+    `ftwt_keras.gate` sets it for convs fed by a `ZeroPadding2D`.
+
     With `rank`, the dense map is factored through `rank` channels
     (`pooled @ projection @ kernel + bias`), which is not in the paper: at
     batch size 1 (on a phone) a predictor is a matrix-vector product bound by
@@ -63,6 +69,9 @@ class MaskPredictor(keras.layers.Layer):
         pooling: `"avg"` (official code, default) or `"max"` (paper figure).
         use_softmax: apply a softmax over the pooled channels (default True).
         rank: None (default, the paper's full map) or a positive int.
+        input_padding: None (default) or `((top, bottom), (left, right))`
+            rows and columns of zero padding at the input's edges that the
+            pooling leaves out (as `keras.layers.ZeroPadding2D(padding)`).
         kernel_initializer: defaults to PyTorch's conv default,
             U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
         bias_initializer: `None` (default) means the same PyTorch default.
@@ -83,6 +92,7 @@ class MaskPredictor(keras.layers.Layer):
         kernel_initializer=None,
         bias_initializer=None,
         rank=None,
+        input_padding=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -95,6 +105,7 @@ class MaskPredictor(keras.layers.Layer):
         self.units = units
         self.pooling = pooling
         self.use_softmax = bool(use_softmax)
+        self.input_padding = check_input_padding(input_padding)
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer
             or keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
@@ -107,6 +118,13 @@ class MaskPredictor(keras.layers.Layer):
         channels = input_shape[-1]
         if channels is None:
             raise ValueError("MaskPredictor needs a known number of input channels.")
+        if self.input_padding is not None and len(input_shape) == 4:
+            for size, (before, after), axis in zip(input_shape[1:3], self.input_padding, ("height", "width")):
+                if size is not None and size <= before + after:
+                    raise ValueError(
+                        f"MaskPredictor '{self.name}': input {axis} {size} leaves nothing "
+                        f"inside the padding {self.input_padding} to pool; check `input_padding`."
+                    )
         bias_initializer = self.bias_initializer or keras.initializers.RandomUniform(
             -(channels**-0.5), channels**-0.5
         )
@@ -133,9 +151,16 @@ class MaskPredictor(keras.layers.Layer):
         return channels * self.units
 
     def pool(self, inputs):
-        """Global pooling of channels-last `inputs` to `(batch, channels)`."""
+        """Global pooling of channels-last `inputs` to `(batch, channels)`.
+
+        The `input_padding` border is left out; a 2-D input is taken as
+        already pooled.
+        """
         if len(inputs.shape) == 2:
             return inputs
+        if self.input_padding is not None:
+            (top, bottom), (left, right) = self.input_padding
+            inputs = inputs[:, top : -bottom or None, left : -right or None, :]
         return global_pool(inputs, self.pooling)
 
     def call(self, inputs):
@@ -156,6 +181,7 @@ class MaskPredictor(keras.layers.Layer):
             pooling=self.pooling,
             use_softmax=self.use_softmax,
             rank=self.rank,
+            input_padding=self.input_padding,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=(
                 None
@@ -284,6 +310,11 @@ class GatedConv(keras.layers.Layer):
         mode: `"decoupled"` (default) or `"joint"`.
         pooling, use_softmax: passed to the `MaskPredictor`.
         predictor_rank: the `MaskPredictor`'s `rank` (None: the paper's full map).
+        input_padding: None, or the `((top, bottom), (left, right))` zero
+            border that a `ZeroPadding2D` directly in front of this unit added
+            to its input: the predictor pools the input without it, like the
+            official predictor, which sees the conv's unpadded input.
+            `ftwt_keras.gate` sets it.
         joint_gradient_scale: joint mode only: factor applied to the gate-loss
             gradient that reaches the backbone through the predictor's pooled
             input (1.0, the default, is the paper's joint mode; 0.0 makes it
@@ -316,6 +347,7 @@ class GatedConv(keras.layers.Layer):
         use_softmax=True,
         joint_gradient_scale=1.0,
         predictor_rank=None,
+        input_padding=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -348,6 +380,7 @@ class GatedConv(keras.layers.Layer):
         self.pooling = pooling
         self.use_softmax = bool(use_softmax)
         self.predictor_rank = check_predictor_rank(predictor_rank)
+        self.input_padding = check_input_padding(input_padding)
         # A depthwise conv has as many filters as input channels: its
         # predictor is made in build(), once they are known.
         self.predictor = None
@@ -360,6 +393,7 @@ class GatedConv(keras.layers.Layer):
             pooling=self.pooling,
             use_softmax=self.use_softmax,
             rank=self.predictor_rank,
+            input_padding=self.input_padding,
             name="predictor",
         )
 
@@ -508,6 +542,7 @@ class GatedConv(keras.layers.Layer):
             use_softmax=self.use_softmax,
             joint_gradient_scale=self.joint_gradient_scale,
             predictor_rank=self.predictor_rank,
+            input_padding=self.input_padding,
         )
         return config
 
@@ -541,6 +576,39 @@ def check_predictor_rank(rank):
             f"The predictor rank must be None (full predictor) or a positive int; got {rank!r}."
         )
     return rank
+
+
+def check_input_padding(padding):
+    """`padding` as `((top, bottom), (left, right))` ints >= 0, or None; else a `ValueError`.
+
+    Accepts what `keras.layers.ZeroPadding2D` does: an int, a pair
+    `(vertical, horizontal)`, or a pair of pairs (lists, as a saved config has them).
+    """
+    if padding is None:
+        return None
+    error = ValueError(
+        "`input_padding` must be None, an int, (vertical, horizontal) or "
+        f"((top, bottom), (left, right)) of ints >= 0; got {padding!r}."
+    )
+
+    def number(value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise error
+        return value
+
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        padding = (padding, padding)
+    if not isinstance(padding, (tuple, list)) or len(padding) != 2:
+        raise error
+    pairs = []
+    for side in padding:
+        if isinstance(side, (tuple, list)):
+            if len(side) != 2:
+                raise error
+            pairs.append((number(side[0]), number(side[1])))
+        else:
+            pairs.append((number(side), number(side)))
+    return tuple(pairs) if any(any(pair) for pair in pairs) else None
 
 
 def check_gateable_conv(conv):

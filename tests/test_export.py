@@ -159,6 +159,30 @@ def test_dense_export_with_predictors(cifar_images):
         export.convert(model, with_predictors=True)
 
 
+def test_predictor_input_padding_without_a_padding_layer_in_front(cifar_images):
+    """A GatedConv told to ignore a border that no ZeroPadding2D directly in front made: the export crops it too."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.ZeroPadding2D(1)(keras.layers.Rescaling(1 / 255.0)(inputs))
+    x = keras.layers.Dropout(0.5)(x)  # zero-preserving, so the export carries no unpadded tensor past it
+    x = fk.layers.GatedConv(keras.layers.Conv2D(16, 3, strides=2, use_bias=False), keras.layers.BatchNormalization(),
+                            activation="relu", input_padding=1)(x)
+    x = fk.layers.GatedConv(keras.layers.Conv2D(8, 3, padding="same", use_bias=False), activation="relu")(x)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    model = perturb(fk.FTWTModel(keras.Model(inputs, outputs)))
+    images = cifar_images[:4]
+    runner = export.interpreter(export.convert(model, dynamic=False, with_predictors=True))
+    with fk.layers.record_gates(apply_masks=False) as recorder:
+        model.network(images, training=False)
+    expected = np.concatenate([np.asarray(r.logits) for r in recorder.records], axis=-1)
+    actual = []
+    for image in images:
+        runner.set_tensor(runner.get_input_details()[0]["index"], image[None])
+        runner.invoke()
+        actual.append(np.array(runner.get_tensor(runner.get_output_details()[1]["index"])[0]))
+    np.testing.assert_allclose(np.stack(actual), expected, atol=1e-4 * np.ptp(expected))
+    assert_same_logits(export.convert(model, policy="gather"), model, images)
+
+
 def test_dense_export_is_the_plain_model(cifar_images):
     base = fk.models.resnet_cifar(depth=20)
     model = fk.gate(base)

@@ -43,6 +43,24 @@ def test_gate_places_gates_like_the_paper():
     assert sum(layer.is_depthwise for layer in mobilenet.gated_layers) == 13
 
 
+def test_convs_behind_zero_padding_pool_their_unpadded_input():
+    """PyTorch pads inside a strided conv; the Keras zoo pads in front. The predictor must not see that border."""
+    mobilenet = fk.gate(fk.models.mobilenet_v1(alpha=0.25))
+    padded = {layer.name: layer.input_padding for layer in mobilenet.gated_layers if layer.input_padding}
+    assert padded == {name: ((1, 1), (1, 1)) for name in ("block2_dw", "block4_dw", "block6_dw", "block12_dw")}
+    assert all(layer.predictor.input_padding == layer.input_padding for layer in mobilenet.gated_layers)
+    # keras.applications style: asymmetric padding; a pad that feeds a pooling layer, not the conv, does not count.
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)))(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, name="strided")(x)
+    x = keras.layers.ZeroPadding2D(1)(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Conv2D(8, 3, name="after_pool")(x)
+    model = fk.gate(keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x)))
+    assert model.network.get_layer("strided").input_padding == ((0, 1), (0, 1))
+    assert model.network.get_layer("after_pool").input_padding is None
+
+
 def test_gate_refuses_what_it_cannot_gate():
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.Conv2D(8, 3, name="ok")(inputs)

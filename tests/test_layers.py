@@ -41,6 +41,34 @@ def test_low_rank_mask_predictor():
             MaskPredictor(3, rank=bad)
 
 
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+@pytest.mark.parametrize("padding", [1, ((0, 1), (0, 1)), ((2, 1), (0, 3))])
+def test_mask_predictor_pools_without_the_input_padding(pooling, padding):
+    """A predictor behind a ZeroPadding2D pools what the conv's unpadded input holds."""
+    # Negative values: a max over the zero border would differ from the max inside.
+    x = np.random.default_rng(2).normal(-3.0, 1.0, size=(3, 5, 6, 4)).astype("float32")
+    padded = np.asarray(keras.layers.ZeroPadding2D(padding)(x))
+    predictor = MaskPredictor(7, pooling=pooling, input_padding=padding)
+    plain = MaskPredictor(7, pooling=pooling)
+    predictor.build(padded.shape)
+    plain.build(x.shape)
+    plain.set_weights(predictor.get_weights())
+    np.testing.assert_allclose(np.asarray(predictor(padded)), np.asarray(plain(x)), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(plain(padded)), np.asarray(plain(x)), atol=1e-3)
+    clone = MaskPredictor.from_config(predictor.get_config())
+    assert clone.input_padding == keras.layers.ZeroPadding2D(padding).padding
+
+
+def test_mask_predictor_input_padding_is_checked():
+    assert MaskPredictor(3, input_padding=0).input_padding is None
+    assert MaskPredictor(3, input_padding=[[1, 0], [0, 2]]).input_padding == ((1, 0), (0, 2))
+    for bad in (-1, (1, 2, 3), ((1,), (1, 1)), 1.5, ((1, -1), (0, 0)), "1"):
+        with pytest.raises(ValueError, match="input_padding"):
+            MaskPredictor(3, input_padding=bad)
+    with pytest.raises(ValueError, match="leaves nothing"):
+        MaskPredictor(3, input_padding=2).build((1, 4, 8, 3))
+
+
 def _gated(depthwise=False):
     conv = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False) if depthwise else keras.layers.Conv2D(6, 3, padding="same", use_bias=False)
     return GatedConv(conv, keras.layers.BatchNormalization(), activation="relu", threshold=0.9, pooling="max")

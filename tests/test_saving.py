@@ -23,6 +23,7 @@ def test_gated_model_round_trips_without_custom_objects(tmp_path, images):
     layer = loaded.gated_layers[5]
     assert (layer.threshold, layer.mode, layer.pooling, layer.predictor_rank) == (0.93, "joint", "max", 8)
     assert layer.predictor.projection is not None  # its map goes through 8 channels
+    assert loaded.network.get_layer("block2_dw").predictor.input_padding == ((1, 1), (1, 1))
     assert float(loaded.gate_loss_weight.numpy()) == 0.0
     assert float(loaded.gate_optimizer.learning_rate.numpy()) == np.float32(0.2)
     for a, b in zip(loaded.gate_optimizer.variables, model.gate_optimizer.variables):

@@ -227,6 +227,10 @@ class Compact:
     # Fraction of the `width` channels expected to be non-zero (a Python float
     # from calibration images), or None when unknown.
     expected_keep: Optional[float] = None
+    # For the output of a ZeroPadding2D: `(values before it, its padding)`, so
+    # that a predictor that ignores the border pools the unpadded tensor (then
+    # XNNPACK still fuses the PAD into the next conv).
+    unpadded: Optional[tuple] = None
 
     @property
     def is_dense(self):
@@ -403,8 +407,11 @@ class _Builder:
             return self.gated(layer, inputs[0])
         if isinstance(layer, ZERO_PRESERVING_LAYERS):
             x = inputs[0]
-            return Compact(layer(x.values, training=False), x.channels, x.width, x._positions, x.support,
-                           x.expected_keep)
+            out = Compact(layer(x.values, training=False), x.channels, x.width, x._positions, x.support,
+                          x.expected_keep)
+            if isinstance(layer, keras.layers.ZeroPadding2D):
+                out.unpadded = (x.values, tuple(tuple(side) for side in layer.padding))
+            return out
         if isinstance(layer, ChannelZeroPad):
             x = inputs[0]
             keep = None if x.expected_keep is None else x.expected_keep * x.width / (x.width + layer.pad)
@@ -516,10 +523,17 @@ class _Builder:
     def predictor_logits(self, layer, x):
         tf = _tf()
         predictor = layer.predictor
+        values = x.values
+        if predictor.input_padding is not None:  # pool the unpadded input, as Keras
+            if x.unpadded is not None and x.unpadded[1] == predictor.input_padding:
+                values = x.unpadded[0]
+            else:
+                (top, bottom), (left, right) = predictor.input_padding
+                values = values[:, top : -bottom or None, left : -right or None, :]
         if predictor.pooling == "max":
-            pooled = tf.reduce_max(x.values, axis=[1, 2])
+            pooled = tf.reduce_max(values, axis=[1, 2])
         else:
-            pooled = tf.reduce_mean(x.values, axis=[1, 2])
+            pooled = tf.reduce_mean(values, axis=[1, 2])
         if not x.is_dense:  # absent channels pool to exactly zero
             pooled = tf.gather(_with_zero_channel(pooled), x.positions(), axis=-1)
         if predictor.use_softmax:
