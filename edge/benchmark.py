@@ -18,7 +18,9 @@ same loop to show where the gap goes: the dense model plus every mask
 predictor, not applied (`predictors_ms`: what the predictors, which every
 exact dynamic export runs, add to the dense model) and every layer masked but
 computed dense (`masked_dense_ms`). Rows go to
---output as {"rows": [...]}.
+--output as {"rows": [...]}, and a chart of measured and ideal speed-up
+against FLOPs reduction beside it (`<output>.png`, needs matplotlib;
+`--plot_only` redraws it from the JSON).
 """
 
 import json
@@ -48,6 +50,7 @@ flags.DEFINE_integer("calibration_images", 64,
                      "once (0: per image, with builtin IF).")
 flags.DEFINE_string("output", "benchmarks/results/edge_latency.json", "JSON file for the rows ('' to skip).")
 flags.DEFINE_string("tflite_dir", "/tmp/ftwt_edge", "Folder for the .tflite files made on the way.")
+flags.DEFINE_bool("plot_only", False, "Only redraw the chart from the rows in --output.")
 
 
 def _cifar_images(split, size=None):
@@ -168,9 +171,65 @@ def _predictor_ranks():
     return [None if rank == "full" else int(rank) for rank in FLAGS.predictor_ranks]
 
 
+def plot_speedups(rows, path):
+    """Draws measured (1 and 2 threads) and ideal speed-up against FLOPs reduction, one panel per resolution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    resolutions = sorted({row["resolution"] for row in rows}, reverse=True)
+    fig, axes = plt.subplots(1, len(resolutions), figsize=(6 * len(resolutions), 4.5), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, resolution in zip(axes[0], resolutions):
+        here = [row for row in rows if row["resolution"] == resolution]
+        for color, model in zip(colors, sorted({row["model"] for row in here})):
+            runs = [row for row in here if row["model"] == model]
+            rank = runs[0].get("predictor_rank")
+            kind = f"{model}, " + ("full predictors" if rank is None else f"rank-{rank} predictors")
+            for threads in sorted({row["threads"] for row in runs}):
+                points = sorted((row["flops_reduction"], row["speedup"]) for row in runs if row["threads"] == threads)
+                ax.plot([100 * x for x, _ in points], [y for _, y in points], marker="o", color=color,
+                        linestyle="-" if threads == 1 else ":", label=f"{kind}, {threads} thread(s)")
+            ideal = sorted({(row["flops_reduction"], row["ideal_speedup"]) for row in runs})
+            ax.plot([100 * x for x, _ in ideal], [y for _, y in ideal], linestyle="--", color=color, alpha=0.5,
+                    label=f"{kind}: ideal (dense / executed MACs)")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_yticks([0.5, 0.75, 1, 1.5, 2, 3, 5, 10])
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("FLOPs reduction (%)")
+        ax.set_ylabel("speed-up vs the dense .tflite")
+        drawn = all(str(row.get("masks", "")).startswith("random") for row in here)
+        masks = "masks drawn at random, fixed keep per layer" if drawn else "masks from the model's predictors"
+        ax.set_title(f"{resolution}x{resolution}, LiteRT XNNPACK, batch 1 ({masks})", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot(rows):
+    path = os.path.splitext(FLAGS.output)[0] + ".png"
+    try:
+        print(f"Wrote the chart to {plot_speedups(rows, path)}.")
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install -e .[plots]).")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.plot_only:
+        if not FLAGS.output or not os.path.exists(FLAGS.output):
+            raise app.UsageError(f"--plot_only needs the rows of an earlier run in --output ({FLAGS.output!r}).")
+        with open(FLAGS.output) as file:
+            _plot(json.load(file)["rows"])
+        return 0
     if FLAGS.num_images < 1:
         raise app.UsageError("--num_images must be positive.")
     predictor_ranks = _predictor_ranks()  # refuses a bad list before any conversion
@@ -193,6 +252,7 @@ def main(argv):
         with open(FLAGS.output, "w") as file:
             json.dump({"rows": rows}, file, indent=1)
         print(f"Wrote {len(rows)} rows to {FLAGS.output}.")
+        _plot(rows)
     return 0
 
 

@@ -1,5 +1,6 @@
 """TFLite export (ftwt_keras.export): builtin ops only, exact logits, clear errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -286,3 +287,28 @@ def test_cli_help(script):
     # absl prints the help and exits (with status 1 in absl-py 2.x).
     assert result.returncode in (0, 1), result.stderr[-2000:]
     assert "--output" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_benchmark_redraws_its_chart_from_rows(tmp_path):
+    pytest.importorskip("matplotlib")
+    row = {"model": "mobilenet_v1_1", "predictor_rank": None, "masks": "random, keep 0.3 per layer"}
+    rows = [
+        {**row, "resolution": resolution, "threads": threads, "flops_reduction": reduction,
+         "speedup": 0.8 + reduction / threads, "ideal_speedup": 1 / (1 - reduction)}
+        for resolution in (32, 224) for threads in (1, 2) for reduction in (0.0, 0.5, 0.9)
+    ]
+    output = tmp_path / "latency.json"
+    output.write_text(json.dumps({"rows": rows}))
+
+    def run(*flags):
+        return subprocess.run(
+            [sys.executable, os.path.join(ROOT, "edge", "benchmark.py"), "--plot_only", *flags],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT},
+        )
+
+    result = run(f"--output={output}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    chart = tmp_path / "latency.png"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = run(f"--output={tmp_path / 'none.json'}")
+    assert missing.returncode != 0 and "--plot_only needs" in missing.stderr
