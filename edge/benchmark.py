@@ -17,7 +17,14 @@ predictors included, from ftwt_keras.flops). Two reference exports run in the
 same loop to show where the gap goes: the dense model plus every mask
 predictor, not applied (`predictors_ms`: what the predictors, which every
 exact dynamic export runs, add to the dense model) and every layer masked but
-computed dense (`masked_dense_ms`). Rows go to
+computed dense (`masked_dense_ms`). With calibration images (the default) a
+fifth export runs in the loop: the network gated only where the export turns
+masks into skipped work (`ftwt_keras.export.paying_gates`; the other gates
+removed with `ftwt_keras.ungate`, the kept ones with the same masks), i.e. what
+a model trained with gates at those layers only would run (`lean_*` fields).
+On a trained model that is another model, not a faster export of the same
+one: removing gates it was trained with costs most of its accuracy (see
+`ungate`). Rows go to
 --output as {"rows": [...]}, and a chart of measured and ideal speed-up
 against FLOPs reduction beside it (`<output>.png`, needs matplotlib;
 `--plot_only` redraws it from the JSON).
@@ -77,10 +84,13 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
     Four exports of the same weights run side by side: the dense model; the
     dense model plus every mask predictor (not applied: what the predictors
     alone cost); every layer masked but computed dense (policy
-    `dense`); and the dynamic export under test (`--policy`).
+    `dense`); and the dynamic export under test (`--policy`). With
+    calibration images a fifth: the network gated only at the layers that
+    pay in the export (`paying_gates`; the others `ungate`d: another model).
     """
     import numpy as np
 
+    import ftwt_keras as fk
     from ftwt_keras import flops
     from ftwt_keras.export import tflite
 
@@ -97,6 +107,14 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
     sample = images[: min(len(images), 64)]
     executed = float(np.mean(flops.dynamic_macs(model, sample, batch_size=16)))
     dense_macs = flops.count_macs(model)
+    lean = None
+    if calibration is not None:  # the same model with only the gates that pay in the export
+        paying = tflite.paying_gates(model, calibration)
+        lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in paying])
+        lean_executed = float(np.mean(flops.dynamic_macs(lean, sample, batch_size=16)))
+        flatbuffers["lean"] = (tflite.convert(lean, policy=tflite.parse_policy(FLAGS.policy),
+                                              calibration_images=calibration)
+                               if paying else dense_flatbuffer)
     masks = flops.gate_masks_of(model, sample[:16])
     keep = float(np.mean([np.asarray(m).mean() for m in masks.values()]))
     rows = []
@@ -124,6 +142,14 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
             "predictor_rank": model.gated_layers[-1].predictor_rank,
             "masks": keep_label if keep_label == "predicted" else f"random, keep {keep_label} per layer",
         }
+        if lean is not None:
+            row.update(
+                lean_gates=len(paying),
+                lean_ms=round(median["lean"], 3),
+                lean_speedup=round(median["dense"] / median["lean"], 3),
+                lean_flops_reduction=round(1.0 - lean_executed / dense_macs, 3),
+                lean_ideal_speedup=round(dense_macs / lean_executed, 3),
+            )
         rows.append(row)
         print(f"{label:>16} {row['resolution']:>4} keep={row['keep']:<5} thr={threads} "
               f"FLOPs-{100 * row['flops_reduction']:4.1f}%  dense {row['dense_ms']:7.2f} ms "
@@ -131,6 +157,10 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
               f"(IQR {row['dynamic_iqr_ms']:.2f})  speed-up {row['speedup']:.2f}x  "
               f"ideal {row['ideal_speedup']:.2f}x  | dense+predictors {row['predictors_ms']:.2f} ms  "
               f"masked dense {row['masked_dense_ms']:.2f} ms  [convert {converted:.0f}s]", flush=True)
+        if lean is not None:
+            print(f"{'':>16} gated only at the {len(paying)} layers that pay (another model): "
+                  f"{row['lean_ms']:.2f} ms, speed-up {row['lean_speedup']:.2f}x, "
+                  f"FLOPs-{100 * row['lean_flops_reduction']:.1f}%, ideal {row['lean_ideal_speedup']:.2f}x", flush=True)
     return rows
 
 

@@ -9,7 +9,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from ftwt_keras import callbacks, data, flops, layers, masks, models
 from ftwt_keras.estimate import estimate_flops_reduction, target_flops_reduction
-from ftwt_keras.gating import gate
+from ftwt_keras.gating import gate, ungate
 from ftwt_keras.layers import GatedConv, MaskPredictor, record_gates
 from ftwt_keras.training import FTWTModel
 
@@ -29,4 +29,5 @@ __all__ = [
     "models",
     "record_gates",
     "target_flops_reduction",
+    "ungate",
 ]

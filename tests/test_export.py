@@ -125,6 +125,27 @@ def test_auto_policy_with_calibration_images_chooses_once(cifar_images):
         export.convert(model, calibration_images=cifar_images[:2])
 
 
+def test_paying_gates_and_a_lean_export(cifar_images):
+    """Only gates whose masks let a large conv read fewer inputs pay; the rest can be ungated, exactly exported."""
+    model = export.set_keep_ratio(fk.gate(fk.models.vgg16_bn()), keep=0.3, seed=2)
+    paying = export.paying_gates(model, cifar_images[:8])
+    layers = {layer.name: layer for layer in model.gated_layers}
+    macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
+    big = [name for name in paying if layers[name].conv.filters >= 256 and macs[name] >= 16_000_000]
+    assert big and set(paying) < set(layers)
+    for name in big:  # each gathered conv pays with the gate in front of it
+        assert model.gated_layers[[layer.name for layer in model.gated_layers].index(name) - 1].name in paying
+    assert export.paying_gates(export.set_keep_ratio(model, keep=0.8), cifar_images[:8]) == []
+    mobilenet = export.set_keep_ratio(fk.gate(fk.models.mobilenet_v1(alpha=0.25)), keep=0.3)
+    assert export.paying_gates(mobilenet, cifar_images[:8]) == []  # at 32x32 no layer is large enough
+    export.set_keep_ratio(model, keep=0.3, seed=2)
+    lean = fk.ungate(perturb(model), [name for name in layers if name not in paying])
+    assert [layer.name for layer in lean.gated_layers] == paying
+    flatbuffer = export.convert(lean, calibration_images=cifar_images[:8])
+    assert "IF" not in export.op_names(flatbuffer) and "GATHER" in export.op_names(flatbuffer)
+    assert_same_logits(flatbuffer, lean, cifar_images)
+
+
 def test_load_calibration_images(tmp_path, cifar_images):
     path = tmp_path / "calibration.npy"
     np.save(path, cifar_images[:3])

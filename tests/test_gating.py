@@ -94,3 +94,34 @@ def test_wrong_input_shape_is_a_clear_error():
     model = fk.gate(fk.models.resnet_cifar(depth=20))
     with pytest.raises(ValueError, match=r"expects images of shape .*\(32, 32, 3\)"):
         model(np.zeros((1, 64, 64, 3), "float32"))
+
+
+def test_ungate_turns_chosen_gates_back_into_plain_units(images, tmp_path):
+    base = fk.models.mobilenet_v1(alpha=0.25)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            rng = np.random.default_rng(len(layer.name))
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in layer.get_weights()])
+    model = fk.gate(base, threshold=0.9)
+    names = ["conv1", "block2_dw", "block7_pw"]
+    lean = fk.ungate(model, names)
+    assert isinstance(lean, fk.FTWTModel) and len(lean.gated_layers) == 24
+    assert len(fk.ungate(model, "conv1").gated_layers) == 26  # one name as a string
+    assert not {layer.name for layer in lean.gated_layers} & set(names)
+    assert isinstance(lean.network.get_layer("block2_dw"), keras.layers.DepthwiseConv2D)
+    # An ungated layer computes every filter: like the gated model with those gates forced on.
+    for layer in model.gated_layers:
+        if layer.name in names:
+            layer.predictor.kernel.assign(np.zeros(layer.predictor.kernel.shape, "float32"))
+            layer.predictor.bias.assign(np.full(layer.predictor.bias.shape, 50.0, "float32"))
+    np.testing.assert_allclose(lean.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+    path = str(tmp_path / "lean.keras")
+    lean.save(path)
+    np.testing.assert_array_equal(keras.saving.load_model(path).predict(images, verbose=0), lean.predict(images, verbose=0))
+    plain = fk.ungate(model, [layer.name for layer in model.gated_layers])
+    assert not isinstance(plain, fk.FTWTModel)
+    np.testing.assert_allclose(plain.predict(images, verbose=0), base.predict(images, verbose=0), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"\['pool'\] are not gated layers"):
+        fk.ungate(model, ["pool"])
+    with pytest.raises(ValueError, match="FTWTModel"):
+        fk.ungate(base, ["conv1"])

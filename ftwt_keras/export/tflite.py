@@ -487,9 +487,7 @@ class _Builder:
         from the input's mean keep ratio on them; without, a builtin IF makes
         it per image (~0.2 ms per layer at 224x224, the price of not knowing).
         """
-        if unit.is_depthwise or (x.is_dense and x.support is None) or unit.filters < AUTO_MIN_FILTERS:
-            return "dense"
-        if self.conv_macs[unit.layer.name] < AUTO_MIN_MACS:
+        if (x.is_dense and x.support is None) or not _may_gather_inputs(unit.layer, self.conv_macs):
             return "dense"
         if x.expected_keep is not None:
             return "gather_inputs" if x.expected_keep <= AUTO_INPUT_CUTOFF else "dense"
@@ -620,6 +618,75 @@ class _Builder:
         y = tf.linalg.matmul(columns, weights[None], adjoint_b=True)[0] + bias
         y = tf.reshape(activation(y) * on, [1, out_h, out_w, k_out])
         return Compact(y, active, unit.filters)
+
+
+def _may_gather_inputs(layer, conv_macs):
+    """Whether `auto` may compute GatedConv `layer` from its input's non-zero channels only.
+
+    Not for depthwise convs (no fast kernel over a run-time channel set) nor
+    for layers with fewer than `AUTO_MIN_FILTERS` filters or `AUTO_MIN_MACS`
+    multiply-adds (gathering costs more than they can save).
+    """
+    if layer.is_depthwise:
+        return False
+    return layer.conv.filters >= AUTO_MIN_FILTERS and conv_macs[layer.name] >= AUTO_MIN_MACS
+
+
+def paying_gates(model, calibration_images):
+    """The gated layers whose masks the calibrated `auto` export turns into skipped work.
+
+    The `auto` export (with these calibration images) reads only the non-zero
+    input channels of a large regular conv when its input comes, through
+    zero-preserving layers, from a gate that keeps at most `AUTO_INPUT_CUTOFF`
+    of its filters on these images; that producing gate pays, and the conv
+    stays gated, since that is how the export computes it. Every other gate
+    only adds its predictor and a mask multiply to the `.tflite` (on x86
+    XNNPACK: ~1-2 ms over MobileNetV1-224, most of the time at 32x32). A
+    model gated at these layers only (`gate(base, layers_to_gate=...)`, then
+    trained) exports without that overhead; removing gates from a model
+    trained with them (`ftwt_keras.ungate`) gives another model, which can
+    lose most of its accuracy (see there).
+
+    Args:
+        model: an `ftwt_keras.FTWTModel`.
+        calibration_images: `(N, H, W, C)` raw images like those the model
+            will see (as for `convert`).
+
+    Returns:
+        The names of the paying gated layers, in the network's order (empty
+        when no gate pays: then no gated export of this network is faster
+        than its dense one on such a CPU).
+    """
+    from ftwt_keras import flops
+
+    check_ftwt_model(model)
+    network = _graph.as_functional(model.network)
+    keeps = flops.keep_ratios(model, _checked_images(calibration_images, network), batch_size=32)
+    conv_macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
+    # id(tensor) -> (gated layer, expected fraction of non-zero channels) for a
+    # tensor that is zero outside the active filters of that gate.
+    sources = {}
+    paying = set()
+    for node in _graph.model_nodes(network):
+        if node.is_input or node.operation is None:
+            continue
+        layer = node.operation
+        source = sources.get(id(node.input_tensors[0])) if len(node.input_tensors) == 1 else None
+        out = None
+        if isinstance(layer, GatedConv):
+            if source is not None and source[1] <= AUTO_INPUT_CUTOFF and _may_gather_inputs(layer, conv_macs):
+                paying.update((source[0], layer.name))
+            out = (layer.name, keeps[layer.name])
+        elif source is not None and (
+            isinstance(layer, ZERO_PRESERVING_LAYERS)
+            or (isinstance(layer, (keras.layers.Activation, keras.layers.ReLU)) and _keeps_zero(layer))
+        ):
+            out = source
+        elif source is not None and isinstance(layer, ChannelZeroPad):
+            width = int(node.input_tensors[0].shape[-1])
+            out = (source[0], source[1] * width / (width + layer.pad))
+        sources[id(node.outputs[0])] = out
+    return [layer.name for layer in model.gated_layers if layer.name in paying]
 
 
 def _output_hw(layer, values):
@@ -950,6 +1017,7 @@ __all__ = [
     "load_ftwt_model",
     "op_names",
     "parse_policy",
+    "paying_gates",
     "run",
     "save",
     "set_keep_ratio",
