@@ -231,11 +231,6 @@ class Compact:
     # that a predictor that ignores the border pools the unpadded tensor (then
     # XNNPACK still fuses the PAD into the next conv).
     unpadded: Optional[tuple] = None
-    # For a masked dense output: `(values before the mask, the (1, width) 0/1
-    # mask)`. Readers that need only the `support` channels (`compact`) or a
-    # pooled vector use them; if no reader needs `values` itself, the
-    # full-size mask multiply is dead and the converter drops it.
-    unmasked: Optional[tuple] = None
 
     @property
     def is_dense(self):
@@ -264,12 +259,6 @@ class Compact:
         if not self.is_dense:
             return self.values, self.channels
         if self.support is not None:
-            if self.unmasked is not None:
-                # Support channels are on, except channel 0 standing in for an
-                # empty support (see `_active_channels`): multiply the k gathered
-                # channels by their mask rather than all channels.
-                values, mask = self.unmasked
-                return tf.gather(values, self.support, axis=-1) * tf.gather(mask, self.support, axis=-1), self.support
             return tf.gather(self.values, self.support, axis=-1), self.support
         return self.values, None
 
@@ -533,9 +522,6 @@ class _Builder:
         tf = _tf()
         predictor = layer.predictor
         values = x.values
-        mask = None
-        if x.unmasked is not None:  # pool before the mask, then mask the pooled vector
-            values, mask = x.unmasked
         if predictor.input_padding is not None:  # pool the unpadded input, as Keras
             if x.unpadded is not None and x.unpadded[1] == predictor.input_padding:
                 values = x.unpadded[0]
@@ -546,8 +532,6 @@ class _Builder:
             pooled = tf.reduce_max(values, axis=[1, 2])
         else:
             pooled = tf.reduce_mean(values, axis=[1, 2])
-        if mask is not None:
-            pooled = pooled * mask
         if not x.is_dense:  # absent channels pool to exactly zero
             pooled = tf.gather(_with_zero_channel(pooled), x.positions(), axis=-1)
         if predictor.use_softmax:
@@ -572,7 +556,7 @@ class _Builder:
     def masked_dense(self, unit, activation, x, mask):
         y = self.dense_unit(unit, activation, x.dense())
         support = _active_channels(mask.on[0])
-        return Compact(y * mask.values, None, unit.filters, support=support, unmasked=(y, mask.values))
+        return Compact(y * mask.values, None, unit.filters, support=support)
 
     def gathered_inputs(self, unit, activation, x, mask):
         """A regular conv reading only the input's non-zero channels; all filters, masked.
@@ -596,9 +580,9 @@ class _Builder:
             columns = tf.concat(_shifted_windows(_padded(values, layer), layer, out_h, out_w), axis=-1)
         columns = tf.reshape(columns, [1, out_h * out_w, kh * kw * k_in])
         y = activation(tf.linalg.matmul(columns, weights) + tf.constant(unit.bias))
-        y = tf.reshape(y, [1, out_h, out_w, unit.filters])
+        y = tf.reshape(y, [1, out_h, out_w, unit.filters]) * mask.values
         support = _active_channels(mask.on[0])
-        return Compact(y * mask.values, None, unit.filters, support=support, unmasked=(y, mask.values))
+        return Compact(y, None, unit.filters, support=support)
 
     def gathered(self, unit, activation, x, mask):
         """Computes only the active filters; returns a Compact on them."""
