@@ -25,9 +25,10 @@ a model trained with gates at those layers only would run (`lean_*` fields).
 On a trained model that is another model, not a faster export of the same
 one: removing gates it was trained with costs most of its accuracy (see
 `ungate`). Rows go to
---output as {"rows": [...]}, and a chart of measured and ideal speed-up
-against FLOPs reduction beside it (`<output>.png`, needs matplotlib;
-`--plot_only` redraws it from the JSON).
+--output as {"rows": [...]}, with the README's tables beside it
+(`<output>.md`) and a chart of measured and ideal speed-up against FLOPs
+reduction (`<output>.png`, needs matplotlib); `--plot_only` rewrites both
+from the JSON.
 """
 
 import json
@@ -57,7 +58,7 @@ flags.DEFINE_integer("calibration_images", 64,
                      "once (0: per image, with builtin IF).")
 flags.DEFINE_string("output", "benchmarks/results/edge_latency.json", "JSON file for the rows ('' to skip).")
 flags.DEFINE_string("tflite_dir", "/tmp/ftwt_edge", "Folder for the .tflite files made on the way.")
-flags.DEFINE_bool("plot_only", False, "Only redraw the chart from the rows in --output.")
+flags.DEFINE_bool("plot_only", False, "Only rewrite the Markdown tables and redraw the chart from the rows in --output.")
 
 
 def _cifar_images(split, size=None):
@@ -140,6 +141,7 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
             "policy": FLAGS.policy,
             "calibration_images": 0 if calibration is None else int(len(calibration)),
             "predictor_rank": model.gated_layers[-1].predictor_rank,
+            "gates": len(model.gated_layers),
             "masks": keep_label if keep_label == "predicted" else f"random, keep {keep_label} per layer",
         }
         if lean is not None:
@@ -243,10 +245,53 @@ def plot_speedups(rows, path):
     return path
 
 
-def _plot(rows):
-    path = os.path.splitext(FLAGS.output)[0] + ".png"
+def markdown_tables(rows):
+    """The rows as two Markdown tables: every export timed, and the network gated only where gates pay.
+
+    One line per model and keep ratio: 1-thread times, with the 2-thread
+    speed-up beside them. The second table holds only rows with `lean_*`
+    fields (runs with calibration images).
+    """
+    lines = {}
+    for row in rows:
+        rank = row.get("predictor_rank")
+        key = (-row["resolution"], rank is not None, rank or 0, row["model"], row["keep"])
+        lines.setdefault(key, {})[row["threads"]] = row
+    main = ["| resolution | predictors | keep | FLOPs reduction | dense | dense + predictors | masked dense | "
+            "dynamic | speed-up, 1 thread (ideal) | speed-up, 2 threads |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lean = ["| resolution | predictors | keep | gates kept | FLOPs reduction | dense | gated at those layers only | "
+            "speed-up, 1 thread (ideal) | speed-up, 2 threads | all gates, 1 thread |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(lines):
+        by_threads = lines[key]
+        one = by_threads.get(1) or by_threads[min(by_threads)]
+        two = by_threads.get(2)
+        rank = one.get("predictor_rank")
+        head = (f"| {one['resolution']}x{one['resolution']} | {'full' if rank is None else f'rank {rank}'} | "
+                f"{one['keep']:.2f} |")
+        main.append(f"{head} {100 * one['flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
+                    f"{one['predictors_ms']:.2f} ms | {one['masked_dense_ms']:.2f} ms | {one['dynamic_ms']:.2f} ms | "
+                    f"{one['speedup']:.2f}x ({one['ideal_speedup']:.2f}x) | "
+                    f"{'-' if two is None else format(two['speedup'], '.2f') + 'x'} |")
+        if "lean_ms" in one:
+            lean.append(f"{head} {one['lean_gates']} of {one.get('gates', '?')} | "
+                        f"{100 * one['lean_flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
+                        f"{one['lean_ms']:.2f} ms | {one['lean_speedup']:.2f}x ({one['lean_ideal_speedup']:.2f}x) | "
+                        f"{'-' if two is None else format(two['lean_speedup'], '.2f') + 'x'} | {one['speedup']:.2f}x |")
+    tables = "\n".join(main) + "\n"
+    if len(lean) > 2:
+        tables += "\nGated only at the layers that pay (`paying_gates`; another model, see `ungate`):\n\n"
+        tables += "\n".join(lean) + "\n"
+    return tables
+
+
+def _report(rows):
+    """Writes the Markdown tables and the chart beside --output."""
+    stem = os.path.splitext(FLAGS.output)[0]
+    with open(stem + ".md", "w") as file:
+        file.write(markdown_tables(rows))
+    print(f"Wrote the tables to {stem}.md.")
     try:
-        print(f"Wrote the chart to {plot_speedups(rows, path)}.")
+        print(f"Wrote the chart to {plot_speedups(rows, stem + '.png')}.")
     except ImportError:
         print("matplotlib is not installed: no chart (pip install -e .[plots]).")
 
@@ -258,7 +303,7 @@ def main(argv):
         if not FLAGS.output or not os.path.exists(FLAGS.output):
             raise app.UsageError(f"--plot_only needs the rows of an earlier run in --output ({FLAGS.output!r}).")
         with open(FLAGS.output) as file:
-            _plot(json.load(file)["rows"])
+            _report(json.load(file)["rows"])
         return 0
     if FLAGS.num_images < 1:
         raise app.UsageError("--num_images must be positive.")
@@ -282,7 +327,7 @@ def main(argv):
         with open(FLAGS.output, "w") as file:
             json.dump({"rows": rows}, file, indent=1)
         print(f"Wrote {len(rows)} rows to {FLAGS.output}.")
-        _plot(rows)
+        _report(rows)
     return 0
 
 

@@ -312,12 +312,17 @@ def test_cli_help(script):
 
 def test_benchmark_redraws_its_chart_from_rows(tmp_path):
     pytest.importorskip("matplotlib")
-    row = {"model": "mobilenet_v1_1", "predictor_rank": None, "masks": "random, keep 0.3 per layer"}
+    row = {"model": "mobilenet_v1_1", "predictor_rank": None, "dense_ms": 10.0, "predictors_ms": 11.0,
+           "masked_dense_ms": 12.0, "gates": 27}
     rows = [
-        {**row, "resolution": resolution, "threads": threads, "flops_reduction": reduction,
+        {**row, "resolution": resolution, "threads": threads, "flops_reduction": reduction, "keep": 1 - reduction,
+         "masks": f"random, keep {1 - reduction:g} per layer", "dynamic_ms": 10.0 / (0.8 + reduction / threads),
          "speedup": 0.8 + reduction / threads, "ideal_speedup": 1 / (1 - reduction)}
         for resolution in (32, 224) for threads in (1, 2) for reduction in (0.0, 0.5, 0.9)
     ]
+    for lean in (rows[8], rows[11]):  # the 224x224 keep-0.1 line (both threads) also timed gated at the paying layers only
+        lean.update(lean_gates=20, lean_ms=5.0, lean_speedup=2.0 / lean["threads"], lean_flops_reduction=0.8,
+                    lean_ideal_speedup=5.0)
     output = tmp_path / "latency.json"
     output.write_text(json.dumps({"rows": rows}))
 
@@ -331,5 +336,12 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     chart = tmp_path / "latency.png"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tables = (tmp_path / "latency.md").read_text().split("\n\n")
+    main = tables[0].splitlines()
+    assert len(main) == 2 + 6  # header, rule, one line per resolution and keep (threads side by side)
+    assert main[2].startswith("| 224x224 | full | 0.10 | 90.0% | 10.00 ms | 11.00 ms | 12.00 ms | 5.88 ms | 1.70x (10.00x) | 1.25x |")
+    assert main[-1].startswith("| 32x32 | full | 1.00 | 0.0% |")
+    lean = tables[-1].splitlines()
+    assert lean[2:] == ["| 224x224 | full | 0.10 | 20 of 27 | 80.0% | 10.00 ms | 5.00 ms | 2.00x (5.00x) | 1.00x | 1.70x |"]
     missing = run(f"--output={tmp_path / 'none.json'}")
     assert missing.returncode != 0 and "--plot_only needs" in missing.stderr
