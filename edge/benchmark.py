@@ -204,7 +204,11 @@ def _predictor_ranks():
 
 
 def plot_speedups(rows, path):
-    """Draws measured (1 and 2 threads) and ideal speed-up against FLOPs reduction, one panel per resolution."""
+    """Draws measured (1 and 2 threads) and ideal speed-up against FLOPs reduction, one panel per resolution.
+
+    Rows with `lean_*` fields (and at least one paying gate) add the network
+    gated only where gates pay, 1 thread, as open squares.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,6 +228,11 @@ def plot_speedups(rows, path):
                 points = sorted((row["flops_reduction"], row["speedup"]) for row in runs if row["threads"] == threads)
                 ax.plot([100 * x for x, _ in points], [y for _, y in points], marker="o", color=color,
                         linestyle="-" if threads == 1 else ":", label=f"{kind}, {threads} thread(s)")
+            lean = sorted((row["lean_flops_reduction"], row["lean_speedup"]) for row in runs
+                          if row["threads"] == 1 and row.get("lean_gates"))
+            if lean:
+                ax.plot([100 * x for x, _ in lean], [y for _, y in lean], marker="s", linestyle="none", color=color,
+                        markerfacecolor="none", label=f"{kind}, gated only where gates pay, 1 thread")
             ideal = sorted({(row["flops_reduction"], row["ideal_speedup"]) for row in runs})
             ax.plot([100 * x for x, _ in ideal], [y for _, y in ideal], linestyle="--", color=color, alpha=0.5,
                     label=f"{kind}: ideal (dense / executed MACs)")
