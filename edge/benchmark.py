@@ -270,6 +270,9 @@ def markdown_tables(rows):
             "dynamic | speed-up, 1 thread (ideal) | speed-up, 2 threads |", "|---|---|---|---|---|---|---|---|---|---|"]
     lean = ["| resolution | predictors | keep | gates kept | FLOPs reduction | dense | gated at those layers only | "
             "speed-up, 1 thread (ideal) | speed-up, 2 threads | all gates, 1 thread |", "|---|---|---|---|---|---|---|---|---|---|"]
+    def speedup_of(row, field):  # "-" where that thread count was not timed
+        return "-" if row is None else f"{row[field]:.2f}x"
+
     for key in sorted(lines):
         by_threads = lines[key]
         one = by_threads.get(1) or by_threads[min(by_threads)]
@@ -280,12 +283,12 @@ def markdown_tables(rows):
         main.append(f"{head} {100 * one['flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
                     f"{one['predictors_ms']:.2f} ms | {one['masked_dense_ms']:.2f} ms | {one['dynamic_ms']:.2f} ms | "
                     f"{one['speedup']:.2f}x ({one['ideal_speedup']:.2f}x) | "
-                    f"{'-' if two is None else format(two['speedup'], '.2f') + 'x'} |")
+                    f"{speedup_of(two, 'speedup')} |")
         if "lean_ms" in one:
             lean.append(f"{head} {one['lean_gates']} of {one.get('gates', '?')} | "
                         f"{100 * one['lean_flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
                         f"{one['lean_ms']:.2f} ms | {one['lean_speedup']:.2f}x ({one['lean_ideal_speedup']:.2f}x) | "
-                        f"{'-' if two is None else format(two['lean_speedup'], '.2f') + 'x'} | {one['speedup']:.2f}x |")
+                        f"{speedup_of(two, 'lean_speedup')} | {one['speedup']:.2f}x |")
     tables = "\n".join(main) + "\n"
     if len(lean) > 2:
         tables += "\nGated only at the layers that pay (`paying_gates`; another model, see `ungate`):\n\n"
