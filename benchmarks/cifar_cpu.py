@@ -34,6 +34,9 @@ flags.DEFINE_string("output_dir", "runs/cifar_cpu", "Checkpoints, models and per
 flags.DEFINE_string("results", "benchmarks/results/cifar10_cpu.json",
                     "Results JSON (a .md table and PNG plots go beside it).")
 flags.DEFINE_float("alpha", 0.25, "MobileNetV1 width multiplier.")
+flags.DEFINE_string("baseline_dir", None,
+                    "Reuse the dense baseline of another --output_dir (its baseline.keras and training time) "
+                    "instead of training one, e.g. to try another FTWT schedule from the same baseline.")
 flags.DEFINE_integer("baseline_epochs", 15, "Dense baseline epochs (LR 0.1, x0.1 at 50% and 75%).")
 flags.DEFINE_integer("epochs", 6, "FTWT epochs per run (LR 0.01, x0.1 at 75%); 6 keeps the protocol within 100 min here.")
 flags.DEFINE_list("thresholds", ["1.0", "0.9", "0.83"], "Decoupled-mode thresholds r.")
@@ -103,6 +106,30 @@ def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None, scale=0.
         "target": "mass", "cooldown": FLAGS.cooldown, "warmup_steps": FLAGS.warmup_steps,
         "estimate_images": 2048, "seed": 0, "verbose": FLAGS.verbose,
     }
+
+
+def check_reused_baseline(path):
+    """Raises a `ValueError` unless the baseline at `path` matches --alpha and --baseline_epochs.
+
+    Both are recorded in every row, so a reused baseline must have been trained with them.
+    """
+    import keras
+
+    from ftwt_keras.recipes import common
+
+    history = os.path.join(os.path.dirname(path), "baseline_history.csv")
+    if os.path.exists(history):
+        with open(history) as file:
+            epochs = len({line.split(",")[0] for line in file} - {"epoch"})  # a resumed run may repeat one
+        if epochs != FLAGS.baseline_epochs:
+            raise ValueError(f"The baseline {path} was trained for {epochs} epochs; pass --baseline_epochs={epochs}.")
+    expected = common.build_model(_config(FLAGS.output_dir)).count_params()
+    found = keras.saving.load_model(path).count_params()
+    if found != expected:
+        raise ValueError(
+            f"The baseline {path} has {found:,} weights, but MobileNetV1 x{FLAGS.alpha:g} has {expected:,}: "
+            "pass the --alpha it was trained with."
+        )
 
 
 def shifted_images(images, kind, noise_std=25.0, blur_sigma=1.0):
@@ -176,15 +203,24 @@ def train_all():
 
     root = FLAGS.output_dir
     os.makedirs(root, exist_ok=True)
-    baseline_config = _config(root)
     keras.utils.set_random_seed(0)
-    train, test, _ = common._datasets(baseline_config)
-    logging.info("Stage 1: dense MobileNetV1 x%g baseline, %d epochs", FLAGS.alpha, FLAGS.baseline_epochs)
-    _, seconds = common.train_baseline(baseline_config, train, test)
-    if seconds:
-        with open(os.path.join(root, "baseline_seconds.json"), "w") as file:
-            json.dump({"seconds": round(seconds, 1)}, file)
-    baseline_path = os.path.join(root, "baseline.keras")
+    baseline_path = os.path.join(_baseline_root(), "baseline.keras")
+    if FLAGS.baseline_dir:
+        if not os.path.exists(baseline_path):
+            raise ValueError(
+                f"--baseline_dir={FLAGS.baseline_dir} holds no baseline.keras. Pass the --output_dir of a "
+                "protocol run whose stage 1 finished, or drop --baseline_dir to train a baseline here."
+            )
+        check_reused_baseline(baseline_path)
+        logging.info("Stage 1: reusing the dense baseline %s", baseline_path)
+    else:
+        baseline_config = _config(root)
+        train, test, _ = common._datasets(baseline_config)
+        logging.info("Stage 1: dense MobileNetV1 x%g baseline, %d epochs", FLAGS.alpha, FLAGS.baseline_epochs)
+        _, seconds = common.train_baseline(baseline_config, train, test)
+        if seconds:
+            with open(os.path.join(root, "baseline_seconds.json"), "w") as file:
+                json.dump({"seconds": round(seconds, 1)}, file)
     baseline = None
     for threshold, mode, scale in _runs():
         run_dir = os.path.join(root, run_name(threshold, mode, scale))
@@ -254,8 +290,13 @@ def collect():
     return rows
 
 
+def _baseline_root():
+    """The folder holding the dense baseline: --baseline_dir, or --output_dir."""
+    return FLAGS.baseline_dir or FLAGS.output_dir
+
+
 def _baseline_seconds():
-    path = os.path.join(FLAGS.output_dir, "baseline_seconds.json")
+    path = os.path.join(_baseline_root(), "baseline_seconds.json")
     if os.path.exists(path):
         with open(path) as file:
             return json.load(file)["seconds"]
