@@ -2,6 +2,9 @@
 
     python benchmarks/cifar_cpu.py                       # the full protocol (see README "Results")
     python benchmarks/cifar_cpu.py --analyze_only        # tables and plots from finished runs
+    python benchmarks/cifar_cpu.py --epochs=15 --baseline_dir=runs/cifar_cpu --output_dir=runs/cifar_cpu_e15 ...
+
+The last reuses a finished run's dense baseline to try another FTWT schedule.
 
 One dense baseline (MobileNetV1, width --alpha), then FTWT from it for each
 --thresholds value in decoupled mode and for --joint_thresholds in joint
