@@ -111,15 +111,23 @@ def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None, scale=0.
     }
 
 
-def check_reused_baseline(path):
-    """Raises a `ValueError` unless the baseline at `path` matches --alpha and --baseline_epochs.
+def load_reused_baseline(path):
+    """The --baseline_dir baseline at `path`, checked against --alpha and --baseline_epochs.
 
     Both are recorded in every row, so a reused baseline must have been trained with them.
+
+    Raises:
+        ValueError: `path` is missing, or the baseline was trained with other settings.
     """
     import keras
 
     from ftwt_keras.recipes import common
 
+    if not os.path.exists(path):
+        raise ValueError(
+            f"--baseline_dir={FLAGS.baseline_dir} holds no baseline.keras. Pass the --output_dir of a "
+            "protocol run whose stage 1 finished, or drop --baseline_dir to train a baseline here."
+        )
     history = os.path.join(os.path.dirname(path), "baseline_history.csv")
     if os.path.exists(history):
         with open(history) as file:
@@ -127,12 +135,14 @@ def check_reused_baseline(path):
         if epochs != FLAGS.baseline_epochs:
             raise ValueError(f"The baseline {path} was trained for {epochs} epochs; pass --baseline_epochs={epochs}.")
     expected = common.build_model(_config(FLAGS.output_dir)).count_params()
-    found = keras.saving.load_model(path).count_params()
+    baseline = keras.saving.load_model(path)
+    found = baseline.count_params()
     if found != expected:
         raise ValueError(
             f"The baseline {path} has {found:,} weights, but MobileNetV1 x{FLAGS.alpha:g} has {expected:,}: "
             "pass the --alpha it was trained with."
         )
+    return baseline
 
 
 def shifted_images(images, kind, noise_std=25.0, blur_sigma=1.0):
@@ -208,13 +218,9 @@ def train_all():
     os.makedirs(root, exist_ok=True)
     keras.utils.set_random_seed(0)
     baseline_path = os.path.join(_baseline_root(), "baseline.keras")
+    baseline = None  # the dense model the analyses compare with, loaded once
     if FLAGS.baseline_dir:
-        if not os.path.exists(baseline_path):
-            raise ValueError(
-                f"--baseline_dir={FLAGS.baseline_dir} holds no baseline.keras. Pass the --output_dir of a "
-                "protocol run whose stage 1 finished, or drop --baseline_dir to train a baseline here."
-            )
-        check_reused_baseline(baseline_path)
+        baseline = load_reused_baseline(baseline_path)
         logging.info("Stage 1: reusing the dense baseline %s", baseline_path)
     else:
         baseline_config = _config(root)
@@ -224,7 +230,6 @@ def train_all():
         if seconds:
             with open(os.path.join(root, "baseline_seconds.json"), "w") as file:
                 json.dump({"seconds": round(seconds, 1)}, file)
-    baseline = None
     for threshold, mode, scale in _runs():
         run_dir = os.path.join(root, run_name(threshold, mode, scale))
         config = _config(run_dir, threshold, mode, baseline=baseline_path, scale=scale)
