@@ -55,6 +55,7 @@ flags.DEFINE_integer("predictor_rank", None,
                      "Factor each mask predictor through this many channels (default: the paper's full predictor).")
 flags.DEFINE_float("cooldown", 0.75, "Fraction of FTWT epochs with the gate loss on.")
 flags.DEFINE_integer("warmup_steps", 100, "Predictor warm-up batches toward all-ones.")
+flags.DEFINE_integer("seed", 0, "Random seed of the baseline and every FTWT run (data order, initial predictors).")
 flags.DEFINE_integer("train_take", None, "Use only the first N training images (smoke runs).")
 flags.DEFINE_integer("test_take", None, "Use only the first N test images (smoke runs).")
 flags.DEFINE_integer("tflite_images", 200, "Real test images timed per .tflite (0: skip the edge timing).")
@@ -107,7 +108,7 @@ def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None, scale=0.
         "pooling": "avg", "use_softmax": FLAGS.use_softmax, "predictor_rank": FLAGS.predictor_rank,
         "weight_decay": 5e-4, "threshold": threshold, "mode": mode,
         "target": "mass", "cooldown": FLAGS.cooldown, "warmup_steps": FLAGS.warmup_steps,
-        "estimate_images": 2048, "seed": 0, "verbose": FLAGS.verbose,
+        "estimate_images": 2048, "seed": FLAGS.seed, "verbose": FLAGS.verbose,
     }
 
 
@@ -133,7 +134,10 @@ def load_reused_baseline(path):
         with open(history) as file:
             epochs = len({line.split(",")[0] for line in file} - {"epoch"})  # a resumed run may repeat one
         if epochs != FLAGS.baseline_epochs:
-            raise ValueError(f"The baseline {path} was trained for {epochs} epochs; pass --baseline_epochs={epochs}.")
+            raise ValueError(
+                f"The baseline {path} was trained for {epochs} epoch{'' if epochs == 1 else 's'}; "
+                f"pass --baseline_epochs={epochs}."
+            )
     expected = common.build_model(_config(FLAGS.output_dir)).count_params()
     baseline = keras.saving.load_model(path)
     found = baseline.count_params()
@@ -216,7 +220,7 @@ def train_all():
 
     root = FLAGS.output_dir
     os.makedirs(root, exist_ok=True)
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(FLAGS.seed)
     baseline_path = os.path.join(_baseline_root(), "baseline.keras")
     baseline = None  # the dense model the analyses compare with, loaded once
     if FLAGS.baseline_dir:
@@ -226,10 +230,7 @@ def train_all():
         baseline_config = _config(root)
         train, test, _ = common._datasets(baseline_config)
         logging.info("Stage 1: dense MobileNetV1 x%g baseline, %d epochs", FLAGS.alpha, FLAGS.baseline_epochs)
-        _, seconds = common.train_baseline(baseline_config, train, test)
-        if seconds:
-            with open(os.path.join(root, "baseline_seconds.json"), "w") as file:
-                json.dump({"seconds": round(seconds, 1)}, file)
+        common.train_baseline(baseline_config, train, test)  # its time: baseline_seconds.json there
     for threshold, mode, scale in _runs():
         run_dir = os.path.join(root, run_name(threshold, mode, scale))
         config = _config(run_dir, threshold, mode, baseline=baseline_path, scale=scale)
@@ -289,6 +290,8 @@ def collect():
             "baseline_epochs": results["config"]["baseline_epochs"],
             "epochs": results["config"]["epochs"],
             "predictor_rank": results["config"].get("predictor_rank"),
+            "cooldown": results["config"]["cooldown"],
+            "seed": results["config"]["seed"],
         }
         if "tflite_dense_ms" in analysis:
             row["tflite_dense_ms"] = float(analysis["tflite_dense_ms"])
@@ -304,11 +307,9 @@ def _baseline_root():
 
 
 def _baseline_seconds():
-    path = os.path.join(_baseline_root(), "baseline_seconds.json")
-    if os.path.exists(path):
-        with open(path) as file:
-            return json.load(file)["seconds"]
-    return None
+    from ftwt_keras.recipes import common
+
+    return common.stored_seconds(os.path.join(_baseline_root(), "baseline_seconds.json"))
 
 
 def _pct(value):

@@ -64,17 +64,19 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     reused_results = tmp_path / "reused" / "cifar10_cpu.json"
     reuse = [f"--output_dir={tmp_path / 'reused_runs'}", f"--results={reused_results}",
              f"--baseline_dir={tmp_path / 'runs'}", "--baseline_epochs=1", "--epochs=1", "--train_take=256",
-             "--test_take=64", "--thresholds=0.8", "--joint_thresholds=", "--warmup_steps=1", "--tflite_images=0"]
+             "--test_take=64", "--thresholds=0.8", "--joint_thresholds=", "--warmup_steps=1", "--tflite_images=0",
+             "--seed=3", "--cooldown=0.5"]
     reused = _run(*reuse)
     assert reused.returncode == 0, reused.stderr[-3000:]
     assert "reusing the dense baseline" in reused.stderr
     assert "baseline, 1 epochs" not in reused.stderr and "Stage 1 already done" not in reused.stderr
     (row,) = json.loads(reused_results.read_text())["rows"]
     assert row["threshold"] == 0.8 and row["baseline_accuracy"] == rows[0]["baseline_accuracy"]
+    assert (row["seed"], row["cooldown"]) == (3, 0.5) and rows[0]["seed"] == 0
     assert row["baseline_train_seconds"] == rows[0]["baseline_train_seconds"] is not None
     assert not any((tmp_path / "reused_runs" / name).exists() for name in ("baseline.keras", "baseline_history.csv"))
     # ... and only one trained with the settings the rows will record.
-    for flag, message in (("--baseline_epochs=2", "was trained for 1 epochs; pass --baseline_epochs=1"),
+    for flag, message in (("--baseline_epochs=2", "was trained for 1 epoch; pass --baseline_epochs=1"),
                           ("--alpha=0.5", "pass the --alpha it was trained with")):
         wrong = _run(*[a for a in reuse if not a.startswith(flag.split("=")[0])], flag)
         assert wrong.returncode != 0 and message in wrong.stderr, wrong.stderr[-3000:]

@@ -29,6 +29,24 @@ def test_recipe_runs_both_stages_and_resumes(tmp_path):
     again = _run(args, env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Stage 1 already done" in again.stderr and "Stage 2 already done" in again.stderr
+    # ... and still reports the time the stages took, not 0.
+    rewritten = json.loads((out / "results.json").read_text())
+    for stage in ("baseline", "ftwt"):
+        stored = json.loads((out / f"{stage}_seconds.json").read_text())["seconds"]
+        assert rewritten[f"{stage}_train_seconds"] == results[f"{stage}_train_seconds"] == stored > 0
+
+
+def test_stage_clock_adds_to_the_time_of_a_killed_run(tmp_path):
+    from ftwt_keras.recipes import common
+
+    (tmp_path / "ftwt_seconds.json").write_text(json.dumps({"seconds": 100.0}))
+    callback, finish = common.stage_clock(str(tmp_path), "ftwt")
+    callback.on_epoch_end(0)
+    assert 100.0 <= common.stored_seconds(str(tmp_path / "ftwt_seconds.json")) < 130.0
+    assert 100.0 <= finish() < 130.0
+    assert common.stored_seconds(str(tmp_path / "baseline_seconds.json")) is None
+    _, fresh = common.stage_clock(str(tmp_path), "baseline")
+    assert 0.0 <= fresh() < 30.0
 
 
 def test_recipe_help_and_bad_flags():

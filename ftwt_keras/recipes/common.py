@@ -4,7 +4,9 @@ Stage 1 trains (or loads) the dense baseline; stage 2 gates it and trains
 FTWT. Both stages checkpoint every epoch (`keras.callbacks.BackupAndRestore`),
 so re-running the same command after a kill resumes where it stopped; a
 finished stage is skipped. Outputs in `--output_dir`: `baseline.keras`,
-`model.keras`, `results.json`, TensorBoard logs under `logs/`.
+`model.keras`, `results.json`, TensorBoard logs under `logs/`, and each
+stage's training time summed over the runs that resumed it
+(`baseline_seconds.json`, `ftwt_seconds.json`).
 """
 
 import json
@@ -157,8 +159,45 @@ def _callbacks(config, stage, extra=()):
     ]
 
 
+def stage_clock(output_dir, stage):
+    """Training seconds of a resumable stage, summed over the processes that ran it.
+
+    Args:
+        output_dir: the stage's output folder.
+        stage: `"baseline"` or `"ftwt"`; the total lives in
+            `output_dir/<stage>_seconds.json` as `{"seconds": ...}`.
+
+    Returns:
+        `(callback, finish)`: the callback stores the running total after every
+        epoch, so a resumed run adds to what the killed one had finished;
+        `finish()` stores the total once more when the stage is done and returns
+        it. An epoch cut by a kill is not counted: it is trained again.
+    """
+    import keras
+
+    path = os.path.join(output_dir, f"{stage}_seconds.json")
+    before = stored_seconds(path) or 0.0
+    start = time.time()
+
+    def finish(*_):
+        seconds = round(before + time.time() - start, 1)
+        with open(path, "w") as file:
+            json.dump({"seconds": seconds}, file)
+        return seconds
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=finish), finish
+
+
+def stored_seconds(path):
+    """The `{"seconds": ...}` total at `path` (see `stage_clock`), or None without one."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        return float(json.load(file)["seconds"])
+
+
 def train_baseline(config, train, test):
-    """Stage 1: the dense baseline, resumable; returns the trained model."""
+    """Stage 1: the dense baseline, resumable; returns it and its training seconds."""
     import keras
 
     path = os.path.join(config["output_dir"], "baseline.keras")
@@ -167,7 +206,7 @@ def train_baseline(config, train, test):
         return keras.saving.load_model(config["baseline"]), 0.0
     if os.path.exists(path):
         logging.info("Stage 1 already done: loading %s", path)
-        return keras.saving.load_model(path), 0.0
+        return keras.saving.load_model(path), stored_seconds(os.path.join(config["output_dir"], "baseline_seconds.json")) or 0.0
     model = build_model(config)
     model.compile(
         optimizer=sgd(config["baseline_lr"], config["weight_decay"]),
@@ -175,17 +214,17 @@ def train_baseline(config, train, test):
         metrics=["accuracy"],
     )
     epochs = config["baseline_epochs"]
-    start = time.time()
+    clock, finish = stage_clock(config["output_dir"], "baseline")
     model.fit(
         train, epochs=epochs, validation_data=test, verbose=config["verbose"], shuffle=False,
-        callbacks=_callbacks(config, "baseline", [step_schedule(config["baseline_lr"], config["baseline_milestones"], epochs)]),
+        callbacks=_callbacks(config, "baseline", [step_schedule(config["baseline_lr"], config["baseline_milestones"], epochs), clock]),
     )
     model.save(path)
-    return model, time.time() - start
+    return model, finish()
 
 
 def train_ftwt(config, baseline, train, test):
-    """Stage 2: gate the baseline and train FTWT, resumable; returns the model."""
+    """Stage 2: gate the baseline and train FTWT, resumable; returns it and its training seconds."""
     import keras
 
     import ftwt_keras as fk
@@ -193,7 +232,7 @@ def train_ftwt(config, baseline, train, test):
     path = os.path.join(config["output_dir"], "model.keras")
     if os.path.exists(path):
         logging.info("Stage 2 already done: loading %s", path)
-        return keras.saving.load_model(path), 0.0
+        return keras.saving.load_model(path), stored_seconds(os.path.join(config["output_dir"], "ftwt_seconds.json")) or 0.0
     model = fk.gate(baseline, threshold=config["threshold"], mode=config["mode"], target=config["target"],
                     pooling=config["pooling"], use_softmax=config["use_softmax"],
                     joint_gradient_scale=config["joint_gradient_scale"],
@@ -206,7 +245,7 @@ def train_ftwt(config, baseline, train, test):
     )
     epochs = config["epochs"]
     backup = os.path.join(config["output_dir"], "backup_ftwt")
-    start = time.time()
+    clock, finish = stage_clock(config["output_dir"], "ftwt")  # started before the warm-up, which it counts
     if config["warmup_steps"] and not os.path.exists(backup):
         logging.info("Warming up the predictors for %d batches", config["warmup_steps"])
         model.warm_up_gates(train.repeat(), steps=config["warmup_steps"], verbose=config["verbose"])
@@ -214,11 +253,12 @@ def train_ftwt(config, baseline, train, test):
         step_schedule(config["lr"], config["milestones"], epochs),
         fk.callbacks.GateCooldown(config["cooldown"], weight=config["gate_loss_weight"]),
         fk.callbacks.FlopsLogger(),
+        clock,
     ]
     model.fit(train, epochs=epochs, validation_data=test, verbose=config["verbose"], shuffle=False,
               callbacks=_callbacks(config, "ftwt", extra))
     model.save(path)
-    return model, time.time() - start
+    return model, finish()
 
 
 def main(argv):
