@@ -309,7 +309,7 @@ def _baseline_root():
 def _baseline_seconds():
     from ftwt_keras.recipes import common
 
-    return common.stored_seconds(os.path.join(_baseline_root(), "baseline_seconds.json"))
+    return common.stored_seconds(_baseline_root(), "baseline")
 
 
 def _pct(value):

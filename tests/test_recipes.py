@@ -42,9 +42,9 @@ def test_stage_clock_adds_to_the_time_of_a_killed_run(tmp_path):
     (tmp_path / "ftwt_seconds.json").write_text(json.dumps({"seconds": 100.0}))
     callback, finish = common.stage_clock(str(tmp_path), "ftwt")
     callback.on_epoch_end(0)
-    assert 100.0 <= common.stored_seconds(str(tmp_path / "ftwt_seconds.json")) < 130.0
+    assert 100.0 <= common.stored_seconds(str(tmp_path), "ftwt") < 130.0
     assert 100.0 <= finish() < 130.0
-    assert common.stored_seconds(str(tmp_path / "baseline_seconds.json")) is None
+    assert common.stored_seconds(str(tmp_path), "baseline") is None
     _, fresh = common.stage_clock(str(tmp_path), "baseline")
     assert 0.0 <= fresh() < 30.0
 

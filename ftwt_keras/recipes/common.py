@@ -175,8 +175,8 @@ def stage_clock(output_dir, stage):
     """
     import keras
 
-    path = os.path.join(output_dir, f"{stage}_seconds.json")
-    before = stored_seconds(path) or 0.0
+    path = _seconds_path(output_dir, stage)
+    before = stored_seconds(output_dir, stage) or 0.0
     start = time.time()
 
     def finish(*_):
@@ -188,12 +188,17 @@ def stage_clock(output_dir, stage):
     return keras.callbacks.LambdaCallback(on_epoch_end=finish), finish
 
 
-def stored_seconds(path):
-    """The `{"seconds": ...}` total at `path` (see `stage_clock`), or None without one."""
+def stored_seconds(output_dir, stage):
+    """The training seconds `stage_clock` stored for `stage` in `output_dir`, or None without them."""
+    path = _seconds_path(output_dir, stage)
     if not os.path.exists(path):
         return None
     with open(path) as file:
         return float(json.load(file)["seconds"])
+
+
+def _seconds_path(output_dir, stage):
+    return os.path.join(output_dir, f"{stage}_seconds.json")
 
 
 def train_baseline(config, train, test):
@@ -206,7 +211,7 @@ def train_baseline(config, train, test):
         return keras.saving.load_model(config["baseline"]), 0.0
     if os.path.exists(path):
         logging.info("Stage 1 already done: loading %s", path)
-        return keras.saving.load_model(path), stored_seconds(os.path.join(config["output_dir"], "baseline_seconds.json")) or 0.0
+        return keras.saving.load_model(path), stored_seconds(config["output_dir"], "baseline") or 0.0
     model = build_model(config)
     model.compile(
         optimizer=sgd(config["baseline_lr"], config["weight_decay"]),
@@ -232,7 +237,7 @@ def train_ftwt(config, baseline, train, test):
     path = os.path.join(config["output_dir"], "model.keras")
     if os.path.exists(path):
         logging.info("Stage 2 already done: loading %s", path)
-        return keras.saving.load_model(path), stored_seconds(os.path.join(config["output_dir"], "ftwt_seconds.json")) or 0.0
+        return keras.saving.load_model(path), stored_seconds(config["output_dir"], "ftwt") or 0.0
     model = fk.gate(baseline, threshold=config["threshold"], mode=config["mode"], target=config["target"],
                     pooling=config["pooling"], use_softmax=config["use_softmax"],
                     joint_gradient_scale=config["joint_gradient_scale"],
