@@ -4,7 +4,8 @@
     python benchmarks/cifar_cpu.py --analyze_only        # tables and plots from finished runs
     python benchmarks/cifar_cpu.py --epochs=15 --baseline_dir=runs/cifar_cpu --output_dir=runs/cifar_cpu_e15 ...
 
-The last reuses a finished run's dense baseline to try another FTWT schedule.
+The last reuses a finished run's dense baseline to try another FTWT schedule;
+`--baseline_model=M.keras` starts from any dense MobileNetV1 of width --alpha.
 
 One dense baseline (MobileNetV1, width --alpha), then FTWT from it for each
 --thresholds value in decoupled mode and for --joint_thresholds in joint
@@ -40,6 +41,10 @@ flags.DEFINE_float("alpha", 0.25, "MobileNetV1 width multiplier.")
 flags.DEFINE_string("baseline_dir", None,
                     "Reuse the dense baseline of another --output_dir (its baseline.keras and training time) "
                     "instead of training one, e.g. to try another FTWT schedule from the same baseline.")
+flags.DEFINE_string("baseline_model", None,
+                    "Start the FTWT runs from this dense MobileNetV1 .keras (width --alpha) instead of training "
+                    "one, e.g. a longer-trained model; its epochs are recorded as --baseline_epochs says, and "
+                    "its training time as unknown.")
 flags.DEFINE_integer("baseline_epochs", 15, "Dense baseline epochs (LR 0.1, x0.1 at 50% and 75%).")
 flags.DEFINE_integer("epochs", 6, "FTWT epochs per run (LR 0.01, x0.1 at 75%); 6 keeps the protocol within 100 min here.")
 flags.DEFINE_list("thresholds", ["1.0", "0.9", "0.83"], "Decoupled-mode thresholds r.")
@@ -113,24 +118,30 @@ def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None, scale=0.
 
 
 def load_reused_baseline(path):
-    """The --baseline_dir baseline at `path`, checked against --alpha and --baseline_epochs.
+    """The given baseline at `path`, checked against --alpha and --baseline_epochs.
 
-    Both are recorded in every row, so a reused baseline must have been trained with them.
+    Both are recorded in every row, so a reused baseline must have been trained
+    with them. The epochs are checked where a --baseline_dir holds the history of
+    its training; a --baseline_model has none, so its epochs are taken as given.
 
     Raises:
-        ValueError: `path` is missing, or the baseline was trained with other settings.
+        ValueError: `path` is missing, not a dense model, or the baseline was
+            trained with other settings.
     """
     import keras
 
+    import ftwt_keras as fk
     from ftwt_keras.recipes import common
 
     if not os.path.exists(path):
+        if FLAGS.baseline_model:
+            raise ValueError(f"--baseline_model={path} does not exist. Pass the path of a saved dense .keras model.")
         raise ValueError(
             f"--baseline_dir={FLAGS.baseline_dir} holds no baseline.keras. Pass the --output_dir of a "
             "protocol run whose stage 1 finished, or drop --baseline_dir to train a baseline here."
         )
     history = os.path.join(os.path.dirname(path), "baseline_history.csv")
-    if os.path.exists(history):
+    if FLAGS.baseline_dir and os.path.exists(history):
         with open(history) as file:
             epochs = len({line.split(",")[0] for line in file} - {"epoch"})  # a resumed run may repeat one
         if epochs != FLAGS.baseline_epochs:
@@ -140,6 +151,11 @@ def load_reused_baseline(path):
             )
     expected = common.build_model(_config(FLAGS.output_dir)).count_params()
     baseline = keras.saving.load_model(path)
+    if isinstance(baseline, fk.FTWTModel):
+        raise ValueError(
+            f"The baseline {path} is a gated FTWT model. Save it dense first: "
+            "`ftwt_keras.ungate(model, [layer.name for layer in model.gated_layers]).save(...)`."
+        )
     found = baseline.count_params()
     if found != expected:
         raise ValueError(
@@ -221,9 +237,9 @@ def train_all():
     root = FLAGS.output_dir
     os.makedirs(root, exist_ok=True)
     keras.utils.set_random_seed(FLAGS.seed)
-    baseline_path = os.path.join(_baseline_root(), "baseline.keras")
+    baseline_path = FLAGS.baseline_model or os.path.join(_baseline_root(), "baseline.keras")
     baseline = None  # the dense model the analyses compare with, loaded once
-    if FLAGS.baseline_dir:
+    if FLAGS.baseline_dir or FLAGS.baseline_model:
         baseline = load_reused_baseline(baseline_path)
         logging.info("Stage 1: reusing the dense baseline %s", baseline_path)
     else:
@@ -309,6 +325,8 @@ def _baseline_root():
 def _baseline_seconds():
     from ftwt_keras.recipes import common
 
+    if FLAGS.baseline_model:
+        return None  # trained elsewhere, for an unknown time
     return common.stored_seconds(_baseline_root(), "baseline")
 
 
@@ -450,6 +468,8 @@ def report():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.baseline_dir and FLAGS.baseline_model:
+        raise app.UsageError("Pass --baseline_dir or --baseline_model, not both: they name the same baseline.")
     if not FLAGS.analyze_only:
         start = time.time()
         train_all()

@@ -83,6 +83,23 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     missing = _run(*[a for a in reuse if not a.startswith("--baseline_dir")], f"--baseline_dir={tmp_path}")
     assert missing.returncode != 0 and "holds no baseline.keras" in missing.stderr
 
+    # Any dense .keras of the right width can be the baseline; its epochs are recorded as given.
+    model_results = tmp_path / "from_model" / "cifar10_cpu.json"
+    from_model = [f"--output_dir={tmp_path / 'model_runs'}", f"--results={model_results}",
+                  f"--baseline_model={tmp_path / 'runs' / 'baseline.keras'}", "--baseline_epochs=7", "--epochs=1",
+                  "--train_take=256", "--test_take=64", "--thresholds=0.8", "--joint_thresholds=",
+                  "--warmup_steps=1", "--tflite_images=0"]
+    given = _run(*from_model)
+    assert given.returncode == 0, given.stderr[-3000:]
+    (row,) = json.loads(model_results.read_text())["rows"]
+    assert row["baseline_accuracy"] == rows[0]["baseline_accuracy"] and row["baseline_epochs"] == 7
+    assert row["baseline_train_seconds"] is None
+    gated_path = tmp_path / "runs" / "r0.9_decoupled" / "model.keras"
+    gated = _run(*[a for a in from_model if not a.startswith("--baseline_model")], f"--baseline_model={gated_path}")
+    assert gated.returncode != 0 and "is a gated FTWT model. Save it dense first" in gated.stderr
+    both = _run(*from_model, f"--baseline_dir={tmp_path / 'runs'}")
+    assert both.returncode != 0 and "Pass --baseline_dir or --baseline_model, not both" in both.stderr
+
 
 def test_shifted_images_keep_range_and_shape():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
