@@ -97,6 +97,9 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     gated_path = tmp_path / "runs" / "r0.9_decoupled" / "model.keras"
     gated = _run(*[a for a in from_model if not a.startswith("--baseline_model")], f"--baseline_model={gated_path}")
     assert gated.returncode != 0 and "is a gated FTWT model. Save it dense first" in gated.stderr
+    nowhere = _run(*[a for a in from_model if not a.startswith("--baseline_model")],
+                   f"--baseline_model={tmp_path / 'missing.keras'}")
+    assert nowhere.returncode != 0 and "missing.keras does not exist" in nowhere.stderr
     both = _run(*from_model, f"--baseline_dir={tmp_path / 'runs'}")
     assert both.returncode != 0 and "Pass --baseline_dir or --baseline_model, not both" in both.stderr
 
