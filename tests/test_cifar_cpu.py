@@ -94,11 +94,10 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     (row,) = json.loads(model_results.read_text())["rows"]
     assert row["baseline_accuracy"] == rows[0]["baseline_accuracy"] and row["baseline_epochs"] == 7
     assert row["baseline_train_seconds"] is None
-    gated_path = tmp_path / "runs" / "r0.9_decoupled" / "model.keras"
-    gated = _run(*[a for a in from_model if not a.startswith("--baseline_model")], f"--baseline_model={gated_path}")
+    other_baseline = [a for a in from_model if not a.startswith("--baseline_model")]
+    gated = _run(*other_baseline, f"--baseline_model={tmp_path / 'runs' / 'r0.9_decoupled' / 'model.keras'}")
     assert gated.returncode != 0 and "is a gated FTWT model. Save it dense first" in gated.stderr
-    nowhere = _run(*[a for a in from_model if not a.startswith("--baseline_model")],
-                   f"--baseline_model={tmp_path / 'missing.keras'}")
+    nowhere = _run(*other_baseline, f"--baseline_model={tmp_path / 'missing.keras'}")
     assert nowhere.returncode != 0 and "missing.keras does not exist" in nowhere.stderr
     both = _run(*from_model, f"--baseline_dir={tmp_path / 'runs'}")
     assert both.returncode != 0 and "Pass --baseline_dir or --baseline_model, not both" in both.stderr
