@@ -49,7 +49,7 @@ flags.DEFINE_integer("baseline_epochs", 15, "Dense baseline epochs (LR 0.1, x0.1
 flags.DEFINE_integer("epochs", 6, "FTWT epochs per run (LR 0.01, x0.1 at 75%); 6 keeps the protocol within 100 min here.")
 flags.DEFINE_list("thresholds", ["1.0", "0.9", "0.83"], "Decoupled-mode thresholds r.")
 flags.DEFINE_list("joint_thresholds", ["0.83"], "Joint-mode thresholds r.")
-flags.DEFINE_float("joint_gradient_scale", 0.01,
+flags.DEFINE_float("joint_gradient_scale", 0.003,
                    "Joint runs: factor on the gate-loss gradient reaching the backbone (1.0: the paper's joint "
                    "mode, which collapses in this short schedule, see README).")
 flags.DEFINE_float("gate_lr", 0.1, "Mask predictor learning rate.")
@@ -58,7 +58,7 @@ flags.DEFINE_bool("use_softmax", False,
                   "in a short schedule it leaves the predictors nearly input-blind, see README).")
 flags.DEFINE_integer("predictor_rank", None,
                      "Factor each mask predictor through this many channels (default: the paper's full predictor).")
-flags.DEFINE_float("cooldown", 0.75, "Fraction of FTWT epochs with the gate loss on.")
+flags.DEFINE_float("cooldown", 0.5, "Fraction of FTWT epochs with the gate loss on (the paper's 0.5).")
 flags.DEFINE_integer("warmup_steps", 100, "Predictor warm-up batches toward all-ones.")
 flags.DEFINE_integer("seed", 0, "Random seed of the baseline and every FTWT run (data order, initial predictors).")
 flags.DEFINE_integer("train_take", None, "Use only the first N training images (smoke runs).")
