@@ -13,7 +13,8 @@ mode. For every run: top-1 on the full test set, the FLOPs reduction measured
 with `ftwt_keras.flops` on it, the reduction `estimate_flops_reduction`
 predicts from the baseline before FTWT training, gate accuracy, training
 time, per-layer keep ratios, per-image MACs on clean and on shifted
-(noisy, blurred) test images, and the measured .tflite speed-up vs dense
+(noisy, blurred) test images and on the images the dense baseline gets right
+vs wrong, and the measured .tflite speed-up vs dense
 (LiteRT, XNNPACK, 1 thread, batch 1, --tflite_images real test images).
 
 Every stage is resumable: re-running the same command skips finished runs
@@ -205,10 +206,53 @@ def analyze(model, baseline, run_dir):
         out[f"accuracy_{kind}"] = np.array(np.mean(np.argmax(logits, -1) == labels))
         base_logits = baseline.predict(shifted, batch_size=250, verbose=0)
         out[f"baseline_accuracy_{kind}"] = np.array(np.mean(np.argmax(base_logits, -1) == labels))
+        if kind == "clean":  # which test images are hard, judged by the dense model alone
+            out["correct_clean"] = np.argmax(logits, -1) == labels
+            out["baseline_correct_clean"] = np.argmax(base_logits, -1) == labels
+            out["baseline_confidence_clean"] = _softmax_max(base_logits)
     if FLAGS.tflite_images:
         out.update(time_tflite(model, images[: FLAGS.tflite_images]))
     np.savez(os.path.join(run_dir, ANALYSIS_FILE), **out)
     return out
+
+
+def _softmax_max(logits):
+    import numpy as np
+
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return (shifted.max(-1) / shifted.sum(-1)).astype("float32")
+
+
+def cost_by_difficulty(macs, dense_macs, baseline_correct, baseline_confidence):
+    """Does the gate spend more on hard images? Hardness is judged by the dense baseline.
+
+    Returns the mean FLOPs reduction on the test images the baseline classifies
+    correctly and on those it gets wrong (None for an empty group), and the
+    Spearman rank correlation between an image's executed MACs and the
+    baseline's confidence in it (its top softmax probability): negative when
+    less confident images cost more.
+    """
+    import numpy as np
+
+    macs = np.asarray(macs, "float64")
+    baseline_correct = np.asarray(baseline_correct, bool)
+
+    def reduction(group):
+        return 1.0 - float(np.mean(macs[group])) / dense_macs if np.any(group) else None
+
+    def ranks(values):  # average ranks, so that ties (many images share a MACs count) count once
+        _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        return (first + (counts - 1) / 2.0)[inverse]
+
+    a, b = ranks(macs), ranks(np.asarray(baseline_confidence, "float64"))
+    a, b = a - a.mean(), b - b.mean()
+    norm = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
+    return {
+        "flops_reduction_baseline_right": reduction(baseline_correct),
+        "flops_reduction_baseline_wrong": reduction(~baseline_correct),
+        "macs_confidence_correlation": float(np.sum(a * b)) / norm if norm > 0 else None,
+    }
 
 
 def time_tflite(model, images):
@@ -309,6 +353,11 @@ def collect():
             "cooldown": results["config"]["cooldown"],
             "seed": results["config"]["seed"],
         }
+        row.update(dict.fromkeys(("flops_reduction_baseline_right", "flops_reduction_baseline_wrong",
+                                  "macs_confidence_correlation")))  # None for runs analyzed before these
+        if "baseline_correct_clean" in analysis:
+            row.update(cost_by_difficulty(analysis["macs_clean"], dense, analysis["baseline_correct_clean"],
+                                          analysis["baseline_confidence_clean"]))
         if "tflite_dense_ms" in analysis:
             row["tflite_dense_ms"] = float(analysis["tflite_dense_ms"])
             row["tflite_dynamic_ms"] = float(analysis["tflite_dynamic_ms"])
@@ -341,20 +390,26 @@ def _percent(value):
 def markdown_table(rows):
     lines = [
         "| r | mode | baseline top-1 | FTWT top-1 | drop (pt) | FLOPs red. | estimate | final targets | gate acc. "
-        "| FLOPs red. noisy / blurred | .tflite dense / dynamic ms | speed-up (ideal) | FTWT train min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| FLOPs red. noisy / blurred | FLOPs red. where the baseline is right / wrong (rank corr. with its "
+        "confidence) | .tflite dense / dynamic ms | speed-up (ideal) | FTWT train min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, _ in rows:
         speed = "n/a" if row["tflite_speedup"] is None else (
             f"{row['tflite_dense_ms']:.2f} / {row['tflite_dynamic_ms']:.2f}")
         speedup = "n/a" if row["tflite_speedup"] is None else f"{row['tflite_speedup']:.2f}x"
+        correlation = row["macs_confidence_correlation"]
+        difficulty = (f"{_percent(row['flops_reduction_baseline_right'])} / "
+                      f"{_percent(row['flops_reduction_baseline_wrong'])}"
+                      + ("" if correlation is None else f" ({correlation:+.2f})"))
         lines.append(
             f"| {row['threshold']:g} | {_mode(row)} "
             f"| {_pct(row['baseline_accuracy'])} | {_pct(row['accuracy'])} "
             f"| {100 * (row['baseline_accuracy'] - row['accuracy']):+.1f} | {_percent(row['flops_reduction'])} "
             f"| {_percent(row['estimated_flops_reduction'])} | {_percent(row['target_flops_reduction'])} "
             f"| {_pct(row['gate_accuracy'])} "
-            f"| {_percent(row['flops_reduction_noise'])} / {_percent(row['flops_reduction_blur'])} | {speed} "
+            f"| {_percent(row['flops_reduction_noise'])} / {_percent(row['flops_reduction_blur'])} "
+            f"| {difficulty} | {speed} "
             f"| {speedup} ({row['ideal_speedup']:.2f}x) | {row['ftwt_train_seconds'] / 60:.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -363,6 +418,7 @@ def markdown_table(rows):
 def plots(rows, prefix):
     """Writes the three PNG plots as `<prefix>_<plot>.png`; returns their paths."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -400,7 +456,9 @@ def plots(rows, prefix):
     ax.legend(fontsize=8)
     paths.append(_save(fig, f"{prefix}_layer_keep.png"))
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    middle_row, middle = _middle_run(rows)  # the shift and difficulty panels show one run
+    by_difficulty = "baseline_correct_clean" in middle  # runs analyzed before 2026-12-01 lack it
+    fig, axes = plt.subplots(1, 3 if by_difficulty else 2, figsize=(16 if by_difficulty else 11, 4))
     for row, analysis in rows:
         dense = float(analysis["dense_macs"])
         axes[0].hist(100 * analysis["macs_clean"] / dense, bins=50, histtype="step",
@@ -409,14 +467,24 @@ def plots(rows, prefix):
     axes[0].set_ylabel("test images")
     axes[0].set_title("Per-image cost on CIFAR-10 test")
     axes[0].legend(fontsize=8)
-    row, analysis = _middle_run(rows)
-    dense = float(analysis["dense_macs"])
+    dense = float(middle["dense_macs"])
     for kind, label in (("clean", "clean"), ("noise", f"Gaussian noise, std {FLAGS.noise_std:g}"),
                         ("blur", f"Gaussian blur, sigma {FLAGS.blur_sigma:g}")):
-        axes[1].hist(100 * analysis[f"macs_{kind}"] / dense, bins=50, histtype="step", label=label)
+        axes[1].hist(100 * middle[f"macs_{kind}"] / dense, bins=50, histtype="step", label=label)
     axes[1].set_xlabel("per-image MACs executed (% of dense)")
-    axes[1].set_title(f"Shifted inputs, {_label(row)}")
+    axes[1].set_title(f"Shifted inputs, {_label(middle_row)}")
     axes[1].legend(fontsize=8)
+    if by_difficulty:
+        right = middle["baseline_correct_clean"].astype(bool)
+        cost = 100 * middle["macs_clean"] / dense
+        bins = np.histogram_bin_edges(cost, bins=50)  # shared, so that the two densities compare bin by bin
+        for group, label in ((right, "dense baseline right"), (~right, "dense baseline wrong")):
+            axes[2].hist(cost[group], bins=bins, histtype="step", density=True,
+                         label=f"{label} ({int(group.sum())} images)")
+        axes[2].set_xlabel("per-image MACs executed (% of dense)")
+        axes[2].set_ylabel("density")
+        axes[2].set_title(f"Easy vs hard test images, {_label(middle_row)}")
+        axes[2].legend(fontsize=8)
     paths.append(_save(fig, f"{prefix}_per_image_flops.png"))
     plt.close("all")
     return paths

@@ -42,6 +42,15 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
         assert row["tflite_speedup"] == pytest.approx(row["tflite_dense_ms"] / row["tflite_dynamic_ms"])
     analysis = np.load(tmp_path / "runs" / "r0.9_decoupled" / "analysis.npz")
     assert analysis["macs_clean"].shape == (64,) and analysis["macs_noise"].shape == (64,)
+    right = analysis["baseline_correct_clean"]
+    assert right.dtype == bool and right.shape == (64,)
+    assert right.mean() == pytest.approx(rows[0]["baseline_accuracy"], abs=1e-6)  # the baseline's own top-1
+    assert analysis["correct_clean"].mean() == pytest.approx(rows[0]["accuracy"], abs=1e-6)
+    assert np.all((analysis["baseline_confidence_clean"] >= 0.1 - 1e-6) & (analysis["baseline_confidence_clean"] <= 1))
+    expected = _cifar_cpu().cost_by_difficulty(analysis["macs_clean"], float(analysis["dense_macs"]), right,
+                                               analysis["baseline_confidence_clean"])
+    for key, value in expected.items():
+        assert rows[0][key] == pytest.approx(value), key
     assert np.all(analysis["macs_clean"] <= analysis["dense_macs"] * 1.5)
     table = results.with_suffix(".md").read_text()
     assert table.count("\n| 0.9 |") == 2
@@ -103,12 +112,34 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert both.returncode != 0 and "Pass --baseline_dir or --baseline_model, not both" in both.stderr
 
 
-def test_shifted_images_keep_range_and_shape():
+def _cifar_cpu():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
         import cifar_cpu
     finally:
         sys.path.pop(0)
+    return cifar_cpu
+
+
+def test_cost_by_difficulty_splits_by_the_baseline_and_ranks_with_ties():
+    cost = _cifar_cpu().cost_by_difficulty
+    macs = np.array([40.0, 60.0, 60.0, 80.0])
+    right = np.array([True, True, False, False])
+    result = cost(macs, 100.0, right, baseline_confidence=[0.9, 0.7, 0.5, 0.3])
+    assert result["flops_reduction_baseline_right"] == pytest.approx(0.5)  # mean cost 50 of 100
+    assert result["flops_reduction_baseline_wrong"] == pytest.approx(0.3)
+    # Ranks with the tie averaged: MACs 1, 2.5, 2.5, 4 against confidence 4, 3, 2, 1.
+    a, b = np.array([1, 2.5, 2.5, 4]), np.array([4, 3, 2, 1.0])
+    assert result["macs_confidence_correlation"] == pytest.approx(np.corrcoef(a, b)[0, 1])
+    assert result["macs_confidence_correlation"] < -0.9  # less confident images cost more here
+    all_right = cost(macs, 100.0, np.ones(4, bool), [0.9, 0.7, 0.5, 0.3])
+    assert all_right["flops_reduction_baseline_wrong"] is None  # an empty group has no mean
+    flat = cost(np.full(4, 50.0), 100.0, right, [0.9, 0.7, 0.5, 0.3])
+    assert flat["macs_confidence_correlation"] is None  # every image costs the same: no ranking
+
+
+def test_shifted_images_keep_range_and_shape():
+    cifar_cpu = _cifar_cpu()
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (3, 32, 32, 3)).astype("float32")
     for kind in ("noise", "blur"):
