@@ -206,7 +206,7 @@ def analyze(model, baseline, run_dir):
         out[f"accuracy_{kind}"] = np.array(np.mean(np.argmax(logits, -1) == labels))
         base_logits = baseline.predict(shifted, batch_size=250, verbose=0)
         out[f"baseline_accuracy_{kind}"] = np.array(np.mean(np.argmax(base_logits, -1) == labels))
-        if kind == "clean":  # which test images are hard, judged by the dense model alone
+        if kind == "clean":  # per image: right or wrong (both models), and the dense model's confidence
             out["correct_clean"] = np.argmax(logits, -1) == labels
             out["baseline_correct_clean"] = np.argmax(base_logits, -1) == labels
             out["baseline_confidence_clean"] = _softmax_max(base_logits)
