@@ -16,6 +16,11 @@ time, per-layer keep ratios, per-image MACs on clean and on shifted
 (noisy, blurred) test images and on the images the dense baseline gets right
 vs wrong, and the measured .tflite speed-up vs dense
 (LiteRT, XNNPACK, 1 thread, batch 1, --tflite_images real test images).
+With --static_alphas, controls a careful comparison needs: dense MobileNetV1s
+trained from scratch for as many epochs as each FTWT model gets in all, at
+the baseline's width (equal training, no pruning) and narrower (a static
+network with the MACs FTWT reaches), with their top-1, MACs and .tflite
+time beside the baseline's.
 
 Every stage is resumable: re-running the same command skips finished runs
 and resumes an interrupted one at its last epoch. Outputs:
@@ -67,16 +72,25 @@ flags.DEFINE_integer("test_take", None, "Use only the first N test images (smoke
 flags.DEFINE_integer("tflite_images", 200, "Real test images timed per .tflite (0: skip the edge timing).")
 flags.DEFINE_float("noise_std", 25.0, "Std of the Gaussian pixel noise of the shifted test set (0..255 scale).")
 flags.DEFINE_float("blur_sigma", 1.0, "Gaussian blur sigma (pixels) of the second shifted test set.")
+flags.DEFINE_list("static_alphas", [],
+                  "Controls: dense MobileNetV1 of these widths trained from scratch for --baseline_epochs + "
+                  "--epochs epochs (what every FTWT model gets in all), e.g. 0.25,0.19,0.16: the equal-training "
+                  "dense model and narrower networks with about r = 0.9's and 0.83's MACs.")
 flags.DEFINE_bool("analyze_only", False, "Only rebuild the JSON, table and plots from finished runs.")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
 
 
 ANALYSIS_FILE = "analysis.npz"
+STATIC_FILE = "static.json"
 
 
 def run_name(threshold, mode, scale=1.0):
     suffix = "" if mode == "decoupled" or scale == 1.0 else f"_g{scale:g}"
     return f"r{float(threshold):g}_{mode}{suffix}"
+
+
+def static_run_name(alpha):
+    return f"static_x{float(alpha):g}"
 
 
 def _runs():
@@ -90,9 +104,9 @@ def _runs():
 _NOT_COMPARED = ("output_dir", "baseline", "verbose")
 
 
-def check_finished_run(run_dir, config):
+def check_finished_run(run_dir, config, file_name="results.json"):
     """Raises a `ValueError` if the finished run in `run_dir` used other settings than `config`."""
-    with open(os.path.join(run_dir, "results.json")) as file:
+    with open(os.path.join(run_dir, file_name)) as file:
         saved = json.load(file)["config"]
     changed = sorted(k for k in config if k not in _NOT_COMPARED and k in saved and saved[k] != config[k])
     if changed:
@@ -103,12 +117,14 @@ def check_finished_run(run_dir, config):
         )
 
 
-def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None, scale=0.0):
+def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None, scale=0.0, alpha=None,
+            baseline_epochs=None):
     return {
         "output_dir": output_dir, "dataset": "cifar10", "data_dir": None, "model": "mobilenet_v1",
-        "alpha": FLAGS.alpha, "depth": 20, "image_size": 32, "batch_size": 128, "num_classes": 10,
-        "train_take": FLAGS.train_take, "test_take": FLAGS.test_take, "baseline": baseline,
-        "baseline_epochs": FLAGS.baseline_epochs, "baseline_lr": 0.1, "baseline_milestones": ["0.5", "0.75"],
+        "alpha": FLAGS.alpha if alpha is None else alpha, "depth": 20, "image_size": 32, "batch_size": 128,
+        "num_classes": 10, "train_take": FLAGS.train_take, "test_take": FLAGS.test_take, "baseline": baseline,
+        "baseline_epochs": FLAGS.baseline_epochs if baseline_epochs is None else baseline_epochs,
+        "baseline_lr": 0.1, "baseline_milestones": ["0.5", "0.75"],
         "epochs": FLAGS.epochs, "lr": 0.01, "milestones": ["0.75"], "gate_lr": FLAGS.gate_lr,
         "gate_loss_weight": 1.0, "joint_gradient_scale": scale,
         "pooling": "avg", "use_softmax": FLAGS.use_softmax, "predictor_rank": FLAGS.predictor_rank,
@@ -273,6 +289,40 @@ def time_tflite(model, images):
     return {"tflite_dense_ms": np.array(dense_ms), "tflite_dynamic_ms": np.array(dynamic_ms)}
 
 
+def analyze_static(model, baseline, run_dir, config, train_seconds):
+    """Top-1, MACs and .tflite time of a static-width control beside the baseline's, saved to STATIC_FILE."""
+    import numpy as np
+
+    import ftwt_keras as fk
+    from ftwt_keras import data
+
+    images, labels = data.cifar_arrays("cifar10", "test", take=FLAGS.test_take)
+
+    def accuracy(network):
+        return float(np.mean(np.argmax(network.predict(images, batch_size=250, verbose=0), -1) == labels))
+
+    out = {
+        "config": config, "alpha": config["alpha"], "epochs": config["baseline_epochs"],
+        "accuracy": accuracy(model), "baseline_accuracy": accuracy(baseline),
+        "macs": fk.flops.count_macs(model), "baseline_macs": fk.flops.count_macs(baseline),
+        "train_seconds": train_seconds, "tflite_baseline_ms": None, "tflite_ms": None,
+    }
+    if FLAGS.tflite_images:
+        from ftwt_keras.export import tflite
+
+        # convert() exports FTWT models; dynamic=False gives their plain dense network, predictors left out.
+        flatbuffers = {name: tflite.convert(fk.gate(network), dynamic=False)
+                       for name, network in (("baseline", baseline), ("static", model))}
+        logging.info("Timing the baseline's and the x%g control's .tflite on %d test images", config["alpha"],
+                     FLAGS.tflite_images)
+        times = tflite.time_side_by_side(flatbuffers, images[: FLAGS.tflite_images], num_threads=1, warmup=20)
+        out["tflite_baseline_ms"], out["tflite_ms"] = (
+            1e3 * float(np.median(times[k])) for k in ("baseline", "static"))
+    with open(os.path.join(run_dir, STATIC_FILE), "w") as file:
+        json.dump(out, file, indent=1)
+    return out
+
+
 def train_all():
     import keras
 
@@ -305,6 +355,21 @@ def train_all():
             continue
         baseline = baseline or keras.saving.load_model(baseline_path)
         analyze(keras.saving.load_model(os.path.join(run_dir, "model.keras")), baseline, run_dir)
+    for alpha in FLAGS.static_alphas:
+        run_dir = os.path.join(root, static_run_name(alpha))
+        # The same epochs in all as every FTWT model (baseline + FTWT), from scratch, one LR schedule.
+        config = _config(run_dir, alpha=float(alpha), baseline_epochs=FLAGS.baseline_epochs + FLAGS.epochs)
+        if os.path.exists(os.path.join(run_dir, STATIC_FILE)):
+            check_finished_run(run_dir, config, STATIC_FILE)
+            logging.info("Static x%g control: already done (%s)", float(alpha), run_dir)
+            continue
+        logging.info("Static control: dense MobileNetV1 x%g from scratch, %d epochs", float(alpha),
+                     config["baseline_epochs"])
+        keras.utils.set_random_seed(FLAGS.seed)  # independent of how many runs came before it
+        train, test, _ = common._datasets(config)
+        model, seconds = common.train_baseline(config, train, test)
+        baseline = baseline or keras.saving.load_model(baseline_path)
+        analyze_static(model, baseline, run_dir, config, seconds)
 
 
 def collect():
@@ -366,6 +431,33 @@ def collect():
     return rows
 
 
+def collect_static():
+    """Rows for every finished static-width control."""
+    rows = []
+    for alpha in FLAGS.static_alphas:
+        path = os.path.join(FLAGS.output_dir, static_run_name(alpha), STATIC_FILE)
+        if not os.path.exists(path):
+            continue
+        with open(path) as file:
+            result = json.load(file)
+        timed = result["tflite_ms"] is not None
+        rows.append({
+            "alpha": result["alpha"],
+            "epochs": result["epochs"],
+            "baseline_accuracy": result["baseline_accuracy"],
+            "accuracy": result["accuracy"],
+            "flops_reduction": 1.0 - result["macs"] / result["baseline_macs"],
+            "macs": result["macs"],
+            "baseline_macs": result["baseline_macs"],
+            "tflite_baseline_ms": result["tflite_baseline_ms"],
+            "tflite_ms": result["tflite_ms"],
+            "tflite_speedup": result["tflite_baseline_ms"] / result["tflite_ms"] if timed else None,
+            "train_seconds": result["train_seconds"],
+            "seed": result["config"]["seed"],
+        })
+    return rows
+
+
 def _baseline_root():
     """The folder holding the dense baseline: --baseline_dir, or --output_dir."""
     return FLAGS.baseline_dir or FLAGS.output_dir
@@ -415,7 +507,25 @@ def markdown_table(rows):
     return "\n".join(lines) + "\n"
 
 
-def plots(rows, prefix):
+def static_markdown_table(static_rows):
+    lines = [
+        "| control | epochs | baseline top-1 | top-1 | drop (pt) | FLOPs red. | .tflite baseline / control ms "
+        "| speed-up | train min |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in static_rows:
+        speed, speedup = ("n/a", "n/a") if row["tflite_speedup"] is None else (
+            f"{row['tflite_baseline_ms']:.2f} / {row['tflite_ms']:.2f}", f"{row['tflite_speedup']:.2f}x")
+        minutes = "n/a" if row["train_seconds"] is None else f"{row['train_seconds'] / 60:.1f}"
+        lines.append(
+            f"| dense x{row['alpha']:g} from scratch | {row['epochs']} | {_pct(row['baseline_accuracy'])} "
+            f"| {_pct(row['accuracy'])} | {100 * (row['baseline_accuracy'] - row['accuracy']):+.1f} "
+            f"| {_percent(row['flops_reduction'])} | {speed} | {speedup} | {minutes} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(rows, prefix, static_rows=()):
     """Writes the three PNG plots as `<prefix>_<plot>.png`; returns their paths."""
     import matplotlib
     import numpy as np
@@ -435,6 +545,13 @@ def plots(rows, prefix):
         ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker=marker, label=name)
         for red, acc, r in pts:
             ax.annotate(f"r={r:g}", (100 * red, 100 * acc), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if static_rows:
+        pts = sorted((r["flops_reduction"], r["accuracy"], r["alpha"]) for r in static_rows)
+        ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker="^", ls="--", color="gray",
+                label=f"dense, narrower, {static_rows[0]['epochs']} epochs from scratch")
+        for red, acc, alpha in pts:
+            ax.annotate(f"x{alpha:g}", (100 * red, 100 * acc), textcoords="offset points", xytext=(4, -10),
+                        fontsize=8, color="gray")
     estimates = sorted({(r["threshold"], r["estimated_flops_reduction"]) for r, _ in rows})
     for threshold, estimate in estimates:
         ax.axvline(100 * estimate, color="gray", lw=0.8, ls=":")
@@ -516,17 +633,20 @@ def report():
     if not rows:
         print("No finished runs yet.")
         return
+    static_rows = collect_static()
     folder = os.path.dirname(FLAGS.results) or "."
     os.makedirs(folder, exist_ok=True)
     with open(FLAGS.results, "w") as file:
-        json.dump({"rows": [row for row, _ in rows]}, file, indent=1)
+        json.dump({"rows": [row for row, _ in rows], "static_rows": static_rows}, file, indent=1)
     table = markdown_table(rows)
+    if static_rows:
+        table += "\n" + static_markdown_table(static_rows)
     stem = os.path.splitext(FLAGS.results)[0]  # the table and plots are named after the results file
     with open(stem + ".md", "w") as file:
         file.write(table)
     print(table)
     try:
-        paths = plots(rows, stem)
+        paths = plots(rows, stem, static_rows)
         print("Plots:", ", ".join(paths))
     except ImportError:
         print("matplotlib is not installed: no plots (pip install -e .[test]).")

@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+import ftwt_keras as fk
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "cifar_cpu.py")
 
@@ -25,7 +27,7 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     args = [f"--output_dir={tmp_path / 'runs'}", f"--results={results}", "--baseline_epochs=1", "--epochs=1",
             "--train_take=256", "--test_take=64", "--thresholds=0.9", "--joint_thresholds=0.9",
             "--joint_gradient_scale=0.5",
-            "--warmup_steps=1", "--tflite_images=4"]
+            "--warmup_steps=1", "--tflite_images=4", "--static_alphas=0.2"]
     first = _run(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     rows = json.loads(results.read_text())["rows"]
@@ -54,6 +56,16 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert np.all(analysis["macs_clean"] <= analysis["dense_macs"] * 1.5)
     table = results.with_suffix(".md").read_text()
     assert table.count("\n| 0.9 |") == 2
+    # The static-width control: a dense x0.2 trained from scratch for baseline + FTWT epochs.
+    (static,) = json.loads(results.read_text())["static_rows"]
+    assert (static["alpha"], static["epochs"], static["seed"]) == (0.2, 2, 0)
+    assert static["baseline_accuracy"] == pytest.approx(rows[0]["baseline_accuracy"])
+    macs = {alpha: fk.flops.count_macs(fk.models.mobilenet_v1(alpha=alpha)) for alpha in (0.2, 0.25)}
+    assert (static["macs"], static["baseline_macs"]) == (macs[0.2], macs[0.25])
+    assert static["flops_reduction"] == pytest.approx(1 - macs[0.2] / macs[0.25])
+    assert static["tflite_speedup"] == pytest.approx(static["tflite_baseline_ms"] / static["tflite_ms"])
+    assert 0.0 <= static["accuracy"] <= 1.0 and static["train_seconds"] > 0
+    assert "| dense x0.2 from scratch | 2 |" in table
     pytest.importorskip("matplotlib")
     for name in ("accuracy_vs_flops", "layer_keep", "per_image_flops"):
         assert (results.parent / f"cifar10_cpu_{name}.png").stat().st_size > 1000
@@ -61,7 +73,8 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     # A second run trains nothing: every stage is found finished.
     again = _run(*args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("already done") >= 3  # the baseline, and both FTWT runs
+    assert again.stderr.count("already done") >= 4  # the baseline, both FTWT runs and the static control
+    assert "Static x0.2 control: already done" in again.stderr
     assert "Epoch 1/" not in again.stdout + again.stderr
 
     # A finished run is never silently reused under other settings.
