@@ -455,7 +455,7 @@ def collect_static():
             "train_seconds": result["train_seconds"],
             "seed": result["config"]["seed"],
         })
-    return rows
+    return sorted(rows, key=lambda row: -row["alpha"])  # widest first, as the FTWT rows go from r = 1
 
 
 def _baseline_root():
@@ -550,7 +550,7 @@ def plots(rows, prefix, static_rows=()):
         ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker="^", ls="--", color="gray",
                 label=f"dense, narrower, {static_rows[0]['epochs']} epochs from scratch")
         for red, acc, alpha in pts:
-            ax.annotate(f"x{alpha:g}", (100 * red, 100 * acc), textcoords="offset points", xytext=(4, -10),
+            ax.annotate(f"x{alpha:g}", (100 * red, 100 * acc), textcoords="offset points", xytext=(4, 8),
                         fontsize=8, color="gray")
     estimates = sorted({(r["threshold"], r["estimated_flops_reduction"]) for r, _ in rows})
     for threshold, estimate in estimates:
