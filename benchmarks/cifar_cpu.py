@@ -548,7 +548,7 @@ def plots(rows, prefix, static_rows=()):
     if static_rows:
         pts = sorted((r["flops_reduction"], r["accuracy"], r["alpha"]) for r in static_rows)
         ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker="^", ls="--", color="gray",
-                label=f"dense, narrower, {static_rows[0]['epochs']} epochs from scratch")
+                label=f"dense MobileNetV1 of other widths, {static_rows[0]['epochs']} epochs from scratch")
         for red, acc, alpha in pts:
             ax.annotate(f"x{alpha:g}", (100 * red, 100 * acc), textcoords="offset points", xytext=(4, 8),
                         fontsize=8, color="gray")
