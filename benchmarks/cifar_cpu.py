@@ -90,7 +90,26 @@ def run_name(threshold, mode, scale=1.0):
 
 
 def static_run_name(alpha):
-    return f"static_x{float(alpha):g}"
+    return f"static_x{alpha:g}"
+
+
+def _static_alphas():
+    """--static_alphas as positive floats.
+
+    Raises:
+        app.UsageError: a value is not a positive number (checked before any training starts).
+    """
+    alphas = []
+    for text in FLAGS.static_alphas:
+        try:
+            alpha = float(text)
+        except ValueError:
+            alpha = 0.0
+        if not alpha > 0:
+            raise app.UsageError(
+                f"--static_alphas takes positive width multipliers (e.g. 0.25,0.19,0.16); got {text!r}.")
+        alphas.append(alpha)
+    return alphas
 
 
 def _runs():
@@ -284,9 +303,18 @@ def time_tflite(model, images):
         "dynamic": tflite.convert(model, policy="auto", calibration_images=calibration),
     }
     logging.info("Timing dense and dynamic .tflite on %d test images", len(images))
+    median_ms = _median_ms_side_by_side(flatbuffers, images)
+    return {"tflite_dense_ms": np.array(median_ms["dense"]), "tflite_dynamic_ms": np.array(median_ms["dynamic"])}
+
+
+def _median_ms_side_by_side(flatbuffers, images):
+    """{name: median ms per invoke} of `.tflite` flatbuffers timed alternating image by image, 1 thread."""
+    import numpy as np
+
+    from ftwt_keras.export import tflite
+
     times = tflite.time_side_by_side(flatbuffers, images, num_threads=1, warmup=20)
-    dense_ms, dynamic_ms = (1e3 * float(np.median(times[k])) for k in ("dense", "dynamic"))
-    return {"tflite_dense_ms": np.array(dense_ms), "tflite_dynamic_ms": np.array(dynamic_ms)}
+    return {name: 1e3 * float(np.median(times[name])) for name in flatbuffers}
 
 
 def analyze_static(model, baseline, run_dir, config, train_seconds):
@@ -315,9 +343,8 @@ def analyze_static(model, baseline, run_dir, config, train_seconds):
                        for name, network in (("baseline", baseline), ("static", model))}
         logging.info("Timing the baseline's and the x%g control's .tflite on %d test images", config["alpha"],
                      FLAGS.tflite_images)
-        times = tflite.time_side_by_side(flatbuffers, images[: FLAGS.tflite_images], num_threads=1, warmup=20)
-        out["tflite_baseline_ms"], out["tflite_ms"] = (
-            1e3 * float(np.median(times[k])) for k in ("baseline", "static"))
+        median_ms = _median_ms_side_by_side(flatbuffers, images[: FLAGS.tflite_images])
+        out["tflite_baseline_ms"], out["tflite_ms"] = median_ms["baseline"], median_ms["static"]
     with open(os.path.join(run_dir, STATIC_FILE), "w") as file:
         json.dump(out, file, indent=1)
     return out
@@ -355,15 +382,15 @@ def train_all():
             continue
         baseline = baseline or keras.saving.load_model(baseline_path)
         analyze(keras.saving.load_model(os.path.join(run_dir, "model.keras")), baseline, run_dir)
-    for alpha in FLAGS.static_alphas:
+    for alpha in _static_alphas():
         run_dir = os.path.join(root, static_run_name(alpha))
         # The same epochs in all as every FTWT model (baseline + FTWT), from scratch, one LR schedule.
-        config = _config(run_dir, alpha=float(alpha), baseline_epochs=FLAGS.baseline_epochs + FLAGS.epochs)
+        config = _config(run_dir, alpha=alpha, baseline_epochs=FLAGS.baseline_epochs + FLAGS.epochs)
         if os.path.exists(os.path.join(run_dir, STATIC_FILE)):
             check_finished_run(run_dir, config, STATIC_FILE)
-            logging.info("Static x%g control: already done (%s)", float(alpha), run_dir)
+            logging.info("Static x%g control: already done (%s)", alpha, run_dir)
             continue
-        logging.info("Static control: dense MobileNetV1 x%g from scratch, %d epochs", float(alpha),
+        logging.info("Static control: dense MobileNetV1 x%g from scratch, %d epochs", alpha,
                      config["baseline_epochs"])
         keras.utils.set_random_seed(FLAGS.seed)  # independent of how many runs came before it
         train, test, _ = common._datasets(config)
@@ -434,7 +461,7 @@ def collect():
 def collect_static():
     """Rows for every finished static-width control."""
     rows = []
-    for alpha in FLAGS.static_alphas:
+    for alpha in _static_alphas():
         path = os.path.join(FLAGS.output_dir, static_run_name(alpha), STATIC_FILE)
         if not os.path.exists(path):
             continue
@@ -658,6 +685,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.baseline_dir and FLAGS.baseline_model:
         raise app.UsageError("Pass --baseline_dir or --baseline_model, not both: they name the same baseline.")
+    _static_alphas()  # a bad width fails here, not after the FTWT runs have trained
     if not FLAGS.analyze_only:
         start = time.time()
         train_all()

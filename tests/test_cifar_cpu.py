@@ -123,6 +123,9 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert nowhere.returncode != 0 and "missing.keras does not exist" in nowhere.stderr
     both = _run(*from_model, f"--baseline_dir={tmp_path / 'runs'}")
     assert both.returncode != 0 and "Pass --baseline_dir or --baseline_model, not both" in both.stderr
+    bad_width = _run(*from_model, "--static_alphas=0.2,wide")
+    assert bad_width.returncode != 0 and "positive width multipliers" in bad_width.stderr
+    assert "Epoch 1/" not in bad_width.stdout + bad_width.stderr  # refused before any training
 
 
 def _cifar_cpu():
