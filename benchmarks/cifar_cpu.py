@@ -12,7 +12,9 @@ One dense baseline (MobileNetV1, width --alpha), then FTWT from it for each
 mode. For every run: top-1 on the full test set, the FLOPs reduction measured
 with `ftwt_keras.flops` on it, the reduction `estimate_flops_reduction`
 predicts from the baseline before FTWT training, gate accuracy, training
-time, per-layer keep ratios, per-image MACs on clean and on shifted
+time, per-layer keep ratios, which filters fire on every test image, on
+none (a static pruning's share of the reduction) or on some only, per-image
+MACs on clean and on shifted
 (noisy, blurred) test images and on the images the dense baseline gets right
 vs wrong, and the measured .tflite speed-up vs dense
 (LiteRT, XNNPACK, 1 thread, batch 1, --tflite_images real test images).
@@ -23,7 +25,8 @@ network with the MACs FTWT reaches), with their top-1, MACs and .tflite
 time beside the baseline's.
 
 Every stage is resumable: re-running the same command skips finished runs
-and resumes an interrupted one at its last epoch. Outputs:
+and resumes an interrupted one at its last epoch; a finished run analyzed
+before a measurement was added gets only that measurement. Outputs:
 `--output_dir/<run>/` (models, histories, TensorBoard logs, analysis.npz),
 `--results` (JSON rows, fractions in 0..1), and beside it, named after it, a
 Markdown table and PNG plots (needs matplotlib: `pip install -e .[test]`).
@@ -222,33 +225,65 @@ def shifted_images(images, kind, noise_std=25.0, blur_sigma=1.0):
     return tf.nn.conv2d(padded, kernel.astype("float32"), 1, "VALID").numpy()
 
 
-def analyze(model, baseline, run_dir):
-    """Per-run measurements beyond the recipe's results.json, saved to ANALYSIS_FILE."""
+def analyze(model, load_baseline, run_dir):
+    """Per-run measurements beyond the recipe's results.json, saved to ANALYSIS_FILE.
+
+    `load_baseline()` returns the dense baseline (called only if it is needed).
+
+    An existing file is completed, not redone: only the measurements it lacks
+    are made, so runs analyzed before a measurement existed gain it with their
+    .tflite timings kept.
+    """
     import numpy as np
 
     import ftwt_keras as fk
     from ftwt_keras import data
 
+    path = os.path.join(run_dir, ANALYSIS_FILE)
+    out = dict(np.load(path)) if os.path.exists(path) else {}
     images, labels = data.cifar_arrays("cifar10", "test", take=FLAGS.test_take)
-    ratios = fk.flops.keep_ratios(model, images, batch_size=500)
-    out = {"names": np.array(list(ratios)), "layer_keep": np.array(list(ratios.values()))}
     dense = fk.flops.count_macs(model)
     out["dense_macs"] = np.array(dense)
-    for kind in ("clean", "noise", "blur"):
-        shifted = images if kind == "clean" else shifted_images(images, kind, FLAGS.noise_std, FLAGS.blur_sigma)
-        out[f"macs_{kind}"] = fk.flops.dynamic_macs(model, shifted, batch_size=250)
-        logits = model.predict(shifted, batch_size=250, verbose=0)
-        out[f"accuracy_{kind}"] = np.array(np.mean(np.argmax(logits, -1) == labels))
-        base_logits = baseline.predict(shifted, batch_size=250, verbose=0)
-        out[f"baseline_accuracy_{kind}"] = np.array(np.mean(np.argmax(base_logits, -1) == labels))
-        if kind == "clean":  # per image: right or wrong (both models), and the dense model's confidence
-            out["correct_clean"] = np.argmax(logits, -1) == labels
-            out["baseline_correct_clean"] = np.argmax(base_logits, -1) == labels
-            out["baseline_confidence_clean"] = _softmax_max(base_logits)
-    if FLAGS.tflite_images:
+    if "filter_firing" not in out:
+        rates = fk.flops.firing_rates(model, images, batch_size=500)
+        out["names"] = np.array(list(rates))
+        out["layer_keep"] = np.array([r.mean() for r in rates.values()])
+        out["filter_widths"] = np.array([len(r) for r in rates.values()])
+        out["filter_firing"] = np.concatenate(list(rates.values()))
+        # The network with the filters that fired on no test image removed, every other one computed for
+        # every image and no predictor run: what a static pruning would keep of FTWT's savings.
+        never_on = {name: (r > 0).astype("float32")[None] for name, r in rates.items()}
+        with_predictors = float(fk.flops.executed_macs(fk.flops.mac_terms(model), never_on)[0])
+        predictors = fk.flops.count_macs(model, include_predictors=True) - dense
+        out["static_macs"] = np.array(with_predictors - predictors)
+    if "baseline_correct_clean" not in out:
+        for kind in ("clean", "noise", "blur"):
+            shifted = images if kind == "clean" else shifted_images(images, kind, FLAGS.noise_std, FLAGS.blur_sigma)
+            out[f"macs_{kind}"] = fk.flops.dynamic_macs(model, shifted, batch_size=250)
+            logits = model.predict(shifted, batch_size=250, verbose=0)
+            out[f"accuracy_{kind}"] = np.array(np.mean(np.argmax(logits, -1) == labels))
+            base_logits = load_baseline().predict(shifted, batch_size=250, verbose=0)
+            out[f"baseline_accuracy_{kind}"] = np.array(np.mean(np.argmax(base_logits, -1) == labels))
+            if kind == "clean":  # per image: right or wrong (both models), and the dense model's confidence
+                out["correct_clean"] = np.argmax(logits, -1) == labels
+                out["baseline_correct_clean"] = np.argmax(base_logits, -1) == labels
+                out["baseline_confidence_clean"] = _softmax_max(base_logits)
+    if FLAGS.tflite_images and "tflite_dense_ms" not in out:
         out.update(time_tflite(model, images[: FLAGS.tflite_images]))
-    np.savez(os.path.join(run_dir, ANALYSIS_FILE), **out)
+    np.savez(path, **out)
     return out
+
+
+def analysis_is_complete(run_dir):
+    """Whether `analyze` has made every measurement for this run (see its docstring)."""
+    import numpy as np
+
+    path = os.path.join(run_dir, ANALYSIS_FILE)
+    if not os.path.exists(path):
+        return False
+    with np.load(path) as analysis:
+        needed = {"filter_firing", "baseline_correct_clean"} | ({"tflite_dense_ms"} if FLAGS.tflite_images else set())
+        return needed <= set(analysis.files)
 
 
 def _softmax_max(logits):
@@ -287,6 +322,37 @@ def cost_by_difficulty(macs, dense_macs, baseline_correct, baseline_confidence):
         "flops_reduction_baseline_right": reduction(baseline_correct),
         "flops_reduction_baseline_wrong": reduction(~baseline_correct),
         "macs_confidence_correlation": float(np.sum(a * b)) / norm if norm > 0 else None,
+    }
+
+
+def _decided_by_image(firing):
+    """Filters on for 10-90% of the images: the image decides, not a rare flip."""
+    return (firing >= 0.1) & (firing <= 0.9)
+
+
+def how_dynamic(analysis):
+    """How much of a run's pruning depends on the image, from its analysis (None for older analyses).
+
+    Fractions of all gated filters that fired on no test image, on every one,
+    on some only, and on 10-90% of them (decided by the image, not just
+    rarely flipped); and `static_flops_reduction`, what removing the filters
+    that never fired saves with every other filter computed for every image
+    and no predictor run: the part of the reduction a static pruning of this
+    network would give (`flops_reduction` charges the predictors).
+    """
+    import numpy as np
+
+    if "filter_firing" not in analysis:
+        return dict.fromkeys(("filters_never_on", "filters_always_on", "filters_varying", "filters_on_10_to_90_percent",
+                              "static_flops_reduction"))
+    firing = np.asarray(analysis["filter_firing"])
+    never, always = float(np.mean(firing == 0)), float(np.mean(firing == 1))
+    return {
+        "filters_never_on": never,
+        "filters_always_on": always,
+        "filters_varying": 1.0 - never - always,
+        "filters_on_10_to_90_percent": float(np.mean(_decided_by_image(firing))),
+        "static_flops_reduction": 1.0 - float(analysis["static_macs"]) / float(analysis["dense_macs"]),
     }
 
 
@@ -359,9 +425,15 @@ def train_all():
     os.makedirs(root, exist_ok=True)
     keras.utils.set_random_seed(FLAGS.seed)
     baseline_path = FLAGS.baseline_model or os.path.join(_baseline_root(), "baseline.keras")
-    baseline = None  # the dense model the analyses compare with, loaded once
+    loaded = []  # the dense model the analyses compare with, loaded once, when first needed
+
+    def load_baseline():
+        if not loaded:
+            loaded.append(keras.saving.load_model(baseline_path))
+        return loaded[0]
+
     if FLAGS.baseline_dir or FLAGS.baseline_model:
-        baseline = load_reused_baseline(baseline_path)
+        loaded.append(load_reused_baseline(baseline_path))
         logging.info("Stage 1: reusing the dense baseline %s", baseline_path)
     else:
         baseline_config = _config(root)
@@ -378,10 +450,9 @@ def train_all():
             logging.info("FTWT at r=%g, %s mode%s", threshold, mode,
                          f", joint gradient scale {scale:g}" if mode == "joint" else "")
             common.run(config)
-        if os.path.exists(os.path.join(run_dir, ANALYSIS_FILE)):
+        if analysis_is_complete(run_dir):
             continue
-        baseline = baseline or keras.saving.load_model(baseline_path)
-        analyze(keras.saving.load_model(os.path.join(run_dir, "model.keras")), baseline, run_dir)
+        analyze(keras.saving.load_model(os.path.join(run_dir, "model.keras")), load_baseline, run_dir)
     for alpha in _static_alphas():
         run_dir = os.path.join(root, static_run_name(alpha))
         # The same epochs in all as every FTWT model (baseline + FTWT), from scratch, one LR schedule.
@@ -395,8 +466,7 @@ def train_all():
         keras.utils.set_random_seed(FLAGS.seed)  # independent of how many runs came before it
         train, test, _ = common._datasets(config)
         model, seconds = common.train_baseline(config, train, test)
-        baseline = baseline or keras.saving.load_model(baseline_path)
-        analyze_static(model, baseline, run_dir, config, seconds)
+        analyze_static(model, load_baseline(), run_dir, config, seconds)
 
 
 def collect():
@@ -447,6 +517,7 @@ def collect():
         }
         row.update(dict.fromkeys(("flops_reduction_baseline_right", "flops_reduction_baseline_wrong",
                                   "macs_confidence_correlation")))  # None for runs analyzed before these
+        row.update(how_dynamic(analysis))
         if "baseline_correct_clean" in analysis:
             row.update(cost_by_difficulty(analysis["macs_clean"], dense, analysis["baseline_correct_clean"],
                                           analysis["baseline_confidence_clean"]))
@@ -510,8 +581,9 @@ def markdown_table(rows):
     lines = [
         "| r | mode | baseline top-1 | FTWT top-1 | drop (pt) | FLOPs red. | estimate | final targets | gate acc. "
         "| FLOPs red. noisy / blurred | FLOPs red. where the baseline is right / wrong (rank corr. with its "
-        "confidence) | .tflite dense / dynamic ms | speed-up (ideal) | FTWT train min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "confidence) | filters off / on for every test image (their static reduction) "
+        "| .tflite dense / dynamic ms | speed-up (ideal) | FTWT train min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, _ in rows:
         speed = "n/a" if row["tflite_speedup"] is None else (
@@ -521,6 +593,9 @@ def markdown_table(rows):
         difficulty = (f"{_percent(row['flops_reduction_baseline_right'])} / "
                       f"{_percent(row['flops_reduction_baseline_wrong'])}"
                       + ("" if correlation is None else f" ({correlation:+.2f})"))
+        fixed = "n/a" if row["static_flops_reduction"] is None else (
+            f"{_percent(row['filters_never_on'])} / {_percent(row['filters_always_on'])} "
+            f"({_percent(row['static_flops_reduction'])})")
         lines.append(
             f"| {row['threshold']:g} | {_mode(row)} "
             f"| {_pct(row['baseline_accuracy'])} | {_pct(row['accuracy'])} "
@@ -528,7 +603,7 @@ def markdown_table(rows):
             f"| {_percent(row['estimated_flops_reduction'])} | {_percent(row['target_flops_reduction'])} "
             f"| {_pct(row['gate_accuracy'])} "
             f"| {_percent(row['flops_reduction_noise'])} / {_percent(row['flops_reduction_blur'])} "
-            f"| {difficulty} | {speed} "
+            f"| {difficulty} | {fixed} | {speed} "
             f"| {speedup} ({row['ideal_speedup']:.2f}x) | {row['ftwt_train_seconds'] / 60:.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -591,13 +666,22 @@ def plots(rows, prefix, static_rows=()):
     ax.legend(fontsize=8)
     paths.append(_save(fig, f"{prefix}_accuracy_vs_flops.png"))
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for row, analysis in rows:
-        ax.plot(100 * analysis["layer_keep"], marker=".", label=_label(row))
-    ax.set_xlabel("gated layer (input to output; MobileNetV1: stem, then depthwise / pointwise pairs)")
+    firing = [(index, analysis) for index, (_, analysis) in enumerate(rows) if "filter_firing" in analysis]
+    fig, axes = plt.subplots(2 if firing else 1, 1, figsize=(7, 7.5 if firing else 4.2), sharex=True, squeeze=False)
+    ax = axes[0, 0]
+    for index, (row, analysis) in enumerate(rows):
+        ax.plot(100 * analysis["layer_keep"], marker=".", color=f"C{index}", label=_label(row))
     ax.set_ylabel("filters kept, mean over test images (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if firing:  # which filters the image decides, layer by layer
+        ax = axes[1, 0]
+        for index, analysis in firing:  # each run in its colour of the upper panel
+            per_layer = np.split(analysis["filter_firing"], np.cumsum(analysis["filter_widths"])[:-1])
+            ax.plot([100 * np.mean(_decided_by_image(r)) for r in per_layer], marker=".", color=f"C{index}")
+        ax.set_ylabel("filters on for 10-90%\nof the test images (%)")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("gated layer (input to output; MobileNetV1: stem, then depthwise / pointwise pairs)")
     paths.append(_save(fig, f"{prefix}_layer_keep.png"))
 
     middle_row, middle = _middle_run(rows)  # the shift and difficulty panels show one run

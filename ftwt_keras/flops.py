@@ -274,6 +274,42 @@ def gate_masks_of(model, images, training=False):
     return {name: record.mask for name, record in recorder.by_layer_name().items()}
 
 
+def firing_rates(model, images, batch_size=128):
+    """Fraction of the images on which each filter of each gated layer fires.
+
+    A rate of 0 marks a filter its gate never kept on these images (pruned as
+    if statically), 1 one it always kept; only the filters in between make the
+    network's cost depend on the image.
+
+    Args:
+        model: an `FTWTModel`.
+        images: array `(N, H, W, C)` or an iterable of batches (as `dynamic_macs`).
+        batch_size: used when `images` is an array.
+
+    Returns:
+        `{gated layer name: np.ndarray of shape (filters,)}` in `[0, 1]`, in
+        the model's layer order.
+
+    Example:
+
+    >>> import numpy as np, ftwt_keras as fk
+    >>> model = fk.gate(fk.models.resnet_cifar(depth=20))
+    >>> rates = fk.flops.firing_rates(model, np.zeros((2, 32, 32, 3), "float32"))
+    >>> rates["stage1_block1_conv1"].shape
+    (16,)
+    """
+    fired, images_seen = {}, 0
+    for batch in image_batches(images, batch_size):
+        for name, mask in gate_masks_of(model, batch).items():
+            mask = np.asarray(ops.convert_to_numpy(mask), np.float64)
+            fired[name] = fired.get(name, 0.0) + mask.sum(axis=0)
+        images_seen += int(batch.shape[0])
+    if not images_seen:
+        raise ValueError("`images` is empty: at least one image is needed to see which filters fire.")
+    order = [layer.name for layer in _network(model).layers if layer.name in fired]
+    return {name: fired[name] / images_seen for name in order}
+
+
 def keep_ratios(model, images, batch_size=128):
     """Fraction of each gated layer's filters that its gate keeps, averaged over images.
 
@@ -283,7 +319,8 @@ def keep_ratios(model, images, batch_size=128):
         batch_size: used when `images` is an array.
 
     Returns:
-        `{gated layer name: float in [0, 1]}`, in the model's layer order.
+        `{gated layer name: float in [0, 1]}`, in the model's layer order: the
+        mean of the layer's `firing_rates`.
 
     Example:
 
@@ -293,16 +330,7 @@ def keep_ratios(model, images, batch_size=128):
     >>> len(ratios), all(0.0 <= r <= 1.0 for r in ratios.values())
     (19, True)
     """
-    kept, images_seen = {}, 0
-    for batch in image_batches(images, batch_size):
-        for name, mask in gate_masks_of(model, batch).items():
-            mask = np.asarray(ops.convert_to_numpy(mask), np.float64)
-            kept[name] = kept.get(name, 0.0) + mask.mean(axis=1).sum()
-        images_seen += int(batch.shape[0])
-    if not images_seen:
-        raise ValueError("`images` is empty: keep_ratios needs at least one image.")
-    order = [layer.name for layer in _network(model).layers if layer.name in kept]
-    return {name: kept[name] / images_seen for name in order}
+    return {name: float(rates.mean()) for name, rates in firing_rates(model, images, batch_size).items()}
 
 
 def image_batches(images, batch_size):
@@ -353,6 +381,7 @@ __all__ = [
     "executed_macs",
     "dynamic_macs",
     "gate_masks_of",
+    "firing_rates",
     "image_batches",
     "keep_ratios",
 ]

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -54,8 +55,24 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     for key, value in expected.items():
         assert rows[0][key] == pytest.approx(value), key
     assert np.all(analysis["macs_clean"] <= analysis["dense_macs"] * 1.5)
+    # Which filters the image decides: per-filter firing rates, whose layer means are the keep ratios.
+    firing, widths = analysis["filter_firing"], analysis["filter_widths"]
+    assert firing.shape == (widths.sum(),) and np.all((firing >= 0) & (firing <= 1))
+    np.testing.assert_allclose([r.mean() for r in np.split(firing, np.cumsum(widths)[:-1])], analysis["layer_keep"])
+    model = keras.saving.load_model(tmp_path / "runs" / "r0.9_decoupled" / "model.keras")
+    dense = fk.flops.count_macs(model)
+    predictor_share = fk.flops.count_macs(model, include_predictors=True) / dense - 1.0
+    for row in rows:
+        assert row["filters_never_on"] + row["filters_always_on"] + row["filters_varying"] == pytest.approx(1.0)
+        # Never-firing filters are off in every image's mask, so removing only them saves at most the mean
+        # (plus the predictors, which a static pruning does not run).
+        assert 0.0 <= row["static_flops_reduction"] <= 1.0 - 1.0 / row["ideal_speedup"] + predictor_share + 1e-9
+    assert rows[0]["filters_never_on"] == pytest.approx(np.mean(firing == 0))
+    assert rows[0]["filters_on_10_to_90_percent"] == pytest.approx(np.mean((firing >= 0.1) & (firing <= 0.9)))
+    assert rows[0]["filters_on_10_to_90_percent"] <= rows[0]["filters_varying"]
     table = results.with_suffix(".md").read_text()
     assert table.count("\n| 0.9 |") == 2
+    assert f"| {100 * rows[0]['filters_never_on']:.1f}% / {100 * rows[0]['filters_always_on']:.1f}% (" in table
     # The static-width control: a dense x0.2 trained from scratch for baseline + FTWT epochs.
     (static,) = json.loads(results.read_text())["static_rows"]
     assert (static["alpha"], static["epochs"], static["seed"]) == (0.2, 2, 0)
@@ -70,9 +87,17 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     for name in ("accuracy_vs_flops", "layer_keep", "per_image_flops"):
         assert (results.parent / f"cifar10_cpu_{name}.png").stat().st_size > 1000
 
-    # A second run trains nothing: every stage is found finished.
+    # A second run trains nothing: every stage is found finished. An analysis made before a measurement
+    # existed (here: one without the firing rates) gains it, and keeps the .tflite timing it has.
+    analysis_path = tmp_path / "runs" / "r0.9_decoupled" / "analysis.npz"
+    older = {k: v for k, v in dict(np.load(analysis_path)).items() if k not in ("filter_firing", "static_macs")}
+    older["tflite_dense_ms"] = np.array(123.0)  # a timing no re-measurement would give
+    np.savez(analysis_path, **older)
     again = _run(*args)
     assert again.returncode == 0, again.stderr[-3000:]
+    completed = np.load(analysis_path)
+    assert float(completed["tflite_dense_ms"]) == 123.0
+    np.testing.assert_array_equal(completed["filter_firing"], firing)
     assert again.stderr.count("already done") >= 4  # the baseline, both FTWT runs and the static control
     assert "Static x0.2 control: already done" in again.stderr
     assert "Epoch 1/" not in again.stdout + again.stderr

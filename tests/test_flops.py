@@ -81,6 +81,25 @@ def test_keep_ratios_follow_the_gates(images):
         fk.flops.keep_ratios(model, images[:0])
 
 
+def test_firing_rates_tell_fixed_filters_from_input_dependent_ones():
+    inputs = keras.Input((4, 4, 3))
+    outputs = keras.layers.Conv2D(3, 1, activation="relu")(inputs)
+    model = fk.gate(keras.Model(inputs, outputs), use_softmax=False)
+    layer = model.gated_layers[0]
+    kernel = np.zeros(layer.predictor.kernel.shape, "float32")
+    kernel[..., 0, 0] = 1.0  # filter 0 fires on images whose red channel averages above 0.5
+    layer.predictor.kernel.assign(kernel)
+    layer.predictor.bias.assign(np.array([-0.5, 50.0, -50.0], "float32"))  # filter 1 always, 2 never
+    images = np.zeros((4, 4, 4, 3), "float32")
+    images[:3, ..., 0] = 1.0  # three red images, one black
+    rates = fk.flops.firing_rates(model, images, batch_size=3)  # two batches, uneven
+    assert list(rates) == [layer.name]
+    np.testing.assert_allclose(rates[layer.name], [0.75, 1.0, 0.0])
+    assert fk.flops.keep_ratios(model, images)[layer.name] == pytest.approx(1.75 / 3)
+    with pytest.raises(ValueError, match="empty"):
+        fk.flops.firing_rates(model, images[:0])
+
+
 def _reference_executed_macs(terms, gate_masks):
     """Term by term, as the `MacTerm` docstring states it, in numpy."""
     batch = len(next(iter(gate_masks.values())))
