@@ -270,6 +270,8 @@ def analyze(model, load_baseline, run_dir):
                 out["baseline_confidence_clean"] = _softmax_max(base_logits)
     if FLAGS.tflite_images and "tflite_dense_ms" not in out:
         out.update(time_tflite(model, images[: FLAGS.tflite_images]))
+    if FLAGS.tflite_images and "tflite_logit_error" not in out:  # on every test image, not only the timed ones
+        out.update(tflite_agreement(model, dynamic_flatbuffer(model), images))
     np.savez(path, **out)
     return out
 
@@ -282,7 +284,8 @@ def analysis_is_complete(run_dir):
     if not os.path.exists(path):
         return False
     with np.load(path) as analysis:
-        needed = {"filter_firing", "baseline_correct_clean"} | ({"tflite_dense_ms"} if FLAGS.tflite_images else set())
+        tflite = {"tflite_dense_ms", "tflite_logit_error"} if FLAGS.tflite_images else set()
+        needed = {"filter_firing", "baseline_correct_clean"} | tflite
         return needed <= set(analysis.files)
 
 
@@ -356,18 +359,79 @@ def how_dynamic(analysis):
     }
 
 
-def time_tflite(model, images):
-    """Dense vs dynamic .tflite, 1 thread, alternating image by image."""
-    import numpy as np
-
+def dynamic_flatbuffer(model):
+    """The FTWT model's .tflite as the rows time and check it: policy `auto`, calibrated on 64 training images."""
     from ftwt_keras import data
     from ftwt_keras.export import tflite
 
     calibration = data.cifar_arrays("cifar10", "train[:64]")[0]  # auto's static per-layer choice
-    flatbuffers = {
-        "dense": tflite.convert(model, dynamic=False),
-        "dynamic": tflite.convert(model, policy="auto", calibration_images=calibration),
+    return tflite.convert(model, policy="auto", calibration_images=calibration)
+
+
+def tflite_agreement(model, flatbuffer, images):
+    """Per image: how far the .tflite's logits are from Keras's, and how close its nearest gate is to flipping.
+
+    Returns `tflite_logit_error` (the largest absolute logit difference, as
+    a fraction of the range of Keras's logits over all `images`),
+    `tflite_same_top1`, and `gate_margin`: the smallest |gate logit| of the
+    image in Keras. A gate whose logit is within float32 rounding of 0 may
+    fire in one and not in the other; that image's logits then differ by
+    more than rounding.
+    """
+    import keras
+    import numpy as np
+
+    import ftwt_keras as fk
+    from ftwt_keras.export import tflite
+
+    expected = model.predict(images, batch_size=250, verbose=0)
+    actual = tflite.run(flatbuffer, images)
+    margins = []
+    for batch in fk.flops.image_batches(images, 250):
+        with fk.record_gates() as recorder:
+            model.network(batch, training=False)
+        logits = [np.abs(keras.ops.convert_to_numpy(record.logits)) for record in recorder.records]
+        margins.append(np.concatenate(logits, axis=1).min(axis=1))
+    return {
+        "tflite_logit_error": np.abs(actual - expected).max(axis=1) / float(expected.max() - expected.min()),
+        "tflite_same_top1": actual.argmax(axis=1) == expected.argmax(axis=1),
+        "gate_margin": np.concatenate(margins),
     }
+
+
+def export_agreement(analysis, tolerance=1e-3):
+    """The .tflite against Keras on the test set, from a run's analysis (None for older analyses).
+
+    `tflite_within_tolerance`: fraction of the images whose logits differ by at
+    most `tolerance` of the logit range (the edge issue's bound);
+    `tflite_top1_agreement`; `tflite_max_logit_error`; and
+    `gate_margin_beyond_tolerance`: the largest smallest-|gate logit| among
+    the images beyond it (None if there are none): tiny when only gates at the
+    edge of flipping separate the two.
+    """
+    import numpy as np
+
+    keys = ("tflite_within_tolerance", "tflite_top1_agreement", "tflite_max_logit_error",
+            "gate_margin_beyond_tolerance")
+    if "tflite_logit_error" not in analysis:
+        return dict.fromkeys(keys)
+    error = np.asarray(analysis["tflite_logit_error"])
+    beyond = error > tolerance
+    return dict(zip(keys, (
+        float(np.mean(~beyond)),
+        float(np.mean(analysis["tflite_same_top1"])),
+        float(error.max()),
+        float(np.max(analysis["gate_margin"][beyond])) if beyond.any() else None,
+    )))
+
+
+def time_tflite(model, images):
+    """Dense vs dynamic .tflite, 1 thread, alternating image by image."""
+    import numpy as np
+
+    from ftwt_keras.export import tflite
+
+    flatbuffers = {"dense": tflite.convert(model, dynamic=False), "dynamic": dynamic_flatbuffer(model)}
     logging.info("Timing dense and dynamic .tflite on %d test images", len(images))
     median_ms = _median_ms_side_by_side(flatbuffers, images)
     return {"tflite_dense_ms": np.array(median_ms["dense"]), "tflite_dynamic_ms": np.array(median_ms["dynamic"])}
@@ -518,6 +582,7 @@ def collect():
         row.update(dict.fromkeys(("flops_reduction_baseline_right", "flops_reduction_baseline_wrong",
                                   "macs_confidence_correlation")))  # None for runs analyzed before these
         row.update(how_dynamic(analysis))
+        row.update(export_agreement(analysis))
         if "baseline_correct_clean" in analysis:
             row.update(cost_by_difficulty(analysis["macs_clean"], dense, analysis["baseline_correct_clean"],
                                           analysis["baseline_confidence_clean"]))
@@ -582,8 +647,9 @@ def markdown_table(rows):
         "| r | mode | baseline top-1 | FTWT top-1 | drop (pt) | FLOPs red. | estimate | final targets | gate acc. "
         "| FLOPs red. noisy / blurred | FLOPs red. where the baseline is right / wrong (rank corr. with its "
         "confidence) | filters off / on for every test image (their static reduction) "
-        "| .tflite dense / dynamic ms | speed-up (ideal) | FTWT train min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| .tflite = Keras: logits within 1e-3 / same top-1 | .tflite dense / dynamic ms | speed-up (ideal) "
+        "| FTWT train min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, _ in rows:
         speed = "n/a" if row["tflite_speedup"] is None else (
@@ -596,6 +662,8 @@ def markdown_table(rows):
         fixed = "n/a" if row["static_flops_reduction"] is None else (
             f"{_percent(row['filters_never_on'])} / {_percent(row['filters_always_on'])} "
             f"({_percent(row['static_flops_reduction'])})")
+        agreement = "n/a" if row["tflite_within_tolerance"] is None else (
+            f"{100 * row['tflite_within_tolerance']:.2f}% / {100 * row['tflite_top1_agreement']:.2f}%")
         lines.append(
             f"| {row['threshold']:g} | {_mode(row)} "
             f"| {_pct(row['baseline_accuracy'])} | {_pct(row['accuracy'])} "
@@ -603,7 +671,7 @@ def markdown_table(rows):
             f"| {_percent(row['estimated_flops_reduction'])} | {_percent(row['target_flops_reduction'])} "
             f"| {_pct(row['gate_accuracy'])} "
             f"| {_percent(row['flops_reduction_noise'])} / {_percent(row['flops_reduction_blur'])} "
-            f"| {difficulty} | {fixed} | {speed} "
+            f"| {difficulty} | {fixed} | {agreement} | {speed} "
             f"| {speedup} ({row['ideal_speedup']:.2f}x) | {row['ftwt_train_seconds'] / 60:.1f} |"
         )
     return "\n".join(lines) + "\n"

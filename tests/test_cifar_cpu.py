@@ -70,6 +70,14 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert rows[0]["filters_never_on"] == pytest.approx(np.mean(firing == 0))
     assert rows[0]["filters_on_10_to_90_percent"] == pytest.approx(np.mean((firing >= 0.1) & (firing <= 0.9)))
     assert rows[0]["filters_on_10_to_90_percent"] <= rows[0]["filters_varying"]
+    # The .tflite against Keras on every test image (the edge issue's bound, 1e-3 of the logit range).
+    error, margin = analysis["tflite_logit_error"], analysis["gate_margin"]
+    assert error.shape == margin.shape == analysis["tflite_same_top1"].shape == (64,)
+    assert rows[0]["tflite_within_tolerance"] == pytest.approx(np.mean(error <= 1e-3))
+    assert rows[0]["tflite_top1_agreement"] >= 0.95 and rows[0]["tflite_max_logit_error"] == pytest.approx(error.max())
+    assert np.all(margin >= 0)
+    beyond = error > 1e-3
+    assert rows[0]["gate_margin_beyond_tolerance"] == (pytest.approx(margin[beyond].max()) if beyond.any() else None)
     table = results.with_suffix(".md").read_text()
     assert table.count("\n| 0.9 |") == 2
     assert f"| {100 * rows[0]['filters_never_on']:.1f}% / {100 * rows[0]['filters_always_on']:.1f}% (" in table
