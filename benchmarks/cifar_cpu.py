@@ -241,10 +241,11 @@ def analyze(model, load_baseline, run_dir):
 
     path = os.path.join(run_dir, ANALYSIS_FILE)
     out = dict(np.load(path)) if os.path.exists(path) else {}
+    missing = _missing_measurements(out)
     images, labels = data.cifar_arrays("cifar10", "test", take=FLAGS.test_take)
     dense = fk.flops.count_macs(model)
     out["dense_macs"] = np.array(dense)
-    if "filter_firing" not in out:
+    if "firing" in missing:
         rates = fk.flops.firing_rates(model, images, batch_size=500)
         out["names"] = np.array(list(rates))
         out["layer_keep"] = np.array([r.mean() for r in rates.values()])
@@ -256,7 +257,7 @@ def analyze(model, load_baseline, run_dir):
         with_predictors = float(fk.flops.executed_macs(fk.flops.mac_terms(model), never_on)[0])
         predictors = fk.flops.count_macs(model, include_predictors=True) - dense
         out["static_macs"] = np.array(with_predictors - predictors)
-    if "baseline_correct_clean" not in out:
+    if "accuracy" in missing:
         for kind in ("clean", "noise", "blur"):
             shifted = images if kind == "clean" else shifted_images(images, kind, FLAGS.noise_std, FLAGS.blur_sigma)
             out[f"macs_{kind}"] = fk.flops.dynamic_macs(model, shifted, batch_size=250)
@@ -268,12 +269,22 @@ def analyze(model, load_baseline, run_dir):
                 out["correct_clean"] = np.argmax(logits, -1) == labels
                 out["baseline_correct_clean"] = np.argmax(base_logits, -1) == labels
                 out["baseline_confidence_clean"] = _softmax_max(base_logits)
-    if FLAGS.tflite_images and "tflite_dense_ms" not in out:
-        out.update(time_tflite(model, images[: FLAGS.tflite_images]))
-    if FLAGS.tflite_images and "tflite_logit_error" not in out:  # on every test image, not only the timed ones
-        out.update(tflite_agreement(model, dynamic_flatbuffer(model), images))
+    if missing & {"timing", "agreement"}:
+        dynamic = dynamic_flatbuffer(model)  # converted once for both
+        if "timing" in missing:
+            out.update(time_tflite(model, dynamic, images[: FLAGS.tflite_images]))
+        if "agreement" in missing:  # on every test image, not only the timed ones
+            out.update(tflite_agreement(model, dynamic, images))
     np.savez(path, **out)
     return out
+
+
+def _missing_measurements(analysis_keys):
+    """The parts of `analyze` not yet made, each known by a key it writes (the .tflite ones only if timed)."""
+    marks = {"firing": "filter_firing", "accuracy": "baseline_correct_clean"}
+    if FLAGS.tflite_images:
+        marks.update(timing="tflite_dense_ms", agreement="tflite_logit_error")
+    return {part for part, key in marks.items() if key not in analysis_keys}
 
 
 def analysis_is_complete(run_dir):
@@ -284,9 +295,7 @@ def analysis_is_complete(run_dir):
     if not os.path.exists(path):
         return False
     with np.load(path) as analysis:
-        tflite = {"tflite_dense_ms", "tflite_logit_error"} if FLAGS.tflite_images else set()
-        needed = {"filter_firing", "baseline_correct_clean"} | tflite
-        return needed <= set(analysis.files)
+        return not _missing_measurements(analysis.files)
 
 
 def _softmax_max(logits):
@@ -425,13 +434,13 @@ def export_agreement(analysis, tolerance=1e-3):
     )))
 
 
-def time_tflite(model, images):
-    """Dense vs dynamic .tflite, 1 thread, alternating image by image."""
+def time_tflite(model, dynamic, images):
+    """The dense .tflite of `model` vs its dynamic one (`dynamic`), 1 thread, alternating image by image."""
     import numpy as np
 
     from ftwt_keras.export import tflite
 
-    flatbuffers = {"dense": tflite.convert(model, dynamic=False), "dynamic": dynamic_flatbuffer(model)}
+    flatbuffers = {"dense": tflite.convert(model, dynamic=False), "dynamic": dynamic}
     logging.info("Timing dense and dynamic .tflite on %d test images", len(images))
     median_ms = _median_ms_side_by_side(flatbuffers, images)
     return {"tflite_dense_ms": np.array(median_ms["dense"]), "tflite_dynamic_ms": np.array(median_ms["dynamic"])}
