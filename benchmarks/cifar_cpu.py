@@ -55,7 +55,8 @@ flags.DEFINE_string("baseline_model", None,
                     "one, e.g. a longer-trained model; its epochs are recorded as --baseline_epochs says, and "
                     "its training time as unknown.")
 flags.DEFINE_integer("baseline_epochs", 15, "Dense baseline epochs (LR 0.1, x0.1 at 50% and 75%).")
-flags.DEFINE_integer("epochs", 6, "FTWT epochs per run (LR 0.01, x0.1 at 75%); 6 keeps the protocol within 100 min here.")
+flags.DEFINE_integer("epochs", 6, "FTWT epochs per run (--lr, x0.1 at 75%); 6 keeps the protocol within 100 min here.")
+flags.DEFINE_float("lr", 0.01, "Backbone learning rate of the FTWT runs (the paper's 0.01).")
 flags.DEFINE_list("thresholds", ["1.0", "0.9", "0.83"], "Decoupled-mode thresholds r.")
 flags.DEFINE_list("joint_thresholds", ["0.83"], "Joint-mode thresholds r.")
 flags.DEFINE_float("joint_gradient_scale", 0.003,
@@ -147,7 +148,7 @@ def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None, scale=0.
         "num_classes": 10, "train_take": FLAGS.train_take, "test_take": FLAGS.test_take, "baseline": baseline,
         "baseline_epochs": FLAGS.baseline_epochs if baseline_epochs is None else baseline_epochs,
         "baseline_lr": 0.1, "baseline_milestones": ["0.5", "0.75"],
-        "epochs": FLAGS.epochs, "lr": 0.01, "milestones": ["0.75"], "gate_lr": FLAGS.gate_lr,
+        "epochs": FLAGS.epochs, "lr": FLAGS.lr, "milestones": ["0.75"], "gate_lr": FLAGS.gate_lr,
         "gate_loss_weight": 1.0, "joint_gradient_scale": scale,
         "pooling": "avg", "use_softmax": FLAGS.use_softmax, "predictor_rank": FLAGS.predictor_rank,
         "weight_decay": 5e-4, "threshold": threshold, "mode": mode,
@@ -584,6 +585,7 @@ def collect():
             "alpha": FLAGS.alpha,
             "baseline_epochs": results["config"]["baseline_epochs"],
             "epochs": results["config"]["epochs"],
+            "lr": results["config"]["lr"],
             "predictor_rank": results["config"].get("predictor_rank"),
             "cooldown": results["config"]["cooldown"],
             "seed": results["config"]["seed"],
