@@ -82,6 +82,9 @@ flags.DEFINE_list("static_alphas", [],
                   "dense model and narrower networks with about r = 0.9's and 0.83's MACs.")
 flags.DEFINE_bool("analyze_only", False, "Only rebuild the JSON, table and plots from finished runs.")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
+flags.register_validator("lr", lambda value: value > 0, message="--lr must be a positive learning rate (e.g. 0.01).")
+flags.register_validator("gate_lr", lambda value: value > 0,
+                         message="--gate_lr must be a positive learning rate (e.g. 0.1).")
 
 
 ANALYSIS_FILE = "analysis.npz"

@@ -165,6 +165,12 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert "Epoch 1/" not in bad_width.stdout + bad_width.stderr  # refused before any training
 
 
+def test_a_learning_rate_that_is_not_positive_is_refused_before_anything_runs(tmp_path):
+    refused = _run(f"--output_dir={tmp_path}", "--lr=0")
+    assert refused.returncode != 0 and "--lr must be a positive learning rate" in refused.stderr
+    assert not any(tmp_path.iterdir())
+
+
 def _cifar_cpu():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
