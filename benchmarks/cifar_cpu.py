@@ -727,8 +727,10 @@ def plots(rows, prefix, static_rows=()):
         name = f"FTWT {name}"
         pts = sorted((r["flops_reduction"], r["accuracy"], r["threshold"]) for r in group)
         ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker=marker, label=name)
+        # Joint runs land next to the decoupled run of their r: label them below the point, not on its label.
+        offset = (4, 4) if group[0]["mode"] == "decoupled" else (4, -11)
         for red, acc, r in pts:
-            ax.annotate(f"r={r:g}", (100 * red, 100 * acc), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(f"r={r:g}", (100 * red, 100 * acc), textcoords="offset points", xytext=offset, fontsize=8)
     if static_rows:
         pts = sorted((r["flops_reduction"], r["accuracy"], r["alpha"]) for r in static_rows)
         ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker="^", ls="--", color="gray",
@@ -743,7 +745,8 @@ def plots(rows, prefix, static_rows=()):
                     textcoords="offset points", xytext=(-9, -60))
     ax.set_xlabel("FLOPs reduction on the test set (%)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"MobileNetV1 x{FLAGS.alpha:g}, CIFAR-10, CPU-scale schedule")
+    ax.set_title(f"MobileNetV1 x{FLAGS.alpha:g}, CIFAR-10, CPU-scale schedule, FTWT LR "
+                 + "/".join(f"{lr:g}" for lr in sorted({r["lr"] for r, _ in rows})))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     paths.append(_save(fig, f"{prefix}_accuracy_vs_flops.png"))
