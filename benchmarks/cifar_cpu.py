@@ -723,12 +723,12 @@ def plots(rows, prefix, static_rows=()):
     ax.scatter([0], [100 * base], marker="*", s=160, color="k", label="dense baseline", zorder=3)
     for name in sorted({_mode(r) for r, _ in rows}):
         group = [r for r, _ in rows if _mode(r) == name]
-        marker = "o" if group[0]["mode"] == "decoupled" else "s"
+        decoupled = group[0]["mode"] == "decoupled"
         name = f"FTWT {name}"
         pts = sorted((r["flops_reduction"], r["accuracy"], r["threshold"]) for r in group)
-        ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker=marker, label=name)
+        ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker="o" if decoupled else "s", label=name)
         # Joint runs land next to the decoupled run of their r: label them below the point, not on its label.
-        offset = (4, 4) if group[0]["mode"] == "decoupled" else (4, -11)
+        offset = (4, 4) if decoupled else (4, -11)
         for red, acc, r in pts:
             ax.annotate(f"r={r:g}", (100 * red, 100 * acc), textcoords="offset points", xytext=offset, fontsize=8)
     if static_rows:
