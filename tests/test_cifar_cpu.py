@@ -120,18 +120,18 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     reuse = [f"--output_dir={tmp_path / 'reused_runs'}", f"--results={reused_results}",
              f"--baseline_dir={tmp_path / 'runs'}", "--baseline_epochs=1", "--epochs=1", "--train_take=256",
              "--test_take=64", "--thresholds=0.8", "--joint_thresholds=", "--warmup_steps=1", "--tflite_images=0",
-             "--seed=3", "--cooldown=0.6", "--lr=0.02"]
+             "--seed=3", "--cooldown=0.6", "--lr=0.01"]
     reused = _run(*reuse)
     assert reused.returncode == 0, reused.stderr[-3000:]
     assert "reusing the dense baseline" in reused.stderr
     assert "baseline, 1 epochs" not in reused.stderr and "Stage 1 already done" not in reused.stderr
     (row,) = json.loads(reused_results.read_text())["rows"]
     assert row["threshold"] == 0.8 and row["baseline_accuracy"] == rows[0]["baseline_accuracy"]
-    assert (row["seed"], row["cooldown"], row["lr"]) == (3, 0.6, 0.02) and (rows[0]["seed"], rows[0]["lr"]) == (0, 0.01)
+    assert (row["seed"], row["cooldown"], row["lr"]) == (3, 0.6, 0.01) and (rows[0]["seed"], rows[0]["lr"]) == (0, 0.02)
     with open(tmp_path / "reused_runs" / "r0.8_decoupled" / "ftwt_history.csv") as file:
         history = file.read().splitlines()
     column = history[0].split(",").index("learning_rate")
-    assert float(history[1].split(",")[column]) == pytest.approx(0.02)  # the backbone optimizer's, epoch 1
+    assert float(history[1].split(",")[column]) == pytest.approx(0.01)  # the backbone optimizer's, epoch 1
     assert row["baseline_train_seconds"] == rows[0]["baseline_train_seconds"] is not None
     assert not any((tmp_path / "reused_runs" / name).exists() for name in ("baseline.keras", "baseline_history.csv"))
     # ... and only one trained with the settings the rows will record.
