@@ -1,4 +1,6 @@
+import importlib
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -12,6 +14,15 @@ def force_gates(model, on):
     for layer in model.gated_layers:
         layer.predictor.kernel.assign(np.zeros(layer.predictor.kernel.shape, "float32"))
         layer.predictor.bias.assign(np.full(layer.predictor.bias.shape, 50.0 if on else -50.0, "float32"))
+
+
+def benchmark_script(name):
+    """The module of `benchmarks/<name>.py` (the benchmarks are scripts, not a package)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 @pytest.fixture

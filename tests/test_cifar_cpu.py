@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ftwt_keras as fk
+from conftest import benchmark_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "cifar_cpu.py")
@@ -172,12 +173,7 @@ def test_a_learning_rate_that_is_not_positive_is_refused_before_anything_runs(tm
 
 
 def _cifar_cpu():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import cifar_cpu
-    finally:
-        sys.path.pop(0)
-    return cifar_cpu
+    return benchmark_script("cifar_cpu")
 
 
 def test_cost_by_difficulty_splits_by_the_baseline_and_ranks_with_ties():

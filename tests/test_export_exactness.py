@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import benchmark_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "export_exactness.py")
@@ -16,12 +17,7 @@ def _check(errors, same_top1, margins):
 
 
 def _export_exactness():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import export_exactness
-    finally:
-        sys.path.pop(0)
-    return export_exactness
+    return benchmark_script("export_exactness")
 
 
 def test_pooled_agreement_counts_each_band_over_all_runs():
