@@ -57,8 +57,9 @@ def pooled_agreement(analyses, tolerance=1e-3, rounding=1e-6):
         same_top1 += int(np.sum(analysis["tflite_same_top1"]))
         within_rounding += int(np.sum(error <= rounding))
         within_tolerance += int(np.sum(error <= tolerance))
-        beyond.extend(error[error > rounding].tolist())
-        margins.extend(np.asarray(analysis["gate_margin"])[error > rounding].tolist())
+        above_rounding = error > rounding
+        beyond.extend(error[above_rounding].tolist())
+        margins.extend(np.asarray(analysis["gate_margin"])[above_rounding].tolist())
     return {
         "pairs": pairs, "same_top1": same_top1, "within_rounding": within_rounding,
         "within_tolerance": within_tolerance, "beyond_rounding": sorted(beyond),
