@@ -71,6 +71,13 @@ flags.DEFINE_bool("use_softmax", False,
 flags.DEFINE_integer("predictor_rank", None,
                      "Factor each mask predictor through this many channels (default: the paper's full predictor).")
 flags.DEFINE_float("cooldown", 0.5, "Fraction of FTWT epochs with the gate loss on (the paper's 0.5).")
+flags.DEFINE_integer("threshold_ramp_epochs", 0,
+                     "FTWT runs: lower r linearly from 1.0 to each run's threshold over this many epochs "
+                     "(gradual pruning, not in the paper); 0: the run's r from the start.")
+flags.DEFINE_float("distillation_weight", 0.0,
+                   "FTWT runs: weight of the distillation loss from the dense baseline in the backbone's loss, "
+                   "in [0, 1) (0: none, as in the paper).")
+flags.DEFINE_float("distillation_temperature", 4.0, "Softmax temperature of the distillation loss.")
 flags.DEFINE_integer("warmup_steps", 100, "Predictor warm-up batches toward all-ones.")
 flags.DEFINE_integer("seed", 0, "Random seed of the baseline and every FTWT run (data order, initial predictors).")
 flags.DEFINE_integer("train_take", None, "Use only the first N training images (smoke runs).")
@@ -85,6 +92,13 @@ flags.DEFINE_list("static_alphas", [],
 flags.DEFINE_bool("analyze_only", False, "Only rebuild the JSON, table and plots from finished runs.")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
 flags.register_validator("lr", lambda value: value > 0, message="--lr must be a positive learning rate (e.g. 0.01).")
+flags.register_multi_flags_validator(
+    ["threshold_ramp_epochs", "epochs"], lambda v: 0 <= v["threshold_ramp_epochs"] <= v["epochs"],
+    message="--threshold_ramp_epochs must be in [0, --epochs] (0: no ramp), so that r is reached.")
+flags.register_validator("distillation_weight", lambda value: 0 <= value < 1,
+                         message="--distillation_weight must be in [0, 1) (0: no distillation; e.g. 0.5).")
+flags.register_validator("distillation_temperature", lambda value: value > 0,
+                         message="--distillation_temperature must be positive (e.g. 4).")
 flags.register_validator("gate_lr", lambda value: value > 0,
                          message="--gate_lr must be a positive learning rate (e.g. 0.1).")
 
@@ -158,6 +172,8 @@ def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None, scale=0.
         "pooling": "avg", "use_softmax": FLAGS.use_softmax, "predictor_rank": FLAGS.predictor_rank,
         "weight_decay": 5e-4, "threshold": threshold, "mode": mode,
         "target": "mass", "cooldown": FLAGS.cooldown, "warmup_steps": FLAGS.warmup_steps,
+        "threshold_ramp_epochs": FLAGS.threshold_ramp_epochs, "distillation_weight": FLAGS.distillation_weight,
+        "distillation_temperature": FLAGS.distillation_temperature,
         "estimate_images": 2048, "seed": FLAGS.seed, "verbose": FLAGS.verbose,
     }
 
@@ -593,6 +609,9 @@ def collect():
             "lr": results["config"]["lr"],
             "predictor_rank": results["config"].get("predictor_rank"),
             "cooldown": results["config"]["cooldown"],
+            # 0 for runs made before these options existed (none had them).
+            "distillation_weight": results["config"].get("distillation_weight", 0.0),
+            "threshold_ramp_epochs": results["config"].get("threshold_ramp_epochs", 0),
             "seed": results["config"]["seed"],
         }
         row.update(dict.fromkeys(("flops_reduction_baseline_right", "flops_reduction_baseline_wrong",
@@ -748,7 +767,7 @@ def plots(rows, prefix, static_rows=()):
     ax.set_xlabel("FLOPs reduction on the test set (%)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"MobileNetV1 x{FLAGS.alpha:g}, CIFAR-10, CPU-scale schedule, FTWT LR "
-                 + "/".join(f"{lr:g}" for lr in sorted({r["lr"] for r, _ in rows})))
+                 + "/".join(f"{lr:g}" for lr in sorted({r["lr"] for r, _ in rows})) + _fine_tuning_aids(rows))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     paths.append(_save(fig, f"{prefix}_accuracy_vs_flops.png"))
@@ -809,6 +828,13 @@ def _mode(row):
     """"decoupled", "joint", or "joint (gradient x0.01)" for a scaled joint run."""
     scale = row["joint_gradient_scale"]
     return row["mode"] if scale in (None, 1.0) else f"{row['mode']} (gradient x{scale:g})"
+
+
+def _fine_tuning_aids(rows):
+    """The title's note of the options that are not the paper's (empty without them)."""
+    aids = [f"distillation {w:g}" for w in sorted({r["distillation_weight"] for r, _ in rows} - {0.0})]
+    aids += [f"r ramped over {n} epochs" for n in sorted({r["threshold_ramp_epochs"] for r, _ in rows} - {0})]
+    return f"\nwith {' and '.join(aids)} (not in the paper)" if aids else ""
 
 
 def _label(row):

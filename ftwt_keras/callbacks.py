@@ -2,6 +2,8 @@
 
 import keras
 
+from ftwt_keras import masks
+
 
 class FlopsLogger(keras.callbacks.Callback):
     """Logs dense MACs, executed MACs and the FLOPs reduction at each epoch end.
@@ -77,4 +79,59 @@ class GateCooldown(keras.callbacks.Callback):
             logs["gate_loss_weight"] = float(keras.ops.convert_to_numpy(self.model.gate_loss_weight))
 
 
-__all__ = ["FlopsLogger", "GateCooldown"]
+class ThresholdScheduler(keras.callbacks.Callback):
+    """Sets every gated layer's target threshold `r` at the start of each epoch.
+
+    Not in the paper, which trains at a fixed `r`: lowering `r` over the first
+    epochs prunes gradually, the way `tfmot`'s pruning schedules do, so the
+    backbone adapts to a few more pruned filters at a time. The new `r`
+    changes the targets of training and evaluation (the compiled step is
+    rebuilt when it changes); the predictors follow at the pace of their
+    gate loss. The model keeps the last `r` (it is saved with the layers).
+
+    Args:
+        schedule: `schedule(epoch)` -> `r` in (0, 1] for that epoch (0-based),
+            e.g. `ThresholdScheduler.linear(1.0, 0.83, epochs=2)`.
+
+    Example:
+
+    >>> ramp = ThresholdScheduler.linear(1.0, 0.8, epochs=2)
+    >>> [round(ramp.schedule(epoch), 3) for epoch in range(4)]
+    [0.9, 0.8, 0.8, 0.8]
+    """
+
+    def __init__(self, schedule):
+        super().__init__()
+        if not callable(schedule):
+            raise ValueError(f"`schedule` must be a function epoch -> threshold; got {schedule!r}.")
+        self.schedule = schedule
+
+    @classmethod
+    def linear(cls, start, end, epochs):
+        """From `start` toward `end` in `epochs` equal steps, reaching `end` in epoch `epochs - 1`.
+
+        The first epoch already trains one step below `start` (at `start`,
+        e.g. r = 1, the targets would prune next to nothing).
+        """
+        start, end = masks.check_threshold(start, "start"), masks.check_threshold(end, "end")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"`epochs` must be a positive integer; got {epochs!r}.")
+        return cls(lambda epoch: start + (end - start) * min(epoch + 1, epochs) / epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        threshold = masks.check_threshold(self.schedule(epoch), f"schedule({epoch})")
+        layers = self.model.gated_layers
+        if all(layer.threshold == threshold for layer in layers):
+            return
+        for layer in layers:
+            layer.threshold = threshold
+        # The threshold is a constant of the compiled steps: rebuild them.
+        self.model.make_train_function(force=True)
+        self.model.make_test_function(force=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["threshold"] = self.model.gated_layers[0].threshold
+
+
+__all__ = ["FlopsLogger", "GateCooldown", "ThresholdScheduler"]

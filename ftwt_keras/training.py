@@ -64,6 +64,37 @@ def gate_objectives(records, all_ones=False):
     return loss, accuracy
 
 
+def distillation_loss(teacher_logits, student_logits, temperature=4.0):
+    """Knowledge-distillation loss between two models' logits (Hinton et al., 2015).
+
+    `KL(softmax(teacher / T) || softmax(student / T)) * T**2`, averaged over
+    the batch; the `T**2` keeps its gradient's scale independent of `T`.
+    Computed from log-softmaxes, so saturated logits stay finite. (Keras
+    3.15's `LogitsDistillation()` applies its default `"kl_divergence"` to the
+    scaled logits rather than to probabilities, hence our own.)
+
+    Args:
+        teacher_logits: `(batch, classes)` logits of the frozen teacher.
+        student_logits: `(batch, classes)` logits of the model being trained.
+        temperature: positive softmax temperature `T`.
+
+    Returns:
+        A scalar, 0 where the two softmaxes agree.
+
+    Example:
+
+    >>> import numpy as np
+    >>> logits = np.array([[2.0, 0.0, -1.0]], "float32")
+    >>> float(distillation_loss(logits, logits))
+    0.0
+    """
+    teacher_log_probs = ops.log_softmax(ops.convert_to_tensor(teacher_logits) / temperature, axis=-1)
+    student_log_probs = ops.log_softmax(ops.convert_to_tensor(student_logits) / temperature, axis=-1)
+    teacher_log_probs = ops.stop_gradient(teacher_log_probs)
+    kl = ops.sum(ops.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
+    return ops.mean(kl) * temperature**2
+
+
 def _num_replicas():
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -90,7 +121,8 @@ class FTWTModel(keras.Model):
     self-supervised target masks of the pass; 0 while `warm_up_gates` runs,
     which has no targets). Their gap is the predictors' error; the targets'
     own change over training is the network's drift away from
-    `estimate_flops_reduction`.
+    `estimate_flops_reduction`. With `compile(teacher=...)`, `fit` also logs
+    `distillation_loss`.
 
     Example:
 
@@ -184,7 +216,8 @@ class FTWTModel(keras.Model):
             )
 
     # -- compile / serialization -------------------------------------------
-    def compile(self, optimizer="rmsprop", gate_optimizer=None, **kwargs):
+    def compile(self, optimizer="rmsprop", gate_optimizer=None, teacher=None, distillation_temperature=4.0,
+                student_loss_weight=0.5, **kwargs):
         """Configures training; `gate_optimizer` trains the mask predictors.
 
         Args:
@@ -192,8 +225,21 @@ class FTWTModel(keras.Model):
                 weight decay 5e-4, steps x0.1).
             gate_optimizer: predictor optimizer; default SGD(0.1,
                 momentum=0.9) as in the paper. Must be a different object.
+            teacher: optional frozen model giving logits for the same
+                inputs, typically the dense baseline the gated model came
+                from. The backbone then learns from
+                `student_loss_weight * loss + (1 - student_loss_weight) *
+                distillation_loss` (see `distillation_loss`; not in the
+                paper). The gate loss is unchanged. The teacher is not saved
+                with the model: pass it again after loading to go on
+                distilling.
+            distillation_temperature: softmax temperature of the
+                distillation loss (only with a `teacher`).
+            student_loss_weight: weight of the compiled loss against the
+                distillation loss, in [0, 1] (only with a `teacher`).
             **kwargs: everything else `keras.Model.compile` takes.
         """
+        self._set_teacher(teacher, distillation_temperature, student_loss_weight)
         if gate_optimizer is None:
             gate_optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
         gate_optimizer = keras.optimizers.get(gate_optimizer)
@@ -209,6 +255,30 @@ class FTWTModel(keras.Model):
             # build the backbone optimizer over the predictors too.
             self.optimizer.build(self.backbone_variables)
             self.gate_optimizer.build(self.predictor_variables)
+
+    def _set_teacher(self, teacher, temperature, student_loss_weight):
+        if teacher is not None and not isinstance(teacher, keras.Model):
+            raise ValueError(f"`teacher` must be a keras.Model giving logits; got {type(teacher).__name__}.")
+        if isinstance(student_loss_weight, bool) or not 0.0 <= float(student_loss_weight) <= 1.0:
+            raise ValueError(
+                f"`student_loss_weight` must be in [0, 1] (1.0 ignores the teacher); got {student_loss_weight!r}."
+            )
+        if isinstance(temperature, bool) or not float(temperature) > 0.0:
+            raise ValueError(f"`distillation_temperature` must be a positive number; got {temperature!r}.")
+        if teacher is not None:
+            teacher.trainable = False
+            if getattr(self, "distillation_loss_tracker", None) is None:
+                self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        # Set past Keras' attribute tracking: the teacher's weights are not
+        # this model's (not saved with it, not trained, not in `weights`).
+        object.__setattr__(self, "_teacher", teacher)
+        self.distillation_temperature = float(temperature)
+        self.student_loss_weight = float(student_loss_weight)
+
+    @property
+    def teacher(self):
+        """The frozen model distilled from (`compile(teacher=...)`), or None."""
+        return getattr(self, "_teacher", None)
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -267,6 +337,9 @@ class FTWTModel(keras.Model):
         backbone = [] if self._warming_up else self.backbone_variables
         predictors = self.predictor_variables
         replicas = _num_replicas()
+        teacher_logits = None
+        if self.teacher is not None and not self._warming_up:
+            teacher_logits = self.teacher(x, training=False)
         with tf.GradientTape() as tape:
             with record_gates(targets=not self._warming_up) as recorder:
                 y_pred = self(x, training=True)
@@ -280,7 +353,13 @@ class FTWTModel(keras.Model):
             else:
                 # compute_loss already divides by the number of replicas.
                 task_loss = self._compute_loss(x, y, y_pred, sample_weight, training=True)
-                loss = task_loss + self.gate_loss_weight * gate_loss / replicas
+                backbone_loss = task_loss
+                if teacher_logits is not None:
+                    distillation = distillation_loss(teacher_logits, y_pred, self.distillation_temperature)
+                    self.distillation_loss_tracker.update_state(distillation)
+                    backbone_loss = (self.student_loss_weight * task_loss
+                                     + (1.0 - self.student_loss_weight) * distillation / replicas)
+                loss = backbone_loss + self.gate_loss_weight * gate_loss / replicas
             self._loss_tracker.update_state(
                 loss * replicas, sample_weight=ops.shape(y_pred)[0]
             )
@@ -332,4 +411,4 @@ class FTWTModel(keras.Model):
             self.train_function = None
 
 
-__all__ = ["FTWTModel", "gate_objectives"]
+__all__ = ["FTWTModel", "distillation_loss", "gate_objectives"]

@@ -121,7 +121,7 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     reuse = [f"--output_dir={tmp_path / 'reused_runs'}", f"--results={reused_results}",
              f"--baseline_dir={tmp_path / 'runs'}", "--baseline_epochs=1", "--epochs=1", "--train_take=256",
              "--test_take=64", "--thresholds=0.8", "--joint_thresholds=", "--warmup_steps=1", "--tflite_images=0",
-             "--seed=3", "--cooldown=0.6", "--lr=0.01"]
+             "--seed=3", "--cooldown=0.6", "--lr=0.01", "--distillation_weight=0.5", "--threshold_ramp_epochs=1"]
     reused = _run(*reuse)
     assert reused.returncode == 0, reused.stderr[-3000:]
     assert "reusing the dense baseline" in reused.stderr
@@ -129,10 +129,14 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     (row,) = json.loads(reused_results.read_text())["rows"]
     assert row["threshold"] == 0.8 and row["baseline_accuracy"] == rows[0]["baseline_accuracy"]
     assert (row["seed"], row["cooldown"], row["lr"]) == (3, 0.6, 0.01) and (rows[0]["seed"], rows[0]["lr"]) == (0, 0.02)
+    assert (row["distillation_weight"], row["threshold_ramp_epochs"]) == (0.5, 1)
+    assert (rows[0]["distillation_weight"], rows[0]["threshold_ramp_epochs"]) == (0.0, 0)
     with open(tmp_path / "reused_runs" / "r0.8_decoupled" / "ftwt_history.csv") as file:
         history = file.read().splitlines()
     column = history[0].split(",").index("learning_rate")
     assert float(history[1].split(",")[column]) == pytest.approx(0.01)  # the backbone optimizer's, epoch 1
+    assert float(history[1].split(",")[history[0].split(",").index("threshold")]) == pytest.approx(0.8)  # ramped
+    assert "distillation_loss" in history[0]
     assert row["baseline_train_seconds"] == rows[0]["baseline_train_seconds"] is not None
     assert not any((tmp_path / "reused_runs" / name).exists() for name in ("baseline.keras", "baseline_history.csv"))
     # ... and only one trained with the settings the rows will record.
@@ -169,6 +173,10 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
 def test_a_learning_rate_that_is_not_positive_is_refused_before_anything_runs(tmp_path):
     refused = _run(f"--output_dir={tmp_path}", "--lr=0")
     assert refused.returncode != 0 and "--lr must be a positive learning rate" in refused.stderr
+    refused = _run(f"--output_dir={tmp_path}", "--distillation_weight=1")
+    assert refused.returncode != 0 and "--distillation_weight must be in [0, 1)" in refused.stderr
+    refused = _run(f"--output_dir={tmp_path}", "--epochs=2", "--threshold_ramp_epochs=3")
+    assert refused.returncode != 0 and "--threshold_ramp_epochs must be in [0, --epochs]" in refused.stderr
     assert not any(tmp_path.iterdir())
 
 

@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import subprocess
@@ -14,7 +15,8 @@ def test_recipe_runs_both_stages_and_resumes(tmp_path):
     out = tmp_path / "run"
     args = [f"--output_dir={out}", "--alpha=0.25", "--train_take=256", "--test_take=256",
             "--baseline_epochs=1", "--epochs=2", "--estimate_images=128", "--batch_size=64",
-            "--threshold=0.9", "--warmup_steps=2"]
+            "--threshold=0.9", "--warmup_steps=2", "--distillation_weight=0.5",
+            "--threshold_ramp_epochs=2"]
     result = _run(args, env)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -24,6 +26,9 @@ def test_recipe_runs_both_stages_and_resumes(tmp_path):
     assert results["test_images"] == 256 and results["threshold"] == 0.9
     assert (out / "model.keras").exists() and (out / "baseline.keras").exists()
     assert (out / "logs" / "ftwt").is_dir()
+    history = list(csv.DictReader((out / "ftwt_history.csv").read_text().splitlines()))
+    assert "distillation_loss" in history[0]  # from the baseline
+    assert [float(epoch["threshold"]) for epoch in history] == [0.95, 0.9]  # the ramp to r
     assert "FLOPs reduction" in result.stdout
     # Re-running skips finished stages.
     again = _run(args, env)
@@ -57,3 +62,9 @@ def test_recipe_help_and_bad_flags():
     bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.vgg_cifar", "--mode=both"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "mode" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.mobilenet_cifar", "--distillation_weight=1.0"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode != 0 and "--distillation_weight must be in [0, 1)" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.mobilenet_cifar", "--epochs=2",
+                          "--threshold_ramp_epochs=3"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode != 0 and "--threshold_ramp_epochs must be in [0, --epochs]" in bad.stderr

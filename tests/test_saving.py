@@ -30,3 +30,19 @@ def test_gated_model_round_trips_without_custom_objects(tmp_path, images):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # Training can go on after loading.
     loaded.fit(images, np.arange(8) % 10, batch_size=4, epochs=1, verbose=0)
+
+
+def test_a_distilling_model_saves_without_its_teacher(tmp_path, images):
+    teacher = fk.models.mobilenet_v1(alpha=0.25)
+    model = fk.gate(fk.models.mobilenet_v1(alpha=0.25), threshold=0.93)
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  teacher=teacher)
+    model.fit(images, np.arange(8) % 10, batch_size=4, epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.teacher is None and len(loaded.weights) == len(model.weights)
+    np.testing.assert_array_equal(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
+    loaded.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   teacher=teacher)  # distillation goes on once the teacher is given again
+    assert "distillation_loss" in loaded.fit(images, np.arange(8) % 10, batch_size=4, verbose=0).history

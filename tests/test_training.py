@@ -6,7 +6,7 @@ from conftest import force_gates
 
 import ftwt_keras as fk
 from ftwt_keras.layers import record_gates
-from ftwt_keras.training import gate_objectives
+from ftwt_keras.training import distillation_loss, gate_objectives
 
 
 def _compiled(mode="decoupled", threshold=0.9, **gate_kwargs):
@@ -196,3 +196,84 @@ def test_compile_checks():
     opt = keras.optimizers.SGD()
     with pytest.raises(ValueError, match="different optimizer"):
         model.compile(optimizer=opt, gate_optimizer=opt, loss="mse")
+    teacher = fk.models.resnet_cifar(depth=20)
+    with pytest.raises(ValueError, match="`teacher` must be a keras.Model"):
+        model.compile(loss="mse", teacher="baseline.keras")
+    for weight in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match="student_loss_weight"):
+            model.compile(loss="mse", teacher=teacher, student_loss_weight=weight)
+    for temperature in (0.0, -2.0, True):
+        with pytest.raises(ValueError, match="distillation_temperature"):
+            model.compile(loss="mse", teacher=teacher, distillation_temperature=temperature)
+
+
+def test_distillation_loss_is_the_tempered_kl_divergence():
+    teacher = np.array([[3.0, 1.0, -2.0], [0.0, 0.0, 0.0]], "float32")
+    student = np.array([[1.0, 2.0, 0.5], [40.0, -40.0, 0.0]], "float32")  # saturated row: no inf / nan
+    temperature = 2.0
+    p = np.exp(teacher / temperature) / np.exp(teacher / temperature).sum(-1, keepdims=True)
+    log_q = student / temperature - np.log(np.exp(student / temperature).sum(-1, keepdims=True))
+    expected = np.mean(np.sum(p * (np.log(p) - log_q), axis=-1)) * temperature**2
+    np.testing.assert_allclose(float(distillation_loss(teacher, student, temperature)), expected, rtol=1e-5)
+    assert float(distillation_loss(teacher, teacher, temperature)) == 0.0
+    assert float(distillation_loss(teacher, student, 1.0)) > 0.0
+
+
+def _distilling(teacher, student_loss_weight):
+    model = fk.gate(fk.models.resnet_cifar(depth=20), threshold=0.9)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),  # no momentum: one step moves by -0.1 x the gradient
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        teacher=teacher, student_loss_weight=student_loss_weight, distillation_temperature=2.0,
+    )
+    return model
+
+
+def test_distillation_trains_the_backbone_on_the_mixed_loss(images):
+    labels = np.arange(8) % 10
+    teacher = fk.models.resnet_cifar(depth=20)  # initialized apart from the student: other logits
+    teacher_weights = [w.numpy().copy() for w in teacher.weights]
+    model = _distilling(teacher, student_loss_weight=0.25)
+    # Gates fixed on: a random predictor's logit near 0 could flip between this eager pass and
+    # fit's compiled one, and change the gradient for reasons that are not distillation's.
+    force_gates(model, on=True)
+    with tf.GradientTape(persistent=True) as tape:
+        with record_gates(targets=True) as recorder:
+            logits = model(images, training=True)
+        task = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+        distillation = distillation_loss(teacher(images, training=False), logits, temperature=2.0)
+        gate, _ = gate_objectives(recorder.records)
+        backbone_loss = 0.25 * task + 0.75 * distillation
+        task_only = task + 0.0  # what the backbone would follow without the teacher
+    gradients = tape.gradient(backbone_loss, model.backbone_variables)
+    task_gradients = tape.gradient(task_only, model.backbone_variables)
+    before = [v.numpy().copy() for v in model.backbone_variables]
+    logs = model.fit(images, labels, batch_size=8, epochs=1, verbose=0).history
+    np.testing.assert_allclose(logs["distillation_loss"][0], float(distillation), rtol=1e-4)
+    np.testing.assert_allclose(logs["task_loss"][0], float(task), rtol=1e-4)
+    np.testing.assert_allclose(logs["loss"][0], float(backbone_loss + gate), rtol=1e-4)
+    assert float(distillation) > 0.1 * float(task)  # the teacher's term is not negligible
+    # One SGD step moved the backbone along the mixed loss's gradient. (Compiled and eager
+    # gradients of this deep net at initialization differ by up to ~1e-3 relative, so compare
+    # whole updates; following the task loss alone would be off by far more.)
+    update = np.concatenate([(v.numpy() - old).ravel() for old, v in zip(before, model.backbone_variables)])
+    flat = lambda grads: np.concatenate([-0.1 * g.numpy().ravel() for g in grads])
+    relative_error = lambda expected: np.linalg.norm(update - expected) / np.linalg.norm(expected)
+    assert relative_error(flat(gradients)) < 0.01
+    assert relative_error(flat(task_gradients)) > 0.1
+    # The teacher is frozen and not part of the student: not trained, not saved with it.
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(teacher_weights, teacher.weights))
+    teacher_ids = {id(w) for w in teacher.weights}
+    assert not any(id(w) in teacher_ids for w in model.weights)
+
+
+def test_student_loss_weight_one_ignores_the_teacher(images):
+    labels = np.arange(8) % 10
+    trained = []
+    for teacher in (None, fk.models.resnet_cifar(depth=20)):
+        keras.utils.set_random_seed(0)
+        model = _distilling(teacher, student_loss_weight=1.0)
+        model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
+        trained.append([v.numpy() for v in model.backbone_variables])
+    for plain, distilled in zip(*trained):
+        np.testing.assert_allclose(plain, distilled, atol=1e-6)

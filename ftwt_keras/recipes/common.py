@@ -47,6 +47,12 @@ def define_flags(**defaults):
     flags.DEFINE_float("weight_decay", default("weight_decay", 5e-4), "Backbone weight decay, PyTorch (coupled L2) convention.")
     flags.DEFINE_float("threshold", default("threshold", 1.0), "Heatmap mass r kept by the gate targets.")
     flags.DEFINE_enum("mode", default("mode", "decoupled"), ["decoupled", "joint"], "FTWT mode.")
+    flags.DEFINE_integer("threshold_ramp_epochs", default("threshold_ramp_epochs", 0),
+                         "Lower r linearly from 1.0 to --threshold over this many FTWT epochs (gradual "
+                         "pruning, not in the paper); 0: --threshold from the start, as in the paper.")
+    flags.register_multi_flags_validator(
+        ["threshold_ramp_epochs", "epochs"], lambda v: 0 <= v["threshold_ramp_epochs"] <= v["epochs"],
+        message="--threshold_ramp_epochs must be in [0, --epochs] (0: no ramp), so that r is reached.")
     flags.DEFINE_enum("target", default("target", "mass"), ["mass", "uniform"], "Gate target rule.")
     flags.DEFINE_float("gate_loss_weight", default("gate_loss_weight", 1.0),
                        "Gate-loss weight before the cooldown (joint mode: also scales the BCE reaching the backbone).")
@@ -58,6 +64,15 @@ def define_flags(**defaults):
     flags.DEFINE_integer("predictor_rank", default("predictor_rank", None),
                          "Factor each mask predictor through this many channels (default: the paper's full "
                          "predictor); cheaper at batch size 1, see MaskPredictor.")
+    flags.DEFINE_float("distillation_weight", default("distillation_weight", 0.0),
+                       "Weight of the distillation loss from the dense baseline (teacher) in the backbone's "
+                       "loss, in [0, 1); 0: none, as in the paper. Costs one teacher forward pass per step.")
+    flags.DEFINE_float("distillation_temperature", default("distillation_temperature", 4.0),
+                       "Softmax temperature of the distillation loss.")
+    flags.register_validator("distillation_weight", lambda value: 0 <= value < 1,
+                             message="--distillation_weight must be in [0, 1) (0: no distillation; e.g. 0.5).")
+    flags.register_validator("distillation_temperature", lambda value: value > 0,
+                             message="--distillation_temperature must be positive (e.g. 4).")
     flags.DEFINE_integer("warmup_steps", default("warmup_steps", 0), "Predictor warm-up batches toward all-ones.")
     flags.DEFINE_integer("estimate_images", default("estimate_images", 2048), "Training images for the before-training FLOPs estimate.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
@@ -119,7 +134,7 @@ def _read_config():
 _RECIPE_FLAGS = (
     "output_dir dataset data_dir model alpha depth image_size batch_size train_take test_take baseline "
     "baseline_epochs baseline_lr baseline_milestones epochs lr milestones gate_lr weight_decay threshold "
-    "mode joint_gradient_scale target pooling use_softmax predictor_rank gate_loss_weight cooldown warmup_steps estimate_images seed verbose"
+    "mode joint_gradient_scale target pooling use_softmax predictor_rank gate_loss_weight cooldown threshold_ramp_epochs distillation_weight distillation_temperature warmup_steps estimate_images seed verbose"
 ).split()
 
 
@@ -242,11 +257,16 @@ def train_ftwt(config, baseline, train, test):
                     pooling=config["pooling"], use_softmax=config["use_softmax"],
                     joint_gradient_scale=config["joint_gradient_scale"],
                     predictor_rank=config.get("predictor_rank"))
+    distillation = {}
+    if config.get("distillation_weight"):
+        distillation = dict(teacher=baseline, student_loss_weight=1.0 - config["distillation_weight"],
+                            distillation_temperature=config["distillation_temperature"])
     model.compile(
         optimizer=sgd(config["lr"], config["weight_decay"]),
         gate_optimizer=keras.optimizers.SGD(config["gate_lr"], momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        **distillation,
     )
     epochs = config["epochs"]
     backup = os.path.join(config["output_dir"], "backup_ftwt")
@@ -256,6 +276,8 @@ def train_ftwt(config, baseline, train, test):
         model.warm_up_gates(train.repeat(), steps=config["warmup_steps"], verbose=config["verbose"])
     extra = [
         step_schedule(config["lr"], config["milestones"], epochs),
+        *([fk.callbacks.ThresholdScheduler.linear(1.0, config["threshold"], config["threshold_ramp_epochs"])]
+          if config.get("threshold_ramp_epochs") else []),
         fk.callbacks.GateCooldown(config["cooldown"], weight=config["gate_loss_weight"]),
         fk.callbacks.FlopsLogger(),
         clock,
