@@ -118,6 +118,13 @@ class ThresholdScheduler(keras.callbacks.Callback):
             raise ValueError(f"`epochs` must be a positive integer; got {epochs!r}.")
         return cls(lambda epoch: start + (end - start) * min(epoch + 1, epochs) / epochs)
 
+    def on_train_begin(self, logs=None):
+        if not getattr(self.model, "gated_layers", None):
+            raise ValueError(
+                f"ThresholdScheduler needs an FTWT model (ftwt_keras.gate(model)); '{self.model.name}' "
+                "has no gated layer whose threshold it could set."
+            )
+
     def on_epoch_begin(self, epoch, logs=None):
         threshold = masks.check_threshold(self.schedule(epoch), f"schedule({epoch})")
         layers = self.model.gated_layers

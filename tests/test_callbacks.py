@@ -27,14 +27,14 @@ def test_threshold_scheduler_retargets_training_and_evaluation(images):
     assert logs["val_target_flops_reduction"][1] > logs["val_target_flops_reduction"][0] + 0.02
     after = model.evaluate(images, labels, batch_size=8, verbose=0, return_dict=True)
     np.testing.assert_allclose(after["target_flops_reduction"], logs["val_target_flops_reduction"][2], atol=1e-6)
+    # The last threshold is saved with the model.
+    assert keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(model.gated_layers[3])).threshold == 0.7
     for layer in model.gated_layers:
         layer.threshold = 1.0
     model.make_test_function(force=True)
     dense_targets = model.evaluate(images, labels, batch_size=8, verbose=0, return_dict=True)
     assert logs["val_target_flops_reduction"][0] > dense_targets["target_flops_reduction"] + 0.05
-    # The last threshold is saved with the model.
-    assert keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(model.gated_layers[3])).threshold == 1.0
 
 
 def test_threshold_scheduler_checks_its_schedule(images):
@@ -44,6 +44,11 @@ def test_threshold_scheduler_checks_its_schedule(images):
         fk.callbacks.ThresholdScheduler.linear(1.0, 1.2, epochs=2)
     with pytest.raises(ValueError, match="`epochs` must be a positive integer"):
         fk.callbacks.ThresholdScheduler.linear(1.0, 0.9, epochs=0)
+    plain = fk.models.mobilenet_v1(alpha=0.25)
+    plain.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="needs an FTWT model"):
+        plain.fit(images, np.arange(8) % 10, batch_size=8, epochs=1, verbose=0,
+                  callbacks=[fk.callbacks.ThresholdScheduler.linear(1.0, 0.9, epochs=1)])
     model = _model()
     with pytest.raises(ValueError, match="schedule\\(0\\)"):
         model.fit(images, np.arange(8) % 10, batch_size=8, epochs=1, verbose=0,
