@@ -42,6 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
+from ftwt_keras.recipes import common  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "runs/cifar_cpu", "Checkpoints, models and per-run analysis.")
 flags.DEFINE_string("results", "benchmarks/results/cifar10_cpu.json",
@@ -71,13 +73,6 @@ flags.DEFINE_bool("use_softmax", False,
 flags.DEFINE_integer("predictor_rank", None,
                      "Factor each mask predictor through this many channels (default: the paper's full predictor).")
 flags.DEFINE_float("cooldown", 0.5, "Fraction of FTWT epochs with the gate loss on (the paper's 0.5).")
-flags.DEFINE_integer("threshold_ramp_epochs", 0,
-                     "FTWT runs: lower r linearly from 1.0 to each run's threshold over this many epochs "
-                     "(gradual pruning, not in the paper); 0: the run's r from the start.")
-flags.DEFINE_float("distillation_weight", 0.0,
-                   "FTWT runs: weight of the distillation loss from the dense baseline in the backbone's loss, "
-                   "in [0, 1) (0: none, as in the paper).")
-flags.DEFINE_float("distillation_temperature", 4.0, "Softmax temperature of the distillation loss.")
 flags.DEFINE_integer("warmup_steps", 100, "Predictor warm-up batches toward all-ones.")
 flags.DEFINE_integer("seed", 0, "Random seed of the baseline and every FTWT run (data order, initial predictors).")
 flags.DEFINE_integer("train_take", None, "Use only the first N training images (smoke runs).")
@@ -91,14 +86,9 @@ flags.DEFINE_list("static_alphas", [],
                   "dense model and narrower networks with about r = 0.9's and 0.83's MACs.")
 flags.DEFINE_bool("analyze_only", False, "Only rebuild the JSON, table and plots from finished runs.")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
+common.define_fine_tuning_flags()  # FTWT runs: --threshold_ramp_epochs, --distillation_*
+flags.adopt_module_key_flags(common)  # ... listed by --help too
 flags.register_validator("lr", lambda value: value > 0, message="--lr must be a positive learning rate (e.g. 0.01).")
-flags.register_multi_flags_validator(
-    ["threshold_ramp_epochs", "epochs"], lambda v: 0 <= v["threshold_ramp_epochs"] <= v["epochs"],
-    message="--threshold_ramp_epochs must be in [0, --epochs] (0: no ramp), so that r is reached.")
-flags.register_validator("distillation_weight", lambda value: 0 <= value < 1,
-                         message="--distillation_weight must be in [0, 1) (0: no distillation; e.g. 0.5).")
-flags.register_validator("distillation_temperature", lambda value: value > 0,
-                         message="--distillation_temperature must be positive (e.g. 4).")
 flags.register_validator("gate_lr", lambda value: value > 0,
                          message="--gate_lr must be a positive learning rate (e.g. 0.1).")
 
@@ -192,7 +182,6 @@ def load_reused_baseline(path):
     import keras
 
     import ftwt_keras as fk
-    from ftwt_keras.recipes import common
 
     if not os.path.exists(path):
         if FLAGS.baseline_model:
@@ -514,7 +503,6 @@ def analyze_static(model, baseline, run_dir, config, train_seconds):
 def train_all():
     import keras
 
-    from ftwt_keras.recipes import common
 
     root = FLAGS.output_dir
     os.makedirs(root, exist_ok=True)
@@ -662,7 +650,6 @@ def _baseline_root():
 
 
 def _baseline_seconds():
-    from ftwt_keras.recipes import common
 
     if FLAGS.baseline_model:
         return None  # trained elsewhere, for an unknown time

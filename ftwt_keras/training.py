@@ -280,6 +280,15 @@ class FTWTModel(keras.Model):
         """The frozen model distilled from (`compile(teacher=...)`), or None."""
         return getattr(self, "_teacher", None)
 
+    @property
+    def metrics(self):
+        metrics = super().metrics
+        if self.teacher is None:
+            # Compiled again without a teacher: drop the tracker that would log 0.
+            tracker = getattr(self, "distillation_loss_tracker", None)
+            metrics = [metric for metric in metrics if metric is not tracker]
+        return metrics
+
     def get_compile_config(self):
         config = super().get_compile_config()
         if config and self.gate_optimizer is not None:

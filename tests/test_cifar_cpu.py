@@ -180,6 +180,12 @@ def test_a_learning_rate_that_is_not_positive_is_refused_before_anything_runs(tm
     assert not any(tmp_path.iterdir())
 
 
+def test_help_lists_the_shared_fine_tuning_flags():
+    result = _run("--help")
+    for flag in ("--thresholds:", "--distillation_weight:", "--distillation_temperature:", "--threshold_ramp_epochs:"):
+        assert flag in result.stdout
+
+
 def _cifar_cpu():
     return benchmark_script("cifar_cpu")
 

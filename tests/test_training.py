@@ -265,6 +265,10 @@ def test_distillation_trains_the_backbone_on_the_mixed_loss(images):
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(teacher_weights, teacher.weights))
     teacher_ids = {id(w) for w in teacher.weights}
     assert not any(id(w) in teacher_ids for w in model.weights)
+    # Compiled again without the teacher, the model no longer logs a distillation loss.
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert model.teacher is None
+    assert "distillation_loss" not in model.fit(images, labels, batch_size=8, epochs=1, verbose=0).history
 
 
 def test_student_loss_weight_one_ignores_the_teacher(images):

@@ -47,12 +47,6 @@ def define_flags(**defaults):
     flags.DEFINE_float("weight_decay", default("weight_decay", 5e-4), "Backbone weight decay, PyTorch (coupled L2) convention.")
     flags.DEFINE_float("threshold", default("threshold", 1.0), "Heatmap mass r kept by the gate targets.")
     flags.DEFINE_enum("mode", default("mode", "decoupled"), ["decoupled", "joint"], "FTWT mode.")
-    flags.DEFINE_integer("threshold_ramp_epochs", default("threshold_ramp_epochs", 0),
-                         "Lower r linearly from 1.0 to --threshold over this many FTWT epochs (gradual "
-                         "pruning, not in the paper); 0: --threshold from the start, as in the paper.")
-    flags.register_multi_flags_validator(
-        ["threshold_ramp_epochs", "epochs"], lambda v: 0 <= v["threshold_ramp_epochs"] <= v["epochs"],
-        message="--threshold_ramp_epochs must be in [0, --epochs] (0: no ramp), so that r is reached.")
     flags.DEFINE_enum("target", default("target", "mass"), ["mass", "uniform"], "Gate target rule.")
     flags.DEFINE_float("gate_loss_weight", default("gate_loss_weight", 1.0),
                        "Gate-loss weight before the cooldown (joint mode: also scales the BCE reaching the backbone).")
@@ -64,19 +58,34 @@ def define_flags(**defaults):
     flags.DEFINE_integer("predictor_rank", default("predictor_rank", None),
                          "Factor each mask predictor through this many channels (default: the paper's full "
                          "predictor); cheaper at batch size 1, see MaskPredictor.")
-    flags.DEFINE_float("distillation_weight", default("distillation_weight", 0.0),
+    define_fine_tuning_flags(**defaults)
+    flags.DEFINE_integer("warmup_steps", default("warmup_steps", 0), "Predictor warm-up batches toward all-ones.")
+    flags.DEFINE_integer("estimate_images", default("estimate_images", 2048), "Training images for the before-training FLOPs estimate.")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 1 progress bar, 2 one line per epoch.")
+
+
+def define_fine_tuning_flags(**defaults):
+    """Defines the fine-tuning aids that are not in the paper (off by default).
+
+    Shared by the recipes and `benchmarks/cifar_cpu.py`, which define `--epochs`
+    first (the ramp is validated against it). `defaults` override the defaults.
+    """
+    flags.DEFINE_integer("threshold_ramp_epochs", defaults.get("threshold_ramp_epochs", 0),
+                         "Lower r linearly from 1.0 to the run's threshold over this many FTWT epochs (gradual "
+                         "pruning, not in the paper); 0: the run's r from the start, as in the paper.")
+    flags.register_multi_flags_validator(
+        ["threshold_ramp_epochs", "epochs"], lambda v: 0 <= v["threshold_ramp_epochs"] <= v["epochs"],
+        message="--threshold_ramp_epochs must be in [0, --epochs] (0: no ramp), so that r is reached.")
+    flags.DEFINE_float("distillation_weight", defaults.get("distillation_weight", 0.0),
                        "Weight of the distillation loss from the dense baseline (teacher) in the backbone's "
                        "loss, in [0, 1); 0: none, as in the paper. Costs one teacher forward pass per step.")
-    flags.DEFINE_float("distillation_temperature", default("distillation_temperature", 4.0),
+    flags.DEFINE_float("distillation_temperature", defaults.get("distillation_temperature", 4.0),
                        "Softmax temperature of the distillation loss.")
     flags.register_validator("distillation_weight", lambda value: 0 <= value < 1,
                              message="--distillation_weight must be in [0, 1) (0: no distillation; e.g. 0.5).")
     flags.register_validator("distillation_temperature", lambda value: value > 0,
                              message="--distillation_temperature must be positive (e.g. 4).")
-    flags.DEFINE_integer("warmup_steps", default("warmup_steps", 0), "Predictor warm-up batches toward all-ones.")
-    flags.DEFINE_integer("estimate_images", default("estimate_images", 2048), "Training images for the before-training FLOPs estimate.")
-    flags.DEFINE_integer("seed", 0, "Random seed.")
-    flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 1 progress bar, 2 one line per epoch.")
 
 
 def build_model(config):
