@@ -503,7 +503,6 @@ def analyze_static(model, baseline, run_dir, config, train_seconds):
 def train_all():
     import keras
 
-
     root = FLAGS.output_dir
     os.makedirs(root, exist_ok=True)
     keras.utils.set_random_seed(FLAGS.seed)
@@ -650,7 +649,6 @@ def _baseline_root():
 
 
 def _baseline_seconds():
-
     if FLAGS.baseline_model:
         return None  # trained elsewhere, for an unknown time
     return common.stored_seconds(_baseline_root(), "baseline")
