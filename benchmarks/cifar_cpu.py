@@ -163,7 +163,7 @@ def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None, scale=0.
         "weight_decay": 5e-4, "threshold": threshold, "mode": mode,
         "target": "mass", "cooldown": FLAGS.cooldown, "warmup_steps": FLAGS.warmup_steps,
         "threshold_ramp_epochs": FLAGS.threshold_ramp_epochs, "distillation_weight": FLAGS.distillation_weight,
-        "distillation_temperature": FLAGS.distillation_temperature,
+        "distillation_temperature": FLAGS.distillation_temperature, "ungated_layers": FLAGS.ungated_layers,
         "estimate_images": 2048, "seed": FLAGS.seed, "verbose": FLAGS.verbose,
     }
 
@@ -504,6 +504,7 @@ def train_all():
     import keras
 
     root = FLAGS.output_dir
+    common.layers_to_gate(_config(root), common.build_model(_config(root)))  # a bad --ungated_layers fails now
     os.makedirs(root, exist_ok=True)
     keras.utils.set_random_seed(FLAGS.seed)
     baseline_path = FLAGS.baseline_model or os.path.join(_baseline_root(), "baseline.keras")
@@ -599,6 +600,7 @@ def collect():
             # 0 for runs made before these options existed (none had them).
             "distillation_weight": results["config"].get("distillation_weight", 0.0),
             "threshold_ramp_epochs": results["config"].get("threshold_ramp_epochs", 0),
+            "ungated_layers": results["config"].get("ungated_layers", []),
             "seed": results["config"]["seed"],
         }
         row.update(dict.fromkeys(("flops_reduction_baseline_right", "flops_reduction_baseline_wrong",
@@ -819,6 +821,7 @@ def _fine_tuning_aids(rows):
     """The title's note of the options that are not the paper's (empty without them)."""
     aids = [f"distillation {w:g}" for w in sorted({r["distillation_weight"] for r, _ in rows} - {0.0})]
     aids += [f"r ramped over {n} epochs" for n in sorted({r["threshold_ramp_epochs"] for r, _ in rows} - {0})]
+    aids += [f"{','.join(names)} dense" for names in sorted({tuple(r["ungated_layers"]) for r, _ in rows} - {()})]
     return f"\nwith {' and '.join(aids)} (not in the paper)" if aids else ""
 
 

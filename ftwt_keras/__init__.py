@@ -7,7 +7,7 @@ import os
 # export TF_ENABLE_ONEDNN_OPTS=0.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from ftwt_keras import callbacks, data, flops, layers, masks, models
+from ftwt_keras import callbacks, data, flops, gating, layers, masks, models
 from ftwt_keras.estimate import estimate_flops_reduction, target_flops_reduction
 from ftwt_keras.gating import gate, ungate
 from ftwt_keras.layers import GatedConv, MaskPredictor, record_gates
@@ -24,6 +24,7 @@ __all__ = [
     "estimate_flops_reduction",
     "flops",
     "gate",
+    "gating",
     "layers",
     "masks",
     "models",

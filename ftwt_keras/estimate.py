@@ -8,7 +8,7 @@ from ftwt_keras.layers import record_gates
 from ftwt_keras.training import FTWTModel
 
 
-def estimate_flops_reduction(model, dataset, threshold, target="mass", max_batches=None):
+def estimate_flops_reduction(model, dataset, threshold, target="mass", max_batches=None, layers_to_gate=None):
     """The FLOPs reduction that threshold `r` promises, from the dense baseline.
 
     The paper's claim: the mask predictors learn to reproduce the heatmap-mass
@@ -25,6 +25,8 @@ def estimate_flops_reduction(model, dataset, threshold, target="mass", max_batch
         threshold: float in (0, 1].
         target: `"mass"` or `"uniform"`.
         max_batches: stop after this many batches (None: the whole dataset).
+        layers_to_gate: for a plain `model`, the convs `gate()` will gate
+            (as its argument); None: every conv.
 
     Returns:
         Float in (-inf, 1): 1 - mean executed MACs / dense MACs.
@@ -39,7 +41,12 @@ def estimate_flops_reduction(model, dataset, threshold, target="mass", max_batch
     """
     # A plain model is gated (weights copied) only to locate its conv units; the
     # pass below runs it dense, so its outputs are the baseline's.
-    gated = model if isinstance(model, FTWTModel) else gating.gate(model, threshold, target=target)
+    if isinstance(model, FTWTModel):
+        if layers_to_gate is not None:
+            raise ValueError("`layers_to_gate` is for a plain model; an FTWTModel's gated layers are fixed.")
+        gated = model
+    else:
+        gated = gating.gate(model, threshold, target=target, layers_to_gate=layers_to_gate)
     return _target_reduction(gated, dataset, apply_masks=False, threshold=threshold, target=target,
                              max_batches=max_batches)
 

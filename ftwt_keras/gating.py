@@ -1,5 +1,7 @@
 """`gate()`: turn a trained plain CNN into an FTWT model with the same weights."""
 
+import fnmatch
+
 import keras
 
 from ftwt_keras import _graph, masks
@@ -294,4 +296,43 @@ def ungate(model, layer_names):
     return FTWTModel(network, name=model.name)
 
 
-__all__ = ["gate", "ungate"]
+def layers_except(model, patterns):
+    """A `layers_to_gate` predicate that leaves the named convs of `model` dense.
+
+    The paper gates every conv; leaving some plain (e.g. the narrow first
+    layers, where a pruned filter saves little and costs much) is a choice
+    of this library's users.
+
+    Args:
+        model: the plain model about to be gated; its conv layers' names
+            check `patterns`.
+        patterns: layer names or shell-style patterns (`fnmatch`, e.g.
+            `"block1_*"`), a string or a list of them.
+
+    Returns:
+        `callable(layer) -> bool` for `gate(..., layers_to_gate=...)` and
+        `estimate_flops_reduction(..., layers_to_gate=...)`.
+
+    Raises:
+        ValueError: a pattern matches none of `model`'s conv layers.
+
+    Example:
+
+    >>> import ftwt_keras as fk
+    >>> base = fk.models.mobilenet_v1(alpha=0.25)
+    >>> keep_dense = fk.gating.layers_except(base, ["conv1", "block1_*"])
+    >>> len(fk.gate(base, layers_to_gate=keep_dense).gated_layers)
+    24
+    """
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    convs = [layer.name for layer in model.layers if isinstance(layer, SUPPORTED_CONVS)]
+    unmatched = [pattern for pattern in patterns if not fnmatch.filter(convs, pattern)]
+    if unmatched:
+        raise ValueError(
+            f"{unmatched} match no conv layer of '{model.name}'; its conv layers are {convs}. "
+            "Give their names or patterns such as 'block1_*'."
+        )
+    return lambda layer: not any(fnmatch.fnmatchcase(layer.name, pattern) for pattern in patterns)
+
+
+__all__ = ["gate", "layers_except", "ungate"]

@@ -177,6 +177,8 @@ def test_a_learning_rate_that_is_not_positive_is_refused_before_anything_runs(tm
     assert refused.returncode != 0 and "--distillation_weight must be in [0, 1)" in refused.stderr
     refused = _run(f"--output_dir={tmp_path}", "--epochs=2", "--threshold_ramp_epochs=3")
     assert refused.returncode != 0 and "--threshold_ramp_epochs must be in [0, --epochs]" in refused.stderr
+    refused = _run(f"--output_dir={tmp_path}", "--ungated_layers=conv1,blok1_*")
+    assert refused.returncode != 0 and "['blok1_*'] match no conv layer" in refused.stderr
     assert not any(tmp_path.iterdir())
 
 

@@ -21,6 +21,18 @@ def test_estimate_is_the_same_from_the_gated_model_and_changes_nothing(images):
     assert all(layer.threshold == 1.0 for layer in gated.gated_layers)
 
 
+def test_estimate_counts_only_the_layers_to_gate(images):
+    base = fk.models.mobilenet_v1(alpha=0.25)
+    keep_dense = fk.gating.layers_except(base, ["conv1", "block1_*", "block2_*"])
+    every = fk.estimate_flops_reduction(base, images, threshold=0.5)
+    fewer = fk.estimate_flops_reduction(base, images, threshold=0.5, layers_to_gate=keep_dense)
+    gated = fk.gate(base, threshold=0.5, layers_to_gate=keep_dense)
+    assert abs(fewer - fk.estimate_flops_reduction(gated, images, threshold=0.5)) < 1e-6
+    assert 0.0 < fewer < every  # the dense layers execute all their MACs
+    with pytest.raises(ValueError, match="for a plain model"):
+        fk.estimate_flops_reduction(gated, images, threshold=0.5, layers_to_gate=keep_dense)
+
+
 def test_target_reduction_of_a_gated_model_dense_gated_and_as_logged(images):
     import keras
     import numpy as np

@@ -43,6 +43,20 @@ def test_gate_places_gates_like_the_paper():
     assert sum(layer.is_depthwise for layer in mobilenet.gated_layers) == 13
 
 
+def test_layers_except_leaves_the_named_convs_dense():
+    base = fk.models.mobilenet_v1(alpha=0.25)
+    model = fk.gate(base, layers_to_gate=fk.gating.layers_except(base, ["conv1", "block1_*"]))
+    names = [layer.name for layer in model.gated_layers]
+    assert len(names) == 24 and names[0] == "block2_dw"
+    assert isinstance(model.network.get_layer("block1_pw"), keras.layers.Conv2D)  # plain, weights kept
+    np.testing.assert_array_equal(model.network.get_layer("block1_pw").kernel.numpy(),
+                                  base.get_layer("block1_pw").kernel.numpy())
+    single = fk.gate(base, layers_to_gate=fk.gating.layers_except(base, "block13_pw"))
+    assert [layer.name for layer in single.gated_layers][-1] == "block13_dw"
+    with pytest.raises(ValueError, match=r"\['blok1_\*'\] match no conv layer .* 'block1_dw'"):
+        fk.gating.layers_except(base, ["conv1", "blok1_*"])
+
+
 def test_convs_behind_zero_padding_pool_their_unpadded_input():
     """PyTorch pads inside a strided conv; the Keras zoo pads in front. The predictor must not see that border."""
     mobilenet = fk.gate(fk.models.mobilenet_v1(alpha=0.25))

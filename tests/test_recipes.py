@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import keras
+
+import ftwt_keras  # noqa: F401  (registers the layers for load_model)
+
 
 def _run(args, env):
     return subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.mobilenet_cifar", *args],
@@ -16,7 +20,7 @@ def test_recipe_runs_both_stages_and_resumes(tmp_path):
     args = [f"--output_dir={out}", "--alpha=0.25", "--train_take=256", "--test_take=256",
             "--baseline_epochs=1", "--epochs=2", "--estimate_images=128", "--batch_size=64",
             "--threshold=0.9", "--warmup_steps=2", "--distillation_weight=0.5",
-            "--threshold_ramp_epochs=2"]
+            "--threshold_ramp_epochs=2", "--ungated_layers=conv1,block1_*"]
     result = _run(args, env)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -25,6 +29,8 @@ def test_recipe_runs_both_stages_and_resumes(tmp_path):
         assert key in results
     assert results["test_images"] == 256 and results["threshold"] == 0.9
     assert (out / "model.keras").exists() and (out / "baseline.keras").exists()
+    assert results["config"]["ungated_layers"] == ["conv1", "block1_*"]
+    assert len(keras.saving.load_model(out / "model.keras").gated_layers) == 24  # 27 convs, 3 left dense
     assert (out / "logs" / "ftwt").is_dir()
     history = list(csv.DictReader((out / "ftwt_history.csv").read_text().splitlines()))
     assert "distillation_loss" in history[0]  # from the baseline
@@ -69,3 +75,7 @@ def test_recipe_help_and_bad_flags():
     bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.mobilenet_cifar", "--epochs=2",
                           "--threshold_ramp_epochs=3"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "--threshold_ramp_epochs must be in [0, --epochs]" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.mobilenet_cifar", "--alpha=0.25",
+                          "--ungated_layers=blok1_*"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode != 0 and "['blok1_*'] match no conv layer" in bad.stderr
+    assert "Epoch 1/" not in bad.stdout + bad.stderr  # refused before any training

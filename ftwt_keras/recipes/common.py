@@ -66,7 +66,7 @@ def define_flags(**defaults):
 
 
 def define_fine_tuning_flags(**defaults):
-    """Defines the fine-tuning aids that are not in the paper (off by default).
+    """Defines the FTWT-stage options that are not in the paper (off by default).
 
     Shared by the recipes and `benchmarks/cifar_cpu.py`, which define `--epochs`
     first (the ramp is validated against it). `defaults` override the defaults.
@@ -86,6 +86,9 @@ def define_fine_tuning_flags(**defaults):
                              message="--distillation_weight must be in [0, 1) (0: no distillation; e.g. 0.5).")
     flags.register_validator("distillation_temperature", lambda value: value > 0,
                              message="--distillation_temperature must be positive (e.g. 4).")
+    flags.DEFINE_list("ungated_layers", defaults.get("ungated_layers", []),
+                      "Conv layers to leave dense, by name or shell-style pattern (e.g. conv1,block1_*); "
+                      "default: none, every conv is gated as in the paper.")
 
 
 def build_model(config):
@@ -143,7 +146,7 @@ def _read_config():
 _RECIPE_FLAGS = (
     "output_dir dataset data_dir model alpha depth image_size batch_size train_take test_take baseline "
     "baseline_epochs baseline_lr baseline_milestones epochs lr milestones gate_lr weight_decay threshold "
-    "mode joint_gradient_scale target pooling use_softmax predictor_rank gate_loss_weight cooldown threshold_ramp_epochs distillation_weight distillation_temperature warmup_steps estimate_images seed verbose"
+    "mode joint_gradient_scale target pooling use_softmax predictor_rank gate_loss_weight cooldown threshold_ramp_epochs distillation_weight distillation_temperature ungated_layers warmup_steps estimate_images seed verbose"
 ).split()
 
 
@@ -252,6 +255,14 @@ def train_baseline(config, train, test):
     return model, finish()
 
 
+def layers_to_gate(config, baseline):
+    """`gate()`'s `layers_to_gate` for `--ungated_layers` (None: every conv)."""
+    from ftwt_keras import gating
+
+    ungated = config.get("ungated_layers")
+    return gating.layers_except(baseline, ungated) if ungated else None
+
+
 def train_ftwt(config, baseline, train, test):
     """Stage 2: gate the baseline and train FTWT, resumable; returns it and its training seconds."""
     import keras
@@ -265,7 +276,7 @@ def train_ftwt(config, baseline, train, test):
     model = fk.gate(baseline, threshold=config["threshold"], mode=config["mode"], target=config["target"],
                     pooling=config["pooling"], use_softmax=config["use_softmax"],
                     joint_gradient_scale=config["joint_gradient_scale"],
-                    predictor_rank=config.get("predictor_rank"))
+                    predictor_rank=config.get("predictor_rank"), layers_to_gate=layers_to_gate(config, baseline))
     distillation = {}
     if config.get("distillation_weight"):
         distillation = dict(teacher=baseline, student_loss_weight=1.0 - config["distillation_weight"],
@@ -314,6 +325,7 @@ def run(config=None):
     import ftwt_keras as fk
 
     config = config or _read_config()
+    layers_to_gate(config, build_model(config))  # a bad --ungated_layers fails before any training
     os.makedirs(config["output_dir"], exist_ok=True)
     keras.utils.set_random_seed(config["seed"])
     train, test, estimate_data = _datasets(config)
@@ -321,7 +333,8 @@ def run(config=None):
     baseline, baseline_time = train_baseline(config, train, test)
     baseline_accuracy = float(baseline.evaluate(test, verbose=0, return_dict=True)["accuracy"])
     logging.info("Dense baseline test accuracy: %.4f", baseline_accuracy)
-    estimated = fk.estimate_flops_reduction(baseline, estimate_data, config["threshold"], config["target"])
+    estimated = fk.estimate_flops_reduction(baseline, estimate_data, config["threshold"], config["target"],
+                                            layers_to_gate=layers_to_gate(config, baseline))
     logging.info("Estimated FLOPs reduction at r=%g before FTWT training: %.4f", config["threshold"], estimated)
 
     model, ftwt_time = train_ftwt(config, baseline, train, test)
