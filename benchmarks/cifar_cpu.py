@@ -504,7 +504,7 @@ def train_all():
     import keras
 
     root = FLAGS.output_dir
-    common.layers_to_gate(_config(root), common.build_model(_config(root)))  # a bad --ungated_layers fails now
+    common.check_ungated_layers(_config(root))
     os.makedirs(root, exist_ok=True)
     keras.utils.set_random_seed(FLAGS.seed)
     baseline_path = FLAGS.baseline_model or os.path.join(_baseline_root(), "baseline.keras")

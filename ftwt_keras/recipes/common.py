@@ -263,6 +263,12 @@ def layers_to_gate(config, baseline):
     return gating.layers_except(baseline, ungated) if ungated else None
 
 
+def check_ungated_layers(config):
+    """Fails on an `--ungated_layers` pattern that names no conv, before any training."""
+    if config.get("ungated_layers"):
+        layers_to_gate(config, build_model(config))
+
+
 def train_ftwt(config, baseline, train, test):
     """Stage 2: gate the baseline and train FTWT, resumable; returns it and its training seconds."""
     import keras
@@ -325,7 +331,7 @@ def run(config=None):
     import ftwt_keras as fk
 
     config = config or _read_config()
-    layers_to_gate(config, build_model(config))  # a bad --ungated_layers fails before any training
+    check_ungated_layers(config)
     os.makedirs(config["output_dir"], exist_ok=True)
     keras.utils.set_random_seed(config["seed"])
     train, test, estimate_data = _datasets(config)
