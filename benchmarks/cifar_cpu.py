@@ -774,7 +774,9 @@ def plots(rows, prefix, static_rows=()):
             ax.plot([100 * np.mean(_decided_by_image(r)) for r in per_layer], marker=".", color=f"C{index}")
         ax.set_ylabel("filters on for 10-90%\nof the test images (%)")
         ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("gated layer (input to output; MobileNetV1: stem, then depthwise / pointwise pairs)")
+    dense_layers = sorted({name for row, _ in rows for name in row["ungated_layers"]})
+    axes[-1, 0].set_xlabel("gated layer (input to output; MobileNetV1: stem, then depthwise / pointwise pairs)"
+                           + (f"\nleft dense, so not counted: {', '.join(dense_layers)}" if dense_layers else ""))
     paths.append(_save(fig, f"{prefix}_layer_keep.png"))
 
     middle_row, middle = _middle_run(rows)  # the shift and difficulty panels show one run
