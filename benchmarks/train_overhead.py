@@ -9,6 +9,11 @@ machine noise hits both alike; reported: the median images/s of each and the
 median of the per-pair ratios FTWT / plain (robust to drifts of the machine's
 speed over the run).
 
+`--batch_norm=both` times each step twice more, side by side: with batch norm
+as Keras 3 computes it (separate element-wise ops) and through TensorFlow's
+fused kernel (`ftwt_keras.normalization`, the default since 2026-12-02), and
+prints the speed-up of the fused kernel for each.
+
 `--profile_steps=N` then runs N more steps of each under the TensorFlow
 profiler and prints where the time goes: CPU milliseconds per step by op type
 (op times summed over threads), plain vs FTWT, largest differences first.
@@ -30,6 +35,8 @@ flags.DEFINE_float("threshold", 0.95, "FTWT threshold r.")
 flags.DEFINE_enum("mode", "decoupled", ["decoupled", "joint"], "FTWT mode.")
 flags.DEFINE_integer("predictor_rank", None, "Low-rank mask predictors (default: the paper's full ones).")
 flags.DEFINE_integer("profile_steps", 0, "Steps of each model to profile by op type afterwards (0: none).")
+flags.DEFINE_enum("batch_norm", "fused", ["fused", "keras", "both"],
+                  "Batch norm in training: TensorFlow's fused kernel, Keras 3's element-wise ops, or both side by side.")
 flags.DEFINE_bool("jit_compile", False, "Compile both train steps with XLA (`compile(jit_compile=True)`).")
 FLAGS = flags.FLAGS
 
@@ -86,18 +93,24 @@ def _print_profile(models, iterators):
     import tempfile
 
     with tempfile.TemporaryDirectory() as logdir:
-        totals = {name: _op_milliseconds(model, iterators[name], FLAGS.profile_steps, os.path.join(logdir, name))
-                  for name, model in models}
-    ops = sorted(set(totals["plain"]) | set(totals["ftwt"]),
-                 key=lambda op: totals["plain"][op] - totals["ftwt"][op])
+        totals = {name: _op_milliseconds(model, iterators[name], FLAGS.profile_steps, os.path.join(logdir, str(i)))
+                  for i, (name, model) in enumerate(models)}
+    names = list(totals)
+    ops = set().union(*totals.values())
+    if names == ["plain", "ftwt"]:
+        ops = sorted(ops, key=lambda op: totals["plain"][op] - totals["ftwt"][op])  # largest differences first
+    else:
+        ops = sorted(ops, key=lambda op: -sum(t[op] for t in totals.values()))  # most time first
     print(f"\nCPU ms per step by op type (TensorFlow profiler, {FLAGS.profile_steps} steps each; "
           "op times summed over threads, so a step's total exceeds its wall time):")
-    print(f"  {'op type':44s} {'plain':>8s} {'FTWT':>8s} {'FTWT - plain':>13s}")
+    diff = names == ["plain", "ftwt"]
+    print(f"  {'op type':44s}" + "".join(f" {n:>16s}" for n in names) + (f" {'FTWT - plain':>13s}" if diff else ""))
     for op in ops[:25]:
-        print(f"  {op:44s} {totals['plain'][op]:8.1f} {totals['ftwt'][op]:8.1f} "
-              f"{totals['ftwt'][op] - totals['plain'][op]:+13.1f}")
-    print(f"  {'all op types':44s} {sum(totals['plain'].values()):8.1f} {sum(totals['ftwt'].values()):8.1f} "
-          f"{sum(totals['ftwt'].values()) - sum(totals['plain'].values()):+13.1f}")
+        print(f"  {op:44s}" + "".join(f" {totals[n][op]:16.1f}" for n in names)
+              + (f" {totals['ftwt'][op] - totals['plain'][op]:+13.1f}" if diff else ""))
+    sums = {n: sum(totals[n].values()) for n in names}
+    print(f"  {'all op types':44s}" + "".join(f" {sums[n]:16.1f}" for n in names)
+          + (f" {sums['ftwt'] - sums['plain']:+13.1f}" if diff else ""))
 
 
 def main(argv):
@@ -116,38 +129,55 @@ def main(argv):
     def loss():
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    plain = _build()
-    plain.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss(), metrics=["accuracy"],
-                  jit_compile=FLAGS.jit_compile)
-    ftwt = fk.gate(_build(), threshold=FLAGS.threshold, mode=FLAGS.mode, predictor_rank=FLAGS.predictor_rank)
-    ftwt.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                 gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=loss(), metrics=["accuracy"],
-                 jit_compile=FLAGS.jit_compile)
-    iterators = {}
-    for name, model in (("plain", plain), ("ftwt", ftwt)):  # trace and warm up
-        model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
-        model.make_train_function()
-        iterators[name] = iter(dataset)
-        for _ in range(2):
-            _step_seconds(model, iterators[name])
-    seconds = {"plain": [], "ftwt": []}
+    kernels = ("keras", "fused") if FLAGS.batch_norm == "both" else (FLAGS.batch_norm,)
+    models, iterators = {}, {}
+    for kernel in kernels:
+        suffix = f" ({kernel} BN)" if len(kernels) > 1 else ""
+        # The kernel is chosen when the step is traced: build, compile and warm up inside.
+        with fk.normalization.fused_kernel(kernel == "fused"):
+            plain = _build()
+            plain.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss(), metrics=["accuracy"],
+                          jit_compile=FLAGS.jit_compile)
+            ftwt = fk.gate(_build(), threshold=FLAGS.threshold, mode=FLAGS.mode, predictor_rank=FLAGS.predictor_rank)
+            ftwt.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                         gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=loss(), metrics=["accuracy"],
+                         jit_compile=FLAGS.jit_compile)
+            for name, model in (("plain" + suffix, plain), ("ftwt" + suffix, ftwt)):  # trace and warm up
+                model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
+                model.make_train_function()
+                iterators[name] = iter(dataset)
+                for _ in range(2):
+                    _step_seconds(model, iterators[name])
+                models[name] = model
+    seconds = {name: [] for name in models}
     for step in range(FLAGS.steps):
-        for name, model in (("plain", plain), ("ftwt", ftwt)):
+        for name, model in models.items():
             seconds[name].append(_step_seconds(model, iterators[name]))
         if (step + 1) % 10 == 0:
-            recent = {k: FLAGS.batch_size / np.median(v[-10:]) for k, v in seconds.items()}
-            print(f"steps {step - 8}-{step + 1}: plain {recent['plain']:.0f} img/s, ftwt {recent['ftwt']:.0f} img/s")
-    plain_ips, ftwt_ips = (FLAGS.batch_size / float(np.median(seconds[k])) for k in ("plain", "ftwt"))
-    paired = float(np.median(np.array(seconds["plain"]) / np.array(seconds["ftwt"])))
+            recent = ", ".join(f"{k} {FLAGS.batch_size / np.median(v[-10:]):.0f}" for k, v in seconds.items())
+            print(f"steps {step - 8}-{step + 1}, img/s: {recent}")
     name = f"{FLAGS.model}" + (f" alpha={FLAGS.alpha:g}" if FLAGS.model == "mobilenet_v1" else "")
     print(f"\n{name}, batch {FLAGS.batch_size}, {os.cpu_count()} CPUs, "
           f"oneDNN={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, XLA={FLAGS.jit_compile}, TF {tf.__version__}, Keras {keras.__version__}")
-    print(f"plain train step: {plain_ips:.0f} images/s (median of {FLAGS.steps} steps)")
-    print(f"FTWT  train step: {ftwt_ips:.0f} images/s ({FLAGS.mode}, r={FLAGS.threshold:g})")
-    print(f"FTWT / plain:     {ftwt_ips / plain_ips:.2f}x (ratio of medians), "
-          f"{paired:.2f}x (median of the {FLAGS.steps} paired step ratios)")
+
+    def ratio(slow, fast):
+        """(ratio of medians, median of the paired ratios) of images/s, fast over slow."""
+        return (float(np.median(seconds[slow]) / np.median(seconds[fast])),
+                float(np.median(np.array(seconds[slow]) / np.array(seconds[fast]))))
+
+    for kernel in kernels:
+        suffix = f" ({kernel} BN)" if len(kernels) > 1 else ""
+        plain_ips, ftwt_ips = (FLAGS.batch_size / float(np.median(seconds[k + suffix])) for k in ("plain", "ftwt"))
+        print(f"plain train step{suffix}: {plain_ips:.0f} images/s (median of {FLAGS.steps} steps)")
+        print(f"FTWT  train step{suffix}: {ftwt_ips:.0f} images/s ({FLAGS.mode}, r={FLAGS.threshold:g})")
+        print("FTWT / plain{}:     {:.2f}x (ratio of medians), {:.2f}x (median of the {} paired step ratios)".format(
+            suffix, *ratio("plain" + suffix, "ftwt" + suffix), FLAGS.steps))
+    if len(kernels) > 1:
+        for step in ("plain", "ftwt"):
+            print("{} step, fused BN / Keras BN: {:.2f}x (ratio of medians), {:.2f}x (paired)".format(
+                step, *ratio(f"{step} (keras BN)", f"{step} (fused BN)")))
     if FLAGS.profile_steps:
-        _print_profile((("plain", plain), ("ftwt", ftwt)), iterators)
+        _print_profile([(name, models[name]) for name in models], iterators)
 
 
 if __name__ == "__main__":

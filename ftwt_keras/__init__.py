@@ -7,16 +7,18 @@ import os
 # export TF_ENABLE_ONEDNN_OPTS=0.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from ftwt_keras import callbacks, data, flops, gating, layers, masks, models
+from ftwt_keras import callbacks, data, flops, gating, layers, masks, models, normalization
 from ftwt_keras.estimate import estimate_flops_reduction, target_flops_reduction
 from ftwt_keras.gating import gate, ungate
 from ftwt_keras.layers import GatedConv, MaskPredictor, record_gates
+from ftwt_keras.normalization import FusedBatchNormalization
 from ftwt_keras.training import FTWTModel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FTWTModel",
+    "FusedBatchNormalization",
     "GatedConv",
     "MaskPredictor",
     "callbacks",
@@ -28,6 +30,7 @@ __all__ = [
     "layers",
     "masks",
     "models",
+    "normalization",
     "record_gates",
     "target_flops_reduction",
     "ungate",

@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 import keras
 from keras import ops
 
-from ftwt_keras import masks
+from ftwt_keras import masks, normalization
 
 PACKAGE = "ftwt_keras"
 POOLINGS = ("avg", "max")
@@ -416,10 +416,15 @@ class GatedConv(keras.layers.Layer):
 
     def dense_outputs(self, inputs, training=None):
         """The unit's output with every filter computed (before gating)."""
+        return self.activation(self._pre_activation(inputs, training))
+
+    def _pre_activation(self, inputs, training):
+        """Conv, then batch norm (TensorFlow's fused kernel in training, see
+        `ftwt_keras.normalization`), with the moving statistics updated in training."""
         outputs = self.conv(inputs)
-        if self.batch_norm is not None:
-            outputs = self.batch_norm(outputs, training=training)
-        return self.activation(outputs)
+        if self.batch_norm is None:
+            return outputs
+        return normalization.batch_norm(self.batch_norm, outputs, training=training)
 
     def gate_logits(self, inputs):
         """Predictor logits; the input is a stop-gradient unless mode is joint."""
@@ -447,40 +452,6 @@ class GatedConv(keras.layers.Layer):
         """Whether `call` can gate through the pre-activation shift (see there)."""
         return self._relu_like and (self.batch_norm is None or not self.batch_norm.renorm)
 
-    def _scaled_and_shift(self, inputs, training):
-        """`(scaled, shift)` with `scaled + shift` = the conv -> batch norm output.
-
-        `scaled` is the conv output times the batch-norm scale, `(batch, h, w,
-        filters)`; `shift` is `(filters,)`. Same formula and statistics as
-        `keras.layers.BatchNormalization` (moving averages updated in training).
-        """
-        outputs = self.conv(inputs)
-        bn = self.batch_norm
-        if bn is None:
-            return outputs, ops.zeros((outputs.shape[-1],), outputs.dtype)
-        outputs = ops.cast(outputs, keras.backend.result_type(outputs.dtype, "float32"))
-        if training and bn.trainable:
-            mean, variance = ops.moments(outputs, axes=(0, 1, 2), synchronized=bn.synchronized)
-            momentum = bn.momentum
-            bn.moving_mean.assign(
-                ops.cast(bn.moving_mean, mean.dtype) * momentum + mean * (1.0 - momentum)
-            )
-            bn.moving_variance.assign(
-                ops.cast(bn.moving_variance, variance.dtype) * momentum
-                + variance * (1.0 - momentum)
-            )
-        else:
-            mean = ops.cast(bn.moving_mean, outputs.dtype)
-            variance = ops.cast(bn.moving_variance, outputs.dtype)
-        # As tf.nn.batch_normalization: x * inv + (beta - mean * inv).
-        inv = ops.rsqrt(variance + bn.epsilon)
-        if bn.scale:
-            inv = inv * ops.cast(bn.gamma, inv.dtype)
-        shift = -mean * inv
-        if bn.center:
-            shift = shift + ops.cast(bn.beta, shift.dtype)
-        return outputs * inv, shift
-
     def call(self, inputs, training=None):
         logits = self.gate_logits(inputs)
         recorder = GateRecorder.current()
@@ -490,14 +461,13 @@ class GatedConv(keras.layers.Layer):
             # pre-activation far below zero instead of multiplying the output
             # by the mask. Same outputs and gradients, one full-size multiply
             # fewer in the forward pass and one in the backward pass.
-            scaled, shift = self._scaled_and_shift(inputs, training)
-            mask = ops.cast(logits > 0, scaled.dtype)
+            pre_activation = self._pre_activation(inputs, training)
+            mask = ops.cast(logits > 0, pre_activation.dtype)
 
             def dense_scores():
-                # max over h, w of act(scaled + shift) = act(max(scaled) + shift):
-                # the dense output's scores without computing the dense output.
-                peak = global_pool(ops.stop_gradient(scaled), "max") + ops.stop_gradient(shift)
-                return self.activation(peak)
+                # max over h, w of act(x) = act(max(x)): the dense output's
+                # scores without computing the dense output.
+                return self.activation(global_pool(ops.stop_gradient(pre_activation), "max"))
 
         else:
             outputs = self.dense_outputs(inputs, training=training)
@@ -518,9 +488,8 @@ class GatedConv(keras.layers.Layer):
         if not self._masks_through_shift:
             return outputs * mask[:, None, None, :] if apply_masks else outputs
         if apply_masks:
-            shift = shift + (mask - 1.0) * OFF_SHIFT  # (batch, filters)
-            shift = shift[:, None, None, :]
-        return ops.cast(self.activation(scaled + shift), self.compute_dtype)
+            pre_activation = pre_activation + ((mask - 1.0) * OFF_SHIFT)[:, None, None, :]
+        return ops.cast(self.activation(pre_activation), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)

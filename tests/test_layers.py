@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from ftwt_keras import normalization
 from ftwt_keras.layers import GatedConv, MaskPredictor, record_gates
 
 
@@ -146,7 +147,9 @@ def test_relu_gates_through_the_shift_exactly_like_the_mask_multiply(depthwise, 
     results = []
     for layer in (fast, reference):
         x = tf.constant(images)
-        with tf.GradientTape() as tape, record_gates(targets=True) as recorder:
+        # The reference is Keras's own batch norm (element-wise ops), then the multiply.
+        with tf.GradientTape() as tape, record_gates(targets=True) as recorder, \
+                normalization.fused_kernel(layer is fast):
             tape.watch(x)
             out = layer(x, training=training)
             loss = tf.reduce_sum(out * probe)
@@ -161,10 +164,12 @@ def test_relu_gates_through_the_shift_exactly_like_the_mask_multiply(depthwise, 
     np.testing.assert_array_equal(np.asarray(target), np.asarray(ref_target))
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref_out), rtol=1e-5, atol=1e-5)
     assert np.all(np.asarray(out)[np.broadcast_to(mask[:, None, None, :] == 0, out.shape)] == 0)
+    # The fused kernel sums in another order: on these raw-pixel inputs (mean >> spread)
+    # a depthwise kernel's gradient moves by up to 2.4e-4 of its size.
     for gradient, ref_gradient in zip(gradients, ref_gradients):
-        np.testing.assert_allclose(np.asarray(gradient), np.asarray(ref_gradient), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(gradient), np.asarray(ref_gradient), rtol=1e-3, atol=1e-3)
     for stat, ref_stat in zip(stats, ref_stats):  # moving statistics (updated in training)
-        np.testing.assert_allclose(np.asarray(stat), np.asarray(ref_stat), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(stat), np.asarray(ref_stat), rtol=1e-5)
 
 
 def test_batch_renorm_and_other_activations_gate_by_multiplying():

@@ -1,7 +1,9 @@
-"""Building blocks shared by the model zoo (plain Keras layers)."""
+"""Building blocks shared by the model zoo (Keras layers, batch norm trained fused)."""
 
 import keras
 from keras import ops
+
+from ftwt_keras.normalization import FusedBatchNormalization
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # official FTWT / pytorch-classification
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -47,7 +49,7 @@ def conv_bn(x, filters, kernel_size, stride, name, depthwise=False, use_bias=Fal
             filters, kernel_size, strides=stride, padding=padding, use_bias=use_bias,
             kernel_initializer="he_normal", name=name,
         )(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     if activation is not None:
         x = keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
     return x

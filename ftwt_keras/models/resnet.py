@@ -3,6 +3,7 @@
 import keras
 
 from ftwt_keras.models import _blocks
+from ftwt_keras.normalization import FusedBatchNormalization
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110)
 IMAGENET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -24,7 +25,7 @@ def _basic_block(x, filters, stride, name, shortcut):
                 filters, 1, strides=stride, use_bias=False, kernel_initializer="he_normal",
                 name=f"{name}_shortcut_conv",
             )(x)
-            identity = keras.layers.BatchNormalization(
+            identity = FusedBatchNormalization(
                 momentum=_blocks.BN_MOMENTUM, epsilon=_blocks.BN_EPSILON, name=f"{name}_shortcut_bn"
             )(identity)
     out = keras.layers.Add(name=f"{name}_add")([out, identity])
