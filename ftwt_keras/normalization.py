@@ -31,9 +31,9 @@ _fused_kernel_enabled = True
 def fused_kernel(enabled=True):
     """Within this context, `batch_norm` uses the fused kernel only if `enabled`.
 
-    For comparisons (`benchmarks/train_overhead.py --batch_norm=both`) and for ruling the kernel out
-    when results differ. It acts when a step is traced: build and compile the
-    model, and run its first step, inside the context.
+    For comparisons (`benchmarks/train_overhead.py --batch_norm=both`) and for
+    ruling the kernel out when results differ. It acts when a step is traced:
+    build and compile the model, and run its first step, inside the context.
     """
     global _fused_kernel_enabled
     previous, _fused_kernel_enabled = _fused_kernel_enabled, bool(enabled)
