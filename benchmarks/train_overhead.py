@@ -96,14 +96,14 @@ def _print_profile(models, iterators):
         totals = {name: _op_milliseconds(model, iterators[name], FLAGS.profile_steps, os.path.join(logdir, str(i)))
                   for i, (name, model) in enumerate(models)}
     names = list(totals)
+    diff = names == ["plain", "ftwt"]  # one kernel: a difference column, largest differences first
     ops = set().union(*totals.values())
-    if names == ["plain", "ftwt"]:
-        ops = sorted(ops, key=lambda op: totals["plain"][op] - totals["ftwt"][op])  # largest differences first
+    if diff:
+        ops = sorted(ops, key=lambda op: totals["plain"][op] - totals["ftwt"][op])
     else:
         ops = sorted(ops, key=lambda op: -sum(t[op] for t in totals.values()))  # most time first
     print(f"\nCPU ms per step by op type (TensorFlow profiler, {FLAGS.profile_steps} steps each; "
           "op times summed over threads, so a step's total exceeds its wall time):")
-    diff = names == ["plain", "ftwt"]
     print(f"  {'op type':44s}" + "".join(f" {n:>16s}" for n in names) + (f" {'FTWT - plain':>13s}" if diff else ""))
     for op in ops[:25]:
         print(f"  {op:44s}" + "".join(f" {totals[n][op]:16.1f}" for n in names)

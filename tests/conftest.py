@@ -16,6 +16,18 @@ def force_gates(model, on):
         layer.predictor.bias.assign(np.full(layer.predictor.bias.shape, 50.0 if on else -50.0, "float32"))
 
 
+def randomize_weights(layer, rng):
+    """Random normal values for every weight of `layer`; variances made positive.
+
+    Batch-norm scales come out negative for some channels, as can happen in training.
+    """
+    for variable in layer.weights:
+        value = rng.normal(size=variable.shape).astype("float32")
+        if "variance" in variable.path:
+            value = np.abs(value) + 0.1
+        variable.assign(value)
+
+
 def benchmark_script(name):
     """The module of `benchmarks/<name>.py` (the benchmarks are scripts, not a package)."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import randomize_weights
 from ftwt_keras import normalization
 from ftwt_keras.layers import GatedConv, MaskPredictor, record_gates
 
@@ -114,15 +115,6 @@ def _relu_reference(x):
     return keras.ops.relu(x)
 
 
-def _randomize(layer, rng):
-    """Random conv, batch-norm (some negative scales) and predictor weights."""
-    for variable in layer.weights:
-        value = rng.normal(size=variable.shape).astype("float32")
-        if "variance" in variable.path:
-            value = np.abs(value) + 0.1
-        variable.assign(value)
-
-
 @pytest.mark.parametrize("depthwise", [False, True])
 @pytest.mark.parametrize("batch_norm", [True, False])
 @pytest.mark.parametrize("training", [True, False])
@@ -141,7 +133,7 @@ def test_relu_gates_through_the_shift_exactly_like_the_mask_multiply(depthwise, 
 
     fast, reference = make("relu"), make(_relu_reference)
     assert fast._masks_through_shift and not reference._masks_through_shift
-    _randomize(fast, np.random.default_rng(1))
+    randomize_weights(fast, np.random.default_rng(1))
     reference.set_weights(fast.get_weights())
     probe = np.random.default_rng(2).normal(size=(8, 32, 32, fast.predictor.units)).astype("float32")
     results = []

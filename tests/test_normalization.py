@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import ftwt_keras as fk
+from conftest import randomize_weights
 from ftwt_keras import normalization
 from ftwt_keras.layers import GatedConv
 from ftwt_keras.normalization import FusedBatchNormalization
@@ -10,16 +11,11 @@ from ftwt_keras.normalization import FusedBatchNormalization
 
 def _pair(**kwargs):
     """A Keras batch norm and a fused one with the same random weights and statistics."""
-    rng = np.random.default_rng(3)
     layers = keras.layers.BatchNormalization(**kwargs), FusedBatchNormalization(**kwargs)
     for layer in layers:
         layer.build((None, 5, 5, 6))
-    for variables in zip(*(layer.weights for layer in layers)):
-        value = rng.normal(size=variables[0].shape).astype("float32")
-        if "variance" in variables[0].path:
-            value = np.abs(value) + 0.5
-        for variable in variables:
-            variable.assign(value)
+    randomize_weights(layers[0], np.random.default_rng(3))
+    layers[1].set_weights(layers[0].get_weights())
     return layers
 
 
