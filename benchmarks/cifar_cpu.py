@@ -72,6 +72,9 @@ flags.DEFINE_bool("use_softmax", False,
                   "in a short schedule it leaves the predictors nearly input-blind, see README).")
 flags.DEFINE_integer("predictor_rank", None,
                      "Factor each mask predictor through this many channels (default: the paper's full predictor).")
+flags.DEFINE_enum("target", "mass", ["mass", "uniform"],
+                  "Gate targets: the filters holding the heatmap mass r (the paper's rule), or the top r fraction "
+                  "of each layer's filters by heatmap score (the official code's uniform rule).")
 flags.DEFINE_float("cooldown", 0.5, "Fraction of FTWT epochs with the gate loss on (the paper's 0.5).")
 flags.DEFINE_integer("warmup_steps", 100, "Predictor warm-up batches toward all-ones.")
 flags.DEFINE_integer("seed", 0, "Random seed of the baseline and every FTWT run (data order, initial predictors).")
@@ -97,9 +100,9 @@ ANALYSIS_FILE = "analysis.npz"
 STATIC_FILE = "static.json"
 
 
-def run_name(threshold, mode, scale=1.0):
+def run_name(threshold, mode, scale=1.0, target="mass"):
     suffix = "" if mode == "decoupled" or scale == 1.0 else f"_g{scale:g}"
-    return f"r{float(threshold):g}_{mode}{suffix}"
+    return f"r{float(threshold):g}_{mode}{suffix}" + ("" if target == "mass" else f"_{target}")
 
 
 def static_run_name(alpha):
@@ -161,7 +164,7 @@ def _config(output_dir, threshold=1.0, mode="decoupled", baseline=None, scale=0.
         "gate_loss_weight": 1.0, "joint_gradient_scale": scale,
         "pooling": "avg", "use_softmax": FLAGS.use_softmax, "predictor_rank": FLAGS.predictor_rank,
         "weight_decay": 5e-4, "threshold": threshold, "mode": mode,
-        "target": "mass", "cooldown": FLAGS.cooldown, "warmup_steps": FLAGS.warmup_steps,
+        "target": FLAGS.target, "cooldown": FLAGS.cooldown, "warmup_steps": FLAGS.warmup_steps,
         "threshold_ramp_epochs": FLAGS.threshold_ramp_epochs, "distillation_weight": FLAGS.distillation_weight,
         "distillation_temperature": FLAGS.distillation_temperature, "ungated_layers": FLAGS.ungated_layers,
         "estimate_images": 2048, "seed": FLAGS.seed, "verbose": FLAGS.verbose,
@@ -524,14 +527,14 @@ def train_all():
         logging.info("Stage 1: dense MobileNetV1 x%g baseline, %d epochs", FLAGS.alpha, FLAGS.baseline_epochs)
         common.train_baseline(baseline_config, train, test)  # its time: baseline_seconds.json there
     for threshold, mode, scale in _runs():
-        run_dir = os.path.join(root, run_name(threshold, mode, scale))
+        run_dir = os.path.join(root, run_name(threshold, mode, scale, FLAGS.target))
         config = _config(run_dir, threshold, mode, baseline=baseline_path, scale=scale)
         if os.path.exists(os.path.join(run_dir, "results.json")):
             check_finished_run(run_dir, config)
             logging.info("FTWT at r=%g, %s mode: already done (%s)", threshold, mode, run_dir)
         else:
-            logging.info("FTWT at r=%g, %s mode%s", threshold, mode,
-                         f", joint gradient scale {scale:g}" if mode == "joint" else "")
+            logging.info("FTWT at r=%g, %s mode%s, %s targets", threshold, mode,
+                         f", joint gradient scale {scale:g}" if mode == "joint" else "", FLAGS.target)
             common.run(config)
         if analysis_is_complete(run_dir):
             continue
@@ -558,7 +561,7 @@ def collect():
 
     rows = []
     for threshold, mode, scale in _runs():
-        run_dir = os.path.join(FLAGS.output_dir, run_name(threshold, mode, scale))
+        run_dir = os.path.join(FLAGS.output_dir, run_name(threshold, mode, scale, FLAGS.target))
         results_path, analysis_path = (os.path.join(run_dir, f) for f in ("results.json", ANALYSIS_FILE))
         if not (os.path.exists(results_path) and os.path.exists(analysis_path)):
             continue
@@ -597,6 +600,7 @@ def collect():
             "lr": results["config"]["lr"],
             "predictor_rank": results["config"].get("predictor_rank"),
             "cooldown": results["config"]["cooldown"],
+            "target": results["config"]["target"],
             # 0 for runs made before these options existed (none had them).
             "distillation_weight": results["config"].get("distillation_weight", 0.0),
             "threshold_ramp_epochs": results["config"].get("threshold_ramp_epochs", 0),
@@ -814,9 +818,11 @@ def plots(rows, prefix, static_rows=()):
 
 
 def _mode(row):
-    """"decoupled", "joint", or "joint (gradient x0.01)" for a scaled joint run."""
+    """"decoupled", "joint", or "joint (gradient x0.01)" for a scaled joint run; ", uniform targets" added
+    where the targets are not the paper's heatmap mass."""
     scale = row["joint_gradient_scale"]
-    return row["mode"] if scale in (None, 1.0) else f"{row['mode']} (gradient x{scale:g})"
+    mode = row["mode"] if scale in (None, 1.0) else f"{row['mode']} (gradient x{scale:g})"
+    return mode if row["target"] == "mass" else f"{mode}, {row['target']} targets"
 
 
 def _fine_tuning_aids(rows):

@@ -302,9 +302,9 @@ def layers_except(model, patterns):
     The paper gates every conv; leaving some plain is an option of this
     library, not in the paper. It does not buy accuracy by itself: on
     CIFAR-10, MobileNetV1 x0.25 with conv1 and block 1 dense lost 2.2 points
-    more than with every conv gated at ~53% fewer MACs (README, "Leaving the
-    first convs dense"), since later layers must then prune harder; blocks
-    12-13 dense instead landed on the all-gated curve.
+    more than with every conv gated at ~53% fewer MACs (docs/experiments.md,
+    "Leaving the first convs dense"), since later layers must then prune
+    harder; blocks 12-13 dense instead landed on the all-gated curve.
 
     Args:
         model: the plain model about to be gated; its conv layers' names

@@ -121,7 +121,8 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     reuse = [f"--output_dir={tmp_path / 'reused_runs'}", f"--results={reused_results}",
              f"--baseline_dir={tmp_path / 'runs'}", "--baseline_epochs=1", "--epochs=1", "--train_take=256",
              "--test_take=64", "--thresholds=0.8", "--joint_thresholds=", "--warmup_steps=1", "--tflite_images=0",
-             "--seed=3", "--cooldown=0.6", "--lr=0.01", "--distillation_weight=0.5", "--threshold_ramp_epochs=1"]
+             "--seed=3", "--cooldown=0.6", "--lr=0.01", "--distillation_weight=0.5", "--threshold_ramp_epochs=1",
+             "--target=uniform"]
     reused = _run(*reuse)
     assert reused.returncode == 0, reused.stderr[-3000:]
     assert "reusing the dense baseline" in reused.stderr
@@ -130,8 +131,12 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert row["threshold"] == 0.8 and row["baseline_accuracy"] == rows[0]["baseline_accuracy"]
     assert (row["seed"], row["cooldown"], row["lr"]) == (3, 0.6, 0.01) and (rows[0]["seed"], rows[0]["lr"]) == (0, 0.02)
     assert (row["distillation_weight"], row["threshold_ramp_epochs"]) == (0.5, 1)
+    assert (row["target"], rows[0]["target"]) == ("uniform", "mass")
+    assert "| 0.8 | decoupled, uniform targets |" in reused_results.with_suffix(".md").read_text()
     assert (rows[0]["distillation_weight"], rows[0]["threshold_ramp_epochs"]) == (0.0, 0)
-    with open(tmp_path / "reused_runs" / "r0.8_decoupled" / "ftwt_history.csv") as file:
+    uniform = json.loads((tmp_path / "reused_runs" / "r0.8_decoupled_uniform" / "results.json").read_text())
+    assert uniform["config"]["target"] == "uniform"
+    with open(tmp_path / "reused_runs" / "r0.8_decoupled_uniform" / "ftwt_history.csv") as file:
         history = file.read().splitlines()
     column = history[0].split(",").index("learning_rate")
     assert float(history[1].split(",")[column]) == pytest.approx(0.01)  # the backbone optimizer's, epoch 1
