@@ -799,7 +799,7 @@ def plots(rows, prefix, static_rows=()):
                         ("blur", f"Gaussian blur, sigma {FLAGS.blur_sigma:g}")):
         axes[1].hist(100 * middle[f"macs_{kind}"] / dense, bins=50, histtype="step", label=label)
     axes[1].set_xlabel("per-image MACs executed (% of dense)")
-    axes[1].set_title(f"Shifted inputs, {_label(middle_row)}")
+    axes[1].set_title(f"Shifted inputs\n{_label(middle_row)}")  # two lines: long labels overflow
     axes[1].legend(fontsize=8)
     if by_difficulty:
         right = middle["baseline_correct_clean"].astype(bool)
@@ -810,7 +810,7 @@ def plots(rows, prefix, static_rows=()):
                          label=f"{label} ({int(group.sum())} images)")
         axes[2].set_xlabel("per-image MACs executed (% of dense)")
         axes[2].set_ylabel("density")
-        axes[2].set_title(f"Easy vs hard test images, {_label(middle_row)}")
+        axes[2].set_title(f"Easy vs hard test images\n{_label(middle_row)}")
         axes[2].legend(fontsize=8)
     paths.append(_save(fig, f"{prefix}_per_image_flops.png"))
     plt.close("all")
