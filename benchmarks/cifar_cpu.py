@@ -668,6 +668,19 @@ def _percent(value):
     return "n/a" if value is None else _pct(value) + "%"
 
 
+def _values(rows, key, fmt="{:g}"):
+    """The distinct values of `key` over the runs, "a/b" where they differ."""
+    return "/".join(fmt.format(value) for value in sorted({row[key] for row, _ in rows}))
+
+
+def markdown_caption(rows):
+    """One line above the table with the settings its rows share (several values: "a/b")."""
+    return (f"MobileNetV1 x{_values(rows, 'alpha')}, CIFAR-10 ({_values(rows, 'test_images', '{:,}')} test images), "
+            f"seed {_values(rows, 'seed')}: dense baseline {_values(rows, 'baseline_epochs')} epochs; "
+            f"FTWT {_values(rows, 'epochs')} epochs at backbone LR {_values(rows, 'lr')}, gate loss on for the "
+            f"first {_values(rows, 'cooldown', '{:.0%}')} of them" + _fine_tuning_aids(rows).replace("\n", ", ") + ".\n\n")
+
+
 def markdown_table(rows):
     lines = [
         "| r | mode | baseline top-1 | FTWT top-1 | drop (pt) | FLOPs red. | estimate | final targets | gate acc. "
@@ -858,7 +871,7 @@ def report():
     os.makedirs(folder, exist_ok=True)
     with open(FLAGS.results, "w") as file:
         json.dump({"rows": [row for row, _ in rows], "static_rows": static_rows}, file, indent=1)
-    table = markdown_table(rows)
+    table = markdown_caption(rows) + markdown_table(rows)
     if static_rows:
         table += "\n" + static_markdown_table(static_rows)
     stem = os.path.splitext(FLAGS.results)[0]  # the table and plots are named after the results file

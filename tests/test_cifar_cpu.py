@@ -80,6 +80,8 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     beyond = error > 1e-3
     assert rows[0]["gate_margin_beyond_tolerance"] == (pytest.approx(margin[beyond].max()) if beyond.any() else None)
     table = results.with_suffix(".md").read_text()
+    assert table.startswith("MobileNetV1 x0.25, CIFAR-10 (64 test images), seed 0: dense baseline 1 epochs; FTWT 1 "
+                            "epochs at backbone LR 0.02, gate loss on for the first 50% of them.\n\n| r | mode |")
     assert table.count("\n| 0.9 |") == 2
     assert f"| {100 * rows[0]['filters_never_on']:.1f}% / {100 * rows[0]['filters_always_on']:.1f}% (" in table
     # The static-width control: a dense x0.2 trained from scratch for baseline + FTWT epochs.
@@ -132,7 +134,11 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert (row["seed"], row["cooldown"], row["lr"]) == (3, 0.6, 0.01) and (rows[0]["seed"], rows[0]["lr"]) == (0, 0.02)
     assert (row["distillation_weight"], row["threshold_ramp_epochs"]) == (0.5, 1)
     assert (row["target"], rows[0]["target"]) == ("uniform", "mass")
-    assert "| 0.8 | decoupled, uniform targets |" in reused_results.with_suffix(".md").read_text()
+    reused_table = reused_results.with_suffix(".md").read_text()
+    assert "| 0.8 | decoupled, uniform targets |" in reused_table
+    assert reused_table.startswith("MobileNetV1 x0.25, CIFAR-10 (64 test images), seed 3: dense baseline 1 epochs; "
+                                   "FTWT 1 epochs at backbone LR 0.01, gate loss on for the first 60% of them, with "
+                                   "distillation 0.5 and r ramped over 1 epochs (not in the paper).\n\n")
     assert (rows[0]["distillation_weight"], rows[0]["threshold_ramp_epochs"]) == (0.0, 0)
     uniform = json.loads((tmp_path / "reused_runs" / "r0.8_decoupled_uniform" / "results.json").read_text())
     assert uniform["config"]["target"] == "uniform"
