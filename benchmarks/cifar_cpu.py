@@ -678,7 +678,7 @@ def markdown_caption(rows):
     return (f"MobileNetV1 x{_values(rows, 'alpha')}, CIFAR-10 ({_values(rows, 'test_images', '{:,}')} test images), "
             f"seed {_values(rows, 'seed')}: dense baseline {_values(rows, 'baseline_epochs')} epochs; "
             f"FTWT {_values(rows, 'epochs')} epochs at backbone LR {_values(rows, 'lr')}, gate loss on for the "
-            f"first {_values(rows, 'cooldown', '{:.0%}')} of them" + _fine_tuning_aids(rows).replace("\n", ", ") + ".\n\n")
+            f"first {_values(rows, 'cooldown', '{:.0%}')} of them" + _fine_tuning_aids(rows) + ".\n\n")
 
 
 def markdown_table(rows):
@@ -771,7 +771,7 @@ def plots(rows, prefix, static_rows=()):
     ax.set_xlabel("FLOPs reduction on the test set (%)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"MobileNetV1 x{FLAGS.alpha:g}, CIFAR-10, CPU-scale schedule, FTWT LR "
-                 + "/".join(f"{lr:g}" for lr in sorted({r["lr"] for r, _ in rows})) + _fine_tuning_aids(rows))
+                 + _values(rows, "lr") + _fine_tuning_aids(rows, separator="\n"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     paths.append(_save(fig, f"{prefix}_accuracy_vs_flops.png"))
@@ -838,12 +838,12 @@ def _mode(row):
     return mode if row["target"] == "mass" else f"{mode}, {row['target']} targets"
 
 
-def _fine_tuning_aids(rows):
-    """The title's note of the options that are not the paper's (empty without them)."""
+def _fine_tuning_aids(rows, separator=", "):
+    """The note of the options that are not the paper's, after `separator` (empty without them)."""
     aids = [f"distillation {w:g}" for w in sorted({r["distillation_weight"] for r, _ in rows} - {0.0})]
     aids += [f"r ramped over {n} epochs" for n in sorted({r["threshold_ramp_epochs"] for r, _ in rows} - {0})]
     aids += [f"{','.join(names)} dense" for names in sorted({tuple(r["ungated_layers"]) for r, _ in rows} - {()})]
-    return f"\nwith {' and '.join(aids)} (not in the paper)" if aids else ""
+    return f"{separator}with {' and '.join(aids)} (not in the paper)" if aids else ""
 
 
 def _label(row):
