@@ -1,5 +1,7 @@
 """Keras callbacks for FTWT training."""
 
+import warnings
+
 import keras
 
 from ftwt_keras import masks
@@ -52,7 +54,8 @@ class GateCooldown(keras.callbacks.Callback):
     backbone keeps adapting to the gates it gets.
 
     Args:
-        fraction: fraction of `epochs` after which the weight is 0.
+        fraction: fraction of `epochs` after which the weight is 0, rounded
+            down to whole epochs (a warning says when that leaves none).
         epochs: total epochs; by default the `epochs` passed to `fit`.
         weight: the gate-loss weight before the cooldown (paper: 1). It
             scales the BCE for the predictors and, in joint mode, for the
@@ -69,9 +72,21 @@ class GateCooldown(keras.callbacks.Callback):
         self.epochs = epochs
         self.weight = float(weight)
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def _gated_epochs(self):
+        return int(self.fraction * (self.epochs or self.params.get("epochs")))
+
+    def on_train_begin(self, logs=None):
         epochs = self.epochs or self.params.get("epochs")
-        weight = 0.0 if epoch >= int(self.fraction * epochs) else self.weight
+        if self.fraction > 0.0 and self._gated_epochs() == 0:
+            warnings.warn(
+                f"GateCooldown({self.fraction:g}) over {epochs} epoch{'' if epochs == 1 else 's'} turns the gate "
+                "loss off from the first epoch (the on-epochs are rounded down), so the predictors are never "
+                f"trained toward their targets. Pass a fraction >= {1.0 / epochs:.3g} or train longer.",
+                stacklevel=2,
+            )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        weight = 0.0 if epoch >= self._gated_epochs() else self.weight
         self.model.gate_loss_weight.assign(weight)
 
     def on_epoch_end(self, epoch, logs=None):

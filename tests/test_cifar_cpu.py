@@ -28,14 +28,14 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     results = tmp_path / "results" / "cifar10_cpu.json"
     args = [f"--output_dir={tmp_path / 'runs'}", f"--results={results}", "--baseline_epochs=1", "--epochs=1",
             "--train_take=256", "--test_take=64", "--thresholds=0.9", "--joint_thresholds=0.9",
-            "--joint_gradient_scale=0.5",
+            "--joint_gradient_scale=0.5", "--cooldown=0.5",  # the default 0.3 of 1 epoch would train no gates
             "--warmup_steps=1", "--tflite_images=4", "--static_alphas=0.2"]
     first = _run(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     rows = json.loads(results.read_text())["rows"]
     assert [(row["threshold"], row["mode"], row["joint_gradient_scale"]) for row in rows] == [
         (0.9, "decoupled", None), (0.9, "joint", 0.5)]
-    joint = json.loads((tmp_path / "runs" / "r0.9_joint_g0.5" / "results.json").read_text())
+    joint = json.loads((tmp_path / "runs" / "r0.9_joint_g0.5_uniform" / "results.json").read_text())
     assert joint["config"]["joint_gradient_scale"] == 0.5 and joint["config"]["gate_lr"] == pytest.approx(0.1)
     for row in rows:
         for key in ("baseline_accuracy", "accuracy", "estimated_flops_reduction", "gate_accuracy",
@@ -44,7 +44,7 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
         assert row["flops_reduction"] <= 1.0 and row["target_flops_reduction"] <= 1.0 and row["test_images"] == 64
         assert row["tflite_dense_ms"] > 0 and row["tflite_dynamic_ms"] > 0
         assert row["tflite_speedup"] == pytest.approx(row["tflite_dense_ms"] / row["tflite_dynamic_ms"])
-    analysis = np.load(tmp_path / "runs" / "r0.9_decoupled" / "analysis.npz")
+    analysis = np.load(tmp_path / "runs" / "r0.9_decoupled_uniform" / "analysis.npz")
     assert analysis["macs_clean"].shape == (64,) and analysis["macs_noise"].shape == (64,)
     right = analysis["baseline_correct_clean"]
     assert right.dtype == bool and right.shape == (64,)
@@ -60,7 +60,7 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     firing, widths = analysis["filter_firing"], analysis["filter_widths"]
     assert firing.shape == (widths.sum(),) and np.all((firing >= 0) & (firing <= 1))
     np.testing.assert_allclose([r.mean() for r in np.split(firing, np.cumsum(widths)[:-1])], analysis["layer_keep"])
-    model = keras.saving.load_model(tmp_path / "runs" / "r0.9_decoupled" / "model.keras")
+    model = keras.saving.load_model(tmp_path / "runs" / "r0.9_decoupled_uniform" / "model.keras")
     dense = fk.flops.count_macs(model)
     predictor_share = fk.flops.count_macs(model, include_predictors=True) / dense - 1.0
     for row in rows:
@@ -100,7 +100,7 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
 
     # A second run trains nothing: every stage is found finished. An analysis made before a measurement
     # existed (here: one without the firing rates) gains it, and keeps the .tflite timing it has.
-    analysis_path = tmp_path / "runs" / "r0.9_decoupled" / "analysis.npz"
+    analysis_path = tmp_path / "runs" / "r0.9_decoupled_uniform" / "analysis.npz"
     older = {k: v for k, v in dict(np.load(analysis_path)).items() if k not in ("filter_firing", "static_macs")}
     older["tflite_dense_ms"] = np.array(123.0)  # a timing no re-measurement would give
     np.savez(analysis_path, **older)
@@ -124,7 +124,7 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
              f"--baseline_dir={tmp_path / 'runs'}", "--baseline_epochs=1", "--epochs=1", "--train_take=256",
              "--test_take=64", "--thresholds=0.8", "--joint_thresholds=", "--warmup_steps=1", "--tflite_images=0",
              "--seed=3", "--cooldown=0.6", "--lr=0.01", "--distillation_weight=0.5", "--threshold_ramp_epochs=1",
-             "--target=uniform"]
+             "--target=mass"]
     reused = _run(*reuse)
     assert reused.returncode == 0, reused.stderr[-3000:]
     assert "reusing the dense baseline" in reused.stderr
@@ -133,16 +133,16 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert row["threshold"] == 0.8 and row["baseline_accuracy"] == rows[0]["baseline_accuracy"]
     assert (row["seed"], row["cooldown"], row["lr"]) == (3, 0.6, 0.01) and (rows[0]["seed"], rows[0]["lr"]) == (0, 0.02)
     assert (row["distillation_weight"], row["threshold_ramp_epochs"]) == (0.5, 1)
-    assert (row["target"], rows[0]["target"]) == ("uniform", "mass")
+    assert (row["target"], rows[0]["target"]) == ("mass", "uniform")  # the default: uniform
     reused_table = reused_results.with_suffix(".md").read_text()
-    assert "| 0.8 | decoupled, uniform targets |" in reused_table
+    assert "| 0.8 | decoupled |" in reused_table and "| 0.9 | decoupled, uniform targets |" in table
     assert reused_table.startswith("MobileNetV1 x0.25, CIFAR-10 (64 test images), seed 3: dense baseline 1 epochs; "
                                    "FTWT 1 epochs at backbone LR 0.01, gate loss on for the first 60% of them, with "
                                    "distillation 0.5 and r ramped over 1 epochs (not in the paper).\n\n")
     assert (rows[0]["distillation_weight"], rows[0]["threshold_ramp_epochs"]) == (0.0, 0)
-    uniform = json.loads((tmp_path / "reused_runs" / "r0.8_decoupled_uniform" / "results.json").read_text())
-    assert uniform["config"]["target"] == "uniform"
-    with open(tmp_path / "reused_runs" / "r0.8_decoupled_uniform" / "ftwt_history.csv") as file:
+    mass = json.loads((tmp_path / "reused_runs" / "r0.8_decoupled" / "results.json").read_text())
+    assert mass["config"]["target"] == "mass"
+    with open(tmp_path / "reused_runs" / "r0.8_decoupled" / "ftwt_history.csv") as file:
         history = file.read().splitlines()
     column = history[0].split(",").index("learning_rate")
     assert float(history[1].split(",")[column]) == pytest.approx(0.01)  # the backbone optimizer's, epoch 1
@@ -170,7 +170,7 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert row["baseline_accuracy"] == rows[0]["baseline_accuracy"] and row["baseline_epochs"] == 7
     assert row["baseline_train_seconds"] is None
     other_baseline = [a for a in from_model if not a.startswith("--baseline_model")]
-    gated = _run(*other_baseline, f"--baseline_model={tmp_path / 'runs' / 'r0.9_decoupled' / 'model.keras'}")
+    gated = _run(*other_baseline, f"--baseline_model={tmp_path / 'runs' / 'r0.9_decoupled_uniform' / 'model.keras'}")
     assert gated.returncode != 0 and "is a gated FTWT model. Save it dense first" in gated.stderr
     nowhere = _run(*other_baseline, f"--baseline_model={tmp_path / 'missing.keras'}")
     assert nowhere.returncode != 0 and "missing.keras does not exist" in nowhere.stderr

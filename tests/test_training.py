@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -180,6 +182,20 @@ def test_cooldown_weight_scales_the_gate_loss(images):
     np.testing.assert_allclose(logs["loss"][0], logs["task_loss"][0] + 0.25 * logs["gate_loss"][0], rtol=1e-4)
     with pytest.raises(ValueError, match="weight"):
         fk.callbacks.GateCooldown(0.5, weight=-1.0)
+
+
+def test_a_cooldown_that_rounds_to_no_gated_epoch_warns(images):
+    labels = np.arange(8) % 10
+    with pytest.warns(UserWarning, match=r"GateCooldown\(0.3\) over 2 epochs turns the gate loss off .* >= 0.5"):
+        logs = _compiled().fit(images, labels, batch_size=8, epochs=2, verbose=0,
+                               callbacks=[fk.callbacks.GateCooldown(0.3)]).history
+    assert logs["gate_loss_weight"] == [0.0, 0.0]
+    for fraction in (0.0, 0.5):  # neither a deliberate 0 nor one gated epoch warns
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _compiled().fit(images, labels, batch_size=8, epochs=2, verbose=0,
+                            callbacks=[fk.callbacks.GateCooldown(fraction)])
+        assert not [w for w in caught if "GateCooldown" in str(w.message)]
 
 
 def test_predict_applies_masks(images):
