@@ -231,3 +231,21 @@ def test_shifted_images_keep_range_and_shape():
         assert not np.allclose(shifted, images)
     flat = np.full((1, 32, 32, 3), 100.0, np.float32)
     np.testing.assert_allclose(cifar_cpu.shifted_images(flat, "blur"), flat, rtol=1e-5)  # blur keeps a flat image
+
+
+def test_the_mass_flagfile_restores_the_settings_of_the_committed_mass_target_results():
+    module = _cifar_cpu()
+    path = os.path.join(ROOT, "benchmarks", "cifar_cpu_mass.flags")
+    settings = dict(arg[2:].split("=", 1) for arg in module.FLAGS.read_flags_from_files([f"--flagfile={path}"]))
+    with open(os.path.join(ROOT, "benchmarks", "results", "cifar10_cpu_mass.json")) as file:
+        rows = json.load(file)["rows"]
+    # Rows written before the target was recorded are all mass-target runs.
+    assert {(row.get("target", "mass"), row["epochs"], row["cooldown"]) for row in rows} == {
+        (settings["target"], int(settings["epochs"]), float(settings["cooldown"]))}
+    assert [row["threshold"] for row in rows if row["mode"] == "decoupled"] == [
+        float(t) for t in settings["thresholds"].split(",")]
+    assert [row["threshold"] for row in rows if row["mode"] == "joint"] == [
+        float(t) for t in settings["joint_thresholds"].split(",")]
+    # Every setting it names differs from today's default, or it would not be needed.
+    for name, value in settings.items():
+        assert module.FLAGS[name].parser.parse(value) != module.FLAGS[name].default, name
