@@ -57,8 +57,8 @@ flags.DEFINE_string("baseline_model", None,
                     "one, e.g. a longer-trained model; its epochs are recorded as --baseline_epochs says, and "
                     "its training time as unknown.")
 flags.DEFINE_integer("baseline_epochs", 15, "Dense baseline epochs (LR 0.1, x0.1 at 50% and 75%).")
-flags.DEFINE_integer("epochs", 10, "FTWT epochs per run (--lr, x0.1 at 75%); 10 fill the 100-min budget on an undisturbed 2-core "
-                     "host here (README).")
+flags.DEFINE_integer("epochs", 10, "FTWT epochs per run (--lr, x0.1 at 75%); 10 fill the 100-min budget on "
+                     "an undisturbed 2-core host here (README).")
 flags.DEFINE_float("lr", 0.02,
                    "Backbone learning rate of the FTWT runs (the paper's 0.01 loses 0.2-3.8 points of top-1 in this "
                    "short schedule, see README).")
