@@ -72,11 +72,14 @@ class GateCooldown(keras.callbacks.Callback):
         self.epochs = epochs
         self.weight = float(weight)
 
+    def _total_epochs(self):
+        return self.epochs or self.params.get("epochs")
+
     def _gated_epochs(self):
-        return int(self.fraction * (self.epochs or self.params.get("epochs")))
+        return int(self.fraction * self._total_epochs())
 
     def on_train_begin(self, logs=None):
-        epochs = self.epochs or self.params.get("epochs")
+        epochs = self._total_epochs()
         if self.fraction > 0.0 and self._gated_epochs() == 0:
             warnings.warn(
                 f"GateCooldown({self.fraction:g}) over {epochs} epoch{'' if epochs == 1 else 's'} turns the gate "
