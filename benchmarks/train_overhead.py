@@ -14,6 +14,10 @@ as Keras 3 computes it (separate element-wise ops) and through TensorFlow's
 fused kernel (`ftwt_keras.normalization`, the default since 2026-12-02), and
 prints the speed-up of the fused kernel for each.
 
+`--after_cooldown` times a third model side by side: the FTWT step with
+`train_gates=False`, as `GateCooldown` runs the epochs after it turns the gate
+loss off (no targets, no gate loss, predictors frozen).
+
 `--profile_steps=N` then runs N more steps of each under the TensorFlow
 profiler and prints where the time goes: CPU milliseconds per step by op type
 (op times summed over threads), plain vs FTWT, largest differences first.
@@ -37,6 +41,8 @@ flags.DEFINE_integer("predictor_rank", None, "Low-rank mask predictors (default:
 flags.DEFINE_integer("profile_steps", 0, "Steps of each model to profile by op type afterwards (0: none).")
 flags.DEFINE_enum("batch_norm", "fused", ["fused", "keras", "both"],
                   "Batch norm in training: TensorFlow's fused kernel, Keras 3's element-wise ops, or both side by side.")
+flags.DEFINE_bool("after_cooldown", False,
+                  "Also time the FTWT step as it runs after GateCooldown (`train_gates=False`).")
 flags.DEFINE_bool("jit_compile", False, "Compile both train steps with XLA (`compile(jit_compile=True)`).")
 FLAGS = flags.FLAGS
 
@@ -142,7 +148,16 @@ def main(argv):
             ftwt.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                          gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=loss(), metrics=["accuracy"],
                          jit_compile=FLAGS.jit_compile)
-            for name, model in (("plain" + suffix, plain), ("ftwt" + suffix, ftwt)):  # trace and warm up
+            variants = [("plain" + suffix, plain), ("ftwt" + suffix, ftwt)]
+            if FLAGS.after_cooldown:
+                cooled = fk.gate(_build(), threshold=FLAGS.threshold, mode=FLAGS.mode,
+                                 predictor_rank=FLAGS.predictor_rank)
+                cooled.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                               gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=loss(),
+                               metrics=["accuracy"], jit_compile=FLAGS.jit_compile)
+                cooled.train_gates = False
+                variants.append(("ftwt after cooldown" + suffix, cooled))
+            for name, model in variants:  # trace and warm up
                 model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
                 model.make_train_function()
                 iterators[name] = iter(dataset)
@@ -172,6 +187,13 @@ def main(argv):
         print(f"FTWT  train step{suffix}: {ftwt_ips:.0f} images/s ({FLAGS.mode}, r={FLAGS.threshold:g})")
         print("FTWT / plain{}:     {:.2f}x (ratio of medians), {:.2f}x (median of the {} paired step ratios)".format(
             suffix, *ratio("plain" + suffix, "ftwt" + suffix), FLAGS.steps))
+        if FLAGS.after_cooldown:
+            cooled = "ftwt after cooldown" + suffix
+            print(f"FTWT after cooldown{suffix}: {FLAGS.batch_size / float(np.median(seconds[cooled])):.0f} images/s "
+                  "(train_gates=False)")
+            print("  / FTWT: {:.2f}x, / plain: {:.2f}x (ratios of medians; paired: {:.2f}x, {:.2f}x)".format(
+                ratio("ftwt" + suffix, cooled)[0], ratio("plain" + suffix, cooled)[0],
+                ratio("ftwt" + suffix, cooled)[1], ratio("plain" + suffix, cooled)[1]))
     if len(kernels) > 1:
         for step in ("plain", "ftwt"):
             print("{} step, fused BN / Keras BN: {:.2f}x (ratio of medians), {:.2f}x (paired)".format(

@@ -51,7 +51,11 @@ class GateCooldown(keras.callbacks.Callback):
     """Sets the gate-loss weight to 0 after a fraction of the epochs (paper: 0.5).
 
     Afterwards the predictors are no longer trained toward the targets while the
-    backbone keeps adapting to the gates it gets.
+    backbone keeps adapting to the gates it gets. With the weight at 0 the gate
+    loss trains nothing, so the callback also sets `model.train_gates = False`
+    for those epochs: the train step then skips the targets and the gate loss
+    (cheaper epochs, the same training but for the predictors' momentum, which
+    no longer coasts on). It sets it back to True when training ends.
 
     Args:
         fraction: fraction of `epochs` after which the weight is 0, rounded
@@ -91,6 +95,10 @@ class GateCooldown(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         weight = 0.0 if epoch >= self._gated_epochs() else self.weight
         self.model.gate_loss_weight.assign(weight)
+        self.model.train_gates = weight > 0.0
+
+    def on_train_end(self, logs=None):
+        self.model.train_gates = True
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:

@@ -160,6 +160,7 @@ class FTWTModel(keras.Model):
         # (vs `estimate_flops_reduction`) apart from the predictors' error.
         self.target_flops_reduction_tracker = keras.metrics.Mean(name="target_flops_reduction")
         self._warming_up = False
+        self._train_gates = True
         self._mac_terms = None
         if network.built:
             self.built = True
@@ -191,6 +192,31 @@ class FTWTModel(keras.Model):
     def dense_macs(self):
         """MACs per image of the ungated backbone (predictors excluded)."""
         return sum(t.dense_macs for t in self.mac_terms if t.kind != "predictor")
+
+    @property
+    def train_gates(self):
+        """Whether `fit` trains the gates (default True).
+
+        With False, the train step computes no targets and no gate loss: the
+        predictors are frozen, and in `"joint"` mode the backbone no longer
+        gets the gate loss's gradient either. Only the task loss trains the
+        backbone, under the masks the frozen predictors give. `GateCooldown`
+        sets it to False when it turns the gate loss off, which makes those
+        epochs' steps cheaper; `evaluate` and validation still report the gate
+        metrics against the targets.
+        """
+        return self._train_gates
+
+    @train_gates.setter
+    def train_gates(self, value):
+        value = bool(value)
+        if value == self._train_gates:
+            return
+        self._train_gates = value
+        if self.train_function is not None:
+            # The step is traced for one setting; `fit` calls `self.train_function`
+            # at every step, so replacing it takes effect from the next step.
+            self.make_train_function(force=True)
 
     def build(self, input_shape):
         if not self.network.built:
@@ -324,8 +350,9 @@ class FTWTModel(keras.Model):
 
     def _update_gate_metrics(self, task_loss, gate_loss, gate_accuracy, records):
         self.task_loss_tracker.update_state(task_loss)
-        self.gate_loss_tracker.update_state(gate_loss)
-        self.gate_accuracy_tracker.update_state(gate_accuracy)
+        if gate_loss is not None:  # None while the gates are not trained
+            self.gate_loss_tracker.update_state(gate_loss)
+            self.gate_accuracy_tracker.update_state(gate_accuracy)
         gate_masks = {name: record.mask for name, record in records.items()}
         self.flops_reduction_tracker.update_state(self._flops_reduction(gate_masks))
         targets = {name: record.target for name, record in records.items()}
@@ -342,20 +369,22 @@ class FTWTModel(keras.Model):
 
         if self.gate_optimizer is None:
             raise ValueError("Call model.compile(...) before fit().")
+        if self._warming_up and not self._train_gates:
+            raise ValueError("warm_up_gates() trains only the gates: set `model.train_gates = True` first.")
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         backbone = [] if self._warming_up else self.backbone_variables
-        predictors = self.predictor_variables
+        predictors = self.predictor_variables if self._train_gates else []
         replicas = _num_replicas()
         teacher_logits = None
         if self.teacher is not None and not self._warming_up:
             teacher_logits = self.teacher(x, training=False)
         with tf.GradientTape() as tape:
-            with record_gates(targets=not self._warming_up) as recorder:
+            with record_gates(targets=self._train_gates and not self._warming_up) as recorder:
                 y_pred = self(x, training=True)
             records = recorder.by_layer_name()
-            gate_loss, gate_accuracy = gate_objectives(
-                records.values(), all_ones=self._warming_up
-            )
+            gate_loss = gate_accuracy = None
+            if self._train_gates:
+                gate_loss, gate_accuracy = gate_objectives(records.values(), all_ones=self._warming_up)
             if self._warming_up:
                 task_loss = ops.zeros(())
                 loss = gate_loss / replicas
@@ -368,7 +397,9 @@ class FTWTModel(keras.Model):
                     self.distillation_loss_tracker.update_state(distillation)
                     backbone_loss = (self.student_loss_weight * task_loss
                                      + (1.0 - self.student_loss_weight) * distillation / replicas)
-                loss = backbone_loss + self.gate_loss_weight * gate_loss / replicas
+                loss = backbone_loss
+                if gate_loss is not None:
+                    loss = loss + self.gate_loss_weight * gate_loss / replicas
             self._loss_tracker.update_state(
                 loss * replicas, sample_weight=ops.shape(y_pred)[0]
             )
@@ -376,9 +407,14 @@ class FTWTModel(keras.Model):
         gradients = tape.gradient(loss, backbone + predictors)
         if backbone:
             self.optimizer.apply_gradients(zip(gradients[: len(backbone)], backbone))
-        self.gate_optimizer.apply_gradients(zip(gradients[len(backbone) :], predictors))
+        if predictors:
+            self.gate_optimizer.apply_gradients(zip(gradients[len(backbone) :], predictors))
         self._update_gate_metrics(task_loss * replicas, gate_loss, gate_accuracy, records)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if not self._train_gates:  # not measured this step: absent rather than a misleading 0
+            for name in ("gate_loss", "gate_accuracy", "target_flops_reduction"):
+                logs.pop(name, None)
+        return logs
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

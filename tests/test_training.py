@@ -154,6 +154,59 @@ def test_fit_logs_ftwt_metrics_and_cooldown(images):
     np.testing.assert_allclose(logs["dynamic_macs"][0], logs["dense_macs"][0] * (1 - logs["flops_reduction"][0]))
 
 
+def _values(variables):
+    return [v.numpy().copy() for v in variables]
+
+
+def _changed(before, variables):
+    return [not np.array_equal(a, v.numpy()) for a, v in zip(before, variables)]
+
+
+@pytest.mark.parametrize("mode", ["decoupled", "joint"])
+def test_with_untrained_gates_only_the_task_loss_trains_the_backbone(images, mode):
+    labels = np.arange(8) % 10
+    model = _compiled(mode)
+    reference = _compiled(mode)
+    reference.set_weights(model.get_weights())
+    force_gates(model, on=True)  # the same masks in both models' compiled passes
+    force_gates(reference, on=True)
+    model.train_gates = False
+    # The reference: gate loss weighted 0, so only the predictors' own step tells them apart.
+    reference.gate_loss_weight.assign(0.0)
+    predictors = _values(model.predictor_variables)
+    logs = model.fit(images, labels, batch_size=8, epochs=1, verbose=0).history
+    reference.fit(images, labels, batch_size=8, epochs=1, verbose=0)
+    assert not any(_changed(predictors, model.predictor_variables))
+    assert int(model.gate_optimizer.iterations) == 0
+    assert not {"gate_loss", "gate_accuracy", "target_flops_reduction"} & set(logs)  # not measured, not 0
+    np.testing.assert_allclose(logs["loss"], logs["task_loss"], rtol=1e-6)
+    for a, b in zip(reference.backbone_variables, model.backbone_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    # Evaluation still measures the gates against their targets.
+    assert "gate_accuracy" in model.evaluate(images, labels, verbose=0, return_dict=True)
+    with pytest.raises(ValueError, match="train_gates = True"):
+        model.warm_up_gates(tf.data.Dataset.from_tensor_slices((images, labels)).batch(4).repeat(), steps=1, verbose=0)
+
+
+def test_cooldown_stops_training_the_gates_and_restores_the_setting(images):
+    labels = np.arange(8) % 10
+    model = _compiled()
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append((model.train_gates, _values(model.predictor_variables)))
+
+    # GateCooldown first: the probe sees the setting the epoch trains with.
+    logs = model.fit(images, labels, batch_size=4, epochs=3, verbose=0,
+                     callbacks=[fk.callbacks.GateCooldown(1 / 3), Probe()]).history
+    assert [trained for trained, _ in seen] == [True, False, False]
+    assert any(_changed(seen[0][1], model.predictor_variables))  # trained in epoch 1 ...
+    assert not any(_changed(seen[1][1], model.predictor_variables))  # ... and not moved afterwards
+    assert len(logs["gate_loss"]) == 1 and len(logs["loss"]) == 3
+    assert model.train_gates  # back to the default for the next fit
+
+
 def test_evaluate_logs_image_weighted_reductions_of_masks_and_targets(images):
     model = _compiled(threshold=0.7)
     labels = np.arange(8) % 10
