@@ -122,7 +122,10 @@ class FTWTModel(keras.Model):
     which has no targets). Their gap is the predictors' error; the targets'
     own change over training is the network's drift away from
     `estimate_flops_reduction`. With `compile(teacher=...)`, `fit` also logs
-    `distillation_loss`.
+    `distillation_loss`. In epochs trained with `train_gates = False` (after
+    `GateCooldown`), the train-side `gate_loss`, `gate_accuracy` and
+    `target_flops_reduction` are not measured and not logged; their `val_`
+    twins are.
 
     Example:
 
