@@ -135,6 +135,13 @@ def main(argv):
     def loss():
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
+    def ftwt_model():
+        model = fk.gate(_build(), threshold=FLAGS.threshold, mode=FLAGS.mode, predictor_rank=FLAGS.predictor_rank)
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                      gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=loss(), metrics=["accuracy"],
+                      jit_compile=FLAGS.jit_compile)
+        return model
+
     kernels = ("keras", "fused") if FLAGS.batch_norm == "both" else (FLAGS.batch_norm,)
     models, iterators = {}, {}
     for kernel in kernels:
@@ -144,17 +151,9 @@ def main(argv):
             plain = _build()
             plain.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss(), metrics=["accuracy"],
                           jit_compile=FLAGS.jit_compile)
-            ftwt = fk.gate(_build(), threshold=FLAGS.threshold, mode=FLAGS.mode, predictor_rank=FLAGS.predictor_rank)
-            ftwt.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                         gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=loss(), metrics=["accuracy"],
-                         jit_compile=FLAGS.jit_compile)
-            variants = [("plain" + suffix, plain), ("ftwt" + suffix, ftwt)]
+            variants = [("plain" + suffix, plain), ("ftwt" + suffix, ftwt_model())]
             if FLAGS.after_cooldown:
-                cooled = fk.gate(_build(), threshold=FLAGS.threshold, mode=FLAGS.mode,
-                                 predictor_rank=FLAGS.predictor_rank)
-                cooled.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                               gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=loss(),
-                               metrics=["accuracy"], jit_compile=FLAGS.jit_compile)
+                cooled = ftwt_model()
                 cooled.train_gates = False
                 variants.append(("ftwt after cooldown" + suffix, cooled))
             for name, model in variants:  # trace and warm up
