@@ -190,9 +190,10 @@ def main(argv):
             cooled = "ftwt after cooldown" + suffix
             print(f"FTWT after cooldown{suffix}: {FLAGS.batch_size / float(np.median(seconds[cooled])):.0f} images/s "
                   "(train_gates=False)")
-            print("  / FTWT: {:.2f}x, / plain: {:.2f}x (ratios of medians; paired: {:.2f}x, {:.2f}x)".format(
-                ratio("ftwt" + suffix, cooled)[0], ratio("plain" + suffix, cooled)[0],
-                ratio("ftwt" + suffix, cooled)[1], ratio("plain" + suffix, cooled)[1]))
+            (ftwt_medians, ftwt_paired), (plain_medians, plain_paired) = (
+                ratio(slow + suffix, cooled) for slow in ("ftwt", "plain"))
+            print(f"  / FTWT: {ftwt_medians:.2f}x, / plain: {plain_medians:.2f}x "
+                  f"(ratios of medians; paired: {ftwt_paired:.2f}x, {plain_paired:.2f}x)")
     if len(kernels) > 1:
         for step in ("plain", "ftwt"):
             print("{} step, fused BN / Keras BN: {:.2f}x (ratio of medians), {:.2f}x (paired)".format(

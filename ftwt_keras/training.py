@@ -372,8 +372,6 @@ class FTWTModel(keras.Model):
 
         if self.gate_optimizer is None:
             raise ValueError("Call model.compile(...) before fit().")
-        if self._warming_up and not self._train_gates:
-            raise ValueError("warm_up_gates() trains only the gates: set `model.train_gates = True` first.")
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         backbone = [] if self._warming_up else self.backbone_variables
         predictors = self.predictor_variables if self._train_gates else []
@@ -415,8 +413,8 @@ class FTWTModel(keras.Model):
         self._update_gate_metrics(task_loss * replicas, gate_loss, gate_accuracy, records)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         if not self._train_gates:  # not measured this step: absent rather than a misleading 0
-            for name in ("gate_loss", "gate_accuracy", "target_flops_reduction"):
-                logs.pop(name, None)
+            for tracker in (self.gate_loss_tracker, self.gate_accuracy_tracker, self.target_flops_reduction_tracker):
+                logs.pop(tracker.name, None)
         return logs
 
     def test_step(self, data):
@@ -450,6 +448,8 @@ class FTWTModel(keras.Model):
         """
         if self.gate_optimizer is None:
             raise ValueError("Call model.compile(...) before warm_up_gates().")
+        if not self._train_gates:
+            raise ValueError("warm_up_gates() trains only the gates: set `model.train_gates = True` first.")
         self._warming_up = True
         self.train_function = None  # retrace the step for the warm-up branch
         try:
