@@ -6,9 +6,9 @@
 Mode "cifar": MobileNetV1 (or --model, a trained FTWT .keras) on >= 200 real
 CIFAR-10 test images at 32x32. Without --model the gates are untrained, so
 masks are drawn at random at each --keeps ratio per layer (said in the output).
-Mode "imagenet": MobileNetV1 at 224x224, 1000 classes, random weights (no
-ImageNet weights exist here), masks drawn at each --keeps ratio per layer,
-timed on CIFAR-10 test images resized to 224.
+Mode "imagenet": MobileNetV1 at 224x224, 1000 classes, random weights and
+batch-norm statistics (no ImageNet weights exist here), masks drawn at each
+--keeps ratio per layer, timed on CIFAR-10 test images resized to 224.
 
 Each invoke is timed alone (batch 1, XNNPACK on, after warm-up), the models
 alternating image by image; the table gives medians and the interquartile
@@ -181,6 +181,7 @@ def _run_mode(resolution, images, calibration, predictor_ranks):
         base = fk.models.mobilenet_v1(input_shape=(32, 32, 3), num_classes=10, alpha=FLAGS.alpha)
     else:
         base = fk.models.mobilenet_v1(input_shape=(224, 224, 3), num_classes=1000, alpha=FLAGS.alpha)
+    randomize_batch_norm(base)
     dense = None
     for rank in predictor_ranks:
         label = f"mobilenet_v1_{FLAGS.alpha:g}" + ("" if rank is None else f"_rank{rank}")
@@ -194,6 +195,28 @@ def _run_mode(resolution, images, calibration, predictor_ranks):
             tflite.set_keep_ratio(model, float(keep), seed=0)
             rows += _measure(label, model, images, keep, dense, calibration)
     return rows
+
+
+def randomize_batch_norm(model, seed=0):
+    """Gives every BatchNormalization layer random statistics and affine terms, in place.
+
+    Freshly built, batch norm's shifts are all 0, so a depthwise filter that is
+    on over an input channel that is off would output exactly 0, and the
+    export skips carrying such constants. A trained network has shifts of both
+    signs; so does this one, so that the export pays for them as it would there.
+    """
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0.0, 0.2, channels).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
+            layer.beta.assign(rng.normal(0.1, 0.3, channels).astype("float32"))
+    return model
 
 
 def _predictor_ranks():

@@ -25,7 +25,9 @@ flags.DEFINE_string(
     "policy",
     "auto",
     "Dynamic export only. How each gated layer is computed: 'auto' (the library default: the "
-    "choice measured fastest on x86 XNNPACK), 'gather' (only active filters), 'gather_inputs' "
+    "choice measured fastest on x86 XNNPACK), 'gather' (only active filters), 'chain' (only "
+    "active filters, depthwise convs on their compact input: no activation gathers; static shapes "
+    "with --calibration), 'gather_inputs' "
     "(only the input's active channels), 'dense' (all filters, then masked), or a "
     "keep-ratio cutoff in [0, 1]: a builtin IF runs the layer dense when more than that fraction "
     "of its filters is active in the image, gathered otherwise.",
@@ -35,8 +37,9 @@ flags.DEFINE_string(
     None,
     "Images like those the model will see, for --policy=auto: a .npy file of raw images "
     "(N, H, W, 3) or a CIFAR split as NAME:SPLIT (e.g. cifar10:train[:64]). auto then picks each "
-    "layer's computation once, from its mean keep ratio on them; without, it picks per image with a "
-    "builtin IF (exact either way, ~0.2 ms per branching layer slower at 224x224).",
+    "layer's computation once, from its mean keep ratio on them, and gives compact layers static "
+    "capacities (an image beyond them is recomputed exactly by the masked-dense network); without, "
+    "it picks per image with a builtin IF (exact either way, ~0.2 ms per branching layer slower at 224x224).",
 )
 
 

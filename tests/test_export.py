@@ -116,13 +116,56 @@ def test_auto_policy_with_calibration_images_chooses_once(cifar_images):
     export.set_keep_ratio(model, keep=0.3, seed=4)
     sparse = export.convert(model, policy="auto", calibration_images=images[:4])
     names = export.op_names(sparse)
-    assert "IF" not in names and "BATCH_MATMUL" in names  # inputs gathered, chosen statically
+    # Large layers compact with static capacities (TOPK_V2, no WHERE); the only IF is the overflow fallback.
+    assert "WHERE" not in names and {"TOPK_V2", "BATCH_MATMUL"} <= set(names) and names.count("IF") == 1
     assert_same_logits(sparse, model, images)
     export.set_keep_ratio(model, keep=0.9, seed=4)
     names = set(export.op_names(export.convert(model, policy="auto", calibration_images=images[:4])))
     assert not names & {"IF", "WHERE", "GATHER", "BATCH_MATMUL"}  # every layer dense, then masked
     with pytest.raises(export.ExportError, match=r"Calibration images must be .*\(N, 128, 128, 3\)"):
         export.convert(model, calibration_images=cifar_images[:2])
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "resnet20", "vgg16_bn"])
+def test_chain_policy_matches_keras(name, cifar_images):
+    """Compact outputs end to end: without calibration (run-time shapes), and with static capacities."""
+    model = perturb(fk.gate(BUILDERS[name]()))
+    dynamic_shapes = export.convert(model, policy="chain")
+    assert "WHERE" in export.op_names(dynamic_shapes)
+    assert_same_logits(dynamic_shapes, model, cifar_images)
+    # Capacities from every test image: no image overflows, so the compact path gives every logit.
+    static = export.convert(model, policy="chain", calibration_images=cifar_images)
+    names = export.op_names(static)
+    assert_builtin_only(static)
+    assert "TOPK_V2" in names and "WHERE" not in names
+    assert_same_logits(static, model, cifar_images)
+
+
+def test_chain_capacity_overflow_falls_back_to_the_exact_path(cifar_images, monkeypatch):
+    """An image with more active filters than calibration saw takes the masked-dense IF branch."""
+    monkeypatch.setattr(export, "CAPACITY_MARGIN", 0.0)
+    model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
+    masks = fk.flops.gate_masks_of(model, cifar_images)
+    counts = {name: np.asarray(mask).sum(axis=1) for name, mask in masks.items()}
+    sparsest = int(np.argmin(sum(counts.values())))  # the image with the fewest active filters
+    calibration = export.calibrate(model, cifar_images[sparsest : sparsest + 1])
+    overflowing = np.any([counts[name] > capacity for name, capacity in calibration.capacities.items()], axis=0)
+    assert overflowing.sum() > 0 and not overflowing[sparsest]  # both paths are exercised
+    flatbuffer = export.convert(model, policy="chain", calibration_images=cifar_images[sparsest : sparsest + 1])
+    assert "IF" in export.op_names(flatbuffer)
+    assert_same_logits(flatbuffer, model, cifar_images)
+
+
+def test_chain_carries_batch_norm_shifts_of_pruned_inputs(cifar_images):
+    """A depthwise filter on over an input channel that is off outputs a constant the next conv must see."""
+    model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=4)
+    layers = {layer.name: layer for layer in model.gated_layers}
+    force_layer = layers["block3_dw"]
+    force_layer.predictor.kernel.assign(np.zeros(force_layer.predictor.kernel.shape, "float32"))
+    force_layer.predictor.bias.assign(np.full(force_layer.predictor.bias.shape, 50.0, "float32"))
+    unit = export.fold_batch_norm(force_layer)
+    assert (unit.bias > 0).any()  # shifts that survive the ReLU
+    assert_same_logits(export.convert(model, policy="chain", calibration_images=cifar_images), model, cifar_images)
 
 
 def test_paying_gates_and_a_lean_export(cifar_images):
@@ -142,7 +185,8 @@ def test_paying_gates_and_a_lean_export(cifar_images):
     lean = fk.ungate(perturb(model), [name for name in layers if name not in paying])
     assert [layer.name for layer in lean.gated_layers] == paying
     flatbuffer = export.convert(lean, calibration_images=cifar_images[:8])
-    assert "IF" not in export.op_names(flatbuffer) and "GATHER" in export.op_names(flatbuffer)
+    names = export.op_names(flatbuffer)
+    assert "WHERE" not in names and "GATHER" in names and names.count("IF") <= 1  # at most the overflow fallback
     assert_same_logits(flatbuffer, lean, cifar_images)
 
 
@@ -233,8 +277,10 @@ def test_layers_with_all_gates_off_or_on(cifar_images):
     assert_same_logits(flatbuffer, model, cifar_images[:8])
     for on in (True, False):
         force_gates(model, on)
-        for policy in ("gather", "auto"):
+        for policy in ("gather", "auto", "chain"):
             assert_same_logits(export.convert(model, policy=policy), model, cifar_images[:4])
+        chain = export.convert(model, policy="chain", calibration_images=cifar_images[:4])
+        assert_same_logits(chain, model, cifar_images[:4])
 
 
 def test_dense_policy_and_set_keep_ratio(cifar_images):

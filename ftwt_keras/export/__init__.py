@@ -5,7 +5,9 @@ flatbuffer that computes only each image's active filters (needs TensorFlow).
 """
 
 from ftwt_keras.export.tflite import (
+    Calibration,
     ExportError,
+    calibrate,
     check_ftwt_model,
     convert,
     export_file,
@@ -22,7 +24,9 @@ from ftwt_keras.export.tflite import (
 )
 
 __all__ = [
+    "Calibration",
     "ExportError",
+    "calibrate",
     "check_ftwt_model",
     "convert",
     "export_file",

@@ -17,9 +17,18 @@ Layers that map zero to zero (padding, pooling, ReLU, the zero-channel shortcut
 pad of ResNet-CIFAR) run directly on the compact tensor; anything else
 (residual `Add`, the classifier) first scatters it back to all channels.
 
+Policy `"chain"` goes further along MobileNet blocks: a depthwise conv runs on
+its input's compact channels (its off filters zeroed), so no activation is
+gathered, and the batch-norm shift of a filter that is on over an off input
+channel travels as a per-channel constant into the next 1x1 conv's bias. With
+calibration images, compact layers have static capacities (`TOPK_V2` instead
+of `WHERE`), so every shape is static and XNNPACK runs the whole graph; an image
+with more active filters than some capacity is recomputed exactly by the
+masked-dense network behind one builtin `IF`.
+
 Where gathering costs more than it saves (a high keep ratio), a layer can run
 dense instead: the layer's `policy` is `"auto"` (the default, chosen per
-layer from timings on x86 XNNPACK), `"gather"`, `"gather_inputs"`, `"dense"`,
+layer from timings on x86 XNNPACK), `"gather"`, `"chain"`, `"gather_inputs"`, `"dense"`,
 or a float `cutoff`: at run time a builtin `IF` takes the dense branch when
 the fraction of active filters exceeds `cutoff`. Batch norm is folded into the conv
 weights (per-channel scale and shift), which is exact up to float32 rounding.
@@ -63,7 +72,15 @@ _DENSE_ONLY = (
 )
 SUPPORTED_LAYERS = (GatedConv,) + ZERO_PRESERVING_LAYERS + _DENSE_ONLY
 
-POLICIES = ("gather", "gather_inputs", "dense", "auto")
+POLICIES = ("gather", "gather_inputs", "chain", "dense", "auto")
+# A compact layer's static capacity: the most filters any calibration image
+# kept on, plus this fraction of them.
+CAPACITY_MARGIN = 0.05
+# "auto" with calibration images: a regular conv computes only its active
+# filters (compact output, static capacity) when its capacity is at most this
+# fraction of its filters (MobileNetV1-224 on x86 XNNPACK: compact layers win
+# at keep 0.3 and lose at 0.5 in the blocks at 28x28 and below).
+AUTO_CHAIN_CUTOFF = 0.4
 # "auto": a regular conv reads only its input's active channels when at most
 # this fraction of them is on (else it runs dense).
 AUTO_INPUT_CUTOFF = 0.5
@@ -231,6 +248,10 @@ class Compact:
     # that a predictor that ignores the border pools the unpadded tensor (then
     # XNNPACK still fuses the PAD into the next conv).
     unpadded: Optional[tuple] = None
+    # float32 (width,): the value of each channel absent from `channels`,
+    # uniform over space (a depthwise filter that is on over an input channel
+    # that is off outputs activation(bias) everywhere), or None for zeros.
+    constants: Optional[object] = None
 
     @property
     def is_dense(self):
@@ -240,7 +261,7 @@ class Compact:
         """(width,) int32: 1 + the position of each channel in `values`, 0 if absent."""
         tf = _tf()
         if self._positions is None:
-            count = tf.shape(self.channels)[0]
+            count = _size(self.channels, 0)
             self._positions = tf.scatter_nd(
                 self.channels[:, None], tf.range(1, count + 1, dtype=tf.int32), [self.width]
             )
@@ -267,7 +288,22 @@ class Compact:
         if self.is_dense:
             return self.values
         tf = _tf()
-        return tf.gather(_with_zero_channel(self.values), self.positions(), axis=-1)
+        values = tf.gather(_with_zero_channel(self.values), self.positions(), axis=-1)
+        return values if self.constants is None else values + self.constants
+
+    def without_constants(self):
+        """This activation, dense if it has non-zero absent channels (else itself)."""
+        return self if self.constants is None else _dense(self.dense())
+
+
+def _size(tensor, axis):
+    """`tensor`'s size along `axis`: a Python int when static, else a run-time scalar.
+
+    Static sizes keep RESHAPE's output static: a shape computed at run time
+    makes every tensor after it dynamic, which XNNPACK does not take.
+    """
+    size = tensor.shape[axis]
+    return int(size) if size is not None else _tf().shape(tensor)[axis]
 
 
 def _with_zero_channel(values):
@@ -364,14 +400,16 @@ def _shifted_windows(padded, layer, out_h, out_w):
 class _Builder:
     """Emits the TF ops of one network, layer by layer (inside a tf.function)."""
 
-    def __init__(self, network, dynamic, policies, conv_macs, with_predictors=False, keep_ratios=None):
+    def __init__(self, network, dynamic, policies, conv_macs, with_predictors=False, calibration=None):
         self.network = network
         self.dynamic = dynamic
         self.policies = policies
         self.conv_macs = conv_macs  # {gated layer name: dense multiply-adds of its conv}
-        # {gated layer name: mean fraction of active filters} on calibration images.
-        self.keep_ratios = keep_ratios or {}
+        # {gated layer name: mean fraction of active filters / static capacity} on calibration images.
+        self.keep_ratios = calibration.keep_ratios if calibration else {}
+        self.capacities = calibration.capacities if calibration else {}
         self.with_predictors = with_predictors
+        self.overflows = []  # bool scalars: an image has more active filters than a layer's capacity
         self.gate_logits = []  # predictor logits of a dense export `with_predictors`
         # Read every weight eagerly, before tracing (variables have no numpy() in a graph).
         self.folded = {}
@@ -382,6 +420,14 @@ class _Builder:
                 predictor = layer.predictor
                 projection = None if predictor.projection is None else _numpy(predictor.projection)
                 self.predictors[layer.name] = (projection, _numpy(predictor.kernel), _numpy(predictor.bias))
+
+    def exact_builder(self):
+        """A builder of the same network, every layer masked dense: exact for any image."""
+        exact = _Builder.__new__(_Builder)
+        exact.__dict__.update(self.__dict__)  # the same folded weights, read before tracing
+        exact.policies = {name: "dense" for name in self.policies}
+        exact.keep_ratios, exact.capacities, exact.overflows, exact.gate_logits = {}, {}, [], []
+        return exact
 
     def unit(self, layer):
         return self.folded[layer.name]
@@ -394,7 +440,14 @@ class _Builder:
                 continue
             inputs = [tensors[id(t)] for t in node.input_tensors]
             tensors[id(node.outputs[0])] = self.layer(node.operation, inputs)
-        result = tf.identity(tensors[id(self.network.outputs[0])].dense(), name="logits")
+        result = tensors[id(self.network.outputs[0])].dense()
+        if self.overflows:
+            # An image with more active filters than some compact layer holds
+            # (beyond what calibration saw): the exact masked-dense network instead.
+            exact = self.exact_builder()
+            overflow = tf.reduce_any(tf.stack(self.overflows))
+            result = tf.cond(overflow, lambda: exact(images), lambda: result)
+        result = tf.identity(result, name="logits")
         if self.gate_logits:
             return result, tf.concat(self.gate_logits, axis=-1, name="gate_logits")
         return result
@@ -405,6 +458,8 @@ class _Builder:
         tf = _tf()
         if isinstance(layer, GatedConv):
             return self.gated(layer, inputs[0])
+        # Only gated convs read the uniform channels of a Compact in place.
+        inputs = [x.without_constants() for x in inputs]
         if isinstance(layer, ZERO_PRESERVING_LAYERS):
             x = inputs[0]
             out = Compact(layer(x.values, training=False), x.channels, x.width, x._positions, x.support,
@@ -446,14 +501,20 @@ class _Builder:
         policy = self.policies.get(layer.name, "auto")
         if policy == "auto":
             policy = self.auto_policy(unit, x)
-        if policy == "dense":
+        if policy == "chain":
+            capacity = self.capacities.get(layer.name)
+            if unit.is_depthwise:
+                return self.chained_depthwise(unit, activation, x, mask)
+            if x.is_dense and unit.layer.conv.kernel_size != (1, 1) and capacity is not None:
+                return self.dense_then_selected(unit, activation, x, mask, capacity)
+            return self.gathered(unit, activation, x, mask, capacity)
+        if policy == "gather_inputs" and not unit.is_depthwise:
+            return self.gathered_inputs(unit, activation, x, mask)
+        x = x.without_constants()
+        if policy in ("dense", "gather_inputs"):
             return self.masked_dense(unit, activation, x, mask)
         if policy == "gather":
             return self.gathered(unit, activation, x, mask)
-        if policy == "gather_inputs":
-            if unit.is_depthwise:
-                return self.masked_dense(unit, activation, x, mask)
-            return self.gathered_inputs(unit, activation, x, mask)
         if isinstance(policy, str) and policy.startswith("inputs<"):
             if unit.is_depthwise:  # its inputs are its filters: nothing to compact on the input side
                 return self.masked_dense(unit, activation, x, mask)
@@ -478,16 +539,30 @@ class _Builder:
     def auto_policy(self, unit, x):
         """The default per-layer choice (from timings of MobileNetV1 on x86 XNNPACK).
 
-        Depthwise convs run dense (a depthwise conv over a run-time channel
-        set has no fast builtin kernel); regular convs read only the input's
-        non-zero channels when at most `AUTO_INPUT_CUTOFF` of them are on,
-        else run dense. Layers with fewer than `AUTO_MIN_FILTERS` filters or
-        `AUTO_MIN_MACS` multiply-adds always run dense: gathering costs more
-        than they can save. With calibration images the choice is static,
-        from the input's mean keep ratio on them; without, a builtin IF makes
-        it per image (~0.2 ms per layer at 224x224, the price of not knowing).
+        With calibration images, a regular conv with at least `AUTO_MIN_MACS`
+        multiply-adds whose capacity is at most `AUTO_CHAIN_CUTOFF` of its
+        filters computes only its active filters (`"chain"`: compact output,
+        static shapes, so XNNPACK runs its matmul), and a depthwise conv on
+        such a compact input stays compact (`"chain"`: putting the channels
+        back costs more than its builtin kernel). A regular conv on a compact
+        input that does not pay to compact reads only the present channels
+        (`"gather_inputs"`). Otherwise, as before calibration existed: a
+        large regular conv (`AUTO_MIN_FILTERS`, `AUTO_MIN_MACS`) reads only
+        its input's non-zero channels when at most `AUTO_INPUT_CUTOFF` of
+        them are on (from the calibration keep ratio, or per image with a
+        builtin IF, ~0.2 ms per layer at 224x224, without calibration), and
+        every other layer runs dense, then masked.
         """
-        if (x.is_dense and x.support is None) or not _may_gather_inputs(unit.layer, self.conv_macs):
+        name = unit.layer.name
+        if unit.is_depthwise:
+            return "chain" if not x.is_dense else "dense"
+        capacity = self.capacities.get(name)
+        if (capacity is not None and self.conv_macs[name] >= AUTO_MIN_MACS
+                and capacity <= AUTO_CHAIN_CUTOFF * unit.filters):
+            return "chain"
+        if not x.is_dense:
+            return "gather_inputs"
+        if x.support is None or not _may_gather_inputs(unit.layer, self.conv_macs):
             return "dense"
         if x.expected_keep is not None:
             return "gather_inputs" if x.expected_keep <= AUTO_INPUT_CUTOFF else "dense"
@@ -532,8 +607,10 @@ class _Builder:
             pooled = tf.reduce_max(values, axis=[1, 2])
         else:
             pooled = tf.reduce_mean(values, axis=[1, 2])
-        if not x.is_dense:  # absent channels pool to exactly zero
+        if not x.is_dense:  # absent channels pool to exactly zero, or to their uniform value
             pooled = tf.gather(_with_zero_channel(pooled), x.positions(), axis=-1)
+            if x.constants is not None:
+                pooled = pooled + x.constants
         if predictor.use_softmax:
             pooled = tf.nn.softmax(pooled, axis=-1)
         projection, kernel, bias = self.predictors[layer.name]
@@ -567,29 +644,90 @@ class _Builder:
         tf = _tf()
         layer = unit.layer
         (kh, kw) = layer.conv.kernel_size
+        bias = tf.constant(unit.bias)
+        if x.constants is not None:
+            if (kh, kw) == (1, 1):  # each uniform input channel adds weight * value
+                bias = bias + tf.linalg.matvec(tf.constant(unit.kernel[0, 0].T.copy()), x.constants)
+            else:  # padding makes a uniform channel's contribution vary
+                x = x.without_constants()
         values, channels = x.compact()
         out_h, out_w = _output_hw(layer, x.values)
         weights = tf.constant(unit.kernel.reshape(kh * kw, -1, unit.filters))  # (kh*kw, C_in, C_out)
         if channels is not None:
             weights = tf.gather(weights, channels, axis=1)
-        k_in = tf.shape(values)[-1]
+        k_in = _size(values, -1)
         weights = tf.reshape(weights, [1, kh * kw * k_in, unit.filters])
         if (kh, kw) == (1, 1) and tuple(layer.conv.strides) == (1, 1):
             columns = values
         else:
             columns = tf.concat(_shifted_windows(_padded(values, layer), layer, out_h, out_w), axis=-1)
         columns = tf.reshape(columns, [1, out_h * out_w, kh * kw * k_in])
-        y = activation(tf.linalg.matmul(columns, weights) + tf.constant(unit.bias))
+        y = activation(tf.linalg.matmul(columns, weights) + bias)
         y = tf.reshape(y, [1, out_h, out_w, unit.filters]) * mask.values
         support = _active_channels(mask.on[0])
         return Compact(y, None, unit.filters, support=support)
 
-    def gathered(self, unit, activation, x, mask):
-        """Computes only the active filters; returns a Compact on them."""
+    def top_channels(self, mask, capacity):
+        """int32 (capacity,): the active filters first, then off ones (static shape, no WHERE).
+
+        Exact while at most `capacity` filters are on; the image's overflow
+        flag sends it to the exact path otherwise.
+        """
         tf = _tf()
-        active = _active_channels(mask.on[0])  # (k_out,), never empty
+        self.overflows.append(tf.reduce_sum(mask.values) > capacity)
+        return tf.math.top_k(mask.values[0], k=capacity).indices
+
+    def dense_then_selected(self, unit, activation, x, mask, capacity):
+        """A k x k conv on a dense input computed dense (XNNPACK), then its active channels gathered.
+
+        Cheaper than im2col for a stem conv: its strided shifted views run on slow builtin kernels.
+        """
+        tf = _tf()
+        active = self.top_channels(mask, capacity)
+        y = self.dense_unit(unit, activation, x.values) * mask.values
+        return Compact(tf.gather(y, active, axis=-1), active, unit.filters)
+
+    def chained_depthwise(self, unit, activation, x, mask):
+        """A depthwise conv on its input's compact channels, without gathering activations.
+
+        The filters of the input's present channels are gathered and those of
+        the gate's off filters zeroed, so the output keeps the input's channel
+        list. A filter that is on over an absent input channel outputs
+        activation(bias) everywhere (batch norm's shift): that uniform value is
+        carried in `Compact.constants`, which the next 1x1 conv folds into its
+        bias. Falls back to `masked_dense` on a dense input.
+        """
+        tf = _tf()
+        if x.is_dense or x.constants is not None or unit.layer.conv.depth_multiplier != 1 \
+                or not _zero_at_zero(unit.layer.activation):
+            return self.masked_dense(unit, activation, x.without_constants(), mask)
         layer = unit.layer
         (kh, kw) = layer.conv.kernel_size
+        on = tf.gather(mask.values[0], x.channels)  # the gate's decisions on the present channels
+        taps = tf.gather(tf.constant(unit.kernel.reshape(kh * kw, unit.filters)), x.channels, axis=1) * on
+        bias = tf.gather(tf.constant(unit.bias), x.channels) * on
+        out_h, out_w = _output_hw(layer, x.values)
+        if x.values.shape[-1] is not None:
+            kernel = tf.reshape(taps, [kh, kw, -1, 1])
+            y = tf.nn.depthwise_conv2d(x.values, kernel, [1, *layer.conv.strides, 1], layer.conv.padding.upper())
+        else:
+            # Shifted multiply-adds: DEPTHWISE_CONV_2D cannot take a filter with a run-time channel count.
+            windows = _shifted_windows(_padded(x.values, layer), layer, out_h, out_w)
+            y = tf.add_n([window * taps[i] for i, window in enumerate(windows)])
+        constants = None
+        if np.any(_numpy_activation(unit.layer.activation)(unit.bias) != 0):  # else always zero: skip
+            absent = tf.cast(tf.equal(x.positions(), 0), tf.float32)
+            constants = activation(tf.constant(unit.bias)) * mask.values[0] * absent
+        return Compact(activation(y + bias), x.channels, unit.filters, x._positions, constants=constants)
+
+    def gathered(self, unit, activation, x, mask, capacity=None):
+        """Computes only the active filters; returns a Compact on them."""
+        tf = _tf()
+        active = _active_channels(mask.on[0]) if capacity is None else self.top_channels(mask, capacity)
+        layer = unit.layer
+        (kh, kw) = layer.conv.kernel_size
+        if x.constants is not None and (unit.is_depthwise or (kh, kw) != (1, 1)):
+            x = x.without_constants()  # padding makes a uniform channel's contribution vary
         bias = tf.gather(tf.constant(unit.bias), active)
         on = tf.gather(mask.values[0], active)  # 1s, or [0] when all are off
         if unit.is_depthwise:
@@ -603,11 +741,14 @@ class _Builder:
         # Regular conv: (C_out, kh*kw, C_in) so that active filters are contiguous rows.
         weights = tf.constant(np.ascontiguousarray(unit.kernel.reshape(kh * kw, -1, unit.filters).transpose(2, 0, 1)))
         weights = tf.gather(weights, active)  # (k_out, kh*kw, C_in)
+        k_in = _size(x.values, -1)
+        k_out = _size(active, 0)
+        if x.constants is not None:  # a 1x1 conv: each uniform channel adds weight * value
+            bias = bias + tf.linalg.matvec(tf.reshape(weights, [k_out, unit.kernel.shape[2]]), x.constants)
         if not x.is_dense:
             weights = tf.gather(weights, x.channels, axis=2)  # (k_out, kh*kw, k_in)
-        k_in = tf.shape(x.values)[-1]
-        k_out = tf.shape(active)[0]
-        weights = tf.reshape(weights, [k_out, kh * kw * k_in])
+        # Rank 3 from the start: slicing a batch axis on or off would copy the activation.
+        weights = tf.reshape(weights, [1, k_out, kh * kw * k_in])
         out_h, out_w = _output_hw(layer, x.values)
         if (kh, kw) == (1, 1) and tuple(layer.conv.strides) == (1, 1):
             columns = x.values
@@ -615,7 +756,7 @@ class _Builder:
             columns = tf.concat(_shifted_windows(_padded(x.values, layer), layer, out_h, out_w), axis=-1)
         columns = tf.reshape(columns, [1, out_h * out_w, kh * kw * k_in])
         # Rank-3 matmul -> BATCH_MATMUL, which XNNPACK runs with run-time weights.
-        y = tf.linalg.matmul(columns, weights[None], adjoint_b=True)[0] + bias
+        y = tf.linalg.matmul(columns, weights, adjoint_b=True) + bias
         y = tf.reshape(activation(y) * on, [1, out_h, out_w, k_out])
         return Compact(y, active, unit.filters)
 
@@ -635,11 +776,15 @@ def _may_gather_inputs(layer, conv_macs):
 def paying_gates(model, calibration_images):
     """The gated layers whose masks the calibrated `auto` export turns into skipped work.
 
-    The `auto` export (with these calibration images) reads only the non-zero
-    input channels of a large regular conv when its input comes, through
-    zero-preserving layers, from a gate that keeps at most `AUTO_INPUT_CUTOFF`
-    of its filters on these images; that producing gate pays, and the conv
-    stays gated, since that is how the export computes it. Every other gate
+    The `auto` export (with these calibration images, see
+    `_Builder.auto_policy`) computes only the active filters of a large
+    regular conv whose capacity is at most `AUTO_CHAIN_CUTOFF` of its
+    filters, and the depthwise convs that read its compact output; those
+    gates pay. It also reads only the non-zero input channels of a large
+    regular conv when its input comes, through zero-preserving layers, from
+    a gate that keeps at most `AUTO_INPUT_CUTOFF` of its filters on these
+    images; that producing gate pays, and the conv stays gated, since that
+    is how the export computes it. Every other gate
     only adds its predictor and a mask multiply to the `.tflite` (on x86
     XNNPACK: ~1-2 ms over MobileNetV1-224, most of the time at 32x32). A
     model gated at these layers only (`gate(base, layers_to_gate=...)`, then
@@ -661,10 +806,12 @@ def paying_gates(model, calibration_images):
 
     check_ftwt_model(model)
     network = _graph.as_functional(model.network)
-    keeps = flops.keep_ratios(model, _checked_images(calibration_images, network), batch_size=32)
+    calibration = calibrate(model, _checked_images(calibration_images, network))
+    keeps = calibration.keep_ratios
     conv_macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
-    # id(tensor) -> (gated layer, expected fraction of non-zero channels) for a
-    # tensor that is zero outside the active filters of that gate.
+    # id(tensor) -> (gated layer, expected fraction of non-zero channels, compact)
+    # for a tensor that is zero outside the active filters of that gate;
+    # compact: `auto` carries it with only those channels (a "chain").
     sources = {}
     paying = set()
     for node in _graph.model_nodes(network):
@@ -672,11 +819,19 @@ def paying_gates(model, calibration_images):
             continue
         layer = node.operation
         source = sources.get(id(node.input_tensors[0])) if len(node.input_tensors) == 1 else None
+        compact_input = source is not None and source[2]
         out = None
         if isinstance(layer, GatedConv):
-            if source is not None and source[1] <= AUTO_INPUT_CUTOFF and _may_gather_inputs(layer, conv_macs):
-                paying.update((source[0], layer.name))
-            out = (layer.name, keeps[layer.name])
+            chains = (not layer.is_depthwise and conv_macs[layer.name] >= AUTO_MIN_MACS
+                      and calibration.capacities[layer.name] <= AUTO_CHAIN_CUTOFF * layer.conv.filters)
+            if chains or (layer.is_depthwise and compact_input):
+                paying.add(layer.name)  # computes only its active filters / its input's channels
+                out = (layer.name, keeps[layer.name], True)
+            else:
+                if (not compact_input and source is not None and source[1] <= AUTO_INPUT_CUTOFF
+                        and _may_gather_inputs(layer, conv_macs)):
+                    paying.update((source[0], layer.name))
+                out = (layer.name, keeps[layer.name], False)
         elif source is not None and (
             isinstance(layer, ZERO_PRESERVING_LAYERS)
             or (isinstance(layer, (keras.layers.Activation, keras.layers.ReLU)) and _keeps_zero(layer))
@@ -684,7 +839,7 @@ def paying_gates(model, calibration_images):
             out = source
         elif source is not None and isinstance(layer, ChannelZeroPad):
             width = int(node.input_tensors[0].shape[-1])
-            out = (source[0], source[1] * width / (width + layer.pad))
+            out = (source[0], source[1] * width / (width + layer.pad), source[2])
         sources[id(node.outputs[0])] = out
     return [layer.name for layer in model.gated_layers if layer.name in paying]
 
@@ -692,6 +847,19 @@ def paying_gates(model, calibration_images):
 def _output_hw(layer, values):
     shape = layer.conv.compute_output_shape((1, int(values.shape[1]), int(values.shape[2]), 1))
     return int(shape[1]), int(shape[2])
+
+
+def _zero_at_zero(activation):
+    return getattr(activation, "__name__", "") in ("linear", "relu", "relu6")
+
+
+def _numpy_activation(activation):
+    """The NumPy twin of a `_zero_at_zero` activation (for static checks on folded biases)."""
+    return {
+        "linear": lambda v: v,
+        "relu": lambda v: np.maximum(v, 0.0),
+        "relu6": lambda v: np.clip(v, 0.0, 6.0),
+    }[activation.__name__]
 
 
 def _keeps_zero(layer):
@@ -745,6 +913,40 @@ def _policies(model, policy):
     return policies
 
 
+@dataclasses.dataclass
+class Calibration:
+    """What calibration images say about each gated layer's masks.
+
+    `keep_ratios`: `{layer name: mean fraction of active filters}`.
+    `capacities`: `{layer name: static number of filters a compact layer
+    computes}`: the most active filters any calibration image had, plus
+    `CAPACITY_MARGIN` of the layer's filters (at most all of them). An image
+    with more active filters than that at any compacted layer is computed
+    again by the exact masked-dense path (one builtin IF at the end).
+    """
+
+    keep_ratios: dict
+    capacities: dict
+
+
+def calibrate(model, images, batch_size=32):
+    """`Calibration` of `model`'s gates on raw `images` (N, H, W, C)."""
+    from ftwt_keras import flops
+
+    filters = {layer.name: int(layer.predictor.bias.shape[0]) for layer in model.gated_layers}
+    counts = {}
+    for start in range(0, len(images), batch_size):
+        for name, mask in flops.gate_masks_of(model, images[start : start + batch_size]).items():
+            counts.setdefault(name, []).append(np.asarray(mask).reshape(len(mask), -1).sum(axis=1))
+    keep_ratios, capacities = {}, {}
+    for name, parts in counts.items():
+        count = np.concatenate(parts)
+        keep_ratios[name] = float(count.mean() / filters[name])
+        margin = int(math.ceil(CAPACITY_MARGIN * filters[name]))
+        capacities[name] = min(filters[name], max(1, int(count.max()) + margin))
+    return Calibration(keep_ratios, capacities)
+
+
 def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None):
     """Converts an FTWT model to a batch-1 TFLite flatbuffer (builtin ops only).
 
@@ -756,8 +958,11 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
         policy: per gated layer, how the dynamic export computes it:
             `"auto"` (default: the fastest choice measured on x86 XNNPACK,
             see `_Builder.auto_policy`), `"gather"` (only active filters),
-            `"gather_inputs"` (only the input's active channels, all
-            filters), `"dense"` (all filters, then masked), or a float cutoff
+            `"chain"` (only active filters, and depthwise convs on their
+            compact input without gathering activations; with calibration
+            images, static capacities), `"gather_inputs"` (only the input's
+            active channels, all filters), `"dense"` (all filters, then
+            masked), or a float cutoff
             in [0, 1]: at run time, dense when more than that fraction of the
             layer's filters is active, else gather. One value for all layers,
             or `{layer name: value}` (missing layers: "auto").
@@ -770,8 +975,11 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
             model will see (a few dozen suffice). With them, `"auto"` makes
             its per-layer choice once, from each layer's mean keep ratio on
             these images, instead of per image with a builtin IF (which costs
-            ~0.2 ms per layer at 224x224). The export stays exact for every
-            image either way; only its speed depends on the choice.
+            ~0.2 ms per layer at 224x224), and compact layers get static
+            capacities (`calibrate`): an image that exceeds one is computed
+            again by the masked-dense network (one IF). The export stays
+            exact for every image either way; only its speed depends on the
+            choice.
 
     Returns:
         The `.tflite` model as bytes. Input: raw RGB pixels `(1, H, W, 3)`
@@ -788,13 +996,11 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     tf = _tf()
     network = _graph.as_functional(model.network)
     policies = _policies(model, policy)
-    keep_ratios = None
+    calibration = None
     if calibration_images is not None and dynamic:
-        from ftwt_keras import flops
-
-        keep_ratios = flops.keep_ratios(model, _checked_images(calibration_images, network), batch_size=32)
+        calibration = calibrate(model, _checked_images(calibration_images, network))
     conv_macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
-    builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, keep_ratios)
+    builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, calibration)
     shape = (1,) + tuple(int(d) for d in network.inputs[0].shape[1:])
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="images")], autograph=False)
@@ -1003,11 +1209,13 @@ def run(flatbuffer_or_interpreter, images, num_threads=1):
 
 
 __all__ = [
+    "Calibration",
     "Compact",
     "ExportError",
     "FoldedUnit",
     "POLICIES",
     "SUPPORTED_LAYERS",
+    "calibrate",
     "check_ftwt_model",
     "convert",
     "export_file",
