@@ -2,6 +2,7 @@
 
     python edge/benchmark.py                      # both modes, 1 and 2 threads
     python edge/benchmark.py --mode cifar --model runs/x/ftwt.keras
+    python edge/benchmark.py --mode imagenet --per_layer --keeps 0.3 --threads 1   # time per layer
 
 Mode "cifar": MobileNetV1 (or --model, a trained FTWT .keras) on >= 200 real
 CIFAR-10 test images at 32x32. Without --model the gates are untrained, so
@@ -58,6 +59,10 @@ flags.DEFINE_integer("calibration_images", 64,
                      "once (0: per image, with builtin IF).")
 flags.DEFINE_string("output", "benchmarks/results/edge_latency.json", "JSON file for the rows ('' to skip).")
 flags.DEFINE_string("tflite_dir", "/tmp/ftwt_edge", "Folder for the .tflite files made on the way.")
+flags.DEFINE_bool("per_layer", False,
+                  "Instead of the latency table: the time of each gated layer, dense and dynamic, from truncated "
+                  "exports timed side by side (ftwt_keras.export.layer_times), at the first --keeps value, "
+                  "first --threads value, for each mode and predictor rank.")
 flags.DEFINE_bool("plot_only", False, "Only rewrite the Markdown tables and redraw the chart from the rows in --output.")
 
 
@@ -164,6 +169,33 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
                   f"{row['lean_ms']:.2f} ms, speed-up {row['lean_speedup']:.2f}x, "
                   f"FLOPs-{100 * row['lean_flops_reduction']:.1f}%, ideal {row['lean_ideal_speedup']:.2f}x", flush=True)
     return rows
+
+
+def _per_layer(resolution, images, calibration, predictor_ranks):
+    """Prints (and returns as Markdown) per-layer dense and dynamic times of MobileNetV1."""
+    import ftwt_keras as fk
+    from ftwt_keras.export import tflite
+
+    base = fk.models.mobilenet_v1(input_shape=(resolution, resolution, 3),
+                                  num_classes=10 if resolution == 32 else 1000, alpha=FLAGS.alpha)
+    randomize_batch_norm(base)
+    keep, threads = float(FLAGS.keeps[0]), int(FLAGS.threads[0])
+    lines = []
+    for rank in predictor_ranks:
+        model = tflite.set_keep_ratio(fk.gate(base, predictor_rank=rank), keep, seed=0)
+        predictors = "full" if rank is None else f"rank {rank}"
+        print(f"{resolution}x{resolution}, {predictors} predictors, keep {keep} per layer, {threads} thread(s): "
+              f"per-layer times from truncated exports ({2 * len(model.gated_layers)} conversions)...", flush=True)
+        rows = tflite.layer_times(model, images, policy=tflite.parse_policy(FLAGS.policy),
+                                  calibration_images=calibration, num_threads=threads, warmup=FLAGS.warmup)
+        lines += [f"\n{resolution}x{resolution}, {predictors} predictors, keep {keep}, {threads} thread(s), "
+                  f"policy {FLAGS.policy}:\n", "| layer | dense | dynamic |", "|---|---|---|"]
+        lines += [f"| {r['layer']} | {r['dense_ms']:.2f} ms | {r['dynamic_ms']:.2f} ms |" for r in rows]
+        total = {kind: sum(r[f"{kind}_ms"] for r in rows) for kind in ("dense", "dynamic")}
+        lines.append(f"| up to {rows[-1]['layer']} | {total['dense']:.2f} ms | {total['dynamic']:.2f} ms |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    return text
 
 
 def _run_mode(resolution, images, calibration, predictor_ranks):
@@ -345,6 +377,23 @@ def main(argv):
     predictor_ranks = _predictor_ranks()  # refuses a bad list before any conversion
     from ftwt_keras.export import tflite
 
+    if FLAGS.per_layer:
+        text = ""
+        try:
+            if FLAGS.mode in ("cifar", "both"):
+                text += _per_layer(32, _cifar_images(f"test[:{FLAGS.num_images}]"), _calibration(32), predictor_ranks)
+            if FLAGS.mode in ("imagenet", "both"):
+                text += _per_layer(224, _cifar_images(f"test[:{FLAGS.num_images}]", size=224), _calibration(224),
+                                   predictor_ranks)
+        except tflite.ExportError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        if FLAGS.output:
+            path = os.path.splitext(FLAGS.output)[0] + "_layers.md"
+            with open(path, "w") as file:
+                file.write(text)
+            print(f"Wrote the per-layer tables to {path}.")
+        return 0
     try:
         rows = []
         if FLAGS.mode in ("cifar", "both"):
@@ -355,8 +404,8 @@ def main(argv):
     except tflite.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print("Per-layer times: the Python interpreter has no op profiler; run LiteRT's benchmark_model with "
-          f"--enable_op_profiling=true on the .tflite files in {FLAGS.tflite_dir} (see edge/README.md).")
+    print("Per-layer times: --per_layer (truncated exports timed side by side); per op: LiteRT's benchmark_model "
+          f"with --enable_op_profiling=true on the .tflite files in {FLAGS.tflite_dir} (see edge/README.md).")
     if FLAGS.output:
         os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
         with open(FLAGS.output, "w") as file:

@@ -168,6 +168,22 @@ def test_chain_carries_batch_norm_shifts_of_pruned_inputs(cifar_images):
     assert_same_logits(export.convert(model, policy="chain", calibration_images=cifar_images), model, cifar_images)
 
 
+def test_layer_times_from_truncated_exports(cifar_images):
+    """`stop_at` cuts the export after a layer; `layer_times` differences their side-by-side times."""
+    base = fk.models.mobilenet_v1(alpha=0.25)
+    model = export.set_keep_ratio(fk.gate(base), keep=0.5)
+    # The dense export cut after gated unit block2_pw is the plain network up to its activation.
+    upto = keras.Model(base.inputs, base.get_layer("block2_pw_relu").output)
+    expected = np.asarray(upto(cifar_images[:2], training=False)).reshape(2, -1).sum(axis=1)
+    actual = export.run(export.convert(model, dynamic=False, stop_at="block2_pw"), cifar_images[:2])
+    np.testing.assert_allclose(actual.reshape(2), expected, rtol=1e-4)
+    rows = export.layer_times(model, cifar_images[:6], layer_names=["block1_pw", "block3_pw"], warmup=2)
+    assert [row["layer"] for row in rows] == ["block1_pw", "block3_pw"]
+    assert sum(row["dense_ms"] for row in rows) > 0 and sum(row["dynamic_ms"] for row in rows) > 0
+    with pytest.raises(export.ExportError, match="no layer named 'nope'"):
+        export.convert(model, stop_at="nope")
+
+
 def test_paying_gates_and_a_lean_export(cifar_images):
     """Only gates whose masks let a large conv read fewer inputs pay; the rest can be ungated, exactly exported."""
     model = export.set_keep_ratio(fk.gate(fk.models.vgg16_bn()), keep=0.3, seed=2)

@@ -432,14 +432,21 @@ class _Builder:
     def unit(self, layer):
         return self.folded[layer.name]
 
-    def __call__(self, images):
+    def __call__(self, images, stop_at=None):
         tf = _tf()
         tensors = {id(self.network.inputs[0]): _dense(images)}
         for node in _graph.model_nodes(self.network):
             if node.is_input or node.operation is None:
                 continue
             inputs = [tensors[id(t)] for t in node.input_tensors]
-            tensors[id(node.outputs[0])] = self.layer(node.operation, inputs)
+            out = tensors[id(node.outputs[0])] = self.layer(node.operation, inputs)
+            if node.operation.name == stop_at:
+                # A profiling aid: the network up to this layer, reduced to one number
+                # (its compact or dense values, and uniform channels, all still computed).
+                total = tf.reduce_sum(out.values)
+                if out.constants is not None:
+                    total += tf.reduce_sum(out.constants)
+                return tf.reshape(total, [1])  # (batch,), as `run` reads outputs
         result = tensors[id(self.network.outputs[0])].dense()
         if self.overflows:
             # An image with more active filters than some compact layer holds
@@ -947,7 +954,7 @@ def calibrate(model, images, batch_size=32):
     return Calibration(keep_ratios, capacities)
 
 
-def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None):
+def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None, stop_at=None):
     """Converts an FTWT model to a batch-1 TFLite flatbuffer (builtin ops only).
 
     Args:
@@ -980,6 +987,9 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
             again by the masked-dense network (one IF). The export stays
             exact for every image either way; only its speed depends on the
             choice.
+        stop_at: a profiling aid (see `layer_times`): export the network only
+            up to and including the layer of this name, its output summed to
+            one number; no overflow fallback.
 
     Returns:
         The `.tflite` model as bytes. Input: raw RGB pixels `(1, H, W, 3)`
@@ -1003,9 +1013,12 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, calibration)
     shape = (1,) + tuple(int(d) for d in network.inputs[0].shape[1:])
 
+    if stop_at is not None and stop_at not in {layer.name for layer in network.layers}:
+        raise ExportError(f"`stop_at`: the network has no layer named {stop_at!r}.")
+
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="images")], autograph=False)
     def serve(images):
-        return builder(images)
+        return builder(images, stop_at)
 
     concrete = serve.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], serve)
@@ -1025,6 +1038,47 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     if flex:
         raise ExportError(f"The converted model contains non-builtin ops {sorted(set(flex))}; refusing to emit it.")
     return flatbuffer
+
+
+def layer_times(model, images, layer_names=None, policy="auto", calibration_images=None, num_threads=1,
+                warmup=10):
+    """Time per layer of the dense and the dynamic export, where no op profiler is at hand.
+
+    The Python LiteRT interpreter has no op profiler, so this exports the
+    network truncated after each of `layer_names` (`convert(stop_at=...)`),
+    dense and dynamic, times all of them side by side on `images`, and
+    differences the cumulative medians: each row is the time from the
+    previous listed layer (exclusive) to this one (inclusive). Noisy hosts
+    make single rows move by ~0.1 ms; the sums are the robust part.
+
+    Args:
+        model: an `ftwt_keras.FTWTModel`.
+        images: `(N, H, W, C)` raw images to time on.
+        layer_names: layers to cut after, in network order (default: every
+            gated layer).
+        policy, calibration_images: as in `convert`, for the dynamic export.
+        num_threads, warmup: as in `time_side_by_side`.
+
+    Returns:
+        A list of `{"layer", "dense_ms", "dynamic_ms"}` segment times.
+    """
+    check_ftwt_model(model)
+    names = layer_names or [layer.name for layer in model.gated_layers]
+    calibration = None if calibration_images is None else np.asarray(calibration_images, np.float32)
+    flatbuffers = {}
+    for name in names:
+        flatbuffers[("dense", name)] = convert(model, dynamic=False, stop_at=name)
+        flatbuffers[("dynamic", name)] = convert(model, policy=policy, calibration_images=calibration, stop_at=name)
+    times = time_side_by_side(flatbuffers, images, num_threads, warmup)
+    rows, previous = [], {"dense": 0.0, "dynamic": 0.0}
+    for name in names:
+        row = {"layer": name}
+        for kind in ("dense", "dynamic"):
+            cumulative = 1e3 * float(np.median(times[(kind, name)]))
+            row[f"{kind}_ms"] = cumulative - previous[kind]
+            previous[kind] = cumulative
+        rows.append(row)
+    return rows
 
 
 def load_calibration_images(spec):
@@ -1221,6 +1275,7 @@ __all__ = [
     "export_file",
     "fold_batch_norm",
     "interpreter",
+    "layer_times",
     "load_calibration_images",
     "load_ftwt_model",
     "op_names",
