@@ -377,33 +377,22 @@ def main(argv):
     predictor_ranks = _predictor_ranks()  # refuses a bad list before any conversion
     from ftwt_keras.export import tflite
 
-    if FLAGS.per_layer:
-        text = ""
-        try:
-            if FLAGS.mode in ("cifar", "both"):
-                text += _per_layer(32, _cifar_images(f"test[:{FLAGS.num_images}]"), _calibration(32), predictor_ranks)
-            if FLAGS.mode in ("imagenet", "both"):
-                text += _per_layer(224, _cifar_images(f"test[:{FLAGS.num_images}]", size=224), _calibration(224),
-                                   predictor_ranks)
-        except tflite.ExportError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        if FLAGS.output:
-            path = os.path.splitext(FLAGS.output)[0] + "_layers.md"
-            with open(path, "w") as file:
-                file.write(text)
-            print(f"Wrote the per-layer tables to {path}.")
-        return 0
+    measure = _per_layer if FLAGS.per_layer else _run_mode
+    resolutions = [size for size, mode in ((32, "cifar"), (224, "imagenet")) if FLAGS.mode in (mode, "both")]
     try:
-        rows = []
-        if FLAGS.mode in ("cifar", "both"):
-            rows += _run_mode(32, _cifar_images(f"test[:{FLAGS.num_images}]"), _calibration(32), predictor_ranks)
-        if FLAGS.mode in ("imagenet", "both"):
-            rows += _run_mode(224, _cifar_images(f"test[:{FLAGS.num_images}]", size=224), _calibration(224),
-                             predictor_ranks)
+        results = [measure(size, _cifar_images(f"test[:{FLAGS.num_images}]", size=size), _calibration(size),
+                           predictor_ranks) for size in resolutions]
     except tflite.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if FLAGS.per_layer:
+        if FLAGS.output:
+            path = os.path.splitext(FLAGS.output)[0] + "_layers.md"
+            with open(path, "w") as file:
+                file.write("".join(results))
+            print(f"Wrote the per-layer tables to {path}.")
+        return 0
+    rows = [row for result in results for row in result]
     print("Per-layer times: --per_layer (truncated exports timed side by side); per op: LiteRT's benchmark_model "
           f"with --enable_op_profiling=true on the .tflite files in {FLAGS.tflite_dir} (see edge/README.md).")
     if FLAGS.output:
