@@ -176,9 +176,7 @@ def _per_layer(resolution, images, calibration, predictor_ranks):
     import ftwt_keras as fk
     from ftwt_keras.export import tflite
 
-    base = fk.models.mobilenet_v1(input_shape=(resolution, resolution, 3),
-                                  num_classes=10 if resolution == 32 else 1000, alpha=FLAGS.alpha)
-    randomize_batch_norm(base)
+    base = _random_mobilenet(resolution)
     keep, threads = float(FLAGS.keeps[0]), int(FLAGS.threads[0])
     lines = []
     for rank in predictor_ranks:
@@ -209,11 +207,7 @@ def _run_mode(resolution, images, calibration, predictor_ranks):
         print(f"cifar: trained model {FLAGS.model}, masks from its predictors.")
         return _measure(os.path.basename(FLAGS.model).replace(".keras", ""), model, images, "predicted", dense,
                         calibration)
-    if resolution == 32:
-        base = fk.models.mobilenet_v1(input_shape=(32, 32, 3), num_classes=10, alpha=FLAGS.alpha)
-    else:
-        base = fk.models.mobilenet_v1(input_shape=(224, 224, 3), num_classes=1000, alpha=FLAGS.alpha)
-    randomize_batch_norm(base)
+    base = _random_mobilenet(resolution)
     dense = None
     for rank in predictor_ranks:
         label = f"mobilenet_v1_{FLAGS.alpha:g}" + ("" if rank is None else f"_rank{rank}")
@@ -227,6 +221,15 @@ def _run_mode(resolution, images, calibration, predictor_ranks):
             tflite.set_keep_ratio(model, float(keep), seed=0)
             rows += _measure(label, model, images, keep, dense, calibration)
     return rows
+
+
+def _random_mobilenet(resolution):
+    """MobileNetV1 (--alpha) with random weights and batch-norm statistics: 10 classes at 32x32, else 1000."""
+    import ftwt_keras as fk
+
+    num_classes = 10 if resolution == 32 else 1000
+    base = fk.models.mobilenet_v1(input_shape=(resolution, resolution, 3), num_classes=num_classes, alpha=FLAGS.alpha)
+    return randomize_batch_norm(base)
 
 
 def randomize_batch_norm(model, seed=0):

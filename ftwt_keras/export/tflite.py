@@ -41,6 +41,7 @@ rather than falling back to Flex (Select TF) ops.
 """
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Optional
@@ -185,6 +186,11 @@ class FoldedUnit:
     layer: GatedConv
     kernel: np.ndarray
     bias: np.ndarray
+
+    @functools.cached_property
+    def zero_input_output(self):
+        """(C_out,) `activation(bias)`: each filter's output on an all-zero input (read eagerly)."""
+        return _numpy(self.layer.activation(keras.ops.convert_to_tensor(self.bias)))
 
     @property
     def is_depthwise(self):
@@ -564,8 +570,7 @@ class _Builder:
         if unit.is_depthwise:
             return "chain" if not x.is_dense else "dense"
         capacity = self.capacities.get(name)
-        if (capacity is not None and self.conv_macs[name] >= AUTO_MIN_MACS
-                and capacity <= AUTO_CHAIN_CUTOFF * unit.filters):
+        if capacity is not None and _chains(unit.layer, self.conv_macs, capacity):
             return "chain"
         if not x.is_dense:
             return "gather_inputs"
@@ -705,26 +710,25 @@ class _Builder:
         bias. Falls back to `masked_dense` on a dense input.
         """
         tf = _tf()
-        if x.is_dense or x.constants is not None or unit.layer.conv.depth_multiplier != 1 \
-                or not _zero_at_zero(unit.layer.activation):
-            return self.masked_dense(unit, activation, x.without_constants(), mask)
         layer = unit.layer
+        if x.is_dense or x.constants is not None or not _keeps_zero(layer.activation):
+            return self.masked_dense(unit, activation, x.without_constants(), mask)
         (kh, kw) = layer.conv.kernel_size
         on = tf.gather(mask.values[0], x.channels)  # the gate's decisions on the present channels
         taps = tf.gather(tf.constant(unit.kernel.reshape(kh * kw, unit.filters)), x.channels, axis=1) * on
         bias = tf.gather(tf.constant(unit.bias), x.channels) * on
-        out_h, out_w = _output_hw(layer, x.values)
         if x.values.shape[-1] is not None:
             kernel = tf.reshape(taps, [kh, kw, -1, 1])
             y = tf.nn.depthwise_conv2d(x.values, kernel, [1, *layer.conv.strides, 1], layer.conv.padding.upper())
         else:
             # Shifted multiply-adds: DEPTHWISE_CONV_2D cannot take a filter with a run-time channel count.
+            out_h, out_w = _output_hw(layer, x.values)
             windows = _shifted_windows(_padded(x.values, layer), layer, out_h, out_w)
             y = tf.add_n([window * taps[i] for i, window in enumerate(windows)])
         constants = None
-        if np.any(_numpy_activation(unit.layer.activation)(unit.bias) != 0):  # else always zero: skip
+        if np.any(unit.zero_input_output != 0):  # else every such channel is zero: nothing to carry
             absent = tf.cast(tf.equal(x.positions(), 0), tf.float32)
-            constants = activation(tf.constant(unit.bias)) * mask.values[0] * absent
+            constants = tf.constant(unit.zero_input_output) * mask.values[0] * absent
         return Compact(activation(y + bias), x.channels, unit.filters, x._positions, constants=constants)
 
     def gathered(self, unit, activation, x, mask, capacity=None):
@@ -766,6 +770,11 @@ class _Builder:
         y = tf.linalg.matmul(columns, weights, adjoint_b=True) + bias
         y = tf.reshape(activation(y) * on, [1, out_h, out_w, k_out])
         return Compact(y, active, unit.filters)
+
+
+def _chains(layer, conv_macs, capacity):
+    """Whether `auto` computes regular GatedConv `layer` on its active filters only (policy "chain")."""
+    return conv_macs[layer.name] >= AUTO_MIN_MACS and capacity <= AUTO_CHAIN_CUTOFF * layer.conv.filters
 
 
 def _may_gather_inputs(layer, conv_macs):
@@ -829,8 +838,7 @@ def paying_gates(model, calibration_images):
         compact_input = source is not None and source[2]
         out = None
         if isinstance(layer, GatedConv):
-            chains = (not layer.is_depthwise and conv_macs[layer.name] >= AUTO_MIN_MACS
-                      and calibration.capacities[layer.name] <= AUTO_CHAIN_CUTOFF * layer.conv.filters)
+            chains = not layer.is_depthwise and _chains(layer, conv_macs, calibration.capacities[layer.name])
             if chains or (layer.is_depthwise and compact_input):
                 paying.add(layer.name)  # computes only its active filters / its input's channels
                 out = (layer.name, keeps[layer.name], True)
@@ -856,23 +864,13 @@ def _output_hw(layer, values):
     return int(shape[1]), int(shape[2])
 
 
-def _zero_at_zero(activation):
-    return getattr(activation, "__name__", "") in ("linear", "relu", "relu6")
-
-
-def _numpy_activation(activation):
-    """The NumPy twin of a `_zero_at_zero` activation (for static checks on folded biases)."""
-    return {
-        "linear": lambda v: v,
-        "relu": lambda v: np.maximum(v, 0.0),
-        "relu6": lambda v: np.clip(v, 0.0, 6.0),
-    }[activation.__name__]
-
-
-def _keeps_zero(layer):
+def _keeps_zero(layer_or_activation):
+    """Whether an activation (layer or function) maps 0 to 0."""
     from ftwt_keras import flops
 
-    activation = layer.activation if isinstance(layer, keras.layers.Activation) else layer
+    activation = layer_or_activation
+    if isinstance(activation, keras.layers.Activation):
+        activation = activation.activation
     return flops._zero_preserving_activation(activation)
 
 
@@ -942,8 +940,8 @@ def calibrate(model, images, batch_size=32):
 
     filters = {layer.name: int(layer.predictor.bias.shape[0]) for layer in model.gated_layers}
     counts = {}
-    for start in range(0, len(images), batch_size):
-        for name, mask in flops.gate_masks_of(model, images[start : start + batch_size]).items():
+    for batch in flops.image_batches(images, batch_size):
+        for name, mask in flops.gate_masks_of(model, batch).items():
             counts.setdefault(name, []).append(np.asarray(mask).reshape(len(mask), -1).sum(axis=1))
     keep_ratios, capacities = {}, {}
     for name, parts in counts.items():
