@@ -65,6 +65,21 @@ def assert_builtin_only(flatbuffer):
     assert not [name for name in names if name.startswith("Flex") or not name.isupper()]
 
 
+def depthwise_input_widths(flatbuffer):
+    """The channel count of each DEPTHWISE_CONV_2D's input in the graph, in op order."""
+    runner = export.interpreter(flatbuffer)
+    shapes = {tensor["index"]: tensor["shape"] for tensor in runner.get_tensor_details()}
+    return [int(shapes[op["inputs"][0]][-1]) for op in runner._get_ops_details() if op["op_name"] == "DEPTHWISE_CONV_2D"]
+
+
+def assert_depthwise_convs_chain(flatbuffer, model):
+    """Every depthwise conv after the first reads its input's compact channels, not all of them."""
+    dense_widths = [int(layer.predictor.bias.shape[0]) for layer in model.gated_layers if layer.is_depthwise]
+    widths = depthwise_input_widths(flatbuffer)
+    assert len(widths) == len(dense_widths)
+    assert all(width < dense for width, dense in zip(widths[1:], dense_widths[1:])), (widths, dense_widths)
+
+
 BUILDERS = {
     "mobilenet_v1": lambda: fk.models.mobilenet_v1(alpha=0.25),
     "resnet20": lambda: fk.models.resnet_cifar(depth=20),
@@ -138,6 +153,8 @@ def test_chain_policy_matches_keras(name, cifar_images):
     names = export.op_names(static)
     assert_builtin_only(static)
     assert "TOPK_V2" in names and "WHERE" not in names
+    if name == "mobilenet_v1":
+        assert_depthwise_convs_chain(static, model)
     assert_same_logits(static, model, cifar_images)
 
 
@@ -165,7 +182,9 @@ def test_chain_carries_batch_norm_shifts_of_pruned_inputs(cifar_images):
     force_layer.predictor.bias.assign(np.full(force_layer.predictor.bias.shape, 50.0, "float32"))
     unit = export.fold_batch_norm(force_layer)
     assert (unit.bias > 0).any()  # shifts that survive the ReLU
-    assert_same_logits(export.convert(model, policy="chain", calibration_images=cifar_images), model, cifar_images)
+    flatbuffer = export.convert(model, policy="chain", calibration_images=cifar_images)
+    assert_depthwise_convs_chain(flatbuffer, model)  # block3_dw runs compact and carries the shifts
+    assert_same_logits(flatbuffer, model, cifar_images)
 
 
 def test_layer_times_from_truncated_exports(cifar_images):

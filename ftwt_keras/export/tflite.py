@@ -190,7 +190,8 @@ class FoldedUnit:
     @functools.cached_property
     def zero_input_output(self):
         """(C_out,) `activation(bias)`: each filter's output on an all-zero input (read eagerly)."""
-        return _numpy(self.layer.activation(keras.ops.convert_to_tensor(self.bias)))
+        with _tf().init_scope():  # eager even while `convert` traces its tf.function
+            return _numpy(self.layer.activation(keras.ops.convert_to_tensor(self.bias)))
 
     @property
     def is_depthwise(self):
@@ -871,7 +872,10 @@ def _keeps_zero(layer_or_activation):
     activation = layer_or_activation
     if isinstance(activation, keras.layers.Activation):
         activation = activation.activation
-    return flops._zero_preserving_activation(activation)
+    # The probe reads a value: run it eagerly even while `convert` traces its
+    # tf.function (in graph mode it cannot, and would answer False).
+    with _tf().init_scope():
+        return flops._zero_preserving_activation(activation)
 
 
 # --------------------------------------------------------------------------
