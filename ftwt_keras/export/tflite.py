@@ -79,9 +79,13 @@ POLICIES = ("gather", "gather_inputs", "chain", "dense", "auto")
 CAPACITY_MARGIN = 0.05
 # "auto" with calibration images: a regular conv computes only its active
 # filters (compact output, static capacity) when its capacity is at most this
-# fraction of its filters (MobileNetV1-224 on x86 XNNPACK: compact layers win
-# at keep 0.3 and lose at 0.5 in the blocks at 28x28 and below).
-AUTO_CHAIN_CUTOFF = 0.4
+# fraction of its filters. Five MobileNetV1 blocks at one resolution on x86
+# XNNPACK, 1 thread (2026-12-03, /tmp harness; dense / masked dense / chain):
+# keep 0.5 (capacity 0.55): 14x14 9.0 / 9.5 / 6.2 ms, 28x28 9.1 / 10.0 / 6.6,
+# 56x56 10.2 / 11.7 / 10.1, 7x7 11.0 / 11.6 / 11.4; keep 0.7 (capacity 0.75):
+# chain wins at 14x14 and 28x28 (9.0 vs 9.4, 7.8 vs 8.8) and loses at 56x56
+# (11.9 vs 10.0).
+AUTO_CHAIN_CUTOFF = 0.6
 # "auto": a regular conv reads only its input's active channels when at most
 # this fraction of them is on (else it runs dense).
 AUTO_INPUT_CUTOFF = 0.5
