@@ -226,32 +226,11 @@ def _run_mode(resolution, images, calibration, predictor_ranks):
 def _random_mobilenet(resolution):
     """MobileNetV1 (--alpha) with random weights and batch-norm statistics: 10 classes at 32x32, else 1000."""
     import ftwt_keras as fk
+    from ftwt_keras.export import tflite
 
     num_classes = 10 if resolution == 32 else 1000
     base = fk.models.mobilenet_v1(input_shape=(resolution, resolution, 3), num_classes=num_classes, alpha=FLAGS.alpha)
-    return randomize_batch_norm(base)
-
-
-def randomize_batch_norm(model, seed=0):
-    """Gives every BatchNormalization layer random statistics and affine terms, in place.
-
-    Freshly built, batch norm's shifts are all 0, so a depthwise filter that is
-    on over an input channel that is off would output exactly 0, and the
-    export skips carrying such constants. A trained network has shifts of both
-    signs; so does this one, so that the export pays for them as it would there.
-    """
-    import keras
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            channels = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0.0, 0.2, channels).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
-            layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
-            layer.beta.assign(rng.normal(0.1, 0.3, channels).astype("float32"))
-    return model
+    return tflite.randomize_batch_norm(base)
 
 
 def _predictor_ranks():

@@ -391,6 +391,23 @@ def test_cli_help(script):
     assert "--output" in result.stdout and "Traceback" not in result.stderr
 
 
+def test_stage_benchmark_times_every_export():
+    """benchmarks/edge_stages.py end to end on a tiny stage, ablations included."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "edge_stages.py"), "--stages=8x32", "--keeps=0.3",
+         "--blocks=1", "--num_inputs=4", "--repeats=1", "--predictor_rank=8", "--ablate"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = [line for line in result.stdout.splitlines() if "keep 0.3" in line]
+    assert len(line) == 1, result.stdout
+    for name in ("dense", "masked", "chain", "no_predictors", "static_weights", "no_constants"):
+        assert f" {name} " in line[0]
+
+
 def test_benchmark_redraws_its_chart_from_rows(tmp_path):
     pytest.importorskip("matplotlib")
     row = {"model": "mobilenet_v1_1", "predictor_rank": None, "dense_ms": 10.0, "predictors_ms": 11.0,

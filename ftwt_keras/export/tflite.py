@@ -79,12 +79,12 @@ POLICIES = ("gather", "gather_inputs", "chain", "dense", "auto")
 CAPACITY_MARGIN = 0.05
 # "auto" with calibration images: a regular conv computes only its active
 # filters (compact output, static capacity) when its capacity is at most this
-# fraction of its filters. Five MobileNetV1 blocks at one resolution on x86
-# XNNPACK, 1 thread (2026-12-03, /tmp harness; dense / masked dense / chain):
-# keep 0.5 (capacity 0.55): 14x14 9.0 / 9.5 / 6.2 ms, 28x28 9.1 / 10.0 / 6.6,
-# 56x56 10.2 / 11.7 / 10.1, 7x7 11.0 / 11.6 / 11.4; keep 0.7 (capacity 0.75):
-# chain wins at 14x14 and 28x28 (9.0 vs 9.4, 7.8 vs 8.8) and loses at 56x56
-# (11.9 vs 10.0).
+# fraction of its filters. `python benchmarks/edge_stages.py` (five MobileNetV1
+# blocks at one resolution, x86 XNNPACK, 1 thread, 2026-12-03; dense / masked
+# dense / chain): keep 0.5 (capacity 0.55): 56x56 8.4 / 9.5 / 7.9 ms, 28x28
+# 9.1 / 9.9 / 6.4, 14x14 7.2 / 7.7 / 4.8, 7x7 8.5 / 9.0 / 8.8; keep 0.7
+# (capacity 0.75): chain ties at 28x28 and 14x14 and loses at 56x56 (12.6 vs
+# 10.1) and 7x7 (14.1 vs 9.1).
 AUTO_CHAIN_CUTOFF = 0.6
 # "auto": a regular conv reads only its input's active channels when at most
 # this fraction of them is on (else it runs dense).
@@ -1202,6 +1202,26 @@ def set_keep_ratio(model, keep, seed=0):
     return model
 
 
+def randomize_batch_norm(model, seed=0):
+    """Gives every BatchNormalization layer of `model` random statistics and affine terms, in place.
+
+    For benchmarks of untrained models. Freshly built, batch norm's shifts are
+    all 0, so a depthwise filter that is on over an input channel that is off
+    would output exactly 0, and the export skips carrying such constants. A
+    trained network has shifts of both signs; so does this one, so that the
+    export pays for them as it would there. Returns `model`.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0.0, 0.2, channels).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
+            layer.beta.assign(rng.normal(0.1, 0.3, channels).astype("float32"))
+    return model
+
+
 # --------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------
@@ -1302,6 +1322,7 @@ __all__ = [
     "paying_gates",
     "run",
     "save",
+    "randomize_batch_norm",
     "set_keep_ratio",
     "time_invokes",
     "time_side_by_side",

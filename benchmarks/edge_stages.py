@@ -1,0 +1,125 @@
+"""One MobileNetV1 stage at a time: dense, masked dense and compact (`chain`) exports side by side.
+
+    python benchmarks/edge_stages.py                                  # 56x56x128 .. 7x7x1024, keep 0.3 / 0.5 / 0.7
+    python benchmarks/edge_stages.py --stages=14x512 --keeps=0.5 --ablate
+
+A stage is what MobileNetV1 x1.0 runs at one resolution, made uniform: a 1x1
+conv to C channels, then --blocks x [3x3 depthwise, 1x1 conv C -> C], each
+with batch norm (random statistics, `export.randomize_batch_norm`) and ReLU,
+then a 10-way classifier; input H x H x C. Every conv is gated (rank
+--predictor_rank predictors) with masks drawn at each --keeps ratio
+(`export.set_keep_ratio`). Three exports of each gated model alternate image
+by image (`export.time_side_by_side`, 1 thread, XNNPACK on): `dense` (the
+plain network), `masked` (every layer dense, then masked: what `auto` does
+where compacting does not pay) and `chain` (every layer compact, static
+capacities from calibration inputs). Medians over --repeats loops of
+--num_inputs random inputs. These timings set `AUTO_CHAIN_CUTOFF`.
+
+`--ablate` adds exports that cut one part of the compact path, to show what
+each costs: `no_predictors` (constant logits instead of the mask predictors),
+`static_weights` (capacity slots fixed to the first channels, so the converter
+folds every weight gather into constants) and `no_constants` (batch-norm
+shifts of 0: no uniform channels to carry). They compute other things than
+the model: timings only.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("stages", ["56x128", "28x256", "14x512", "7x1024"], "Stages as HxC (input H x H x C).")
+flags.DEFINE_list("keeps", ["0.3", "0.5", "0.7"], "Keep ratios per layer for the drawn masks.")
+flags.DEFINE_integer("blocks", 5, "Depthwise + pointwise blocks per stage (MobileNetV1 has 5 at 14x14).")
+flags.DEFINE_integer("predictor_rank", 64, "Mask predictor rank (0: the paper's full predictors).")
+flags.DEFINE_integer("num_inputs", 40, "Random inputs per timing loop (each invoke timed alone).")
+flags.DEFINE_integer("repeats", 3, "Timing loops of 5 x --num_inputs invokes; the median of their medians.")
+flags.DEFINE_bool("ablate", False, "Also time the compact path with parts cut out (timings only).")
+
+
+def stage_model(size, channels, blocks):
+    """The plain Keras stage (see the module docstring)."""
+    import keras
+
+    def unit(x, conv):
+        return keras.layers.ReLU()(keras.layers.BatchNormalization()(conv(x)))
+
+    inputs = keras.Input((size, size, channels))
+    x = unit(inputs, keras.layers.Conv2D(channels, 1, use_bias=False))
+    for _ in range(blocks):
+        x = unit(x, keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False))
+        x = unit(x, keras.layers.Conv2D(channels, 1, use_bias=False))
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs, name=f"stage_{size}x{size}x{channels}")
+
+
+def _ablations(model, size, channels, keep, calibration):
+    """Exports of the compact path with one part cut out: {name: flatbuffer}."""
+    import unittest.mock
+
+    import tensorflow as tf
+
+    import ftwt_keras as fk
+    from ftwt_keras.export import tflite
+
+    def constant_logits(builder, layer, x):
+        bias = tf.constant(builder.predictors[layer.name][2][None])
+        return bias + 0.0 * tf.reduce_sum(x.values[:, :1, :1, :1])  # keeps the input in the graph
+
+    def first_channels(builder, mask, capacity):
+        return tf.range(capacity, dtype=tf.int32)
+
+    flatbuffers = {}
+    with unittest.mock.patch.object(tflite._Builder, "predictor_logits", constant_logits):
+        flatbuffers["no_predictors"] = tflite.convert(model, policy="chain", calibration_images=calibration)
+    with unittest.mock.patch.object(tflite._Builder, "top_channels", first_channels):
+        flatbuffers["static_weights"] = tflite.convert(model, policy="chain", calibration_images=calibration)
+    # Freshly built batch norm has no shift: the same masks (same seed), nothing to carry.
+    unshifted = fk.gate(stage_model(size, channels, FLAGS.blocks), predictor_rank=FLAGS.predictor_rank or None)
+    tflite.set_keep_ratio(unshifted, keep, seed=0)
+    flatbuffers["no_constants"] = tflite.convert(unshifted, policy="chain", calibration_images=calibration)
+    return flatbuffers
+
+
+def main(argv):
+    del argv
+    import numpy as np
+
+    import ftwt_keras as fk
+    from ftwt_keras.export import tflite
+
+    rng = np.random.default_rng(1)
+    for stage in FLAGS.stages:
+        try:
+            size, channels = (int(part) for part in stage.lower().split("x"))
+        except ValueError:
+            raise app.UsageError(f"--stages takes HxC items such as 14x512; got {stage!r}.") from None
+        base = tflite.randomize_batch_norm(stage_model(size, channels, FLAGS.blocks))
+        model = fk.gate(base, predictor_rank=FLAGS.predictor_rank or None)
+        inputs = np.abs(rng.normal(size=(FLAGS.num_inputs, size, size, channels))).astype(np.float32)
+        calibration = inputs[: FLAGS.num_inputs // 2]
+        dense = tflite.convert(model, dynamic=False)
+        for keep in (float(k) for k in FLAGS.keeps):
+            tflite.set_keep_ratio(model, keep, seed=0)
+            flatbuffers = {
+                "dense": dense,
+                "masked": tflite.convert(model, policy="dense"),
+                "chain": tflite.convert(model, policy="chain", calibration_images=calibration),
+            }
+            if FLAGS.ablate:
+                flatbuffers.update(_ablations(model, size, channels, keep, calibration))
+            medians = {name: [] for name in flatbuffers}
+            for _ in range(FLAGS.repeats):
+                times = tflite.time_side_by_side(flatbuffers, np.concatenate([inputs] * 5), 1, 20)
+                for name, values in times.items():
+                    medians[name].append(1e3 * float(np.median(values)))
+            cells = "  ".join(f"{name} {np.median(values):6.2f} ms" for name, values in medians.items())
+            print(f"{size:>3}x{size}x{channels:<5} keep {keep:.1f}  {cells}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
