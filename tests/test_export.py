@@ -318,6 +318,19 @@ def test_layers_with_all_gates_off_or_on(cifar_images):
         assert_same_logits(chain, model, cifar_images[:4])
 
 
+def test_randomize_batch_norm_gives_shifts_the_export_must_carry(cifar_images):
+    base = fk.models.mobilenet_v1(alpha=0.25)
+    unchanged = export.fold_batch_norm(fk.gate(base).gated_layers[3])
+    assert not unchanged.zero_input_output.any()  # as built: act(shift) = 0, nothing to carry
+    assert export.randomize_batch_norm(base, seed=1) is base
+    model = export.set_keep_ratio(fk.gate(base), keep=0.5, seed=1)
+    folded = [export.fold_batch_norm(layer) for layer in model.gated_layers]
+    assert all(unit.zero_input_output.any() for unit in folded)  # ReLU(shift) > 0 somewhere in every layer
+    flatbuffer = export.convert(model, policy="chain", calibration_images=cifar_images[:4])
+    assert_depthwise_convs_chain(flatbuffer, model)
+    assert_same_logits(flatbuffer, model, cifar_images[:8])
+
+
 def test_dense_policy_and_set_keep_ratio(cifar_images):
     model = export.set_keep_ratio(fk.gate(fk.models.mobilenet_v1(alpha=0.25)), keep=0.5, seed=3)
     masks = fk.flops.gate_masks_of(model, cifar_images[:2])
