@@ -41,6 +41,13 @@ flags.DEFINE_string(
     "capacities (an image beyond them is recomputed exactly by the masked-dense network); without, "
     "it picks per image with a builtin IF (exact either way, ~0.2 ms per branching layer slower at 224x224).",
 )
+flags.DEFINE_float(
+    "capacity_stds",
+    None,
+    "With --calibration: each compact layer's capacity is the most filters a calibration image kept on plus "
+    "this many standard deviations of that count (default: ftwt_keras.export.tflite.CAPACITY_STDS). Larger: "
+    "fewer images recomputed by the fallback, every image slower in the compact layers.",
+)
 
 
 def main(argv):
@@ -54,7 +61,7 @@ def main(argv):
         policy = tflite.parse_policy(FLAGS.policy)
         calibration = tflite.load_calibration_images(FLAGS.calibration) if FLAGS.calibration else None
         path = tflite.export_file(FLAGS.model, FLAGS.output, dynamic=not FLAGS.dense, policy=policy,
-                                  calibration_images=calibration)
+                                  calibration_images=calibration, capacity_stds=FLAGS.capacity_stds)
     except tflite.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -158,9 +158,37 @@ def test_chain_policy_matches_keras(name, cifar_images):
     assert_same_logits(static, model, cifar_images)
 
 
+def test_capacities_add_a_margin_that_follows_each_gate_counts_spread(cifar_images):
+    """Masks that never vary get no margin; varying ones the most seen plus CAPACITY_STDS deviations."""
+    drawn = export.set_keep_ratio(fk.gate(BUILDERS["mobilenet_v1"]()), 0.3)
+    fixed = export.calibrate(drawn, cifar_images[:8])
+    for layer in drawn.gated_layers:
+        filters = int(layer.predictor.bias.shape[0])
+        assert fixed.capacities[layer.name] == max(1, round(0.3 * filters))
+    model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
+    counts = export.gate_counts(model, cifar_images)
+    calibration = export.calibrate(model, cifar_images)
+    wider = export.calibrate(model, cifar_images, capacity_stds=2 * export.CAPACITY_STDS)
+    varying = [name for name, count in counts.items() if count.std() > 0]
+    assert varying
+    filters = {layer.name: int(layer.predictor.bias.shape[0]) for layer in model.gated_layers}
+    for name, count in counts.items():
+        expected = min(filters[name], int(count.max()) + int(np.ceil(export.CAPACITY_STDS * count.std(ddof=1))))
+        assert calibration.capacities[name] == expected
+        assert wider.capacities[name] >= expected
+    assert any(wider.capacities[name] > calibration.capacities[name] for name in varying)
+    assert not calibration.overflows(counts).any()  # calibrated on these very images
+    sparsest = int(np.argmin(sum(counts.values())))  # the image with the fewest active filters
+    few = export.calibrate(model, cifar_images[sparsest : sparsest + 1])
+    beyond = np.any([counts[name] > few.capacities[name] for name in varying], axis=0)
+    assert beyond.any() and np.array_equal(few.overflows(counts, varying), beyond)
+    with pytest.raises(export.ExportError, match="capacity_stds"):
+        export.calibrate(model, cifar_images[:2], capacity_stds=-1)
+
+
 def test_chain_capacity_overflow_falls_back_to_the_exact_path(cifar_images, monkeypatch):
     """An image with more active filters than calibration saw takes the masked-dense IF branch."""
-    monkeypatch.setattr(export, "CAPACITY_MARGIN", 0.0)
+    monkeypatch.setattr(export, "CAPACITY_STDS", 0.0)
     model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
     masks = fk.flops.gate_masks_of(model, cifar_images)
     counts = {name: np.asarray(mask).sum(axis=1) for name, mask in masks.items()}
@@ -386,6 +414,10 @@ def test_export_file_round_trip(tmp_path, cifar_images):
     model.save(path)
     output = export.export_file(path, tmp_path / "resnet.tflite")
     assert_same_logits(open(output, "rb").read(), model, cifar_images[:8])
+    # Capacities without margin from two images: the others may take the exact fallback.
+    output = export.export_file(path, tmp_path / "chain.tflite", policy="chain", calibration_images=cifar_images[:2],
+                                capacity_stds=0)
+    assert_same_logits(open(output, "rb").read(), model, cifar_images[:8])
     with pytest.raises(export.ExportError, match=".tflite"):
         export.export_file(path, tmp_path / "resnet.bin")
 
@@ -456,3 +488,28 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
     assert lean[2:] == ["| 224x224 | full | 0.10 | 20 of 27 | 80.0% | 10.00 ms | 5.00 ms | 2.00x (5.00x) | 1.00x | 1.70x |"]
     missing = run(f"--output={tmp_path / 'none.json'}")
     assert missing.returncode != 0 and "--plot_only needs" in missing.stderr
+
+
+def test_capacity_overflow_benchmark_counts_images_beyond_capacities(tmp_path, cifar_images):
+    """benchmarks/capacity_overflow.py end to end: capacities from one sparse image leave others beyond them."""
+    model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
+    model.save(tmp_path / "m.keras")
+    counts = export.gate_counts(model, cifar_images)
+    sparsest = int(np.argmin(sum(counts.values())))  # calibrated on it alone, other images overflow
+    np.save(tmp_path / "calibration.npy", cifar_images[sparsest : sparsest + 1])
+    np.save(tmp_path / "images.npy", cifar_images)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "capacity_overflow.py"), f"--model={tmp_path / 'm.keras'}",
+         f"--calibration={tmp_path / 'calibration.npy'}", f"--images={tmp_path / 'images.npy'}",
+         "--capacity_stds=0,10"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2] for line in result.stdout.splitlines()
+            if line.startswith("| max")}
+    assert set(rows) == {"max + 0 std", "max + 10 std", "max + 0.05 of the filters"}, result.stdout
+    beyond = {label: int(cell.split("(")[1].rstrip(") ")) for label, cell in rows.items()}
+    assert beyond["max + 0 std"] > 0 and beyond["max + 10 std"] <= beyond["max + 0 std"]

@@ -75,8 +75,13 @@ SUPPORTED_LAYERS = (GatedConv,) + ZERO_PRESERVING_LAYERS + _DENSE_ONLY
 
 POLICIES = ("gather", "gather_inputs", "chain", "dense", "auto")
 # A compact layer's static capacity: the most filters any calibration image
-# kept on, plus this fraction of them.
-CAPACITY_MARGIN = 0.05
+# kept on, plus this many standard deviations of that count over the
+# calibration images. The margin follows how much the layer's count varies: a
+# fixed 5% of the filters (before 2026-12-04) cost MobileNetV1-224 at keep 0.3,
+# whose drawn masks never vary, 0.9 ms of its 7.9 (capacities 0.35 instead of
+# 0.3 of the filters in every compact layer). An image beyond a capacity is
+# still exact: the masked-dense network recomputes it.
+CAPACITY_STDS = 2.0
 # "auto" with calibration images: a regular conv computes only its active
 # filters (compact output, static capacity) when its capacity is at most this
 # fraction of its filters. `python benchmarks/edge_stages.py` (five MobileNetV1
@@ -263,6 +268,13 @@ class Compact:
     # uniform over space (a depthwise filter that is on over an input channel
     # that is off outputs activation(bias) everywhere), or None for zeros.
     constants: Optional[object] = None
+    # For a dense tensor: `(raw, scale, offset)` with `values == raw * scale +
+    # offset` per channel (scale float32 0/1 (width,), offset (width,) or
+    # None): the gate masks not yet applied. A consumer that can fold them
+    # (a predictor's pool, a gathered conv's weight rows) reads `raw`; when
+    # every consumer does, the converter drops the unused multiply on the
+    # activation.
+    scaled: Optional[tuple] = None
 
     @property
     def is_dense(self):
@@ -614,6 +626,9 @@ class _Builder:
         tf = _tf()
         predictor = layer.predictor
         values = x.values
+        scaled = x.scaled if predictor.input_padding is None else None
+        if scaled is not None:  # pool before the deferred masks: per channel, they commute with it
+            values = scaled[0]
         if predictor.input_padding is not None:  # pool the unpadded input, as Keras
             if x.unpadded is not None and x.unpadded[1] == predictor.input_padding:
                 values = x.unpadded[0]
@@ -624,6 +639,8 @@ class _Builder:
             pooled = tf.reduce_max(values, axis=[1, 2])
         else:
             pooled = tf.reduce_mean(values, axis=[1, 2])
+        if scaled is not None:
+            pooled = pooled * scaled[1] if scaled[2] is None else pooled * scaled[1] + scaled[2]
         if not x.is_dense:  # absent channels pool to exactly zero, or to their uniform value
             pooled = tf.gather(_with_zero_channel(pooled), x.positions(), axis=-1)
             if x.constants is not None:
@@ -648,9 +665,26 @@ class _Builder:
         return activation(tf.nn.bias_add(y, tf.constant(unit.bias)))
 
     def masked_dense(self, unit, activation, x, mask):
-        y = self.dense_unit(unit, activation, x.dense())
+        """All filters computed on the dense input, then masked (the multiply deferred: `Compact.scaled`).
+
+        A depthwise conv takes its input's deferred masks along: on a channel
+        scaled by 0 it outputs `activation(bias)` everywhere, the offset.
+        """
+        tf = _tf()
         support = _active_channels(mask.on[0])
-        return Compact(y * mask.values, None, unit.filters, support=support)
+        gate = mask.values[0]
+        if unit.is_depthwise and x.is_dense and x.scaled is not None and x.scaled[2] is None:
+            raw, scale, _ = x.scaled
+            y = self.dense_unit(unit, activation, raw)
+            offset = None
+            if np.any(unit.zero_input_output != 0):
+                offset = tf.constant(unit.zero_input_output) * (1.0 - scale) * gate
+            scale = scale * gate
+        else:
+            y = self.dense_unit(unit, activation, x.dense())
+            scale, offset = gate, None
+        values = y * scale if offset is None else y * scale + offset
+        return Compact(values, None, unit.filters, support=support, scaled=(y, scale, offset))
 
     def gathered_inputs(self, unit, activation, x, mask):
         """A regular conv reading only the input's non-zero channels; all filters, masked.
@@ -760,7 +794,15 @@ class _Builder:
         k_in = _size(x.values, -1)
         k_out = _size(active, 0)
         taps = kh * kw
+        values = x.values
         if x.is_dense:
+            if x.scaled is not None and (x.scaled[2] is None or taps == 1):
+                # The input's deferred masks scale the weights' input side (a 1x1
+                # conv's offsets go into its bias): the activation is never multiplied.
+                values, scale, offset = x.scaled
+                if offset is not None:
+                    bias = bias + tf.linalg.matvec(tf.reshape(weights, [k_out, -1]), offset)
+                weights = weights * scale
             # Rank 3 from the start: slicing a batch axis on or off would copy the activation.
             weights = tf.reshape(weights, [1, k_out, taps * k_in])
             adjoint = True
@@ -780,15 +822,24 @@ class _Builder:
             weights = tf.reshape(weights, [1, taps * k_in, k_out])
             adjoint = False
         out_h, out_w = _output_hw(layer, x.values)
+        # Zero the off slots (capacity beyond the image's active filters) in
+        # the weights rather than in the output when the weights are the
+        # smaller tensor (input side narrower than the output's pixels: every
+        # layer above 7x7 in MobileNetV1-224); activation(0) must be 0.
+        fold_on = isinstance(k_in, int) and taps * k_in < out_h * out_w and _keeps_zero(layer.activation)
+        if fold_on:
+            weights = weights * (on[None, :, None] if adjoint else on[None, None, :])
+            bias = bias * on
         if (kh, kw) == (1, 1) and tuple(layer.conv.strides) == (1, 1):
-            columns = x.values
+            columns = values
         else:
-            columns = tf.concat(_shifted_windows(_padded(x.values, layer), layer, out_h, out_w), axis=-1)
+            columns = tf.concat(_shifted_windows(_padded(values, layer), layer, out_h, out_w), axis=-1)
         columns = tf.reshape(columns, [1, out_h * out_w, taps * k_in])
         # Rank-3 matmul -> BATCH_MATMUL, which XNNPACK runs with run-time weights.
-        y = tf.linalg.matmul(columns, weights, adjoint_b=adjoint) + bias
-        y = tf.reshape(activation(y) * on, [1, out_h, out_w, k_out])
-        return Compact(y, active, unit.filters)
+        y = activation(tf.linalg.matmul(columns, weights, adjoint_b=adjoint) + bias)
+        if not fold_on:
+            y = y * on
+        return Compact(tf.reshape(y, [1, out_h, out_w, k_out]), active, unit.filters)
 
 
 def _chains(layer, conv_macs, capacity):
@@ -947,34 +998,76 @@ class Calibration:
     `keep_ratios`: `{layer name: mean fraction of active filters}`.
     `capacities`: `{layer name: static number of filters a compact layer
     computes}`: the most active filters any calibration image had, plus
-    `CAPACITY_MARGIN` of the layer's filters (at most all of them). An image
-    with more active filters than that at any compacted layer is computed
-    again by the exact masked-dense path (one builtin IF at the end).
+    `CAPACITY_STDS` standard deviations of that count over the images (at
+    most all the filters). An image with more active filters than that at any
+    compacted layer is computed again by the exact masked-dense path (one
+    builtin IF at the end), so fewer or less typical calibration images cost
+    speed, never exactness.
     """
 
     keep_ratios: dict
     capacities: dict
 
+    def overflows(self, counts, layer_names=None):
+        """bool (N,): which images keep more filters on than some layer's capacity.
 
-def calibrate(model, images, batch_size=32):
-    """`Calibration` of `model`'s gates on raw `images` (N, H, W, C)."""
+        Args:
+            counts: `gate_counts` of N images.
+            layer_names: the layers to check (default: every calibrated
+                layer, an upper bound: an export checks only the layers it
+                compacts).
+        """
+        names = self.capacities if layer_names is None else layer_names
+        beyond = [np.asarray(counts[name]) > self.capacities[name] for name in names]
+        if not beyond:
+            return np.zeros(len(next(iter(counts.values()), [])), bool)
+        return np.any(beyond, axis=0)
+
+
+def gate_counts(model, images, batch_size=32):
+    """`{gated layer name: int array (N,)}`: how many filters each gate keeps on for each of `images`."""
     from ftwt_keras import flops
 
-    filters = {layer.name: int(layer.predictor.bias.shape[0]) for layer in model.gated_layers}
     counts = {}
     for batch in flops.image_batches(images, batch_size):
         for name, mask in flops.gate_masks_of(model, batch).items():
             counts.setdefault(name, []).append(np.asarray(mask).reshape(len(mask), -1).sum(axis=1))
+    return {name: np.concatenate(parts).astype(np.int64) for name, parts in counts.items()}
+
+
+def calibrate(model, images, batch_size=32, capacity_stds=None):
+    """`Calibration` of `model`'s gates on raw `images` (N, H, W, C).
+
+    Args:
+        model: an `ftwt_keras.FTWTModel`.
+        images: raw images like those the model will see; a few dozen suffice.
+        batch_size: images per Keras forward pass.
+        capacity_stds: the capacity margin in standard deviations of each
+            layer's count over `images` (default `CAPACITY_STDS`).
+
+    Example:
+
+    >>> import ftwt_keras as fk, numpy as np
+    >>> model = fk.gate(fk.models.mobilenet_v1(alpha=0.25))
+    >>> calibration = calibrate(model, np.random.rand(8, 32, 32, 3).astype("float32") * 255)
+    >>> sorted(calibration.capacities)[:2]
+    ['block10_dw', 'block10_pw']
+    """
+    stds = CAPACITY_STDS if capacity_stds is None else float(capacity_stds)
+    if stds < 0:
+        raise ExportError(f"`capacity_stds` must be >= 0; got {stds}.")
+    filters = {layer.name: int(layer.predictor.bias.shape[0]) for layer in model.gated_layers}
     keep_ratios, capacities = {}, {}
-    for name, parts in counts.items():
-        count = np.concatenate(parts)
+    for name, count in gate_counts(model, images, batch_size).items():
         keep_ratios[name] = float(count.mean() / filters[name])
-        margin = int(math.ceil(CAPACITY_MARGIN * filters[name]))
+        spread = float(count.std(ddof=1)) if len(count) > 1 else 0.0
+        margin = int(math.ceil(stds * spread))
         capacities[name] = min(filters[name], max(1, int(count.max()) + margin))
     return Calibration(keep_ratios, capacities)
 
 
-def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None, stop_at=None):
+def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None, stop_at=None,
+            capacity_stds=None):
     """Converts an FTWT model to a batch-1 TFLite flatbuffer (builtin ops only).
 
     Args:
@@ -1010,6 +1103,10 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
         stop_at: a profiling aid (see `layer_times`): export the network only
             up to and including the layer of this name, its output summed to
             one number; no overflow fallback.
+        capacity_stds: with calibration images, the capacities' margin in
+            standard deviations of each layer's count (default
+            `CAPACITY_STDS`; see `calibrate`). Larger: fewer images recomputed
+            by the fallback, every image slower in the compact layers.
 
     Returns:
         The `.tflite` model as bytes. Input: raw RGB pixels `(1, H, W, 3)`
@@ -1028,7 +1125,7 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     policies = _policies(model, policy)
     calibration = None
     if calibration_images is not None and dynamic:
-        calibration = calibrate(model, _checked_images(calibration_images, network))
+        calibration = calibrate(model, _checked_images(calibration_images, network), capacity_stds=capacity_stds)
     conv_macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
     builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, calibration)
     shape = (1,) + tuple(int(d) for d in network.inputs[0].shape[1:])
@@ -1170,16 +1267,17 @@ def save(flatbuffer, path):
     return path
 
 
-def export_file(model_path, output_path, dynamic=True, policy="auto", calibration_images=None):
+def export_file(model_path, output_path, dynamic=True, policy="auto", calibration_images=None, capacity_stds=None):
     """Loads a saved FTWT `.keras` model and writes its `.tflite` export; returns the path.
 
-    `policy` and `calibration_images` as in `convert`.
+    `policy`, `calibration_images` and `capacity_stds` as in `convert`.
     """
     model = load_ftwt_model(model_path)
     output_path = os.fspath(output_path)
     if not output_path.endswith(".tflite"):
         raise ExportError(f"Output path {output_path!r} must end with .tflite.")
-    flatbuffer = convert(model, dynamic=dynamic, policy=policy, calibration_images=calibration_images)
+    flatbuffer = convert(model, dynamic=dynamic, policy=policy, calibration_images=calibration_images,
+                         capacity_stds=capacity_stds)
     return save(flatbuffer, output_path)
 
 
