@@ -1,5 +1,6 @@
 """TFLite export (ftwt_keras.export): builtin ops only, exact logits, clear errors."""
 
+import functools
 import json
 import os
 import subprocess
@@ -13,6 +14,8 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
 import ftwt_keras as fk  # noqa: E402
+from ftwt_keras import _graph  # noqa: E402
+from ftwt_keras.layers import GatedConv  # noqa: E402
 from ftwt_keras.export import tflite as export  # noqa: E402
 
 from conftest import force_gates  # noqa: E402
@@ -33,21 +36,74 @@ def cifar_images():
         pytest.skip(f"CIFAR-10 is not prepared: {error}")
 
 
+@functools.lru_cache(maxsize=None)
+def _statistics_images():
+    """32 CIFAR-10 training images and the tests' test images (random pixels without the data)."""
+    try:
+        from ftwt_keras import data
+
+        train, _ = data.cifar_arrays("cifar10", "train[:32]")
+        test, _ = data.cifar_arrays("cifar10", f"test[:{NUM_IMAGES}]")
+        return np.concatenate([train, test]).astype(np.float32)
+    except (FileNotFoundError, ImportError):  # pragma: no cover - machine without the data
+        return np.random.default_rng(0).uniform(0, 255, (32 + NUM_IMAGES, 32, 32, 3)).astype(np.float32)
+
+
+def _threshold_in_a_gap(values, off_fraction):
+    """A threshold near the `off_fraction` quantile of `values`, midway in the widest nearby gap.
+
+    No image then lies within float rounding of it: a gate decided differently
+    by Keras (batched) and TFLite (batch 1) would flip whole later layers of
+    this untrained network and fail the exactness tests for no fault of the export.
+    """
+    ordered = np.sort(values)
+    target = int(np.clip(round(off_fraction * len(ordered)), 1, len(ordered) - 1))
+    candidates = np.arange(max(1, target - 3), min(len(ordered), target + 4))
+    best = candidates[np.argmax(ordered[candidates] - ordered[candidates - 1])]
+    return (ordered[best - 1] + ordered[best]) / 2
+
+
 def perturb(model, seed=0):
-    """Non-trivial batch-norm statistics and random predictor biases (masks vary per image)."""
+    """Batch-norm statistics and predictor biases that make masks, and logits, vary per image.
+
+    Each gated layer's batch norm gets statistics near those of its conv's
+    outputs on real images (`_statistics_images`, resized to the model's input;
+    mean off by up to ~0.2 std, variance by 0.5-2x), and each predictor a bias
+    that turns each filter on for 20-80% of those images, so the image's signal
+    survives every layer. (Statistics drawn without regard to the activations,
+    or a layer whose gates are all off, leave logits that hardly depend on the
+    image: an export that ignored it would pass.) Shifts are mostly positive:
+    filters that are on while all their inputs are off give a non-zero
+    constant, which the export must reproduce.
+    """
     rng = np.random.default_rng(seed)
-    for layer in model.gated_layers:
-        bn = layer.batch_norm
-        if bn is not None:
-            channels = bn.moving_mean.shape[0]
-            bn.moving_mean.assign(rng.normal(0.0, 0.2, channels).astype("float32"))
-            bn.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
-            bn.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
-            # Positive shifts: filters that are on while all their inputs are off
-            # give a non-zero constant, which the export must reproduce.
-            bn.beta.assign(rng.normal(0.1, 0.3, channels).astype("float32"))
-        bias = layer.predictor.bias
-        bias.assign(np.asarray(bias) + rng.normal(0.0, 1.0, bias.shape).astype("float32"))
+    network = _graph.as_functional(model.network)
+    images = _statistics_images()
+    size = tuple(network.inputs[0].shape[1:3])
+    if size != images.shape[1:3]:
+        images = keras.ops.image.resize(images, size, interpolation="nearest")
+    tensors = {id(network.inputs[0]): keras.ops.convert_to_tensor(images)}
+    for node in _graph.model_nodes(network):
+        if node.is_input or node.operation is None:
+            continue
+        layer, inputs = node.operation, [tensors[id(t)] for t in node.input_tensors]
+        if isinstance(layer, GatedConv):
+            bn = layer.batch_norm
+            if bn is not None:
+                outputs = np.asarray(layer.conv(inputs[0]))
+                mean, std = outputs.mean(axis=(0, 1, 2)), outputs.std(axis=(0, 1, 2))
+                std = np.maximum(std, 0.1 * np.median(std) + 1e-3)  # no blow-up of near-constant channels
+                channels = mean.shape[0]
+                bn.moving_mean.assign((mean + rng.normal(0.0, 0.2, channels) * std).astype("float32"))
+                bn.moving_variance.assign((std**2 * rng.uniform(0.5, 2.0, channels)).astype("float32"))
+                bn.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
+                bn.beta.assign(rng.normal(0.1, 0.3, channels).astype("float32"))
+            bias = np.asarray(layer.predictor.bias)
+            unbiased = np.asarray(layer.predictor(inputs[0])) - bias
+            off_fractions = rng.uniform(0.2, 0.8, bias.shape)
+            thresholds = [_threshold_in_a_gap(unbiased[:, j], off_fractions[j]) for j in range(bias.shape[0])]
+            layer.predictor.bias.assign(-np.asarray(thresholds, np.float32))
+        tensors[id(node.outputs[0])] = layer(inputs if len(inputs) > 1 else inputs[0], training=False)
     return model
 
 
@@ -106,9 +162,36 @@ def test_dynamic_export_matches_keras(name, policy, expected_ops, cifar_images):
     # The test is meaningful only if masks differ between images and layers are partly on.
     assert any(len(np.unique(mask, axis=0)) > 1 for mask in masks.values())
     assert 0.1 < np.mean([mask.mean() for mask in masks.values()]) < 0.9
+    # ... and if the logits follow the image: an export that lost it would match constant logits.
+    logits = np.asarray(model.predict(cifar_images, verbose=0))
+    assert np.ptp(logits, axis=0).max() > 0.1 * np.ptp(logits)
     flatbuffer = export.convert(model, policy=policy)
     assert_builtin_only(flatbuffer)
     assert expected_ops <= set(export.op_names(flatbuffer))
+    assert_same_logits(flatbuffer, model, cifar_images)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "vgg16_bn"])
+def test_masks_deferred_from_masked_dense_layers_fold_into_gathered_ones(name, cifar_images):
+    """Masked-dense layers feeding gathered ones (what "auto" does at 224x224), exact.
+
+    A masked-dense layer leaves its mask unapplied; the next gathered conv
+    scales its weights' input side by it, and a masked-dense depthwise conv
+    passes its input's mask on with an offset (batch norm's shift on channels
+    whose input is off) that the next 1x1 conv folds into its bias.
+    """
+    model = perturb(fk.gate(BUILDERS[name]()), seed=5)
+    layers = [layer.name for layer in model.gated_layers]
+    if name == "mobilenet_v1":  # depthwise masked dense; pointwise masked dense, then gathered, by turns
+        policy = {layer: "dense" if layer.endswith("_dw") or index % 4 == 0 else "gather"
+                  for index, layer in enumerate(layers)}
+    else:  # alternate: 3x3 convs gathered on a masked-dense input
+        policy = {layer: "dense" if index % 2 == 0 else "gather" for index, layer in enumerate(layers)}
+    flatbuffer = export.convert(model, policy=policy)
+    assert_builtin_only(flatbuffer)
+    # The masked-dense outputs are multiplied only where a dense layer reads them.
+    muls = export.op_names(flatbuffer).count("MUL")
+    assert muls < export.op_names(export.convert(model, policy="dense")).count("MUL")
     assert_same_logits(flatbuffer, model, cifar_images)
 
 
