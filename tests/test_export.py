@@ -248,6 +248,19 @@ def test_capacities_add_a_margin_that_follows_each_gate_counts_spread(cifar_imag
     for layer in drawn.gated_layers:
         filters = int(layer.predictor.bias.shape[0])
         assert fixed.capacities[layer.name] == max(1, round(0.3 * filters))
+    # Benchmarks of drawn masks widen them to the margin real masks need; the export computes that many.
+    widened = fixed.with_capacity_ratio(drawn, 1.5)
+    for layer in drawn.gated_layers:
+        filters = int(layer.predictor.bias.shape[0])
+        assert widened.capacities[layer.name] == min(filters, int(np.ceil(1.5 * max(1, round(0.3 * filters)))))
+    flatbuffer = export.convert(drawn, policy="chain", calibration=widened)
+    feeding = ["conv1"] + [f"block{index}_pw" for index in range(1, 13)]  # the layer before each depthwise conv
+    assert depthwise_input_widths(flatbuffer) == [widened.capacities[name] for name in feeding]
+    assert_same_logits(flatbuffer, drawn, cifar_images[:4])
+    with pytest.raises(export.ExportError, match="ratio"):
+        fixed.with_capacity_ratio(drawn, 0.9)
+    with pytest.raises(export.ExportError, match="not both"):
+        export.convert(drawn, calibration=fixed, calibration_images=cifar_images[:2])
     model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
     counts = export.gate_counts(model, cifar_images)
     calibration = export.calibrate(model, cifar_images)
