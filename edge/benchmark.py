@@ -57,11 +57,13 @@ flags.DEFINE_float("alpha", 1.0, "MobileNetV1 width multiplier (when no --model)
 flags.DEFINE_integer("calibration_images", 64,
                      "CIFAR-10 training images from which --policy=auto picks each layer's computation "
                      "once (0: per image, with builtin IF).")
-flags.DEFINE_float("drawn_capacity_ratio", 1.26,
-                   "Drawn masks: each compact layer's capacity is at least this x its mean count. Drawn masks "
-                   "keep the same filters on every image, so calibration alone would give capacity = count, "
-                   "which real masks never allow; 1.26 is what the demo model's gates need for no overflow "
-                   "on the 10,000 test images (benchmarks/capacity_overflow.py). 1.0: the drawn count itself.")
+flags.DEFINE_string("drawn_capacities", "1.26",
+                    "Drawn masks keep the same filters on for every image, so calibration alone gives each "
+                    "compact layer exactly its count as capacity, which real masks, varying by image, never "
+                    "allow. A number r >= 1: capacities at least r x the count (1.26: what the default margin "
+                    "gave the demo model's gates, with no overflow on the 10,000 test images: "
+                    "benchmarks/capacity_overflow.py; 1: no margin). 'binomial': the capacities calibration "
+                    "would give if each filter were on independently with its layer's keep ratio.")
 flags.DEFINE_string("output", "benchmarks/results/edge_latency.json", "JSON file for the rows ('' to skip).")
 flags.DEFINE_string("tflite_dir", "/tmp/ftwt_edge", "Folder for the .tflite files made on the way.")
 flags.DEFINE_bool("per_layer", False,
@@ -98,7 +100,19 @@ def _calibrated(model, calibration, keep_label):
     calibrated = tflite.calibrate(model, calibration)
     if keep_label == "predicted":  # real masks: their own spread sets the margin
         return calibrated
-    return calibrated.with_capacity_ratio(model, FLAGS.drawn_capacity_ratio)
+    if FLAGS.drawn_capacities == "binomial":
+        return calibrated.with_binomial_spread(model, num_images=len(calibration))
+    return calibrated.with_capacity_ratio(model, _drawn_capacity_ratio())
+
+
+def _drawn_capacity_ratio():
+    try:
+        ratio = float(FLAGS.drawn_capacities)
+    except ValueError:
+        ratio = 0.0
+    if ratio < 1.0:
+        raise app.UsageError(f"--drawn_capacities takes 'binomial' or a number >= 1; got {FLAGS.drawn_capacities!r}.")
+    return ratio
 
 
 def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
@@ -163,8 +177,8 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
             "images": int(len(images)),
             "policy": FLAGS.policy,
             "calibration_images": 0 if calibration is None else int(len(calibration)),
-            "capacity_ratio": (None if calibration is None or keep_label == "predicted"
-                               else FLAGS.drawn_capacity_ratio),
+            "drawn_capacities": (None if calibration is None or keep_label == "predicted"
+                                 else FLAGS.drawn_capacities),
             "predictor_rank": model.gated_layers[-1].predictor_rank,
             "gates": len(model.gated_layers),
             "masks": keep_label if keep_label == "predicted" else f"random, keep {keep_label} per layer",
@@ -303,9 +317,9 @@ def plot_speedups(rows, path):
         ax.set_ylabel("speed-up vs the dense .tflite")
         drawn = all(str(row.get("masks", "")).startswith("random") for row in here)
         masks = "masks drawn at random, fixed keep per layer" if drawn else "masks from the model's predictors"
-        ratios = sorted({row["capacity_ratio"] for row in here if row.get("capacity_ratio")})
-        if ratios:
-            masks += f",\ncapacities {' / '.join(f'{r:g}' for r in ratios)}x the count"
+        rules = sorted({row["drawn_capacities"] for row in here if row.get("drawn_capacities")})
+        if rules:
+            masks += f",\ncapacities: {' / '.join(_capacity_rule(rule) for rule in rules)}"
         ax.set_title(f"{resolution}x{resolution}, LiteRT XNNPACK, batch 1 ({masks})", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
@@ -313,6 +327,11 @@ def plot_speedups(rows, path):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _capacity_rule(rule):
+    """A --drawn_capacities value in words."""
+    return "binomial spread" if rule == "binomial" else f"{float(rule):g}x the count"
 
 
 def markdown_tables(rows):
@@ -351,11 +370,10 @@ def markdown_tables(rows):
                         f"{one['lean_ms']:.2f} ms | {one['lean_speedup']:.2f}x ({one['lean_ideal_speedup']:.2f}x) | "
                         f"{speedup_of(two, 'lean_speedup')} | {one['speedup']:.2f}x |")
     tables = "\n".join(main) + "\n"
-    ratios = sorted({row["capacity_ratio"] for row in rows if row.get("capacity_ratio")})
-    if ratios:
-        tables = (f"Drawn masks: each compact layer computes at least {' / '.join(f'{r:g}' for r in ratios)}x its "
-                  "count of active filters (`--drawn_capacity_ratio`: the margin real masks, which vary by "
-                  "image, need).\n\n" + tables)
+    rules = sorted({row["drawn_capacities"] for row in rows if row.get("drawn_capacities")})
+    if rules:
+        tables = (f"Drawn masks, capacities of the compact layers (`--drawn_capacities`, the margin real masks, "
+                  f"which vary by image, need): {' / '.join(_capacity_rule(rule) for rule in rules)}.\n\n" + tables)
     if len(lean) > 2:
         tables += "\nGated only at the layers that pay (`paying_gates`; another model, see `ungate`):\n\n"
         tables += "\n".join(lean) + "\n"
@@ -386,6 +404,8 @@ def main(argv):
     if FLAGS.num_images < 1:
         raise app.UsageError("--num_images must be positive.")
     predictor_ranks = _predictor_ranks()  # refuses a bad list before any conversion
+    if FLAGS.drawn_capacities != "binomial":
+        _drawn_capacity_ratio()  # likewise
     from ftwt_keras.export import tflite
 
     measure = _per_layer if FLAGS.per_layer else _run_mode

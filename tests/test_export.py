@@ -259,6 +259,13 @@ def test_capacities_add_a_margin_that_follows_each_gate_counts_spread(cifar_imag
     assert_same_logits(flatbuffer, drawn, cifar_images[:4])
     with pytest.raises(export.ExportError, match="ratio"):
         fixed.with_capacity_ratio(drawn, 0.9)
+    # ... or to what independent gates would need: few of 1,000 such images overflow, against most without.
+    binomial = fixed.with_binomial_spread(drawn, num_images=64)
+    rng = np.random.default_rng(1)
+    filters = {layer.name: int(layer.predictor.bias.shape[0]) for layer in drawn.gated_layers}
+    independent = {name: rng.binomial(filters[name], fixed.keep_ratios[name], 1000) for name in filters}
+    assert binomial.overflows(independent).mean() < 0.01 < 0.5 < fixed.overflows(independent).mean()
+    assert all(fixed.capacities[name] <= binomial.capacities[name] <= filters[name] for name in filters)
     with pytest.raises(export.ExportError, match="not both"):
         export.convert(drawn, calibration=fixed, calibration_images=cifar_images[:2])
     model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)

@@ -1035,10 +1035,29 @@ class Calibration:
         """
         if ratio < 1.0:
             raise ExportError(f"`ratio` must be >= 1 (capacities below the mean count); got {ratio}.")
-        filters = {layer.name: int(layer.predictor.bias.shape[0]) for layer in model.gated_layers}
+        filters = _filter_counts(model)
         capacities = {name: min(filters[name], max(capacity, int(math.ceil(ratio * self.keep_ratios[name]
                                                                               * filters[name] - 1e-6))))
                       for name, capacity in self.capacities.items()}
+        return Calibration(dict(self.keep_ratios), capacities)
+
+    def with_binomial_spread(self, model, num_images=64, capacity_stds=None, seed=0):
+        """A copy whose capacities allow the spread of independent gates (at least the present ones).
+
+        The capacities `calibrate` would give on `num_images` images if each
+        filter were on independently with its layer's keep ratio (binomial
+        counts): for masks that do not vary by image, such as those
+        `set_keep_ratio` draws, whose own calibration leaves no margin. An
+        estimate, not a bound: the `make demo` model's counts spread 0.1-0.5x
+        the binomial amount in its first blocks (filters nearly always on or
+        off) and 0.9-2.5x in the later ones.
+        """
+        rng = np.random.default_rng(seed)
+        filters = _filter_counts(model)
+        counts = {name: rng.binomial(filters[name], min(1.0, self.keep_ratios[name]), num_images)
+                  for name in self.capacities}
+        spread = _capacities_from_counts(counts, filters, capacity_stds)
+        capacities = {name: max(capacity, spread[name]) for name, capacity in self.capacities.items()}
         return Calibration(dict(self.keep_ratios), capacities)
 
 
@@ -1071,17 +1090,27 @@ def calibrate(model, images, batch_size=32, capacity_stds=None):
     >>> sorted(calibration.capacities)[:2]
     ['block10_dw', 'block10_pw']
     """
+    counts = gate_counts(model, images, batch_size)
+    filters = _filter_counts(model)
+    keep_ratios = {name: float(count.mean() / filters[name]) for name, count in counts.items()}
+    return Calibration(keep_ratios, _capacities_from_counts(counts, filters, capacity_stds))
+
+
+def _filter_counts(model):
+    return {layer.name: int(layer.predictor.bias.shape[0]) for layer in model.gated_layers}
+
+
+def _capacities_from_counts(counts, filters, capacity_stds=None):
+    """Each layer's capacity: the most filters any image kept on plus `capacity_stds` stds of the count."""
     stds = CAPACITY_STDS if capacity_stds is None else float(capacity_stds)
     if stds < 0:
         raise ExportError(f"`capacity_stds` must be >= 0; got {stds}.")
-    filters = {layer.name: int(layer.predictor.bias.shape[0]) for layer in model.gated_layers}
-    keep_ratios, capacities = {}, {}
-    for name, count in gate_counts(model, images, batch_size).items():
-        keep_ratios[name] = float(count.mean() / filters[name])
-        spread = float(count.std(ddof=1)) if len(count) > 1 else 0.0
+    capacities = {}
+    for name, count in counts.items():
+        spread = float(np.std(count, ddof=1)) if len(count) > 1 else 0.0
         margin = int(math.ceil(stds * spread))
-        capacities[name] = min(filters[name], max(1, int(count.max()) + margin))
-    return Calibration(keep_ratios, capacities)
+        capacities[name] = min(filters[name], max(1, int(np.max(count)) + margin))
+    return capacities
 
 
 def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None, stop_at=None,
