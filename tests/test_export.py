@@ -593,6 +593,27 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
     assert missing.returncode != 0 and "--plot_only needs" in missing.stderr
 
 
+def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path, cifar_images):
+    """edge/benchmark.py end to end on a tiny MobileNetV1: rows, tables and the --drawn_capacities rule."""
+
+    def run(*flags):
+        return subprocess.run(
+            [sys.executable, os.path.join(ROOT, "edge", "benchmark.py"), "--mode=cifar", "--alpha=0.25",
+             "--keeps=0.3", "--threads=1", "--num_images=3", "--warmup=1", "--calibration_images=4",
+             f"--output={tmp_path / 'latency.json'}", f"--tflite_dir={tmp_path}", *flags],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT},
+        )
+
+    result = run("--drawn_capacities=binomial")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "latency.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["drawn_capacities"] == "binomial" and rows[0]["images"] == 3
+    assert rows[0]["dense_ms"] > 0 and rows[0]["dynamic_ms"] > 0 and rows[0]["flops_reduction"] > 0.5
+    assert "capacities of the compact layers" in (tmp_path / "latency.md").read_text()
+    bad = run("--drawn_capacities=0.5")
+    assert bad.returncode != 0 and "--drawn_capacities takes 'binomial' or a number >= 1" in bad.stderr
+
+
 def test_capacity_overflow_benchmark_counts_images_beyond_capacities(tmp_path, cifar_images):
     """benchmarks/capacity_overflow.py end to end: capacities from one sparse image leave others beyond them."""
     model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
