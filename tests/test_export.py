@@ -68,8 +68,9 @@ def perturb(model, seed=0):
 
     Each gated layer's batch norm gets statistics near those of its conv's
     outputs on real images (`_statistics_images`, resized to the model's input;
-    mean off by up to ~0.2 std, variance by 0.5-2x), and each predictor a bias
-    that turns each filter on for 20-80% of those images, so the image's signal
+    mean shifted by ~0.2 std, variance scaled by 0.5-2x), and each predictor a
+    bias that turns each filter on for 20-80% of those images (a threshold
+    midway between two of them, `_threshold_in_a_gap`), so the image's signal
     survives every layer. (Statistics drawn without regard to the activations,
     or a layer whose gates are all off, leave logits that hardly depend on the
     image: an export that ignored it would pass.) Shifts are mostly positive:
