@@ -91,14 +91,18 @@ def _calibration(size):
     return _cifar_images(f"train[:{FLAGS.calibration_images}]", size=size)
 
 
-def _calibrated(model, calibration, keep_label):
-    """The `Calibration` the dynamic export uses (None without calibration images)."""
+def _calibrated(model, calibration, drawn):
+    """The `Calibration` the dynamic export uses (None without calibration images).
+
+    With `drawn` masks (the same on every image) capacities get --drawn_capacities'
+    margin; a trained model's own masks set theirs.
+    """
     from ftwt_keras.export import tflite
 
     if calibration is None:
         return None
     calibrated = tflite.calibrate(model, calibration)
-    if keep_label == "predicted":  # real masks: their own spread sets the margin
+    if not drawn:
         return calibrated
     if FLAGS.drawn_capacities == "binomial":
         return calibrated.with_binomial_spread(model, num_images=len(calibration))
@@ -131,9 +135,10 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
     from ftwt_keras import flops
     from ftwt_keras.export import tflite
 
+    drawn = keep_label != "predicted"
     start = time.time()
     dynamic = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy),
-                             calibration=_calibrated(model, calibration, keep_label))
+                             calibration=_calibrated(model, calibration, drawn))
     converted = time.time() - start
     tflite.save(dynamic, os.path.join(FLAGS.tflite_dir, f"{label}_{images.shape[1]}_keep{keep_label}.tflite"))
     flatbuffers = {
@@ -151,7 +156,7 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
         lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in paying])
         lean_executed = float(np.mean(flops.dynamic_macs(lean, sample, batch_size=16)))
         flatbuffers["lean"] = (tflite.convert(lean, policy=tflite.parse_policy(FLAGS.policy),
-                                              calibration=_calibrated(lean, calibration, keep_label))
+                                              calibration=_calibrated(lean, calibration, drawn))
                                if paying else dense_flatbuffer)
     masks = flops.gate_masks_of(model, sample[:16])
     keep = float(np.mean([np.asarray(m).mean() for m in masks.values()]))
@@ -177,8 +182,7 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
             "images": int(len(images)),
             "policy": FLAGS.policy,
             "calibration_images": 0 if calibration is None else int(len(calibration)),
-            "drawn_capacities": (None if calibration is None or keep_label == "predicted"
-                                 else FLAGS.drawn_capacities),
+            "drawn_capacities": FLAGS.drawn_capacities if calibration is not None and drawn else None,
             "predictor_rank": model.gated_layers[-1].predictor_rank,
             "gates": len(model.gated_layers),
             "masks": keep_label if keep_label == "predicted" else f"random, keep {keep_label} per layer",
@@ -219,7 +223,7 @@ def _per_layer(resolution, images, calibration, predictor_ranks):
         print(f"{resolution}x{resolution}, {predictors} predictors, keep {keep} per layer, {threads} thread(s): "
               f"per-layer times from truncated exports ({2 * len(model.gated_layers)} conversions)...", flush=True)
         rows = tflite.layer_times(model, images, policy=tflite.parse_policy(FLAGS.policy),
-                                  calibration=_calibrated(model, calibration, "drawn"), num_threads=threads,
+                                  calibration=_calibrated(model, calibration, drawn=True), num_threads=threads,
                                   warmup=FLAGS.warmup)
         lines += [f"\n{resolution}x{resolution}, {predictors} predictors, keep {keep}, {threads} thread(s), "
                   f"policy {FLAGS.policy}:\n", "| layer | dense | dynamic |", "|---|---|---|"]

@@ -1173,14 +1173,7 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     tf = _tf()
     network = _graph.as_functional(model.network)
     policies = _policies(model, policy)
-    if calibration is not None and calibration_images is not None:
-        raise ExportError("Pass `calibration_images` or a precomputed `calibration`, not both.")
-    if calibration is not None and not isinstance(calibration, Calibration):
-        raise ExportError(f"`calibration` must be a `Calibration` (see `calibrate`); got {type(calibration).__name__}.")
-    if calibration_images is not None and dynamic:
-        calibration = calibrate(model, _checked_images(calibration_images, network), capacity_stds=capacity_stds)
-    if not dynamic:
-        calibration = None
+    calibration = _calibration_of(model, network, calibration_images, calibration, capacity_stds, needed=dynamic)
     conv_macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
     builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, calibration)
     shape = (1,) + tuple(int(d) for d in network.inputs[0].shape[1:])
@@ -1212,6 +1205,22 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     return flatbuffer
 
 
+def _calibration_of(model, network, calibration_images, calibration, capacity_stds=None, needed=True):
+    """The `Calibration` that `convert`'s `calibration_images` or `calibration` argument gives.
+
+    None when neither is given or not `needed` (a dense export): the arguments are checked anyway.
+    """
+    if calibration is not None:
+        if calibration_images is not None:
+            raise ExportError("Pass `calibration_images` or a precomputed `calibration`, not both.")
+        if not isinstance(calibration, Calibration):
+            raise ExportError(f"`calibration` must be a `Calibration` (see `calibrate`); got {type(calibration).__name__}.")
+        return calibration if needed else None
+    if calibration_images is None or not needed:
+        return None
+    return calibrate(model, _checked_images(calibration_images, network), capacity_stds=capacity_stds)
+
+
 def layer_times(model, images, layer_names=None, policy="auto", calibration_images=None, num_threads=1,
                 warmup=10, calibration=None):
     """Time per layer of the dense and the dynamic export, where no op profiler is at hand.
@@ -1237,10 +1246,8 @@ def layer_times(model, images, layer_names=None, policy="auto", calibration_imag
     """
     check_ftwt_model(model)
     names = layer_names or [layer.name for layer in model.gated_layers]
-    if calibration_images is not None:  # once, not per truncated export
-        if calibration is not None:
-            raise ExportError("Pass `calibration_images` or a precomputed `calibration`, not both.")
-        calibration = calibrate(model, _checked_images(calibration_images, _graph.as_functional(model.network)))
+    # Once, not per truncated export.
+    calibration = _calibration_of(model, _graph.as_functional(model.network), calibration_images, calibration)
     flatbuffers = {}
     for name in names:
         flatbuffers[("dense", name)] = convert(model, dynamic=False, stop_at=name)
