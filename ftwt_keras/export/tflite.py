@@ -1048,9 +1048,9 @@ class Calibration:
         filter were on independently with its layer's keep ratio (binomial
         counts): for masks that do not vary by image, such as those
         `set_keep_ratio` draws, whose own calibration leaves no margin. An
-        estimate, not a bound: the `make demo` model's counts spread 0.1-0.5x
-        the binomial amount in its first blocks (filters nearly always on or
-        off) and 0.9-2.5x in the later ones.
+        estimate, not a bound: the `make demo` model's counts spread 0.1-0.9x
+        the binomial amount in its stem and blocks 1-4 (filters nearly always
+        on or off) and 0.9-2.5x in blocks 5-13.
         """
         rng = np.random.default_rng(seed)
         filters = _filter_counts(model)
