@@ -1049,8 +1049,8 @@ class Calibration:
         counts): for masks that do not vary by image, such as those
         `set_keep_ratio` draws, whose own calibration leaves no margin. An
         estimate, not a bound: the `make demo` model's counts spread 0.1-0.9x
-        the binomial amount in its stem and blocks 1-4 (filters nearly always
-        on or off) and 0.9-2.5x in blocks 5-13.
+        the binomial amount up to block 5's depthwise conv (filters nearly always
+        on or off) and 0.9-2.5x from block 5's pointwise conv on.
         """
         rng = np.random.default_rng(seed)
         filters = _filter_counts(model)
