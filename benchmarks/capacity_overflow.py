@@ -47,7 +47,7 @@ def main(argv):
              for stds in FLAGS.capacity_stds]
     if FLAGS.fixed_margin:
         base = export.calibrate(model, calibration_images, capacity_stds=0)
-        filters = {layer.name: int(layer.predictor.bias.shape[0]) for layer in model.gated_layers}
+        filters = {layer.name: layer.filters for layer in model.gated_layers}
         fixed = {name: min(filters[name], capacity + int(math.ceil(FLAGS.fixed_margin * filters[name])))
                  for name, capacity in base.capacities.items()}
         rules.append((f"max + {FLAGS.fixed_margin:g} of the filters", export.Calibration(base.keep_ratios, fixed)))

@@ -16,11 +16,9 @@ capacities from calibration inputs). Medians over --repeats loops of
 --num_inputs random inputs. These timings set `AUTO_CHAIN_CUTOFF`.
 
 `--ablate` adds exports that cut one part of the compact path, to show what
-each costs: `no_predictors` (constant logits instead of the mask predictors),
-`static_weights` (capacity slots fixed to the first channels, so the converter
-folds every weight gather into constants) and `no_constants` (batch-norm
-shifts of 0: no uniform channels to carry). They compute other things than
-the model: timings only.
+each costs (`_export_ablations.py`: no predictors, no weight gathers, the
+depthwise convs on XNNPACK, no batch-norm constants; timings only).
+`benchmarks/edge_ablation.py` does the same for a whole MobileNetV1.
 """
 
 import os
@@ -57,39 +55,12 @@ def stage_model(size, channels, blocks):
     return keras.Model(inputs, outputs, name=f"stage_{size}x{size}x{channels}")
 
 
-def _ablations(model, size, channels, keep, calibration):
-    """Exports of the compact path with one part cut out: {name: flatbuffer}."""
-    import unittest.mock
-
-    import tensorflow as tf
-
-    import ftwt_keras as fk
-    from ftwt_keras.export import tflite
-
-    def constant_logits(builder, layer, x):
-        bias = tf.constant(builder.predictors[layer.name][2][None])
-        return bias + 0.0 * tf.reduce_sum(x.values[:, :1, :1, :1])  # keeps the input in the graph
-
-    def first_channels(builder, mask, capacity):
-        return tf.range(capacity, dtype=tf.int32)
-
-    flatbuffers = {}
-    with unittest.mock.patch.object(tflite._Builder, "predictor_logits", constant_logits):
-        flatbuffers["no_predictors"] = tflite.convert(model, policy="chain", calibration_images=calibration)
-    with unittest.mock.patch.object(tflite._Builder, "top_channels", first_channels):
-        flatbuffers["static_weights"] = tflite.convert(model, policy="chain", calibration_images=calibration)
-    # Freshly built batch norm has no shift: the same masks (same seed), nothing to carry.
-    unshifted = fk.gate(stage_model(size, channels, FLAGS.blocks), predictor_rank=FLAGS.predictor_rank or None)
-    tflite.set_keep_ratio(unshifted, keep, seed=0)
-    flatbuffers["no_constants"] = tflite.convert(unshifted, policy="chain", calibration_images=calibration)
-    return flatbuffers
-
-
 def main(argv):
     del argv
     import numpy as np
 
     import ftwt_keras as fk
+    from _export_ablations import ablated_exports
     from ftwt_keras.export import tflite
 
     rng = np.random.default_rng(1)
@@ -111,7 +82,10 @@ def main(argv):
                 "chain": tflite.convert(model, policy="chain", calibration_images=calibration),
             }
             if FLAGS.ablate:
-                flatbuffers.update(_ablations(model, size, channels, keep, calibration))
+                # Freshly built batch norm has no shift: the same masks (same seed), nothing to carry.
+                unshifted = fk.gate(stage_model(size, channels, FLAGS.blocks), predictor_rank=FLAGS.predictor_rank or None)
+                tflite.set_keep_ratio(unshifted, keep, seed=0)
+                flatbuffers.update(ablated_exports(model, unshifted, policy="chain", calibration_images=calibration))
             medians = {name: [] for name in flatbuffers}
             for _ in range(FLAGS.repeats):
                 times = tflite.time_side_by_side(flatbuffers, np.concatenate([inputs] * 5), 1, 20)

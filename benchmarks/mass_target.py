@@ -66,7 +66,7 @@ def main(argv):
     import ftwt_keras as fk
     from ftwt_keras import masks
 
-    widths = [layer.predictor.units for layer in fk.gate(fk.models.mobilenet_v1(alpha=FLAGS.alpha)).gated_layers]
+    widths = [layer.filters for layer in fk.gate(fk.models.mobilenet_v1(alpha=FLAGS.alpha)).gated_layers]
     rng = np.random.default_rng(0)
     scores = []
     for width in widths:

@@ -74,14 +74,9 @@ flags.DEFINE_bool("plot_only", False, "Only rewrite the Markdown tables and redr
 
 
 def _cifar_images(split, size=None):
-    import tensorflow as tf
-
     from ftwt_keras import data
 
-    images, _ = data.cifar_arrays("cifar10", split)
-    if size is not None and size != images.shape[1]:
-        images = tf.image.resize(images, (size, size)).numpy().astype("float32")
-    return images
+    return data.cifar_arrays("cifar10", split, image_size=size)[0]
 
 
 def _calibration(size):

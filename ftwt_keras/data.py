@@ -127,11 +127,13 @@ def cifar(name="cifar10", split="train", batch_size=128, training=None, data_dir
     return _finish(dataset, batch_size, training, _cifar_augment if training else None, 50_000, seed)
 
 
-def cifar_arrays(name="cifar10", split="test", take=None, data_dir=None):
+def cifar_arrays(name="cifar10", split="test", take=None, data_dir=None, image_size=None):
     """A CIFAR split as numpy arrays `(images float32 (N, 32, 32, 3) in 0..255, labels int32 (N,))`.
 
     Unshuffled and not augmented: for evaluation and benchmarks that need the
-    images themselves (shifted copies, .tflite timing).
+    images themselves (shifted copies, .tflite timing). `image_size` resizes
+    them (bilinear) to `image_size x image_size`, e.g. 224 to time a network
+    at phone resolution on real pixels.
     """
     import numpy as np
 
@@ -140,6 +142,8 @@ def cifar_arrays(name="cifar10", split="test", take=None, data_dir=None):
         raise ValueError(f"Split {split!r} of {name} holds no images (take={take}).")
     images = np.concatenate([np.asarray(x) for x, _ in batches]).astype("float32")
     labels = np.concatenate([np.asarray(y) for _, y in batches])
+    if image_size is not None and image_size != images.shape[1]:
+        images = _tf().image.resize(images, (image_size, image_size)).numpy().astype("float32")
     return images, labels
 
 

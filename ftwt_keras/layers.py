@@ -401,6 +401,19 @@ class GatedConv(keras.layers.Layer):
     def is_depthwise(self):
         return isinstance(self.conv, keras.layers.DepthwiseConv2D)
 
+    @property
+    def filters(self):
+        """The number of output filters: one gate each.
+
+        A depthwise conv has one filter per input channel, known once built.
+        """
+        if self.predictor is None:
+            raise ValueError(
+                f"GatedConv '{self.name}' wraps a depthwise conv, whose filter count is its "
+                "number of input channels: build the layer (call it once) before asking."
+            )
+        return self.predictor.units
+
     def build(self, input_shape):
         if input_shape[-1] is None:
             raise ValueError(f"GatedConv '{self.name}' needs a known number of input channels.")

@@ -36,6 +36,11 @@ def test_cifar_arrays_match_the_evaluation_pipeline(cifar_subset):
     np.testing.assert_array_equal(labels, np.concatenate([np.asarray(y) for _, y in test]))
     with pytest.raises(ValueError, match="no images"):
         data.cifar_arrays("cifar10", "test", take=0)
+    # Upsampled for phone-resolution timing: each pixel becomes a 7x7 patch of about its value.
+    large, same_labels = data.cifar_arrays("cifar10", "test", take=4, image_size=224)
+    assert large.shape == (4, 224, 224, 3) and large.dtype == "float32"
+    np.testing.assert_array_equal(same_labels, labels[:4])
+    np.testing.assert_allclose(large[:, 3::7, 3::7], images[:4], atol=1e-3)
 
 
 def test_short_fit_on_real_cifar_raises_gate_accuracy(cifar_subset):

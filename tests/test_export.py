@@ -1,8 +1,10 @@
 """TFLite export (ftwt_keras.export): builtin ops only, exact logits, clear errors."""
 
+import collections
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,7 +20,7 @@ from ftwt_keras import _graph  # noqa: E402
 from ftwt_keras.layers import GatedConv  # noqa: E402
 from ftwt_keras.export import tflite as export  # noqa: E402
 
-from conftest import force_gates  # noqa: E402
+from conftest import benchmark_script, force_gates  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES = 24
@@ -131,7 +133,7 @@ def depthwise_input_widths(flatbuffer):
 
 def assert_depthwise_convs_chain(flatbuffer, model):
     """Every depthwise conv after the first reads its input's compact channels, not all of them."""
-    dense_widths = [int(layer.predictor.bias.shape[0]) for layer in model.gated_layers if layer.is_depthwise]
+    dense_widths = [layer.filters for layer in model.gated_layers if layer.is_depthwise]
     widths = depthwise_input_widths(flatbuffer)
     assert len(widths) == len(dense_widths)
     assert all(width < dense for width, dense in zip(widths[1:], dense_widths[1:])), (widths, dense_widths)
@@ -247,12 +249,12 @@ def test_capacities_add_a_margin_that_follows_each_gate_counts_spread(cifar_imag
     drawn = export.set_keep_ratio(fk.gate(BUILDERS["mobilenet_v1"]()), 0.3)
     fixed = export.calibrate(drawn, cifar_images[:8])
     for layer in drawn.gated_layers:
-        filters = int(layer.predictor.bias.shape[0])
+        filters = layer.filters
         assert fixed.capacities[layer.name] == max(1, round(0.3 * filters))
     # Benchmarks of drawn masks widen them to the margin real masks need; the export computes that many.
     widened = fixed.with_capacity_ratio(drawn, 1.5)
     for layer in drawn.gated_layers:
-        filters = int(layer.predictor.bias.shape[0])
+        filters = layer.filters
         assert widened.capacities[layer.name] == min(filters, int(np.ceil(1.5 * max(1, round(0.3 * filters)))))
     flatbuffer = export.convert(drawn, policy="chain", calibration=widened)
     feeding = ["conv1"] + [f"block{index}_pw" for index in range(1, 13)]  # the layer before each depthwise conv
@@ -263,7 +265,7 @@ def test_capacities_add_a_margin_that_follows_each_gate_counts_spread(cifar_imag
     # ... or to what independent gates would need: few of 1,000 such images overflow, against most without.
     binomial = fixed.with_binomial_spread(drawn, num_images=64)
     rng = np.random.default_rng(1)
-    filters = {layer.name: int(layer.predictor.bias.shape[0]) for layer in drawn.gated_layers}
+    filters = {layer.name: layer.filters for layer in drawn.gated_layers}
     independent = {name: rng.binomial(filters[name], fixed.keep_ratios[name], 1000) for name in filters}
     assert binomial.overflows(independent).mean() < 0.01 < 0.5 < fixed.overflows(independent).mean()
     assert all(fixed.capacities[name] <= binomial.capacities[name] <= filters[name] for name in filters)
@@ -275,7 +277,7 @@ def test_capacities_add_a_margin_that_follows_each_gate_counts_spread(cifar_imag
     wider = export.calibrate(model, cifar_images, capacity_stds=2 * export.CAPACITY_STDS)
     varying = [name for name, count in counts.items() if count.std() > 0]
     assert varying
-    filters = {layer.name: int(layer.predictor.bias.shape[0]) for layer in model.gated_layers}
+    filters = {layer.name: layer.filters for layer in model.gated_layers}
     for name, count in counts.items():
         expected = min(filters[name], int(count.max()) + int(np.ceil(export.CAPACITY_STDS * count.std(ddof=1))))
         assert calibration.capacities[name] == expected
@@ -553,8 +555,57 @@ def test_stage_benchmark_times_every_export():
     assert result.returncode == 0, result.stderr[-2000:]
     line = [line for line in result.stdout.splitlines() if "keep 0.3" in line]
     assert len(line) == 1, result.stdout
-    for name in ("dense", "masked", "chain", "no_predictors", "static_weights", "no_constants"):
+    for name in ("dense", "masked", "chain", "no_predictors", "static_weights", "static_depthwise", "no_constants"):
         assert f" {name} " in line[0]
+
+
+def _depthwise_filters_constant(flatbuffer):
+    """For each DEPTHWISE_CONV_2D of the main graph: whether its filter is a constant (XNNPACK takes only those)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    graph = model.Subgraphs(0)
+    code = schema.BuiltinOperator.DEPTHWISE_CONV_2D
+    constant = []
+    for o in range(graph.OperatorsLength()):
+        op = graph.Operators(o)
+        op_code = model.OperatorCodes(op.OpcodeIndex())
+        if max(op_code.BuiltinCode(), op_code.DeprecatedBuiltinCode()) == code:
+            constant.append(model.Buffers(graph.Tensors(op.Inputs(1)).Buffer()).DataLength() > 0)
+    return constant
+
+
+def test_export_ablations_cut_what_they_name(cifar_images):
+    """The benchmarks' timing-only exports each remove the part of the compact path that they name."""
+    ablated_exports = benchmark_script("_export_ablations").ablated_exports
+
+    def drawn(base):
+        return export.set_keep_ratio(fk.gate(base, predictor_rank=8), 0.3)
+
+    unshifted = drawn(BUILDERS["mobilenet_v1"]())
+    model = drawn(export.randomize_batch_norm(BUILDERS["mobilenet_v1"]()))
+    calibration = export.calibrate(model, cifar_images[:4]).with_capacity_ratio(model, 1.26)
+    exports = ablated_exports(model, unshifted, policy="chain", calibration=calibration)
+    exports["chain"] = export.convert(model, policy="chain", calibration=calibration)
+    ops = {name: collections.Counter(export.op_names(flatbuffer)) for name, flatbuffer in exports.items()}
+    assert ops["chain"]["SOFTMAX"] > 0 and ops["no_predictors"]["SOFTMAX"] == 0
+    assert ops["chain"]["TOPK_V2"] > 0 and ops["static_weights"]["TOPK_V2"] == 0
+    assert ops["no_constants"]["FULLY_CONNECTED"] < ops["chain"]["FULLY_CONNECTED"]  # no uniform channels' matvecs
+    filters_constant = _depthwise_filters_constant(exports["chain"])
+    assert not all(filters_constant) and all(_depthwise_filters_constant(exports["static_depthwise"]))
+    assert len(_depthwise_filters_constant(exports["static_depthwise"])) == len(filters_constant)
+
+
+def test_whole_network_ablation_benchmark_runs(cifar_images):
+    """benchmarks/edge_ablation.py end to end on a tiny MobileNetV1 at 32x32."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "edge_ablation.py"), "--resolution=32", "--alpha=0.25",
+         "--predictor_rank=8", "--num_images=3", "--calibration_images=4", "--repeats=1"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("no_predictors", "static_weights", "static_depthwise", "no_constants"):
+        assert re.search(rf"^  {name} +[0-9.]+ ms .*that part costs [-+][0-9.]+ ms", result.stdout, re.M), result.stdout
 
 
 def test_benchmark_redraws_its_chart_from_rows(tmp_path):

@@ -89,6 +89,16 @@ def test_gated_conv_serialization_round_trip(depthwise, images):
     assert clone.threshold == 0.9 and clone.predictor.pooling == "max"
 
 
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_gated_conv_filters_counts_the_gates(depthwise, images):
+    layer = _gated(depthwise)
+    if depthwise:  # one filter per input channel: unknown until built
+        with pytest.raises(ValueError, match="build the layer"):
+            layer.filters
+    out = layer(images)
+    assert layer.filters == out.shape[-1] == (images.shape[-1] if depthwise else 6)
+
+
 def test_gated_conv_zeroes_filters_whose_logit_is_not_positive(images):
     layer = _gated()
     with record_gates(targets=True) as recorder:
@@ -135,7 +145,7 @@ def test_relu_gates_through_the_shift_exactly_like_the_mask_multiply(depthwise, 
     assert fast._masks_through_shift and not reference._masks_through_shift
     randomize_weights(fast, np.random.default_rng(1))
     reference.set_weights(fast.get_weights())
-    probe = np.random.default_rng(2).normal(size=(8, 32, 32, fast.predictor.units)).astype("float32")
+    probe = np.random.default_rng(2).normal(size=(8, 32, 32, fast.filters)).astype("float32")
     results = []
     for layer in (fast, reference):
         x = tf.constant(images)

@@ -1097,7 +1097,7 @@ def calibrate(model, images, batch_size=32, capacity_stds=None):
 
 
 def _filter_counts(model):
-    return {layer.name: int(layer.predictor.bias.shape[0]) for layer in model.gated_layers}
+    return {layer.name: layer.filters for layer in model.gated_layers}
 
 
 def _capacities_from_counts(counts, filters, capacity_stds=None):
@@ -1358,7 +1358,7 @@ def set_keep_ratio(model, keep, seed=0):
         raise ExportError(f"`keep` must be in (0, 1]; got {keep}.")
     rng = np.random.default_rng(seed)
     for layer in model.gated_layers:
-        units = layer.predictor.bias.shape[0]
+        units = layer.filters
         count = max(1, int(round(keep * units)))
         bias = np.full(units, -50.0, np.float32)
         bias[rng.choice(units, count, replace=False)] = 50.0
