@@ -10,7 +10,10 @@ dense run more. For each margin rule this prints, on the --images split, the
 fraction of images beyond some layer's capacity (every gated layer checked:
 an upper bound, as an export checks only the layers it compacts) and the
 capacities' mean size relative to the mean count (what the margin costs every
-image in the compact layers).
+image in the compact layers). `--per_layer` adds each layer's count spread
+against the binomial one (every filter on independently with the layer's mean
+keep ratio: what `Calibration.with_binomial_spread` assumes) and its capacity
+under the default rule.
 """
 
 import os
@@ -27,6 +30,7 @@ flags.DEFINE_string("images", "cifar10:test", "Images to check against the capac
 flags.DEFINE_list("capacity_stds", ["0", "1", "2", "3"], "Margins in standard deviations of each count.")
 flags.DEFINE_float("fixed_margin", 0.05, "Also the margin as a fixed fraction of the filters (the rule before "
                    "2026-12-04); 0 to skip.")
+flags.DEFINE_bool("per_layer", False, "Also each layer's count spread against the binomial one, and its capacity.")
 FLAGS = flags.FLAGS
 
 
@@ -59,6 +63,25 @@ def main(argv):
         beyond = calibration.overflows(counts)
         size = sum(calibration.capacities.values()) / mean_count
         print(f"| {label} | {100 * beyond.mean():.2f}% ({int(beyond.sum())}) | {size:.3f} |")
+    if FLAGS.per_layer:
+        print(f"\nPer layer, capacities by the default rule (max + {export.CAPACITY_STDS:g} std):")
+        _print_per_layer(model, counts, export.calibrate(model, calibration_images))
+
+
+def _print_per_layer(model, counts, calibration):
+    """Each gated layer's count spread on the checked images, against independent gates' (binomial)."""
+    import numpy as np
+
+    print("| layer | filters | mean keep | count std | binomial std | std / binomial | capacity / mean count |")
+    print("|---|---|---|---|---|---|---|")
+    for layer in model.gated_layers:
+        count = counts[layer.name]
+        mean, std = float(count.mean()), float(count.std(ddof=1)) if len(count) > 1 else 0.0
+        keep = mean / layer.filters
+        binomial = float(np.sqrt(layer.filters * keep * (1.0 - keep)))
+        ratio = f"{std / binomial:.2f}" if binomial > 0 else "-"
+        relative = f"{calibration.capacities[layer.name] / mean:.2f}" if mean > 0 else "-"
+        print(f"| {layer.name} | {layer.filters} | {keep:.3f} | {std:.2f} | {binomial:.2f} | {ratio} | {relative} |")
 
 
 if __name__ == "__main__":

@@ -677,7 +677,7 @@ def test_capacity_overflow_benchmark_counts_images_beyond_capacities(tmp_path, c
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "capacity_overflow.py"), f"--model={tmp_path / 'm.keras'}",
          f"--calibration={tmp_path / 'calibration.npy'}", f"--images={tmp_path / 'images.npy'}",
-         "--capacity_stds=0,10"],
+         "--capacity_stds=0,10", "--per_layer"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -689,3 +689,12 @@ def test_capacity_overflow_benchmark_counts_images_beyond_capacities(tmp_path, c
     assert set(rows) == {"max + 0 std", "max + 10 std", "max + 0.05 of the filters"}, result.stdout
     beyond = {label: int(cell.split("(")[1].rstrip(") ")) for label, cell in rows.items()}
     assert beyond["max + 0 std"] > 0 and beyond["max + 10 std"] <= beyond["max + 0 std"]
+    # --per_layer: each layer's count spread on the checked images, against independent gates'.
+    layers = {cells[1].strip(): cells[2:-1] for cells in (line.split("|") for line in result.stdout.splitlines())
+              if len(cells) == 9 and cells[1].strip() in counts}
+    assert set(layers) == set(counts), result.stdout
+    for name, count in counts.items():
+        filters, keep, std, binomial = (float(cell) for cell in layers[name][:4])
+        assert keep == pytest.approx(count.mean() / filters, abs=6e-4)
+        assert std == pytest.approx(count.std(ddof=1), abs=6e-3)
+        assert binomial == pytest.approx(np.sqrt(filters * keep * (1 - keep)), abs=2e-2)

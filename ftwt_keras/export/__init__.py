@@ -5,6 +5,7 @@ flatbuffer that computes only each image's active filters (needs TensorFlow).
 """
 
 from ftwt_keras.export.tflite import (
+    CAPACITY_STDS,
     Calibration,
     ExportError,
     calibrate,
@@ -27,6 +28,7 @@ from ftwt_keras.export.tflite import (
 )
 
 __all__ = [
+    "CAPACITY_STDS",
     "Calibration",
     "ExportError",
     "calibrate",
