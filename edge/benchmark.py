@@ -132,8 +132,8 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
 
     drawn = keep_label != "predicted"
     start = time.time()
-    dynamic = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy),
-                             calibration=_calibrated(model, calibration, drawn))
+    calibrated = _calibrated(model, calibration, drawn)
+    dynamic = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy), calibration=calibrated)
     converted = time.time() - start
     tflite.save(dynamic, os.path.join(FLAGS.tflite_dir, f"{label}_{images.shape[1]}_keep{keep_label}.tflite"))
     flatbuffers = {
@@ -147,7 +147,7 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
     dense_macs = flops.count_macs(model)
     lean = None
     if calibration is not None:  # the same model with only the gates that pay in the export
-        paying = tflite.paying_gates(model, calibration)
+        paying = tflite.paying_gates(model, calibration=calibrated)  # with the capacities the export uses
         lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in paying])
         lean_executed = float(np.mean(flops.dynamic_macs(lean, sample, batch_size=16)))
         flatbuffers["lean"] = (tflite.convert(lean, policy=tflite.parse_policy(FLAGS.policy),

@@ -337,6 +337,21 @@ def test_layer_times_from_truncated_exports(cifar_images):
         export.convert(model, stop_at="nope")
 
 
+def test_auto_compacts_mid_size_maps_up_to_a_wider_cutoff(cifar_images, monkeypatch):
+    """At 224x224 with capacities 0.63 of the filters, exactly the 28x28 and 14x14 pointwise convs compact."""
+    model = export.set_keep_ratio(fk.gate(fk.models.mobilenet_v1(input_shape=(224, 224, 3), num_classes=10)), 0.5)
+    images = np.asarray(keras.ops.image.resize(cifar_images[:2], (224, 224)))
+    calibration = export.calibrate(model, images).with_capacity_ratio(model, 1.26)
+    compact = [layer.name for layer in model.gated_layers
+               if not layer.is_depthwise and calibration.capacities[layer.name] < layer.filters]
+    assert len(compact) == 14 and all(calibration.capacities[name] > 0.6 * model.network.get_layer(name).filters
+                                      for name in compact)  # above the general cutoff everywhere
+    ops = collections.Counter(export.op_names(export.convert(model, calibration=calibration)))
+    assert ops["TOPK_V2"] == 8  # one per compact layer: blocks 4-5 (28x28) and 6-11 (14x14)
+    monkeypatch.setattr(export, "AUTO_CHAIN_CUTOFF_MID", export.AUTO_CHAIN_CUTOFF)
+    assert collections.Counter(export.op_names(export.convert(model, calibration=calibration)))["TOPK_V2"] == 0
+
+
 def test_paying_gates_and_a_lean_export(cifar_images):
     """Only gates whose masks let a large conv read fewer inputs pay; the rest can be ungated, exactly exported."""
     model = export.set_keep_ratio(fk.gate(fk.models.vgg16_bn()), keep=0.3, seed=2)
@@ -347,6 +362,15 @@ def test_paying_gates_and_a_lean_export(cifar_images):
     assert big and set(paying) < set(layers)
     for name in big:  # each gathered conv pays with the gate in front of it
         assert model.gated_layers[[layer.name for layer in model.gated_layers].index(name) - 1].name in paying
+    # With the capacities an export will use: wider ones compact fewer layers, so fewer gates pay.
+    calibration = export.calibrate(model, cifar_images[:8])
+    assert export.paying_gates(model, calibration=calibration) == paying
+    wide = export.paying_gates(model, calibration=calibration.with_capacity_ratio(model, 2.5))
+    assert wide and set(wide) < set(paying)
+    with pytest.raises(export.ExportError, match="needs `calibration_images` or a `calibration`"):
+        export.paying_gates(model)
+    with pytest.raises(export.ExportError, match="not both"):
+        export.paying_gates(model, cifar_images[:8], calibration=calibration)
     assert export.paying_gates(export.set_keep_ratio(model, keep=0.8), cifar_images[:8]) == []
     mobilenet = export.set_keep_ratio(fk.gate(fk.models.mobilenet_v1(alpha=0.25)), keep=0.3)
     assert export.paying_gates(mobilenet, cifar_images[:8]) == []  # at 32x32 no layer is large enough

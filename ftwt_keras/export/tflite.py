@@ -92,6 +92,15 @@ CAPACITY_STDS = 2.0
 # (capacity 0.75): chain ties at 28x28 and 14x14 and loses at 56x56 (12.6 vs
 # 10.1) and 7x7 (14.1 vs 9.1).
 AUTO_CHAIN_CUTOFF = 0.6
+# ... and up to this fraction where the conv's output has AUTO_CHAIN_MID_PIXELS
+# (14x14 to 28x28 in MobileNetV1-224): on larger maps the chain's builtin
+# depthwise kernel, on smaller ones its weight gathers cost more. The whole
+# network at keep 0.5 with capacities 1.26x the count (0.63 of the filters),
+# side by side, 2026-12-04 10:38-10:50: rank-64 predictors dense 14.18 ms,
+# `auto` with 0.6 everywhere 13.97, with blocks 4-11's pointwise convs compact
+# 13.50 (14x14 ones alone 13.94); full predictors 14.42 / 15.22 / 14.75.
+AUTO_CHAIN_CUTOFF_MID = 0.7
+AUTO_CHAIN_MID_PIXELS = (14 * 14, 28 * 28)
 # "auto": a regular conv reads only its input's active channels when at most
 # this fraction of them is on (else it runs dense).
 AUTO_INPUT_CUTOFF = 0.5
@@ -572,7 +581,8 @@ class _Builder:
 
         With calibration images, a regular conv with at least `AUTO_MIN_MACS`
         multiply-adds whose capacity is at most `AUTO_CHAIN_CUTOFF` of its
-        filters computes only its active filters (`"chain"`: compact output,
+        filters (`AUTO_CHAIN_CUTOFF_MID` on 14x14 to 28x28 outputs)
+        computes only its active filters (`"chain"`: compact output,
         static shapes, so XNNPACK runs its matmul), and a depthwise conv on
         such a compact input stays compact (`"chain"`: putting the channels
         back costs more than its builtin kernel). A regular conv on a compact
@@ -845,7 +855,14 @@ class _Builder:
 
 def _chains(layer, conv_macs, capacity):
     """Whether `auto` computes regular GatedConv `layer` on its active filters only (policy "chain")."""
-    return conv_macs[layer.name] >= AUTO_MIN_MACS and capacity <= AUTO_CHAIN_CUTOFF * layer.conv.filters
+    macs = conv_macs[layer.name]
+    if macs < AUTO_MIN_MACS:
+        return False
+    kernel_h, kernel_w, inputs, filters = layer.conv.kernel.shape
+    pixels = macs // (kernel_h * kernel_w * inputs * filters)
+    low, high = AUTO_CHAIN_MID_PIXELS
+    cutoff = AUTO_CHAIN_CUTOFF_MID if low <= pixels <= high else AUTO_CHAIN_CUTOFF
+    return capacity <= cutoff * filters
 
 
 def _may_gather_inputs(layer, conv_macs):
@@ -860,14 +877,15 @@ def _may_gather_inputs(layer, conv_macs):
     return layer.conv.filters >= AUTO_MIN_FILTERS and conv_macs[layer.name] >= AUTO_MIN_MACS
 
 
-def paying_gates(model, calibration_images):
+def paying_gates(model, calibration_images=None, calibration=None):
     """The gated layers whose masks the calibrated `auto` export turns into skipped work.
 
     The `auto` export (with these calibration images, see
     `_Builder.auto_policy`) computes only the active filters of a large
     regular conv whose capacity is at most `AUTO_CHAIN_CUTOFF` of its
-    filters, and the depthwise convs that read its compact output; those
-    gates pay. It also reads only the non-zero input channels of a large
+    filters (`AUTO_CHAIN_CUTOFF_MID` on mid-size outputs), and the
+    depthwise convs that read its compact output; those gates pay. It also
+    reads only the non-zero input channels of a large
     regular conv when its input comes, through zero-preserving layers, from
     a gate that keeps at most `AUTO_INPUT_CUTOFF` of its filters on these
     images; that producing gate pays, and the conv stays gated, since that
@@ -883,6 +901,9 @@ def paying_gates(model, calibration_images):
         model: an `ftwt_keras.FTWTModel`.
         calibration_images: `(N, H, W, C)` raw images like those the model
             will see (as for `convert`).
+        calibration: instead of `calibration_images`, the `Calibration` the
+            export will use (e.g. `calibrate(...).with_capacity_ratio(...)`):
+            which layers compact depends on its capacities.
 
     Returns:
         The names of the paying gated layers, in the network's order (empty
@@ -893,7 +914,9 @@ def paying_gates(model, calibration_images):
 
     check_ftwt_model(model)
     network = _graph.as_functional(model.network)
-    calibration = calibrate(model, _checked_images(calibration_images, network))
+    calibration = _calibration_of(model, network, calibration_images, calibration)
+    if calibration is None:
+        raise ExportError("`paying_gates` needs `calibration_images` or a `calibration`: which gates pay depends on them.")
     keeps = calibration.keep_ratios
     conv_macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
     # id(tensor) -> (gated layer, expected fraction of non-zero channels, compact)
