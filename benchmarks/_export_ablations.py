@@ -23,7 +23,7 @@ def ablated_exports(model, unshifted, **convert_kwargs):
         bias = tf.constant(builder.predictors[layer.name][2][None])
         return bias + 0.0 * tf.reduce_sum(x.values[:, :1, :1, :1])  # keeps the input in the graph
 
-    def first_channels(builder, mask, capacity):
+    def first_channels(builder, unit, mask, capacity):
         builder.overflows.append(tf.reduce_sum(mask.values) > capacity)
         return tf.range(capacity, dtype=tf.int32)
 

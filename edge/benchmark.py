@@ -25,7 +25,12 @@ removed with `ftwt_keras.ungate`, the kept ones with the same masks), i.e. what
 a model trained with gates at those layers only would run (`lean_*` fields).
 On a trained model that is another model, not a faster export of the same
 one: removing gates it was trained with costs most of its accuracy (see
-`ungate`). Rows go to
+`ungate`). With --capped_ratio, a sixth where any layer compacts: the gated
+regular convs that the export computes compactly (`compacted_layers`) capped
+at that many times their mean count (`ftwt_keras.cap_gates`), so they compute
+exactly their caps with no overflow check or fallback (`capped_*` fields);
+also another model, whose accuracy cost
+`benchmarks/capped_accuracy.py` measures on a trained one. Rows go to
 --output as {"rows": [...]}, with the README's tables beside it
 (`<output>.md`) and a chart of measured and ideal speed-up against FLOPs
 reduction (`<output>.png`, needs matplotlib); `--plot_only` rewrites both
@@ -64,6 +69,10 @@ flags.DEFINE_string("drawn_capacities", "1.26",
                     "gave the demo model's gates, with no overflow on the 10,000 test images: "
                     "benchmarks/capacity_overflow.py; 1: no margin). 'binomial': the capacities calibration "
                     "would give if each filter were on independently with its layer's keep ratio.")
+flags.DEFINE_float("capped_ratio", 1.1,
+                   "Also time the model with the convs the export compacts capped at this many times their mean "
+                   "count (ftwt_keras.cap_gates; drawn masks: the count); 0: not. 1.1 cost the demo model no top-1 "
+                   "(benchmarks/capped_accuracy.py).")
 flags.DEFINE_string("output", "benchmarks/results/edge_latency.json", "JSON file for the rows ('' to skip).")
 flags.DEFINE_string("tflite_dir", "/tmp/ftwt_edge", "Folder for the .tflite files made on the way.")
 flags.DEFINE_bool("per_layer", False,
@@ -155,6 +164,20 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
                                if paying else dense_flatbuffer)
     masks = flops.gate_masks_of(model, sample[:16])
     keep = float(np.mean([np.asarray(m).mean() for m in masks.values()]))
+    compacted = {}
+    if FLAGS.capped_ratio:  # last: the caps are taken off again (`lean` above copied none)
+        compacted = tflite.cap_compacted_gates(model, sample if calibration is None else calibration,
+                                               ratio=FLAGS.capped_ratio, policy=tflite.parse_policy(FLAGS.policy))
+    if compacted:
+        capped_calibration = None
+        if calibration is not None:
+            capped_calibration = tflite.calibrate(model, calibration)
+            if drawn:  # the count itself; the caps (the same ratio) bound it
+                capped_calibration = capped_calibration.with_capacity_ratio(model, FLAGS.capped_ratio)
+        flatbuffers["capped"] = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy),
+                                               calibration=capped_calibration)
+        capped_executed = float(np.mean(flops.dynamic_macs(model, sample, batch_size=16)))
+        fk.set_gate_capacities(model, {name: None for name in compacted})
     rows = []
     for threads in (int(t) for t in FLAGS.threads):
         times = tflite.time_side_by_side(flatbuffers, images, threads, FLAGS.warmup)
@@ -190,6 +213,14 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
                 lean_flops_reduction=round(1.0 - lean_executed / dense_macs, 3),
                 lean_ideal_speedup=round(dense_macs / lean_executed, 3),
             )
+        if "capped" in median:
+            row.update(
+                capped_ratio=FLAGS.capped_ratio,
+                capped_gates=len(compacted),
+                capped_ms=round(median["capped"], 3),
+                capped_speedup=round(median["dense"] / median["capped"], 3),
+                capped_flops_reduction=round(1.0 - capped_executed / dense_macs, 3),
+            )
         rows.append(row)
         print(f"{label:>16} {row['resolution']:>4} keep={row['keep']:<5} thr={threads} "
               f"FLOPs-{100 * row['flops_reduction']:4.1f}%  dense {row['dense_ms']:7.2f} ms "
@@ -201,6 +232,10 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
             print(f"{'':>16} gated only at the {len(paying)} layers that pay (another model): "
                   f"{row['lean_ms']:.2f} ms, speed-up {row['lean_speedup']:.2f}x, "
                   f"FLOPs-{100 * row['lean_flops_reduction']:.1f}%, ideal {row['lean_ideal_speedup']:.2f}x", flush=True)
+        if "capped_ms" in row:
+            print(f"{'':>16} the {len(compacted)} compacted convs capped at {FLAGS.capped_ratio:g}x their mean count: "
+                  f"{row['capped_ms']:.2f} ms, speed-up {row['capped_speedup']:.2f}x, "
+                  f"FLOPs-{100 * row['capped_flops_reduction']:.1f}%", flush=True)
     return rows
 
 
@@ -278,7 +313,8 @@ def plot_speedups(rows, path):
     """Draws measured (1 and 2 threads) and ideal speed-up against FLOPs reduction, one panel per resolution.
 
     Rows with `lean_*` fields (and at least one paying gate) add the network
-    gated only where gates pay, 1 thread, as open squares.
+    gated only where gates pay, 1 thread, as open squares; rows with
+    `capped_*` fields the capped model, 1 thread, as open triangles.
     """
     import matplotlib
 
@@ -304,6 +340,12 @@ def plot_speedups(rows, path):
             if lean:
                 ax.plot([100 * x for x, _ in lean], [y for _, y in lean], marker="s", linestyle="none", color=color,
                         markerfacecolor="none", label=f"{kind}, gated only where gates pay, 1 thread")
+            capped = sorted((row["capped_flops_reduction"], row["capped_speedup"], row["capped_ratio"]) for row in runs
+                            if row["threads"] == 1 and "capped_speedup" in row)
+            if capped:
+                ax.plot([100 * x for x, _, _ in capped], [y for _, y, _ in capped], marker="^", linestyle="none",
+                        color=color, markerfacecolor="none",
+                        label=f"{kind}, gates capped at {capped[0][2]:g}x the mean count, 1 thread")
             ideal = sorted({(row["flops_reduction"], row["ideal_speedup"]) for row in runs})
             ax.plot([100 * x for x, _ in ideal], [y for _, y in ideal], linestyle="--", color=color, alpha=0.5,
                     label=f"{kind}: ideal (dense / executed MACs)")
@@ -345,8 +387,10 @@ def markdown_tables(rows):
         rank = row.get("predictor_rank")
         key = (-row["resolution"], rank is not None, rank or 0, row["model"], row["keep"])
         lines.setdefault(key, {})[row["threads"]] = row
+    capped = any("capped_ms" in row for row in rows)
     main = ["| resolution | predictors | keep | FLOPs reduction | dense | dense + predictors | masked dense | "
-            "dynamic | speed-up, 1 thread (ideal) | speed-up, 2 threads |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "dynamic | speed-up, 1 thread (ideal) | speed-up, 2 threads |" + (" capped gates, 1 / 2 threads |" if capped else ""),
+            "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if capped else "")]
     lean = ["| resolution | predictors | keep | gates kept | FLOPs reduction | dense | gated at those layers only | "
             "speed-up, 1 thread (ideal) | speed-up, 2 threads | all gates, 1 thread |", "|---|---|---|---|---|---|---|---|---|---|"]
     def speedup_of(row, field):  # "-" where that thread count was not timed
@@ -362,7 +406,9 @@ def markdown_tables(rows):
         main.append(f"{head} {100 * one['flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
                     f"{one['predictors_ms']:.2f} ms | {one['masked_dense_ms']:.2f} ms | {one['dynamic_ms']:.2f} ms | "
                     f"{one['speedup']:.2f}x ({one['ideal_speedup']:.2f}x) | "
-                    f"{speedup_of(two, 'speedup')} |")
+                    f"{speedup_of(two, 'speedup')} |"
+                    + (f" {one['capped_ms']:.2f} ms: {one['capped_speedup']:.2f}x / {speedup_of(two, 'capped_speedup')} |"
+                       if "capped_ms" in one else (" - |" if capped else "")))
         if "lean_ms" in one:
             lean.append(f"{head} {one['lean_gates']} of {one.get('gates', '?')} | "
                         f"{100 * one['lean_flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
@@ -373,6 +419,11 @@ def markdown_tables(rows):
     if rules:
         tables = (f"Drawn masks, capacities of the compact layers (`--drawn_capacities`, the margin real masks, "
                   f"which vary by image, need): {' / '.join(_capacity_rule(rule) for rule in rules)}.\n\n" + tables)
+    ratios = sorted({row["capped_ratio"] for row in rows if "capped_ratio" in row})
+    if ratios:
+        tables += (f"\nCapped gates: the convs the export compacts keep at most {' / '.join(f'{r:g}' for r in ratios)}x "
+                   "their mean count (`ftwt_keras.cap_gates`; another model) and compute exactly that, with no "
+                   "fallback.\n")
     if len(lean) > 2:
         tables += "\nGated only at the layers that pay (`paying_gates`; another model, see `ungate`):\n\n"
         tables += "\n".join(lean) + "\n"

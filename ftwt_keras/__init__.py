@@ -7,7 +7,8 @@ import os
 # export TF_ENABLE_ONEDNN_OPTS=0.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from ftwt_keras import callbacks, data, flops, gating, layers, masks, models, normalization
+from ftwt_keras import callbacks, capping, data, flops, gating, layers, masks, models, normalization
+from ftwt_keras.capping import cap_gates, set_gate_capacities
 from ftwt_keras.estimate import estimate_flops_reduction, target_flops_reduction
 from ftwt_keras.gating import gate, ungate
 from ftwt_keras.layers import GatedConv, MaskPredictor, record_gates
@@ -22,6 +23,8 @@ __all__ = [
     "GatedConv",
     "MaskPredictor",
     "callbacks",
+    "cap_gates",
+    "capping",
     "data",
     "estimate_flops_reduction",
     "flops",
@@ -32,6 +35,7 @@ __all__ = [
     "models",
     "normalization",
     "record_gates",
+    "set_gate_capacities",
     "target_flops_reduction",
     "ungate",
 ]

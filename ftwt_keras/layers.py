@@ -9,6 +9,7 @@ of every gated layer; a layer reports them to the innermost active
 layers drop into any functional model.
 """
 
+import numbers
 import threading
 from typing import NamedTuple, Optional
 
@@ -321,6 +322,13 @@ class GatedConv(keras.layers.Layer):
             decoupled). The forward pass and the predictor's own gradient do
             not change. The gate loss is summed over filters, so at 1.0 its
             gradient can dominate the task loss's (see README).
+        capacity: None (default), or the most filters an image may keep on:
+            of the filters whose logit is > 0, only the `capacity` with the
+            largest logits stay on (in training too). A capped layer has a
+            static worst case, so an edge export computes exactly `capacity`
+            filters per image with no fallback for images that keep more
+            (`ftwt_keras.cap_gates` sets capacities from images; see
+            README, "Capped gates").
 
     Example:
 
@@ -348,6 +356,7 @@ class GatedConv(keras.layers.Layer):
         joint_gradient_scale=1.0,
         predictor_rank=None,
         input_padding=None,
+        capacity=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -381,6 +390,7 @@ class GatedConv(keras.layers.Layer):
         self.use_softmax = bool(use_softmax)
         self.predictor_rank = check_predictor_rank(predictor_rank)
         self.input_padding = check_input_padding(input_padding)
+        self.capacity = check_capacity(capacity)
         # A depthwise conv has as many filters as input channels: its
         # predictor is made in build(), once they are known.
         self.predictor = None
@@ -426,6 +436,11 @@ class GatedConv(keras.layers.Layer):
             self.predictor = self._make_predictor(conv_shape[-1])
         if not self.predictor.built:
             self.predictor.build(input_shape)
+        if self.capacity is not None and self.capacity > self.filters:
+            raise ValueError(
+                f"GatedConv '{self.name}' has {self.filters} filters; `capacity` {self.capacity} is more. "
+                "Pass at most the filter count (or None for no cap)."
+            )
 
     def dense_outputs(self, inputs, training=None):
         """The unit's output with every filter computed (before gating)."""
@@ -438,6 +453,14 @@ class GatedConv(keras.layers.Layer):
         if self.batch_norm is None:
             return outputs
         return normalization.batch_norm(self.batch_norm, outputs, training=training)
+
+    def _mask(self, logits, dtype):
+        """1.0 where a filter is on: logit > 0 and, with a `capacity`, among the top `capacity` logits."""
+        on = logits > 0
+        if self.capacity is not None and self.capacity < logits.shape[-1]:
+            kth_largest = ops.top_k(logits, self.capacity, sorted=True)[0][:, -1:]
+            on = ops.logical_and(on, logits >= kth_largest)
+        return ops.cast(on, dtype)
 
     def gate_logits(self, inputs):
         """Predictor logits; the input is a stop-gradient unless mode is joint."""
@@ -475,7 +498,7 @@ class GatedConv(keras.layers.Layer):
             # by the mask. Same outputs and gradients, one full-size multiply
             # fewer in the forward pass and one in the backward pass.
             pre_activation = self._pre_activation(inputs, training)
-            mask = ops.cast(logits > 0, pre_activation.dtype)
+            mask = self._mask(logits, pre_activation.dtype)
 
             def dense_scores():
                 # max over h, w of act(x) = act(max(x)): the dense output's
@@ -484,7 +507,7 @@ class GatedConv(keras.layers.Layer):
 
         else:
             outputs = self.dense_outputs(inputs, training=training)
-            mask = ops.cast(logits > 0, outputs.dtype)
+            mask = self._mask(logits, outputs.dtype)
 
             def dense_scores():
                 return self._filter_scores(ops.stop_gradient(outputs))
@@ -525,6 +548,7 @@ class GatedConv(keras.layers.Layer):
             joint_gradient_scale=self.joint_gradient_scale,
             predictor_rank=self.predictor_rank,
             input_padding=self.input_padding,
+            capacity=self.capacity,
         )
         return config
 
@@ -558,6 +582,17 @@ def check_predictor_rank(rank):
             f"The predictor rank must be None (full predictor) or a positive int; got {rank!r}."
         )
     return rank
+
+
+def check_capacity(capacity):
+    """None, or a positive int: the most filters a GatedConv keeps on per image."""
+    if capacity is None:
+        return None
+    if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral) or capacity < 1:
+        raise ValueError(
+            f"`capacity` must be None or a positive int (the most filters kept on per image); got {capacity!r}."
+        )
+    return int(capacity)
 
 
 def check_input_padding(padding):

@@ -307,6 +307,35 @@ def test_chain_capacity_overflow_falls_back_to_the_exact_path(cifar_images, monk
     assert_same_logits(flatbuffer, model, cifar_images)
 
 
+def test_capped_gates_export_compact_with_no_margin_and_no_fallback(cifar_images):
+    """A capped layer computes exactly its capacity, needs no calibration, and overflows never."""
+    model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
+    uncapped = export.gate_counts(model, cifar_images)
+    capacities = fk.cap_gates(model, cifar_images, ratio=0.9)
+    assert any((uncapped[name] > capacities[name]).any() for name in uncapped)  # the caps bind on some images
+    flatbuffer = export.convert(model, policy="chain")  # no calibration images: the caps are the capacities
+    names = export.op_names(flatbuffer)
+    assert_builtin_only(flatbuffer)
+    assert "IF" not in names and "WHERE" not in names
+    capped = [layer for layer in model.gated_layers if layer.capacity is not None and layer.capacity < layer.filters]
+    assert names.count("TOPK_V2") == len(capped)  # one per capped gate, shared with its compaction
+    feeding = ["conv1"] + [f"block{index}_pw" for index in range(1, 13)]  # the layer before each depthwise conv
+    assert depthwise_input_widths(flatbuffer) == [capacities[name] for name in feeding]
+    assert_same_logits(flatbuffer, model, cifar_images)
+    regular = [layer.name for layer in model.gated_layers if not layer.is_depthwise]
+    assert export.compacted_layers(model, policy="chain") == regular
+    assert export.compacted_layers(model) == []  # `auto`: no layer at 32x32 is large enough to pay
+    # Calibrated capacities above a cap give way to it; `auto` compacts by the smaller one.
+    calibration = export.calibrate(model, cifar_images).with_capacity_ratio(model, 1.5)
+    assert export.convert(model, policy="chain", calibration=calibration) == flatbuffer
+    # cap_compacted_gates caps where the export compacts only: under `auto` at 32x32, nowhere.
+    assert export.cap_compacted_gates(model, cifar_images, ratio=0.9) == {}
+    assert all(layer.capacity is None for layer in model.gated_layers)
+    assert export.cap_compacted_gates(model, cifar_images, ratio=0.9, policy="chain") == {
+        name: capacities[name] for name in regular
+    }
+
+
 def test_chain_carries_batch_norm_shifts_of_pruned_inputs(cifar_images):
     """A depthwise filter on over an input channel that is off outputs a constant the next conv must see."""
     model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=4)
@@ -645,6 +674,8 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
     for lean in (rows[8], rows[11]):  # the 224x224 keep-0.1 line (both threads) also timed gated at the paying layers only
         lean.update(lean_gates=20, lean_ms=5.0, lean_speedup=2.0 / lean["threads"], lean_flops_reduction=0.8,
                     lean_ideal_speedup=5.0)
+        lean.update(capped_ratio=1.1, capped_gates=14, capped_ms=4.0, capped_speedup=2.5 / lean["threads"],
+                    capped_flops_reduction=0.9)
     output = tmp_path / "latency.json"
     output.write_text(json.dumps({"rows": rows}))
 
@@ -662,7 +693,9 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
     main = tables[0].splitlines()
     assert len(main) == 2 + 6  # header, rule, one line per resolution and keep (threads side by side)
     assert main[2].startswith("| 224x224 | full | 0.10 | 90.0% | 10.00 ms | 11.00 ms | 12.00 ms | 5.88 ms | 1.70x (10.00x) | 1.25x |")
-    assert main[-1].startswith("| 32x32 | full | 1.00 | 0.0% |")
+    assert main[2].endswith("| 4.00 ms: 2.50x / 1.25x |")  # the capped model beside it
+    assert main[-1].startswith("| 32x32 | full | 1.00 | 0.0% |") and main[-1].endswith("| - |")
+    assert any(table.startswith("Capped gates:") and "1.1x" in table for table in tables)
     lean = tables[-1].splitlines()
     assert lean[2:] == ["| 224x224 | full | 0.10 | 20 of 27 | 80.0% | 10.00 ms | 5.00 ms | 2.00x (5.00x) | 1.00x | 1.70x |"]
     missing = run(f"--output={tmp_path / 'none.json'}")
@@ -686,8 +719,27 @@ def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path
     assert len(rows) == 1 and rows[0]["drawn_capacities"] == "binomial" and rows[0]["images"] == 3
     assert rows[0]["dense_ms"] > 0 and rows[0]["dynamic_ms"] > 0 and rows[0]["flops_reduction"] > 0.5
     assert "capacities of the compact layers" in (tmp_path / "latency.md").read_text()
+    assert "capped_ms" not in rows[0]  # auto compacts nothing at 32x32: nothing to cap
+    # Every layer compact: the convs capped at 1.2x the drawn count, compact at exactly that.
+    result = run("--policy=chain", "--capped_ratio=1.2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads((tmp_path / "latency.json").read_text())["rows"][0]
+    assert row["capped_ratio"] == 1.2 and row["capped_gates"] == 14 and row["capped_ms"] > 0
+    assert row["capped_flops_reduction"] == row["flops_reduction"]  # drawn masks: the caps never bind
+    assert "Capped gates" in (tmp_path / "latency.md").read_text()
     bad = run("--drawn_capacities=0.5")
     assert bad.returncode != 0 and "--drawn_capacities takes 'binomial' or a number >= 1" in bad.stderr
+
+
+def run_benchmark(script, *flags):
+    """Runs `benchmarks/<script>` with `flags` in a subprocess (this checkout on its path)."""
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", script), *flags],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
 
 
 def test_capacity_overflow_benchmark_counts_images_beyond_capacities(tmp_path, cifar_images):
@@ -698,15 +750,9 @@ def test_capacity_overflow_benchmark_counts_images_beyond_capacities(tmp_path, c
     sparsest = int(np.argmin(sum(counts.values())))  # calibrated on it alone, other images overflow
     np.save(tmp_path / "calibration.npy", cifar_images[sparsest : sparsest + 1])
     np.save(tmp_path / "images.npy", cifar_images)
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "capacity_overflow.py"), f"--model={tmp_path / 'm.keras'}",
-         f"--calibration={tmp_path / 'calibration.npy'}", f"--images={tmp_path / 'images.npy'}",
-         "--capacity_stds=0,10", "--per_layer"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    result = run_benchmark("capacity_overflow.py", f"--model={tmp_path / 'm.keras'}",
+                           f"--calibration={tmp_path / 'calibration.npy'}", f"--images={tmp_path / 'images.npy'}",
+                           "--capacity_stds=0,10", "--per_layer")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {line.split("|")[1].strip(): line.split("|")[2] for line in result.stdout.splitlines()
             if line.startswith("| max")}
@@ -722,3 +768,20 @@ def test_capacity_overflow_benchmark_counts_images_beyond_capacities(tmp_path, c
         assert keep == pytest.approx(count.mean() / filters, abs=6e-4)
         assert std == pytest.approx(count.std(ddof=1), abs=6e-3)
         assert binomial == pytest.approx(np.sqrt(filters * keep * (1 - keep)), abs=2e-2)
+
+
+def test_capped_accuracy_benchmark_caps_evaluates_and_fine_tunes(tmp_path, cifar_images):
+    """benchmarks/capped_accuracy.py end to end: tighter caps skip more work; both fine-tunings reported."""
+    model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
+    model.save(tmp_path / "m.keras")
+    result = run_benchmark("capped_accuracy.py", f"--model={tmp_path / 'm.keras'}", "--calibration_images=32",
+                           "--test_images=24", "--ratios=1.5,0.5", "--finetune_ratio=0.5", "--train_images=128",
+                           "--batch_size=32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {cells[1].strip(): [cell.strip() for cell in cells[2:-1]]
+            for cells in (line.split("|") for line in result.stdout.splitlines()) if len(cells) == 7}
+    reduction = {label: float(cells[2].rstrip("%")) for label, cells in rows.items() if cells[2].endswith("%")}
+    assert reduction["0.5x mean count"] > reduction["1.5x mean count"] >= reduction["none"] - 0.1, result.stdout
+    assert 0.5 <= float(rows["0.5x mean count"][0]) <= 0.7
+    assert float(rows["0.5x mean count"][3].rstrip("%")) < 100.0  # the caps change some image's top-1
+    assert {"0.5x mean count, fine-tuned 1 epoch(s) at lr 0.002", "none, fine-tuned 1 epoch(s) at lr 0.002"} <= set(rows)

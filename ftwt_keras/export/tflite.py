@@ -372,13 +372,22 @@ class _GateMask:
     RELU and CEIL are XNNPACK ops, so the masking stays inside the delegate's
     partitions (MobileNetV1 x0.25 at 32x32 with every layer masked dense:
     0.66 -> 0.54 ms). It broadcasts against NHWC activations as is. Both are
-    built here, outside any `tf.cond` branch that may read them.
+    built here, outside any `tf.cond` branch that may read them. With a
+    `capacity` (a capped GatedConv), only the filters among the `capacity`
+    largest logits stay on, as in Keras.
     """
 
-    def __init__(self, logits):
+    def __init__(self, logits, capacity=None):
         tf = _tf()
         self.on = logits > 0
         self.values = tf.math.ceil(tf.clip_by_value(logits, 0.0, 1.0))
+        self.top = None  # int32 (capacity,): a capped layer's top filters, where its on ones are
+        if capacity is not None and capacity < int(logits.shape[-1]):
+            top = tf.math.top_k(logits, k=capacity)
+            self.top = top.indices[0]
+            in_top = logits >= top.values[:, -1:]
+            self.on = tf.logical_and(self.on, in_top)
+            self.values = self.values * tf.cast(in_top, tf.float32)
 
 
 # --------------------------------------------------------------------------
@@ -440,7 +449,7 @@ class _Builder:
         self.conv_macs = conv_macs  # {gated layer name: dense multiply-adds of its conv}
         # {gated layer name: mean fraction of active filters / static capacity} on calibration images.
         self.keep_ratios = calibration.keep_ratios if calibration else {}
-        self.capacities = calibration.capacities if calibration else {}
+        self.capacities = _compact_capacities(network, calibration)
         self.with_predictors = with_predictors
         self.overflows = []  # bool scalars: an image has more active filters than a layer's capacity
         self.gate_logits = []  # predictor logits of a dense export `with_predictors`
@@ -537,7 +546,7 @@ class _Builder:
             return _dense(self.dense_unit(unit, activation, x.dense()))
         tf = _tf()
         logits = self.predictor_logits(layer, x)  # (1, filters)
-        mask = _GateMask(logits)
+        mask = _GateMask(logits, layer.capacity)
         policy = self.policies.get(layer.name, "auto")
         if policy == "auto":
             policy = self.auto_policy(unit, x)
@@ -729,14 +738,18 @@ class _Builder:
         support = _active_channels(mask.on[0])
         return Compact(y, None, unit.filters, support=support)
 
-    def top_channels(self, mask, capacity):
+    def top_channels(self, unit, mask, capacity):
         """int32 (capacity,): the active filters first, then off ones (static shape, no WHERE).
 
         Exact while at most `capacity` filters are on; the image's overflow
-        flag sends it to the exact path otherwise.
+        flag sends it to the exact path otherwise. A layer capped at no more
+        than `capacity` cannot overflow: no flag.
         """
         tf = _tf()
-        self.overflows.append(tf.reduce_sum(mask.values) > capacity)
+        if mask.top is not None and capacity == unit.layer.capacity:
+            return mask.top  # the cap's own TOPK_V2 already holds every on filter
+        if unit.layer.capacity is None or unit.layer.capacity > capacity:
+            self.overflows.append(tf.reduce_sum(mask.values) > capacity)
         return tf.math.top_k(mask.values[0], k=capacity).indices
 
     def dense_then_selected(self, unit, activation, x, mask, capacity):
@@ -745,7 +758,7 @@ class _Builder:
         Cheaper than im2col for a stem conv: its strided shifted views run on slow builtin kernels.
         """
         tf = _tf()
-        active = self.top_channels(mask, capacity)
+        active = self.top_channels(unit, mask, capacity)
         y = self.dense_unit(unit, activation, x.values) * mask.values
         return Compact(tf.gather(y, active, axis=-1), active, unit.filters)
 
@@ -784,7 +797,7 @@ class _Builder:
     def gathered(self, unit, activation, x, mask, capacity=None):
         """Computes only the active filters; returns a Compact on them."""
         tf = _tf()
-        active = _active_channels(mask.on[0]) if capacity is None else self.top_channels(mask, capacity)
+        active = _active_channels(mask.on[0]) if capacity is None else self.top_channels(unit, mask, capacity)
         layer = unit.layer
         (kh, kw) = layer.conv.kernel_size
         if x.constants is not None and (unit.is_depthwise or (kh, kw) != (1, 1)):
@@ -853,6 +866,24 @@ class _Builder:
         return Compact(tf.reshape(y, [1, out_h, out_w, k_out]), active, unit.filters)
 
 
+def _compact_capacities(network, calibration):
+    """`{gated layer name: capacity}`: what a compact layer computes per image.
+
+    The calibrated capacity, or the layer's own cap (`GatedConv.capacity`)
+    when that is smaller or there is no calibration: a capped layer never
+    keeps more, so it needs no margin and no calibration images.
+    """
+    calibrated = calibration.capacities if calibration is not None else {}
+    capacities = {}
+    for layer in network.layers:
+        if not isinstance(layer, GatedConv):
+            continue
+        candidates = [c for c in (calibrated.get(layer.name), layer.capacity) if c is not None]
+        if candidates:
+            capacities[layer.name] = min(candidates)
+    return capacities
+
+
 def _chains(layer, conv_macs, capacity):
     """Whether `auto` computes regular GatedConv `layer` on its active filters only (policy "chain")."""
     macs = conv_macs[layer.name]
@@ -918,6 +949,7 @@ def paying_gates(model, calibration_images=None, calibration=None):
     if calibration is None:
         raise ExportError("`paying_gates` needs `calibration_images` or a `calibration`: which gates pay depends on them.")
     keeps = calibration.keep_ratios
+    capacities = _compact_capacities(network, calibration)
     conv_macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
     # id(tensor) -> (gated layer, expected fraction of non-zero channels, compact)
     # for a tensor that is zero outside the active filters of that gate;
@@ -932,7 +964,7 @@ def paying_gates(model, calibration_images=None, calibration=None):
         compact_input = source is not None and source[2]
         out = None
         if isinstance(layer, GatedConv):
-            chains = not layer.is_depthwise and _chains(layer, conv_macs, calibration.capacities[layer.name])
+            chains = not layer.is_depthwise and _chains(layer, conv_macs, capacities[layer.name])
             if chains or (layer.is_depthwise and compact_input):
                 paying.add(layer.name)  # computes only its active filters / its input's channels
                 out = (layer.name, keeps[layer.name], True)
@@ -951,6 +983,69 @@ def paying_gates(model, calibration_images=None, calibration=None):
             out = (source[0], source[1] * width / (width + layer.pad), source[2])
         sources[id(node.outputs[0])] = out
     return [layer.name for layer in model.gated_layers if layer.name in paying]
+
+
+def compacted_layers(model, calibration=None, policy="auto"):
+    """The gated regular convs that the export computes on a static capacity (their active filters only).
+
+    These are the layers whose cap (`GatedConv.capacity`, `ftwt_keras.cap_gates`)
+    is the capacity the export computes: capping any other layer changes the
+    model and adds a top-k to the `.tflite` without skipping more work
+    (`cap_compacted_gates` caps these only).
+
+    Args:
+        model: an `ftwt_keras.FTWTModel`.
+        calibration: optional `Calibration` the export will use; without it
+            only capped layers have a capacity.
+        policy: the export's `policy` (as `convert`): `"auto"` compacts the
+            layers `_chains` picks, `"chain"` every one with a capacity.
+
+    Returns:
+        Names of gated layers, in the network's order.
+    """
+    check_ftwt_model(model)
+    network = _graph.as_functional(model.network)
+    policies = _policies(model, policy)
+    capacities = _compact_capacities(network, calibration)
+    conv_macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
+
+    def compact(layer):
+        chosen = policies.get(layer.name, "auto")
+        if layer.is_depthwise or layer.name not in capacities or chosen not in ("auto", "chain"):
+            return False
+        return chosen == "chain" or _chains(layer, conv_macs, capacities[layer.name])
+
+    return [layer.name for layer in model.gated_layers if compact(layer)]
+
+
+def cap_compacted_gates(model, images, ratio=1.1, policy="auto"):
+    """Caps the gated regular convs that the export then computes compactly, and no others.
+
+    `ftwt_keras.cap_gates` on every gated regular conv, then the caps of those
+    the export would not compact with them (`compacted_layers`) removed again:
+    there a cap only changes the model and adds a `TOPK_V2`. The capped
+    layers compute exactly their caps, with no margin, no overflow check and
+    no fallback, and need no calibration images. The result is another
+    model: `benchmarks/capped_accuracy.py` measures what caps cost.
+
+    Args:
+        model: an `ftwt_keras.FTWTModel` (changed in place; save it to keep the caps).
+        images: raw images like those the model will see (training images).
+        ratio: each cap in multiples of the layer's mean count on `images`.
+        policy: the `policy` the export will use (as `convert`).
+
+    Returns:
+        `{gated layer name: capacity}` of the capped layers (empty where no
+        layer compacts, e.g. MobileNetV1 at 32x32 under `auto`).
+    """
+    from ftwt_keras import capping
+
+    check_ftwt_model(model)
+    regular = [layer.name for layer in model.gated_layers if not layer.is_depthwise]
+    capping.cap_gates(model, images, ratio=ratio, layer_names=regular)
+    compacted = compacted_layers(model, policy=policy)
+    capacities = capping.set_gate_capacities(model, {name: None for name in regular if name not in compacted})
+    return {name: capacities[name] for name in compacted}
 
 
 def _output_hw(layer, values):
