@@ -25,9 +25,9 @@ removed with `ftwt_keras.ungate`, the kept ones with the same masks), i.e. what
 a model trained with gates at those layers only would run (`lean_*` fields).
 On a trained model that is another model, not a faster export of the same
 one: removing gates it was trained with costs most of its accuracy (see
-`ungate`). With --capped_ratio, a sixth where any layer compacts: the gated
-regular convs that the export computes compactly (`compacted_layers`) capped
-at that many times their mean count (`ftwt_keras.cap_gates`), so they compute
+`ungate`). A sixth (--capped_ratio, default 1.1; 0: off) where any layer
+compacts: the gated regular convs that the export computes compactly
+(`compacted_layers`) capped at that many times their mean count (`ftwt_keras.cap_gates`), so they compute
 exactly their caps with no overflow check or fallback (`capped_*` fields);
 also another model, whose accuracy cost
 `benchmarks/capped_accuracy.py` measures on a trained one. Rows go to
