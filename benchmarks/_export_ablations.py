@@ -24,7 +24,8 @@ def ablated_exports(model, unshifted, **convert_kwargs):
         return bias + 0.0 * tf.reduce_sum(x.values[:, :1, :1, :1])  # keeps the input in the graph
 
     def first_channels(builder, unit, mask, capacity):
-        builder.overflows.append(tf.reduce_sum(mask.values) > capacity)
+        if unit.layer.capacity is None or unit.layer.capacity > capacity:  # the flags `top_channels` raises
+            builder.overflows.append(tf.reduce_sum(mask.values) > capacity)
         return tf.range(capacity, dtype=tf.int32)
 
     chained_depthwise = tflite._Builder.chained_depthwise
