@@ -14,7 +14,13 @@ with the caps set, they apply in training too).
 import math
 
 from ftwt_keras import flops
+from ftwt_keras.layers import check_capacity
 from ftwt_keras.training import FTWTModel
+
+
+def _check_ftwt_model(model):
+    if not isinstance(model, FTWTModel):
+        raise ValueError(f"Expected an ftwt_keras.FTWTModel; got {type(model).__name__}.")
 
 
 def set_gate_capacities(model, capacities):
@@ -32,14 +38,11 @@ def set_gate_capacities(model, capacities):
             gated layers, or a capacity is not a positive int up to the
             layer's filter count.
     """
-    if not isinstance(model, FTWTModel):
-        raise ValueError(f"Expected an ftwt_keras.FTWTModel; got {type(model).__name__}.")
+    _check_ftwt_model(model)
     layers = {layer.name: layer for layer in model.gated_layers}
     unknown = sorted(set(capacities) - set(layers))
     if unknown:
         raise ValueError(f"{unknown} are not gated layers of '{model.name}'; its gated layers are {sorted(layers)}.")
-    from ftwt_keras.layers import check_capacity
-
     for name, capacity in capacities.items():
         capacity = check_capacity(capacity)
         if capacity is not None and capacity > layers[name].filters:
@@ -86,6 +89,7 @@ def cap_gates(model, images, ratio=1.0, layer_names=None, batch_size=128):
     >>> bool((counts <= capacities["block13_pw"]).all()), capacities["block13_dw"]  # depthwise: uncapped
     (True, None)
     """
+    _check_ftwt_model(model)
     if not ratio > 0:
         raise ValueError(f"`ratio` must be > 0 (capacity / mean active filters); got {ratio!r}.")
     if layer_names is None:

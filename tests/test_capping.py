@@ -118,3 +118,5 @@ def test_capping_errors_say_what_is_wrong():
         fk.set_gate_capacities(model, {"conv1": 9})  # 8 filters at alpha 0.25
     with pytest.raises(ValueError, match="FTWTModel"):
         fk.set_gate_capacities(fk.models.mobilenet_v1(alpha=0.25), {"conv1": 3})
+    with pytest.raises(ValueError, match="FTWTModel"):
+        fk.cap_gates(fk.models.mobilenet_v1(alpha=0.25), np.zeros((2, 32, 32, 3), "float32"))
