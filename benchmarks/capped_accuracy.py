@@ -118,9 +118,10 @@ def main(argv):
     # The control: the same fine-tuning without caps (more epochs alone may change top-1).
     for ratio in (FLAGS.finetune_ratio, None):
         model = keras.saving.load_model(FLAGS.model)
-        if ratio is not None:
+        if ratio is None:
+            fk.set_gate_capacities(model, {name: None for name in regular})
+        else:
             fk.cap_gates(model, calibration, ratio=ratio, layer_names=regular)
-        fk.set_gate_capacities(model, {name: None for name in regular} if ratio is None else {})
         model.compile(
             optimizer=sgd(FLAGS.finetune_lr, 5e-4),
             gate_optimizer=keras.optimizers.SGD(FLAGS.finetune_lr, momentum=0.9),

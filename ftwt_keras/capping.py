@@ -43,14 +43,9 @@ def set_gate_capacities(model, capacities):
     unknown = sorted(set(capacities) - set(layers))
     if unknown:
         raise ValueError(f"{unknown} are not gated layers of '{model.name}'; its gated layers are {sorted(layers)}.")
-    for name, capacity in capacities.items():
-        capacity = check_capacity(capacity)
-        if capacity is not None and capacity > layers[name].filters:
-            raise ValueError(
-                f"Gated layer '{name}' has {layers[name].filters} filters; capacity {capacity} is more."
-            )
-    for name, capacity in capacities.items():
-        layers[name].capacity = check_capacity(capacity)
+    checked = {name: check_capacity(capacity, layers[name].filters, name) for name, capacity in capacities.items()}
+    for name, capacity in checked.items():  # only once every one is valid
+        layers[name].capacity = capacity
     # The compiled train / test / predict functions were traced with the old caps.
     model.train_function = model.test_function = model.predict_function = None
     return {name: layer.capacity for name, layer in layers.items()}

@@ -436,11 +436,7 @@ class GatedConv(keras.layers.Layer):
             self.predictor = self._make_predictor(conv_shape[-1])
         if not self.predictor.built:
             self.predictor.build(input_shape)
-        if self.capacity is not None and self.capacity > self.filters:
-            raise ValueError(
-                f"GatedConv '{self.name}' has {self.filters} filters; `capacity` {self.capacity} is more. "
-                "Pass at most the filter count (or None for no cap)."
-            )
+        check_capacity(self.capacity, self.filters, self.name)
 
     def dense_outputs(self, inputs, training=None):
         """The unit's output with every filter computed (before gating)."""
@@ -584,13 +580,18 @@ def check_predictor_rank(rank):
     return rank
 
 
-def check_capacity(capacity):
-    """None, or a positive int: the most filters a GatedConv keeps on per image."""
+def check_capacity(capacity, filters=None, layer_name=None):
+    """None, or a positive int (at most `filters`, when given): the most filters a GatedConv keeps on per image."""
     if capacity is None:
         return None
     if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral) or capacity < 1:
         raise ValueError(
             f"`capacity` must be None or a positive int (the most filters kept on per image); got {capacity!r}."
+        )
+    if filters is not None and capacity > filters:
+        raise ValueError(
+            f"GatedConv '{layer_name}' has {filters} filters; capacity {capacity} is more. "
+            "Pass at most the filter count (or None for no cap)."
         )
     return int(capacity)
 

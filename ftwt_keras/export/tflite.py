@@ -884,6 +884,11 @@ def _compact_capacities(network, calibration):
     return capacities
 
 
+def _conv_macs(model):
+    """`{gated layer name: dense multiply-adds of its conv}` (predictors excluded)."""
+    return {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
+
+
 def _chains(layer, conv_macs, capacity):
     """Whether `auto` computes regular GatedConv `layer` on its active filters only (policy "chain")."""
     macs = conv_macs[layer.name]
@@ -950,7 +955,7 @@ def paying_gates(model, calibration_images=None, calibration=None):
         raise ExportError("`paying_gates` needs `calibration_images` or a `calibration`: which gates pay depends on them.")
     keeps = calibration.keep_ratios
     capacities = _compact_capacities(network, calibration)
-    conv_macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
+    conv_macs = _conv_macs(model)
     # id(tensor) -> (gated layer, expected fraction of non-zero channels, compact)
     # for a tensor that is zero outside the active filters of that gate;
     # compact: `auto` carries it with only those channels (a "chain").
@@ -1007,7 +1012,7 @@ def compacted_layers(model, calibration=None, policy="auto"):
     network = _graph.as_functional(model.network)
     policies = _policies(model, policy)
     capacities = _compact_capacities(network, calibration)
-    conv_macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
+    conv_macs = _conv_macs(model)
 
     def compact(layer):
         chosen = policies.get(layer.name, "auto")
@@ -1293,7 +1298,7 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     network = _graph.as_functional(model.network)
     policies = _policies(model, policy)
     calibration = _calibration_of(model, network, calibration_images, calibration, capacity_stds, needed=dynamic)
-    conv_macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
+    conv_macs = _conv_macs(model)
     builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, calibration)
     shape = (1,) + tuple(int(d) for d in network.inputs[0].shape[1:])
 
