@@ -9,7 +9,8 @@ then computes exactly that many filters, with no margin and no fallback), and
 the capped model is evaluated on the test split: top-1, FLOPs reduction, and
 how many images keep the uncapped model's top-1. With --finetune_ratio, the
 model capped at that ratio is then trained --finetune_epochs more epochs with
-the caps in place (SGD at --finetune_lr, as the recipes' last stage) and
+the caps in place (SGD at --finetune_lr; --nofinetune_gate_loss: the backbone
+only, as the recipes' `--cap_ratio --cap_epochs` stage) and
 evaluated again, and so is the uncapped model (the control: more training
 alone may change top-1). With --export_ratio, the model capped at that ratio
 is also exported (--export_policy; "chain" computes every capped conv
@@ -34,6 +35,10 @@ flags.DEFINE_integer("test_images", None, "Test images to evaluate on (default: 
 flags.DEFINE_float("finetune_ratio", None, "Fine-tune the model capped at this ratio (default: no fine-tuning).")
 flags.DEFINE_integer("finetune_epochs", 1, "Epochs of fine-tuning with the caps in place.")
 flags.DEFINE_float("finetune_lr", 0.002, "Backbone learning rate while fine-tuning (predictors: the same).")
+flags.DEFINE_bool("finetune_gate_loss", True,
+                  "Train the predictors toward their targets while fine-tuning; --nofinetune_gate_loss trains the "
+                  "backbone only, as the recipes' --cap_epochs do (the predictors, and the counts the caps follow, "
+                  "stay).")
 flags.DEFINE_integer("train_images", None, "Fine-tune on the first this many training images (default: all).")
 flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
 flags.DEFINE_float("export_ratio", None, "Also export the model capped at this ratio and check its logits.")
@@ -129,10 +134,12 @@ def main(argv):
         )
         keras.utils.set_random_seed(0)
         train = data.cifar(FLAGS.dataset, "train", batch_size=128, training=True, take=FLAGS.train_images)
-        model.fit(train, epochs=FLAGS.finetune_epochs, verbose=2)
+        model.fit(train, epochs=FLAGS.finetune_epochs, verbose=2,
+                  callbacks=[] if FLAGS.finetune_gate_loss else [fk.callbacks.GateCooldown(0.0)])
         predictions, accuracy, reduction = evaluate(model, images, labels, FLAGS.batch_size)
         caps = "none" if ratio is None else f"{ratio:g}x mean count"
-        print(f"| {caps}, fine-tuned {FLAGS.finetune_epochs} epoch(s) at lr {FLAGS.finetune_lr:g} | - | "
+        what = "" if FLAGS.finetune_gate_loss else " (backbone only)"
+        print(f"| {caps}, fine-tuned{what} {FLAGS.finetune_epochs} epoch(s) at lr {FLAGS.finetune_lr:g} | - | "
               f"{100 * accuracy:.2f}% | {100 * reduction:.1f}% | {100 * float(np.mean(predictions == uncapped)):.2f}% |",
               flush=True)
 

@@ -27,16 +27,13 @@ def _run(*args):
 def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     results = tmp_path / "results" / "cifar10_cpu.json"
     args = [f"--output_dir={tmp_path / 'runs'}", f"--results={results}", "--baseline_epochs=1", "--epochs=1",
-            "--train_take=256", "--test_take=64", "--thresholds=0.9", "--joint_thresholds=0.9",
-            "--joint_gradient_scale=0.5", "--cooldown=0.5",  # the default 0.3 of 1 epoch would train no gates
+            "--train_take=256", "--test_take=64", "--thresholds=0.9", "--joint_thresholds=",
+            "--cooldown=0.5",  # the default 0.3 of 1 epoch would train no gates
             "--warmup_steps=1", "--tflite_images=4", "--static_alphas=0.2"]
     first = _run(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     rows = json.loads(results.read_text())["rows"]
-    assert [(row["threshold"], row["mode"], row["joint_gradient_scale"]) for row in rows] == [
-        (0.9, "decoupled", None), (0.9, "joint", 0.5)]
-    joint = json.loads((tmp_path / "runs" / "r0.9_joint_g0.5_uniform" / "results.json").read_text())
-    assert joint["config"]["joint_gradient_scale"] == 0.5 and joint["config"]["gate_lr"] == pytest.approx(0.1)
+    assert [(row["threshold"], row["mode"], row["joint_gradient_scale"]) for row in rows] == [(0.9, "decoupled", None)]
     for row in rows:
         for key in ("baseline_accuracy", "accuracy", "estimated_flops_reduction", "gate_accuracy",
                     "flops_reduction_noise", "flops_reduction_blur"):
@@ -82,7 +79,7 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     table = results.with_suffix(".md").read_text()
     assert table.startswith("MobileNetV1 x0.25, CIFAR-10 (64 test images), seed 0: dense baseline 1 epochs; FTWT 1 "
                             "epochs at backbone LR 0.02, gate loss on for the first 50% of them.\n\n| r | mode |")
-    assert table.count("\n| 0.9 |") == 2
+    assert table.count("\n| 0.9 |") == 1
     assert f"| {100 * rows[0]['filters_never_on']:.1f}% / {100 * rows[0]['filters_always_on']:.1f}% (" in table
     # The static-width control: a dense x0.2 trained from scratch for baseline + FTWT epochs.
     (static,) = json.loads(results.read_text())["static_rows"]
@@ -109,7 +106,7 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     completed = np.load(analysis_path)
     assert float(completed["tflite_dense_ms"]) == 123.0
     np.testing.assert_array_equal(completed["filter_firing"], firing)
-    assert again.stderr.count("already done") >= 4  # the baseline, both FTWT runs and the static control
+    assert again.stderr.count("already done") >= 3  # the baseline, the FTWT run and the static control
     assert "Static x0.2 control: already done" in again.stderr
     assert "Epoch 1/" not in again.stdout + again.stderr
 
@@ -118,11 +115,12 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert changed.returncode != 0
     assert "holds a finished run with other settings (epochs: 1 there, 2 now)" in changed.stderr
 
-    # Another FTWT schedule from the same baseline: nothing of stage 1 is trained again.
+    # Another FTWT schedule, in joint mode, from the same baseline: nothing of stage 1 is trained again.
     reused_results = tmp_path / "reused" / "cifar10_cpu.json"
     reuse = [f"--output_dir={tmp_path / 'reused_runs'}", f"--results={reused_results}",
              f"--baseline_dir={tmp_path / 'runs'}", "--baseline_epochs=1", "--epochs=1", "--train_take=256",
-             "--test_take=64", "--thresholds=0.8", "--joint_thresholds=", "--warmup_steps=1", "--tflite_images=0",
+             "--test_take=64", "--thresholds=", "--joint_thresholds=0.8", "--joint_gradient_scale=0.5",
+             "--warmup_steps=1", "--tflite_images=0",
              "--seed=3", "--cooldown=0.6", "--lr=0.01", "--distillation_weight=0.5", "--threshold_ramp_epochs=1",
              "--target=mass"]
     reused = _run(*reuse)
@@ -131,18 +129,20 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert "baseline, 1 epochs" not in reused.stderr and "Stage 1 already done" not in reused.stderr
     (row,) = json.loads(reused_results.read_text())["rows"]
     assert row["threshold"] == 0.8 and row["baseline_accuracy"] == rows[0]["baseline_accuracy"]
+    assert (row["mode"], row["joint_gradient_scale"]) == ("joint", 0.5)
     assert (row["seed"], row["cooldown"], row["lr"]) == (3, 0.6, 0.01) and (rows[0]["seed"], rows[0]["lr"]) == (0, 0.02)
     assert (row["distillation_weight"], row["threshold_ramp_epochs"]) == (0.5, 1)
     assert (row["target"], rows[0]["target"]) == ("mass", "uniform")  # the default: uniform
     reused_table = reused_results.with_suffix(".md").read_text()
-    assert "| 0.8 | decoupled |" in reused_table and "| 0.9 | decoupled, uniform targets |" in table
+    assert "| 0.8 | joint (gradient x0.5) |" in reused_table and "| 0.9 | decoupled, uniform targets |" in table
     assert reused_table.startswith("MobileNetV1 x0.25, CIFAR-10 (64 test images), seed 3: dense baseline 1 epochs; "
                                    "FTWT 1 epochs at backbone LR 0.01, gate loss on for the first 60% of them, with "
                                    "distillation 0.5 and r ramped over 1 epochs (not in the paper).\n\n")
     assert (rows[0]["distillation_weight"], rows[0]["threshold_ramp_epochs"]) == (0.0, 0)
-    mass = json.loads((tmp_path / "reused_runs" / "r0.8_decoupled" / "results.json").read_text())
-    assert mass["config"]["target"] == "mass"
-    with open(tmp_path / "reused_runs" / "r0.8_decoupled" / "ftwt_history.csv") as file:
+    joint = json.loads((tmp_path / "reused_runs" / "r0.8_joint_g0.5" / "results.json").read_text())
+    assert joint["config"]["target"] == "mass"
+    assert joint["config"]["joint_gradient_scale"] == 0.5 and joint["config"]["gate_lr"] == pytest.approx(0.1)
+    with open(tmp_path / "reused_runs" / "r0.8_joint_g0.5" / "ftwt_history.csv") as file:
         history = file.read().splitlines()
     column = history[0].split(",").index("learning_rate")
     assert float(history[1].split(",")[column]) == pytest.approx(0.01)  # the backbone optimizer's, epoch 1

@@ -1,12 +1,14 @@
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
 
 import keras
+import numpy as np
 
-import ftwt_keras  # noqa: F401  (registers the layers for load_model)
+import ftwt_keras as fk  # registers the layers for load_model
 
 
 def _run(args, env):
@@ -20,7 +22,7 @@ def test_recipe_runs_both_stages_and_resumes(tmp_path):
     args = [f"--output_dir={out}", "--alpha=0.25", "--train_take=256", "--test_take=256",
             "--baseline_epochs=1", "--epochs=2", "--estimate_images=128", "--batch_size=64",
             "--threshold=0.9", "--warmup_steps=2", "--distillation_weight=0.5",
-            "--threshold_ramp_epochs=2", "--ungated_layers=conv1,block1_*"]
+            "--threshold_ramp_epochs=2", "--ungated_layers=conv1,block1_*", "--cap_ratio=1.1", "--cap_epochs=1"]
     result = _run(args, env)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -36,12 +38,36 @@ def test_recipe_runs_both_stages_and_resumes(tmp_path):
     assert "distillation_loss" in history[0]  # from the baseline
     assert [float(epoch["threshold"]) for epoch in history] == [0.95, 0.9]  # the ramp to r
     assert "FLOPs reduction" in result.stdout
+    # Stage 3: each gated regular conv capped at 1.1x its mean count on the --estimate_images (training)
+    # images, then one epoch of the backbone only: the predictors, and so the counts, stay.
+    uncapped = keras.saving.load_model(out / "model.keras")
+    capped = keras.saving.load_model(out / "model_capped.keras")
+    images = fk.data.cifar_arrays("cifar10", "train[:128]")[0]
+    keeps = fk.flops.keep_ratios(uncapped, images)
+    regular = [layer for layer in uncapped.gated_layers if not layer.is_depthwise]
+    expected = {layer.name: min(layer.filters, math.ceil(1.1 * keeps[layer.name] * layer.filters - 1e-6))
+                for layer in regular}
+    assert results["capped"]["capacities"] == expected
+    assert {layer.name: layer.capacity for layer in capped.gated_layers} == {
+        layer.name: expected.get(layer.name) for layer in uncapped.gated_layers}
+    for before, after in zip(uncapped.gated_layers, capped.gated_layers):
+        for old, new in zip(before.predictor.weights, after.predictor.weights):
+            np.testing.assert_array_equal(old.numpy(), new.numpy())
+    assert not np.array_equal(uncapped.gated_layers[-1].conv.kernel.numpy(), capped.gated_layers[-1].conv.kernel.numpy())
+    capped_history = list(csv.DictReader((out / "capped_history.csv").read_text().splitlines()))
+    assert len(capped_history) == 1 and float(capped_history[0]["gate_loss_weight"]) == 0.0
+    assert results["capped"]["fine_tune_epochs"] == 1 and 0.0 <= results["capped"]["accuracy"] <= 1.0
+    assert "Fine-tuning with the caps for 1 epochs at learning rate 0.0001" in result.stderr  # the schedule's last
+    assert "Capped at 1.1x the mean active filters" in result.stdout
     # Re-running skips finished stages.
     again = _run(args, env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Stage 1 already done" in again.stderr and "Stage 2 already done" in again.stderr
+    assert "Stage 3 already done" in again.stderr
     # ... and still reports the time the stages took, not 0.
     rewritten = json.loads((out / "results.json").read_text())
+    assert rewritten["capped"] == results["capped"]
+    assert rewritten["capped"]["train_seconds"] == json.loads((out / "capped_seconds.json").read_text())["seconds"] > 0
     for stage in ("baseline", "ftwt"):
         stored = json.loads((out / f"{stage}_seconds.json").read_text())["seconds"]
         assert rewritten[f"{stage}_train_seconds"] == results[f"{stage}_train_seconds"] == stored > 0
@@ -75,6 +101,9 @@ def test_recipe_help_and_bad_flags():
     bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.mobilenet_cifar", "--epochs=2",
                           "--threshold_ramp_epochs=3"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "--threshold_ramp_epochs must be in [0, --epochs]" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.mobilenet_cifar", "--cap_ratio=0"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode != 0 and "--cap_ratio must be positive" in bad.stderr
     bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.mobilenet_cifar", "--alpha=0.25",
                           "--ungated_layers=blok1_*"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "['blok1_*'] match no conv layer" in bad.stderr

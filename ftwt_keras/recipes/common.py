@@ -1,12 +1,14 @@
 """The two-stage FTWT recipe shared by every `python -m ftwt_keras.recipes.*` app.
 
 Stage 1 trains (or loads) the dense baseline; stage 2 gates it and trains
-FTWT. Both stages checkpoint every epoch (`keras.callbacks.BackupAndRestore`),
-so re-running the same command after a kill resumes where it stopped; a
-finished stage is skipped. Outputs in `--output_dir`: `baseline.keras`,
-`model.keras`, `results.json`, TensorBoard logs under `logs/`, and each
-stage's training time summed over the runs that resumed it
-(`baseline_seconds.json`, `ftwt_seconds.json`).
+FTWT; with `--cap_ratio`, stage 3 caps the trained gates (`ftwt_keras.cap_gates`,
+not in the paper) and fine-tunes with the caps in place. Every stage
+checkpoints every epoch (`keras.callbacks.BackupAndRestore`), so re-running the
+same command after a kill resumes where it stopped; a finished stage is
+skipped. Outputs in `--output_dir`: `baseline.keras`, `model.keras`
+(`model_capped.keras` with `--cap_ratio`), `results.json`, TensorBoard logs
+under `logs/`, and each stage's training time summed over the runs that
+resumed it (`baseline_seconds.json`, `ftwt_seconds.json`, `capped_seconds.json`).
 """
 
 import json
@@ -60,7 +62,21 @@ def define_flags(**defaults):
                          "predictor); cheaper at batch size 1, see MaskPredictor.")
     define_fine_tuning_flags(**defaults)
     flags.DEFINE_integer("warmup_steps", default("warmup_steps", 0), "Predictor warm-up batches toward all-ones.")
-    flags.DEFINE_integer("estimate_images", default("estimate_images", 2048), "Training images for the before-training FLOPs estimate.")
+    flags.DEFINE_integer("estimate_images", default("estimate_images", 2048),
+                         "Training images for the before-training FLOPs estimate (and --cap_ratio's mean counts).")
+    flags.DEFINE_float("cap_ratio", default("cap_ratio", None),
+                       "After FTWT, cap each gated regular conv at this multiple of its mean number of active "
+                       "filters (e.g. 1.1; ftwt_keras.cap_gates, not in the paper) and save model_capped.keras: "
+                       "its compact .tflite computes exactly the capped filters, with no margin and no fallback. "
+                       "Default: no caps.")
+    flags.register_validator("cap_ratio", lambda value: value is None or value > 0,
+                             message="--cap_ratio must be positive (capacity / mean active filters, e.g. 1.1).")
+    flags.DEFINE_integer("cap_epochs", default("cap_epochs", 0),
+                         "With --cap_ratio: epochs of fine-tuning with the caps in place (the backbone only: the "
+                         "gate loss is off, so the predictors, and with them the counts the caps follow, stay).")
+    flags.register_validator("cap_epochs", lambda value: value >= 0, message="--cap_epochs must be >= 0.")
+    flags.DEFINE_float("cap_lr", default("cap_lr", None),
+                       "Backbone learning rate of the --cap_epochs (default: the FTWT schedule's last one).")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 1 progress bar, 2 one line per epoch.")
 
@@ -112,12 +128,13 @@ def step_schedule(lr, milestones, epochs):
     """LR x0.1 at each milestone (fractions of `epochs`), as a Keras callback."""
     import keras
 
+    return keras.callbacks.LearningRateScheduler(lambda epoch, current_lr: scheduled_lr(lr, milestones, epochs, epoch))
+
+
+def scheduled_lr(lr, milestones, epochs, epoch):
+    """The learning rate `step_schedule` gives in `epoch` (0-based)."""
     boundaries = sorted(int(round(float(m) * epochs)) for m in milestones)
-
-    def schedule(epoch, current_lr):
-        return lr * (0.1 ** sum(epoch >= b for b in boundaries))
-
-    return keras.callbacks.LearningRateScheduler(schedule)
+    return lr * (0.1 ** sum(epoch >= b for b in boundaries))
 
 
 def sgd(learning_rate, weight_decay):
@@ -146,7 +163,9 @@ def _read_config():
 _RECIPE_FLAGS = (
     "output_dir dataset data_dir model alpha depth image_size batch_size train_take test_take baseline "
     "baseline_epochs baseline_lr baseline_milestones epochs lr milestones gate_lr weight_decay threshold "
-    "mode joint_gradient_scale target pooling use_softmax predictor_rank gate_loss_weight cooldown threshold_ramp_epochs distillation_weight distillation_temperature ungated_layers warmup_steps estimate_images seed verbose"
+    "mode joint_gradient_scale target pooling use_softmax predictor_rank gate_loss_weight cooldown "
+    "threshold_ramp_epochs distillation_weight distillation_temperature ungated_layers warmup_steps estimate_images "
+    "cap_ratio cap_epochs cap_lr seed verbose"
 ).split()
 
 
@@ -191,7 +210,7 @@ def stage_clock(output_dir, stage):
 
     Args:
         output_dir: the stage's output folder.
-        stage: `"baseline"` or `"ftwt"`; the total lives in
+        stage: `"baseline"`, `"ftwt"` or `"capped"`; the total lives in
             `output_dir/<stage>_seconds.json` as `{"seconds": ...}`.
 
     Returns:
@@ -314,6 +333,56 @@ def train_ftwt(config, baseline, train, test):
     return model, finish()
 
 
+def _cap_count_images(config, train, estimate):
+    """The images whose mean gate counts set `--cap_ratio`'s caps: training images, never test ones."""
+    import math
+
+    from ftwt_keras import data
+
+    if config["dataset"] in data.CIFAR_DATASETS:
+        return estimate  # the training split, not augmented
+    return train.take(max(1, math.ceil(config["estimate_images"] / config["batch_size"])))
+
+
+def train_capped(config, model, train, test, count_images):
+    """Stage 3 (`--cap_ratio`): caps `model`'s gates in place and fine-tunes with them, resumable.
+
+    Every gated regular conv keeps at most `cap_ratio` times its mean number of
+    active filters on `count_images` (`ftwt_keras.cap_gates`); then
+    `--cap_epochs` epochs train the backbone with the caps in place, the gate
+    loss off, so that the predictors, and the counts the caps were set from,
+    stay as they are. Returns the capped model and its training seconds.
+    """
+    import keras
+
+    import ftwt_keras as fk
+
+    path = os.path.join(config["output_dir"], "model_capped.keras")
+    if os.path.exists(path):
+        logging.info("Stage 3 already done: loading %s", path)
+        return keras.saving.load_model(path), stored_seconds(config["output_dir"], "capped") or 0.0
+    capacities = fk.cap_gates(model, count_images, ratio=config["cap_ratio"])
+    capped = {name: capacity for name, capacity in capacities.items() if capacity is not None}
+    logging.info("Capped %d gated convs at %gx their mean active filters: %s", len(capped), config["cap_ratio"], capped)
+    clock, finish = stage_clock(config["output_dir"], "capped")
+    epochs = config.get("cap_epochs") or 0
+    if epochs:
+        lr = config.get("cap_lr") or scheduled_lr(config["lr"], config["milestones"], config["epochs"],
+                                                  config["epochs"] - 1)
+        logging.info("Fine-tuning with the caps for %d epochs at learning rate %g", epochs, lr)
+        model.compile(
+            optimizer=sgd(lr, config["weight_decay"]),
+            gate_optimizer=keras.optimizers.SGD(lr, momentum=0.9),  # unused: the gate loss is off
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        model.fit(train, epochs=epochs, validation_data=test, verbose=config["verbose"], shuffle=False,
+                  callbacks=_callbacks(config, "capped", [fk.callbacks.GateCooldown(0.0), fk.callbacks.FlopsLogger(),
+                                                          clock]))
+    model.save(path)
+    return model, finish()
+
+
 def main(argv):
     """The absl `main` of every recipe app."""
     from absl import app
@@ -367,12 +436,31 @@ def run(config=None):
         "ftwt_train_seconds": round(ftwt_time, 1),
         "config": {k: v for k, v in config.items() if k != "verbose"},
     }
-    with open(os.path.join(config["output_dir"], "results.json"), "w") as file:
-        json.dump(results, file, indent=2)
-    print(
+    summary = (
         f"\nBaseline top-1 {100 * baseline_accuracy:.2f}% | FTWT top-1 {100 * results['accuracy']:.2f}% | "
         f"FLOPs reduction {100 * results['flops_reduction']:.1f}% (estimated before training: "
         f"{100 * estimated:.1f}%) | gate accuracy {100 * results['gate_accuracy']:.1f}% | "
         f"{results['test_images']} test images\nSaved {os.path.join(config['output_dir'], 'model.keras')}"
     )
+    if config.get("cap_ratio"):
+        capped, capped_time = train_capped(config, model, train, test,
+                                           _cap_count_images(config, train, estimate_data))
+        capped_macs = fk.flops.dynamic_macs(capped, test)
+        results["capped"] = {
+            "ratio": config["cap_ratio"],
+            "capacities": {layer.name: layer.capacity for layer in capped.gated_layers if layer.capacity},
+            "accuracy": float(capped.evaluate(test, verbose=0, return_dict=True)["accuracy"]),
+            "flops_reduction": float(1.0 - np.mean(capped_macs) / dense),
+            "fine_tune_epochs": config.get("cap_epochs") or 0,
+            "train_seconds": round(capped_time, 1),
+        }
+        summary += (
+            f"\nCapped at {config['cap_ratio']:g}x the mean active filters, fine-tuned "
+            f"{results['capped']['fine_tune_epochs']} epochs: top-1 {100 * results['capped']['accuracy']:.2f}% | "
+            f"FLOPs reduction {100 * results['capped']['flops_reduction']:.1f}%\n"
+            f"Saved {os.path.join(config['output_dir'], 'model_capped.keras')}"
+        )
+    with open(os.path.join(config["output_dir"], "results.json"), "w") as file:
+        json.dump(results, file, indent=2)
+    print(summary)
     return results
