@@ -2,6 +2,7 @@
 
     python benchmarks/edge_ablation.py                        # 224x224, rank-64 predictors, keep 0.3
     python benchmarks/edge_ablation.py --predictor_rank=0 --keep=0.5
+    python benchmarks/edge_ablation.py --capped_ratio=1.0     # the compacted convs capped
 
 MobileNetV1 (x --alpha) at --resolution with random weights and batch-norm statistics
 (as `edge/benchmark.py --mode=imagenet`), every conv gated, masks drawn at
@@ -14,7 +15,11 @@ weight gathers or top-k), `static_depthwise` (the compact depthwise convs with
 constant filters, on XNNPACK instead of the builtin kernel) and
 `no_constants` (batch-norm shifts 0). Each ablation computes something else
 than the model: its time, subtracted from `auto`'s, is what that part costs.
-Medians over --repeats loops.
+Medians over --repeats loops. With --capped_ratio, the convs the export
+compacts are capped at that many times their count first
+(`export.cap_compacted_gates`, as `edge/benchmark.py --capped_ratio`): no
+margin, no fallback; the ablations then cut parts out of that export
+(`static_weights` keeps the caps' `TOPK_V2`s, which the masks need).
 """
 
 import os
@@ -34,6 +39,8 @@ flags.DEFINE_float("drawn_capacities", 1.26, "Compact layers' capacities as a mu
 flags.DEFINE_integer("num_images", 60, "CIFAR-10 test images per timing loop (each invoke timed alone).")
 flags.DEFINE_integer("calibration_images", 64, "CIFAR-10 training images to calibrate the capacities on.")
 flags.DEFINE_integer("repeats", 3, "Timing loops; the median of their medians.")
+flags.DEFINE_float("capped_ratio", None, "Cap the convs the export compacts at this many times their count "
+                   "(default: uncapped, capacities --drawn_capacities x the count).")
 
 
 def main(argv):
@@ -58,7 +65,12 @@ def main(argv):
     base = fk.models.mobilenet_v1(input_shape=(size, size, 3), num_classes=1000, alpha=FLAGS.alpha)
     unshifted = gated(base)  # batch norm as built: shifts 0; the same masks (same seed)
     model = gated(tflite.randomize_batch_norm(base))
-    calibration = tflite.calibrate(model, calibration_images).with_capacity_ratio(model, FLAGS.drawn_capacities)
+    capacity_ratio = FLAGS.drawn_capacities
+    if FLAGS.capped_ratio:
+        for network in (model, unshifted):
+            tflite.cap_compacted_gates(network, calibration_images, ratio=FLAGS.capped_ratio)
+        capacity_ratio = FLAGS.capped_ratio  # the count itself; the caps (the same ratio) bound it
+    calibration = tflite.calibrate(model, calibration_images).with_capacity_ratio(model, capacity_ratio)
     flatbuffers = {"dense": tflite.convert(model, dynamic=False), "auto": tflite.convert(model, calibration=calibration)}
     flatbuffers.update(ablated_exports(model, unshifted, calibration=calibration))
     medians = {name: [] for name in flatbuffers}
@@ -68,7 +80,8 @@ def main(argv):
             medians[name].append(1e3 * float(np.median(values)))
     medians = {name: float(np.median(values)) for name, values in medians.items()}
     print(f"MobileNetV1-{size}, {'full' if rank is None else f'rank {rank}'} predictors, keep {FLAGS.keep}, "
-          f"capacities {FLAGS.drawn_capacities:g}x the count, 1 thread, {FLAGS.num_images} images x {FLAGS.repeats}:")
+          f"{'caps' if FLAGS.capped_ratio else 'capacities'} {capacity_ratio:g}x the count, 1 thread, "
+          f"{FLAGS.num_images} images x {FLAGS.repeats}:")
     for name, ms in medians.items():
         cost = "" if name in ("dense", "auto") else f"  (that part costs {medians['auto'] - ms:+.2f} ms)"
         print(f"  {name:<17} {ms:6.2f} ms  {medians['dense'] / ms:5.2f}x dense{cost}")

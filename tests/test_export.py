@@ -653,10 +653,11 @@ def test_whole_network_ablation_benchmark_runs(cifar_images):
     """benchmarks/edge_ablation.py end to end on a tiny MobileNetV1 at 32x32."""
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "edge_ablation.py"), "--resolution=32", "--alpha=0.25",
-         "--predictor_rank=8", "--num_images=3", "--calibration_images=4", "--repeats=1"],
+         "--predictor_rank=8", "--num_images=3", "--calibration_images=4", "--repeats=1", "--capped_ratio=1.0"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "rank 8 predictors, keep 0.3, caps 1x the count, 1 thread, 3 images x 1:" in result.stdout
     for name in ("no_predictors", "static_weights", "static_depthwise", "no_constants"):
         assert re.search(rf"^  {name} +[0-9.]+ ms .*that part costs [-+][0-9.]+ ms", result.stdout, re.M), result.stdout
 
