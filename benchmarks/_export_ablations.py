@@ -38,7 +38,7 @@ def ablated_exports(model, unshifted, **convert_kwargs):
         width = x.values.shape[-1]
         kernel = tf.constant(unit.kernel[..., :width, :])  # the first filters, whatever channels are present
         y = tf.nn.depthwise_conv2d(x.values, kernel, [1, *conv.strides, 1], conv.padding.upper())
-        bias = tf.gather(tf.constant(unit.bias), x.channels) * tf.gather(mask.values[0], x.channels)
+        bias = tf.gather(tf.constant(unit.bias), x.channels) * tf.gather(mask.row, x.channels)
         return tflite.Compact(activation(y + bias), x.channels, unit.filters, x._positions, constants=out.constants)
 
     patches = {

@@ -388,6 +388,9 @@ class _GateMask:
             in_top = logits >= top.values[:, -1:]
             self.on = tf.logical_and(self.on, in_top)
             self.values = self.values * tf.cast(in_top, tf.float32)
+        # (filters,): a RESHAPE, which XNNPACK runs inside its partition; `values[0]` would be a
+        # STRIDED_SLICE with a shrink axis, a builtin op between partitions.
+        self.row = tf.reshape(self.values, [-1])
 
 
 # --------------------------------------------------------------------------
@@ -692,7 +695,7 @@ class _Builder:
         """
         tf = _tf()
         support = _active_channels(mask.on[0])
-        gate = mask.values[0]
+        gate = mask.row
         if unit.is_depthwise and x.is_dense and x.scaled is not None and x.scaled[2] is None:
             raw, scale, _ = x.scaled
             y = self.dense_unit(unit, activation, raw)
@@ -750,7 +753,7 @@ class _Builder:
             return mask.top  # the cap's own TOPK_V2 already holds every on filter
         if unit.layer.capacity is None or unit.layer.capacity > capacity:
             self.overflows.append(tf.reduce_sum(mask.values) > capacity)
-        return tf.math.top_k(mask.values[0], k=capacity).indices
+        return tf.math.top_k(mask.row, k=capacity).indices
 
     def dense_then_selected(self, unit, activation, x, mask, capacity):
         """A k x k conv on a dense input computed dense (XNNPACK), then its active channels gathered.
@@ -777,7 +780,7 @@ class _Builder:
         if x.is_dense or x.constants is not None or not _keeps_zero(layer.activation):
             return self.masked_dense(unit, activation, x.without_constants(), mask)
         (kh, kw) = layer.conv.kernel_size
-        on = tf.gather(mask.values[0], x.channels)  # the gate's decisions on the present channels
+        on = tf.gather(mask.row, x.channels)  # the gate's decisions on the present channels
         taps = tf.gather(tf.constant(unit.kernel.reshape(kh * kw, unit.filters)), x.channels, axis=1) * on
         bias = tf.gather(tf.constant(unit.bias), x.channels) * on
         if x.values.shape[-1] is not None:
@@ -791,7 +794,7 @@ class _Builder:
         constants = None
         if np.any(unit.zero_input_output != 0):  # else every such channel is zero: nothing to carry
             absent = tf.cast(tf.equal(x.positions(), 0), tf.float32)
-            constants = tf.constant(unit.zero_input_output) * mask.values[0] * absent
+            constants = tf.constant(unit.zero_input_output) * mask.row * absent
         return Compact(activation(y + bias), x.channels, unit.filters, x._positions, constants=constants)
 
     def gathered(self, unit, activation, x, mask, capacity=None):
@@ -803,7 +806,7 @@ class _Builder:
         if x.constants is not None and (unit.is_depthwise or (kh, kw) != (1, 1)):
             x = x.without_constants()  # padding makes a uniform channel's contribution vary
         bias = tf.gather(tf.constant(unit.bias), active)
-        on = tf.gather(mask.values[0], active)  # 1s, or [0] when all are off
+        on = tf.gather(mask.row, active)  # 1s, or [0] when all are off
         if unit.is_depthwise:
             values = _padded(x.select(active), layer)
             out_h, out_w = _output_hw(layer, x.values)
