@@ -371,8 +371,9 @@ class _GateMask:
     computed as ceil(clip(logit, 0, 1)) rather than CAST(GREATER): MINIMUM,
     RELU and CEIL are XNNPACK ops, so the masking stays inside the delegate's
     partitions (MobileNetV1 x0.25 at 32x32 with every layer masked dense:
-    0.66 -> 0.54 ms). It broadcasts against NHWC activations as is. Both are
-    built here, outside any `tf.cond` branch that may read them. With a
+    0.66 -> 0.54 ms). It broadcasts against NHWC activations as is; `row` is
+    the same as (filters,). All are built here, outside any `tf.cond` branch
+    that may read them. With a
     `capacity` (a capped GatedConv), only the filters among the `capacity`
     largest logits stay on, as in Keras.
     """
@@ -388,8 +389,8 @@ class _GateMask:
             in_top = logits >= top.values[:, -1:]
             self.on = tf.logical_and(self.on, in_top)
             self.values = self.values * tf.cast(in_top, tf.float32)
-        # (filters,): a RESHAPE, which XNNPACK runs inside its partition; `values[0]` would be a
-        # STRIDED_SLICE with a shrink axis, a builtin op between partitions.
+        # A RESHAPE, which XNNPACK runs; `values[0]` would be a STRIDED_SLICE with a shrink axis,
+        # which it does not (0.13-0.18 ms at 224x224 over MobileNetV1's 27 masks).
         self.row = tf.reshape(self.values, [-1])
 
 
