@@ -87,7 +87,7 @@ def main(argv):
 
     import ftwt_keras as fk
     from ftwt_keras import data, flops
-    from ftwt_keras.recipes.common import sgd
+    from ftwt_keras.recipes.common import compile_ftwt
 
     if not os.path.exists(FLAGS.model):
         raise app.UsageError(f"--model: no file {FLAGS.model!r} (train one with `make demo`).")
@@ -127,11 +127,7 @@ def main(argv):
             fk.set_gate_capacities(model, {name: None for name in regular})
         else:
             fk.cap_gates(model, calibration, ratio=ratio, layer_names=regular)
-        model.compile(
-            optimizer=sgd(FLAGS.finetune_lr, 5e-4),
-            gate_optimizer=keras.optimizers.SGD(FLAGS.finetune_lr, momentum=0.9),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
+        compile_ftwt(model, FLAGS.finetune_lr, FLAGS.finetune_lr, 5e-4)
         keras.utils.set_random_seed(0)
         train = data.cifar(FLAGS.dataset, "train", batch_size=128, training=True, take=FLAGS.train_images)
         model.fit(train, epochs=FLAGS.finetune_epochs, verbose=2,

@@ -154,6 +154,23 @@ def sgd(learning_rate, weight_decay):
     )
 
 
+def compile_ftwt(model, lr, gate_lr, weight_decay, **compile_kwargs):
+    """Compiles an FTWTModel as the recipes train it.
+
+    The backbone: `sgd(lr, weight_decay)`; the mask predictors: SGD at
+    `gate_lr`, momentum 0.9; the task loss: cross-entropy on logits.
+    `compile_kwargs` go to `FTWTModel.compile` (metrics, a teacher, ...).
+    """
+    import keras
+
+    model.compile(
+        optimizer=sgd(lr, weight_decay),
+        gate_optimizer=keras.optimizers.SGD(gate_lr, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **compile_kwargs,
+    )
+
+
 def _read_config():
     config = {name: FLAGS[name].value for name in FLAGS if name in _RECIPE_FLAGS}
     config["num_classes"] = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}.get(config["dataset"], 0)
@@ -306,13 +323,7 @@ def train_ftwt(config, baseline, train, test):
     if config.get("distillation_weight"):
         distillation = dict(teacher=baseline, student_loss_weight=1.0 - config["distillation_weight"],
                             distillation_temperature=config["distillation_temperature"])
-    model.compile(
-        optimizer=sgd(config["lr"], config["weight_decay"]),
-        gate_optimizer=keras.optimizers.SGD(config["gate_lr"], momentum=0.9),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        **distillation,
-    )
+    compile_ftwt(model, config["lr"], config["gate_lr"], config["weight_decay"], metrics=["accuracy"], **distillation)
     epochs = config["epochs"]
     backup = os.path.join(config["output_dir"], "backup_ftwt")
     clock, finish = stage_clock(config["output_dir"], "ftwt")  # started before the warm-up, which it counts
@@ -370,12 +381,7 @@ def train_capped(config, model, train, test, count_images):
         lr = config.get("cap_lr") or scheduled_lr(config["lr"], config["milestones"], config["epochs"],
                                                   config["epochs"] - 1)
         logging.info("Fine-tuning with the caps for %d epochs at learning rate %g", epochs, lr)
-        model.compile(
-            optimizer=sgd(lr, config["weight_decay"]),
-            gate_optimizer=keras.optimizers.SGD(lr, momentum=0.9),  # unused: the gate loss is off
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
+        compile_ftwt(model, lr, lr, config["weight_decay"], metrics=["accuracy"])  # gate_lr unused: the loss is off
         model.fit(train, epochs=epochs, validation_data=test, verbose=config["verbose"], shuffle=False,
                   callbacks=_callbacks(config, "capped", [fk.callbacks.GateCooldown(0.0), fk.callbacks.FlopsLogger(),
                                                           clock]))
