@@ -389,9 +389,10 @@ class _GateMask:
             in_top = logits >= top.values[:, -1:]
             self.on = tf.logical_and(self.on, in_top)
             self.values = self.values * tf.cast(in_top, tf.float32)
-        # A RESHAPE, which XNNPACK runs; `values[0]` would be a STRIDED_SLICE with a shrink axis,
-        # which it does not (0.13-0.18 ms at 224x224 over MobileNetV1's 27 masks).
-        self.row = tf.reshape(self.values, [-1])
+        # A RESHAPE to a literal shape, which XNNPACK runs: it refuses `values[0]` (a STRIDED_SLICE
+        # with a shrink axis; 0.13-0.18 ms at 224x224 over MobileNetV1's 27 masks) and a RESHAPE
+        # to [-1] alike, and each op it refuses splits its partition.
+        self.row = tf.reshape(self.values, [int(logits.shape[-1])])
 
 
 # --------------------------------------------------------------------------
