@@ -323,7 +323,7 @@ def plot_speedups(rows, path):
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     resolutions = sorted({row["resolution"] for row in rows}, reverse=True)
-    fig, axes = plt.subplots(1, len(resolutions), figsize=(6 * len(resolutions), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(resolutions), figsize=(6.5 * len(resolutions), 4.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, resolution in zip(axes[0], resolutions):
         here = [row for row in rows if row["resolution"] == resolution]
@@ -361,11 +361,11 @@ def plot_speedups(rows, path):
         rules = sorted({row["drawn_capacities"] for row in here if row.get("drawn_capacities")})
         if rules:
             masks += f",\ncapacities: {' / '.join(_capacity_rule(rule) for rule in rules)}"
-        ax.set_title(f"{resolution}x{resolution}, LiteRT XNNPACK, batch 1 ({masks})", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_title(f"{resolution}x{resolution}, LiteRT XNNPACK, batch 1\n({masks})", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.15))  # below the axes: inside, it hid points
         ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.subplots_adjust(wspace=0.25)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the canvas grows to hold the legends
     plt.close(fig)
     return path
 
