@@ -103,13 +103,29 @@ def _num_replicas():
     return 1
 
 
+def _require_tensorflow(method):
+    """Raises unless Keras runs on TensorFlow, which FTWTModel's train and test steps are written for.
+
+    JAX's and PyTorch's trainers call those steps with another signature
+    (JAX: a pure function of the state), so without this check they fail
+    with an unrelated TypeError.
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise NotImplementedError(
+            f"FTWTModel.{method} needs the TensorFlow backend for now (KERAS_BACKEND="
+            f"{keras.backend.backend()}). Train and evaluate with KERAS_BACKEND=tensorflow; the saved "
+            "model then runs `model(x)` and `predict` on any backend."
+        )
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class FTWTModel(keras.Model):
     """A gated network plus the FTWT training logic.
 
     Build it with `ftwt_keras.gate(base_model, ...)`, or directly from any
     functional model containing `GatedConv` layers. `model(x)`, `predict` and
-    `evaluate` apply the predicted binary masks.
+    `evaluate` apply the predicted binary masks. `fit` and `evaluate` need the
+    TensorFlow backend; `model(x)` and `predict` run on any.
 
     Args:
         network: a functional Keras model containing `GatedConv` layers.
@@ -362,12 +378,15 @@ class FTWTModel(keras.Model):
         if all(target is not None for target in targets.values()):  # none during warm-up
             self.target_flops_reduction_tracker.update_state(self._flops_reduction(targets))
 
+    def make_train_function(self, force=False):
+        _require_tensorflow("fit")
+        return super().make_train_function(force)
+
+    def make_test_function(self, force=False):
+        _require_tensorflow("evaluate")
+        return super().make_test_function(force)
+
     def train_step(self, data):
-        if keras.backend.backend() != "tensorflow":
-            raise NotImplementedError(
-                "FTWTModel.fit needs the TensorFlow backend for now "
-                f"(KERAS_BACKEND={keras.backend.backend()}); inference works on any backend."
-            )
         import tensorflow as tf
 
         if self.gate_optimizer is None:

@@ -350,3 +350,65 @@ def test_student_loss_weight_one_ignores_the_teacher(images):
         trained.append([v.numpy() for v in model.backbone_variables])
     for plain, distilled in zip(*trained):
         np.testing.assert_allclose(plain, distilled, atol=1e-6)
+
+
+def test_fit_and_evaluate_on_another_backend_say_what_to_do(monkeypatch):
+    """JAX's and PyTorch's trainers would call the TensorFlow train/test steps with other arguments."""
+    model = _compiled()
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    for make, method in ((model.make_train_function, "fit"), (model.make_test_function, "evaluate")):
+        with pytest.raises(NotImplementedError, match=rf"FTWTModel.{method} needs the TensorFlow backend.*KERAS_BACKEND=jax"):
+            make()
+    monkeypatch.undo()
+    model.make_train_function()  # on TensorFlow the hooks are Keras's own
+    assert model.train_function is not None
+
+
+_ON_JAX = """
+import sys, numpy as np, keras
+import ftwt_keras as fk
+model = keras.saving.load_model(sys.argv[1])
+images = np.load(sys.argv[2])
+np.save(sys.argv[3], model.predict(images, verbose=0))
+np.save(sys.argv[4], fk.flops.dynamic_macs(model, images))
+model.compile(optimizer="sgd", gate_optimizer="sgd",
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+try:
+    model.fit(images, np.zeros(len(images), "int32"), epochs=1, verbose=0)
+except NotImplementedError as error:
+    print(error)
+"""
+
+
+def test_a_saved_model_predicts_the_same_on_jax(tmp_path, images):
+    """The layers are keras.ops only: a model trained and saved on TensorFlow runs on JAX (where installed)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (not a dependency; pip install jax to run this check)")
+    model = fk.gate(fk.models.mobilenet_v1(input_shape=(32, 32, 3), alpha=0.25), threshold=0.9, predictor_rank=4,
+                     use_softmax=False)
+    rng = np.random.default_rng(0)
+    for layer in model.gated_layers:  # gates that differ per image, some of them capped
+        for weight in (layer.predictor.projection, layer.predictor.kernel):
+            if weight is not None:  # no projection where the rank saves nothing
+                weight.assign(rng.normal(0, 1, weight.shape).astype("float32"))
+    fk.cap_gates(model, images, ratio=0.9)
+    path, data = tmp_path / "m.keras", tmp_path / "x.npy"
+    model.save(path)
+    np.save(data, images)
+    outputs = [tmp_path / "logits.npy", tmp_path / "macs.npy"]
+    result = subprocess.run(
+        [sys.executable, "-c", _ON_JAX, str(path), str(data), *map(str, outputs)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = model.predict(images, verbose=0)
+    macs = fk.flops.dynamic_macs(model, images)
+    assert len(set(macs.tolist())) > 1  # the masks differ by image
+    np.testing.assert_allclose(np.load(outputs[0]), expected, atol=1e-4 * np.ptp(expected))
+    np.testing.assert_array_equal(np.load(outputs[1]), macs)
+    assert "FTWTModel.fit needs the TensorFlow backend" in result.stdout
