@@ -1,3 +1,7 @@
+import importlib.util
+import os
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -357,7 +361,8 @@ def test_fit_and_evaluate_on_another_backend_say_what_to_do(monkeypatch):
     model = _compiled()
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     for make, method in ((model.make_train_function, "fit"), (model.make_test_function, "evaluate")):
-        with pytest.raises(NotImplementedError, match=rf"FTWTModel.{method} needs the TensorFlow backend.*KERAS_BACKEND=jax"):
+        expected = rf"FTWTModel.{method} needs the TensorFlow backend.*KERAS_BACKEND=jax"
+        with pytest.raises(NotImplementedError, match=expected):
             make()
     monkeypatch.undo()
     model.make_train_function()  # on TensorFlow the hooks are Keras's own
@@ -382,11 +387,6 @@ except NotImplementedError as error:
 
 def test_a_saved_model_predicts_the_same_on_jax(tmp_path, images):
     """The layers are keras.ops only: a model trained and saved on TensorFlow runs on JAX (where installed)."""
-    import importlib.util
-    import os
-    import subprocess
-    import sys
-
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed (not a dependency; pip install jax to run this check)")
     model = fk.gate(fk.models.mobilenet_v1(input_shape=(32, 32, 3), alpha=0.25), threshold=0.9, predictor_rank=4,
