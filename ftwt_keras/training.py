@@ -106,9 +106,9 @@ def _num_replicas():
 def _require_tensorflow(method):
     """Raises unless Keras runs on TensorFlow, which FTWTModel's train and test steps are written for.
 
-    JAX's and PyTorch's trainers call those steps with another signature
-    (JAX: a pure function of the state), so without this check they fail
-    with an unrelated TypeError.
+    JAX's trainer calls them with another signature (a pure function of the
+    state: a TypeError without this check), and on PyTorch they would hand
+    torch tensors to `tf.GradientTape`.
     """
     if keras.backend.backend() != "tensorflow":
         raise NotImplementedError(

@@ -357,7 +357,7 @@ def test_student_loss_weight_one_ignores_the_teacher(images):
 
 
 def test_fit_and_evaluate_on_another_backend_say_what_to_do(monkeypatch):
-    """JAX's and PyTorch's trainers would call the TensorFlow train/test steps with other arguments."""
+    """The train/test steps are TensorFlow code: other backends' trainers get a clear error before calling them."""
     model = _compiled()
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     for make, method in ((model.make_train_function, "fit"), (model.make_test_function, "evaluate")):
