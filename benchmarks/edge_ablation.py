@@ -71,8 +71,8 @@ def main(argv):
             tflite.cap_compacted_gates(network, calibration_images, ratio=FLAGS.capped_ratio)
         capacity_ratio = FLAGS.capped_ratio  # the count itself; the caps (the same ratio) bound it
     calibration = tflite.calibrate(model, calibration_images).with_capacity_ratio(model, capacity_ratio)
-    flatbuffers = {"dense": tflite.convert(model, dynamic=False), "auto": tflite.convert(model, calibration=calibration)}
-    flatbuffers.update(ablated_exports(model, unshifted, calibration=calibration))
+    flatbuffers = {"dense": tflite.convert(model, dynamic=False), "auto": tflite.convert(model, calibration=calibration, static_gates=False)}
+    flatbuffers.update(ablated_exports(model, unshifted, calibration=calibration, static_gates=False))
     medians = {name: [] for name in flatbuffers}
     for _ in range(FLAGS.repeats):
         times = tflite.time_side_by_side(flatbuffers, images, num_threads=1)

@@ -78,14 +78,15 @@ def main(argv):
             tflite.set_keep_ratio(model, keep, seed=0)
             flatbuffers = {
                 "dense": dense,
-                "masked": tflite.convert(model, policy="dense"),
-                "chain": tflite.convert(model, policy="chain", calibration_images=calibration),
+                "masked": tflite.convert(model, policy="dense", static_gates=False),
+                "chain": tflite.convert(model, policy="chain", calibration_images=calibration, static_gates=False),
             }
             if FLAGS.ablate:
                 # Freshly built batch norm has no shift: the same masks (same seed), nothing to carry.
                 unshifted = fk.gate(stage_model(size, channels, FLAGS.blocks), predictor_rank=FLAGS.predictor_rank or None)
                 tflite.set_keep_ratio(unshifted, keep, seed=0)
-                flatbuffers.update(ablated_exports(model, unshifted, policy="chain", calibration_images=calibration))
+                flatbuffers.update(ablated_exports(model, unshifted, policy="chain", calibration_images=calibration,
+                                                   static_gates=False))
             medians = {name: [] for name in flatbuffers}
             for _ in range(FLAGS.repeats):
                 times = tflite.time_side_by_side(flatbuffers, np.concatenate([inputs] * 5), 1, 20)

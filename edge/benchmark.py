@@ -142,13 +142,17 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
     drawn = keep_label != "predicted"
     start = time.time()
     calibrated = _calibrated(model, calibration, drawn)
-    dynamic = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy), calibration=calibrated)
+    # Drawn masks are the same on every image by construction, and stand in for masks that are
+    # not: a static-gate export would prune them away for good; keep every predictor running.
+    static = not drawn
+    dynamic = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy), calibration=calibrated,
+                             static_gates=static)
     converted = time.time() - start
     tflite.save(dynamic, os.path.join(FLAGS.tflite_dir, f"{label}_{images.shape[1]}_keep{keep_label}.tflite"))
     flatbuffers = {
         "dense": dense_flatbuffer,
         "predictors": tflite.convert(model, dynamic=False, with_predictors=True),
-        "masked_dense": tflite.convert(model, policy="dense"),
+        "masked_dense": tflite.convert(model, policy="dense", static_gates=static),
         "dynamic": dynamic,
     }
     sample = images[: min(len(images), 64)]
@@ -160,7 +164,8 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
         lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in paying])
         lean_executed = float(np.mean(flops.dynamic_macs(lean, sample, batch_size=16)))
         flatbuffers["lean"] = (tflite.convert(lean, policy=tflite.parse_policy(FLAGS.policy),
-                                              calibration=_calibrated(lean, calibration, drawn))
+                                              calibration=_calibrated(lean, calibration, drawn),
+                                              static_gates=static)
                                if paying else dense_flatbuffer)
     masks = flops.gate_masks_of(model, sample[:16])
     keep = float(np.mean([np.asarray(m).mean() for m in masks.values()]))
@@ -175,7 +180,7 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
             if drawn:  # the count itself; the caps (the same ratio) bound it
                 capped_calibration = capped_calibration.with_capacity_ratio(model, FLAGS.capped_ratio)
         flatbuffers["capped"] = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy),
-                                               calibration=capped_calibration)
+                                               calibration=capped_calibration, static_gates=static)
         capped_executed = float(np.mean(flops.dynamic_macs(model, sample, batch_size=16)))
         fk.set_gate_capacities(model, {name: None for name in compacted})
     rows = []
@@ -254,7 +259,7 @@ def _per_layer(resolution, images, calibration, predictor_ranks):
               f"per-layer times from truncated exports ({2 * len(model.gated_layers)} conversions)...", flush=True)
         rows = tflite.layer_times(model, images, policy=tflite.parse_policy(FLAGS.policy),
                                   calibration=_calibrated(model, calibration, drawn=True), num_threads=threads,
-                                  warmup=FLAGS.warmup)
+                                  warmup=FLAGS.warmup, static_gates=False)
         lines += [f"\n{resolution}x{resolution}, {predictors} predictors, keep {keep}, {threads} thread(s), "
                   f"policy {FLAGS.policy}:\n", "| layer | dense | dynamic |", "|---|---|---|"]
         lines += [f"| {r['layer']} | {r['dense_ms']:.2f} ms | {r['dynamic_ms']:.2f} ms |" for r in rows]

@@ -48,6 +48,14 @@ flags.DEFINE_float(
     "this many standard deviations of that count (default: ftwt_keras.export.tflite.CAPACITY_STDS). Larger: "
     "fewer images recomputed by the fallback, every image slower in the compact layers.",
 )
+flags.DEFINE_bool(
+    "static_gates",
+    True,
+    "Dynamic export only. Layers whose predictor weights decide gates for every image (see "
+    "ftwt_keras.static_gates: the paper's softmax predictor often does) drop their always-off "
+    "filters and the predictor columns of every decided gate, as a statically pruned layer would; "
+    "exact. --nostatic_gates runs every predictor in full.",
+)
 
 
 def main(argv):
@@ -61,7 +69,8 @@ def main(argv):
         policy = tflite.parse_policy(FLAGS.policy)
         calibration = tflite.load_calibration_images(FLAGS.calibration) if FLAGS.calibration else None
         path = tflite.export_file(FLAGS.model, FLAGS.output, dynamic=not FLAGS.dense, policy=policy,
-                                  calibration_images=calibration, capacity_stds=FLAGS.capacity_stds)
+                                  calibration_images=calibration, capacity_stds=FLAGS.capacity_stds,
+                                  static_gates=FLAGS.static_gates)
     except tflite.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

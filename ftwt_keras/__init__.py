@@ -7,7 +7,7 @@ import os
 # export TF_ENABLE_ONEDNN_OPTS=0.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from ftwt_keras import callbacks, capping, data, flops, gating, layers, masks, models, normalization
+from ftwt_keras import callbacks, capping, data, flops, gating, layers, masks, models, normalization, static_gates
 from ftwt_keras.capping import cap_gates, set_gate_capacities
 from ftwt_keras.estimate import estimate_flops_reduction, target_flops_reduction
 from ftwt_keras.gating import gate, ungate
@@ -36,6 +36,7 @@ __all__ = [
     "normalization",
     "record_gates",
     "set_gate_capacities",
+    "static_gates",
     "target_flops_reduction",
     "ungate",
 ]

@@ -65,7 +65,7 @@ def _threshold_in_a_gap(values, off_fraction):
     return (ordered[best - 1] + ordered[best]) / 2
 
 
-def perturb(model, seed=0):
+def perturb(model, seed=0, decided=None):
     """Batch-norm statistics and predictor biases that make masks, and logits, vary per image.
 
     Each gated layer's batch norm gets statistics near those of its conv's
@@ -78,6 +78,10 @@ def perturb(model, seed=0):
     image: an export that ignored it would pass.) Shifts are mostly positive:
     filters that are on while all their inputs are off give a non-zero
     constant, which the export must reproduce.
+
+    `decided`: `{layer name: (on columns, off columns)}`, gates made on / off
+    for every image (zero predictor column, bias +-1) along the way, so that
+    the thresholds downstream see them.
     """
     rng = np.random.default_rng(seed)
     network = _graph.as_functional(model.network)
@@ -106,6 +110,8 @@ def perturb(model, seed=0):
             off_fractions = rng.uniform(0.2, 0.8, bias.shape)
             thresholds = [_threshold_in_a_gap(unbiased[:, j], off_fractions[j]) for j in range(bias.shape[0])]
             layer.predictor.bias.assign(-np.asarray(thresholds, np.float32))
+            if layer.name in (decided or {}):
+                _decide(layer, *decided[layer.name])
         tensors[id(node.outputs[0])] = layer(inputs if len(inputs) > 1 else inputs[0], training=False)
     return model
 
@@ -220,13 +226,13 @@ def test_auto_policy_with_calibration_images_chooses_once(cifar_images):
     images = np.repeat(np.repeat(cifar_images[:6], 4, axis=1), 4, axis=2)  # 128x128: layers above the MAC floor
     model = fk.gate(fk.models.mobilenet_v1(input_shape=(128, 128, 3), alpha=1.0))
     export.set_keep_ratio(model, keep=0.3, seed=4)
-    sparse = export.convert(model, policy="auto", calibration_images=images[:4])
+    sparse = export.convert(model, policy="auto", calibration_images=images[:4], static_gates=False)
     names = export.op_names(sparse)
     # Large layers compact with static capacities (TOPK_V2, no WHERE); the only IF is the overflow fallback.
     assert "WHERE" not in names and {"TOPK_V2", "BATCH_MATMUL"} <= set(names) and names.count("IF") == 1
     assert_same_logits(sparse, model, images)
     export.set_keep_ratio(model, keep=0.9, seed=4)
-    names = set(export.op_names(export.convert(model, policy="auto", calibration_images=images[:4])))
+    names = set(export.op_names(export.convert(model, policy="auto", calibration_images=images[:4], static_gates=False)))
     assert not names & {"IF", "WHERE", "GATHER", "BATCH_MATMUL"}  # every layer dense, then masked
     with pytest.raises(export.ExportError, match=r"Calibration images must be .*\(N, 128, 128, 3\)"):
         export.convert(model, calibration_images=cifar_images[:2])
@@ -261,7 +267,7 @@ def test_capacities_add_a_margin_that_follows_each_gate_counts_spread(cifar_imag
     for layer in drawn.gated_layers:
         filters = layer.filters
         assert widened.capacities[layer.name] == min(filters, int(np.ceil(1.5 * max(1, round(0.3 * filters)))))
-    flatbuffer = export.convert(drawn, policy="chain", calibration=widened)
+    flatbuffer = export.convert(drawn, policy="chain", calibration=widened, static_gates=False)
     feeding = ["conv1"] + [f"block{index}_pw" for index in range(1, 13)]  # the layer before each depthwise conv
     assert depthwise_input_widths(flatbuffer) == [widened.capacities[name] for name in feeding]
     assert_same_logits(flatbuffer, drawn, cifar_images[:4])
@@ -350,7 +356,8 @@ def test_chain_carries_batch_norm_shifts_of_pruned_inputs(cifar_images):
     force_layer.predictor.bias.assign(np.full(force_layer.predictor.bias.shape, 50.0, "float32"))
     unit = export.fold_batch_norm(force_layer)
     assert (unit.bias > 0).any()  # shifts that survive the ReLU
-    flatbuffer = export.convert(model, policy="chain", calibration_images=cifar_images)
+    # Per image, as if the forced gates depended on it (else block3_dw is pruned statically).
+    flatbuffer = export.convert(model, policy="chain", calibration_images=cifar_images, static_gates=False)
     assert_depthwise_convs_chain(flatbuffer, model)  # block3_dw runs compact and carries the shifts
     assert_same_logits(flatbuffer, model, cifar_images)
 
@@ -380,10 +387,11 @@ def test_auto_compacts_mid_size_maps_up_to_a_wider_cutoff(cifar_images, monkeypa
                if not layer.is_depthwise and calibration.capacities[layer.name] < layer.filters]
     assert len(compact) == 14 and all(calibration.capacities[name] > 0.6 * model.network.get_layer(name).filters
                                       for name in compact)  # above the general cutoff everywhere
-    ops = collections.Counter(export.op_names(export.convert(model, calibration=calibration)))
+    ops = collections.Counter(export.op_names(export.convert(model, calibration=calibration, static_gates=False)))
     assert ops["TOPK_V2"] == 8  # one per compact layer: blocks 4-5 (28x28) and 6-11 (14x14)
     monkeypatch.setattr(export, "AUTO_CHAIN_CUTOFF_MID", export.AUTO_CHAIN_CUTOFF)
-    assert collections.Counter(export.op_names(export.convert(model, calibration=calibration)))["TOPK_V2"] == 0
+    ops = collections.Counter(export.op_names(export.convert(model, calibration=calibration, static_gates=False)))
+    assert ops["TOPK_V2"] == 0
 
 
 def test_paying_gates_and_a_lean_export(cifar_images):
@@ -411,7 +419,7 @@ def test_paying_gates_and_a_lean_export(cifar_images):
     export.set_keep_ratio(model, keep=0.3, seed=2)
     lean = fk.ungate(perturb(model), [name for name in layers if name not in paying])
     assert [layer.name for layer in lean.gated_layers] == paying
-    flatbuffer = export.convert(lean, calibration_images=cifar_images[:8])
+    flatbuffer = export.convert(lean, calibration_images=cifar_images[:8], static_gates=False)  # drawn masks
     names = export.op_names(flatbuffer)
     assert "WHERE" not in names and "GATHER" in names and names.count("IF") <= 1  # at most the overflow fallback
     assert_same_logits(flatbuffer, lean, cifar_images)
@@ -500,14 +508,69 @@ def test_layers_with_all_gates_off_or_on(cifar_images):
     force(layers["block2_pw"], on=True)  # ... so its filters are per-channel constants
     force(layers["block5_pw"], on=False)
     force(layers["block6_dw"], on=True)
-    flatbuffer = export.convert(model, policy="gather")
-    assert_same_logits(flatbuffer, model, cifar_images[:8])
+    # Forced gates are decided by the weights: per image (the paths under test) and statically pruned.
+    for static in (False, True):
+        flatbuffer = export.convert(model, policy="gather", static_gates=static)
+        assert_same_logits(flatbuffer, model, cifar_images[:8])
     for on in (True, False):
         force_gates(model, on)
-        for policy in ("gather", "auto", "chain"):
-            assert_same_logits(export.convert(model, policy=policy), model, cifar_images[:4])
-        chain = export.convert(model, policy="chain", calibration_images=cifar_images[:4])
-        assert_same_logits(chain, model, cifar_images[:4])
+        for static in (False, True):
+            for policy in ("gather", "auto", "chain"):
+                assert_same_logits(export.convert(model, policy=policy, static_gates=static), model, cifar_images[:4])
+            chain = export.convert(model, policy="chain", calibration_images=cifar_images[:4], static_gates=static)
+            assert_same_logits(chain, model, cifar_images[:4])
+        assert "SOFTMAX" not in export.op_names(chain)  # statically pruned: no predictor runs
+
+
+def _decide(layer, on, off):
+    """Makes the given gates of `layer` on / off for every image: zero predictor column, bias +-1."""
+    kernel = np.array(layer.predictor.kernel)
+    bias = np.array(layer.predictor.bias)
+    for columns, value in ((list(on), 1.0), (list(off), -1.0)):
+        kernel[:, columns] = 0.0
+        bias[columns] = value
+    layer.predictor.kernel.assign(kernel)
+    layer.predictor.bias.assign(bias)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v1_low_rank", "resnet20"])
+def test_gates_the_weights_decide_are_pruned_statically(name, cifar_images):
+    """Layers whose gates the weights decide run no predictor (or one for the rest only); exact."""
+    base = BUILDERS[name.replace("_low_rank", "")]()
+    model = fk.gate(base, **GATE_OPTIONS.get(name, {}))
+    layers = model.gated_layers
+    rng = np.random.default_rng(5)
+    whole, partial, few = layers[0:12:4], layers[1:12:4], layers[2:12:4]
+    decided = {}
+    # Every gate decided; one layer all on. (A layer all off would cut MobileNetV1's signal, leaving
+    # logits that do not depend on the image: test_layers_with_all_gates_off_or_on has those.)
+    for index, layer in enumerate(whole):
+        on = rng.random(layer.filters) < (1.0 if index == 1 else 0.6)
+        decided[layer.name] = (np.flatnonzero(on), np.flatnonzero(~on))
+    for layer in partial:  # 3/4 decided, the rest per image
+        order = rng.permutation(layer.filters)
+        quarter = layer.filters // 4
+        decided[layer.name] = (order[:quarter], order[quarter : 3 * quarter])
+    for layer in few:  # 1/4 decided: below STATIC_MIN_DECIDED, the per-image paths
+        decided[layer.name] = ((), rng.permutation(layer.filters)[: layer.filters // 4])
+    perturb(model, seed=5, decided=decided)
+    gates = fk.static_gates.static_gates_of(model)
+    assert [gates[layer.name].all_decided for layer in whole] == [True] * 3
+    assert all(0 < gates[layer.name].decided < layer.filters for layer in partial + few)
+    masks = fk.flops.gate_masks_of(model, cifar_images)
+    for layer in partial:  # the undecided gates really vary per image
+        undecided = ~(gates[layer.name].always_on | gates[layer.name].always_off)
+        assert np.asarray(masks[layer.name]).reshape(len(cifar_images), -1)[:, undecided].std(axis=0).max() > 0
+    static = export.convert(model)
+    per_image = export.convert(model, static_gates=False)
+    assert_builtin_only(static)
+    assert_same_logits(static, model, cifar_images)
+    assert_same_logits(per_image, model, cifar_images)
+    # One predictor per layer with gates left, against one per layer.
+    assert export.op_names(per_image).count("SOFTMAX") == len(layers)
+    assert export.op_names(static).count("SOFTMAX") == len(layers) - len(whole)
+    chain = export.convert(model, policy="chain", calibration_images=cifar_images[:8])
+    assert_same_logits(chain, model, cifar_images)
 
 
 def test_randomize_batch_norm_gives_shifts_the_export_must_carry(cifar_images):
@@ -600,6 +663,48 @@ def test_cli_help(script):
     assert "--output" in result.stdout and "Traceback" not in result.stderr
 
 
+def _saved_with_first_layer_decided(tmp_path):
+    """A MobileNetV1 x0.25 whose first gated layer's gates are half on, half off for every image; saved."""
+    model = fk.gate(fk.models.mobilenet_v1(alpha=0.25))
+    first = model.gated_layers[0]
+    perturb(model, seed=6, decided={first.name: (np.arange(first.filters // 2), np.arange(first.filters // 2, first.filters))})
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    return model, path
+
+
+def test_convert_cli_prunes_decided_gates_unless_told_not_to(tmp_path, cifar_images):
+    """edge/convert.py: a layer whose gates the weights decide runs no predictor; --nostatic_gates keeps it."""
+    model, path = _saved_with_first_layer_decided(tmp_path)
+    softmaxes = {}
+    for flag in ("--static_gates", "--nostatic_gates"):
+        output = str(tmp_path / f"{flag}.tflite")
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "edge", "convert.py"), f"--model={path}", f"--output={output}", flag],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        flatbuffer = open(output, "rb").read()
+        assert_same_logits(flatbuffer, model, cifar_images[:8])
+        softmaxes[flag] = export.op_names(flatbuffer).count("SOFTMAX")
+    assert softmaxes == {"--static_gates": len(model.gated_layers) - 1, "--nostatic_gates": len(model.gated_layers)}
+
+
+def test_static_gates_benchmark_reports_decided_gates_exactness_and_times(tmp_path):
+    _, path = _saved_with_first_layer_decided(tmp_path)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "static_gates.py"), f"--model={path}", "--num_images=8",
+         "--repeats=1"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "layers entirely." in result.stdout and "| conv1 | 8 | 4 | 4 | 0 |" in result.stdout, result.stdout
+    for name in ("static", "per_image"):
+        assert re.search(rf"^{name}: \d+ ops, .* same top-1 on 100.00% of 8 images$", result.stdout, re.M), result.stdout
+        assert re.search(rf"^  {name}: [0-9.]+ ms \(dense speed: [0-9.]+x\)$", result.stdout, re.M), result.stdout
+
+
 def test_stage_benchmark_times_every_export():
     """benchmarks/edge_stages.py end to end on a tiny stage, ablations included."""
     result = subprocess.run(
@@ -643,8 +748,8 @@ def test_export_ablations_cut_what_they_name(cifar_images):
     unshifted = drawn(BUILDERS["mobilenet_v1"]())
     model = drawn(export.randomize_batch_norm(BUILDERS["mobilenet_v1"]()))
     calibration = export.calibrate(model, cifar_images[:4]).with_capacity_ratio(model, 1.26)
-    exports = ablated_exports(model, unshifted, policy="chain", calibration=calibration)
-    exports["chain"] = export.convert(model, policy="chain", calibration=calibration)
+    exports = ablated_exports(model, unshifted, policy="chain", calibration=calibration, static_gates=False)
+    exports["chain"] = export.convert(model, policy="chain", calibration=calibration, static_gates=False)
     ops = {name: collections.Counter(export.op_names(flatbuffer)) for name, flatbuffer in exports.items()}
     assert ops["chain"]["SOFTMAX"] > 0 and ops["no_predictors"]["SOFTMAX"] == 0
     assert ops["chain"]["TOPK_V2"] > 0 and ops["static_weights"]["TOPK_V2"] == 0

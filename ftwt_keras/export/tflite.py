@@ -53,6 +53,7 @@ from ftwt_keras import _graph
 from ftwt_keras.flops import ZERO_PRESERVING_LAYERS
 from ftwt_keras.layers import GatedConv
 from ftwt_keras.models import ChannelZeroPad
+from ftwt_keras.static_gates import static_gates_of
 from ftwt_keras.training import FTWTModel
 
 # Layer types the exporter knows how to compute (besides GatedConv).
@@ -114,6 +115,12 @@ AUTO_MIN_FILTERS = 256
 # have <= 4.2M MACs), keep 0.3, 1 thread: 4.43 ms with the branches, 3.78 ms
 # without; at 224x224 those layers have >= 25M MACs and the branches pay.
 AUTO_MIN_MACS = 16_000_000
+
+# A layer whose weights decide at least this fraction of its gates for every
+# input (`ftwt_keras.static_gates`) computes its on and undecided filters
+# only, without per-image compaction (`_Builder.static_unit`); below it, the
+# per-image paths above choose.
+STATIC_MIN_DECIDED = 0.5
 
 
 class ExportError(ValueError):
@@ -364,6 +371,28 @@ def _dense(values):
     return Compact(values, None, int(values.shape[-1]))
 
 
+def _static_channels(x):
+    """A compact `x`'s channel list as numpy when known at export (with its uniform values), else None.
+
+    Layers whose gates the weights decide (`ftwt_keras.static_gates`) emit
+    such activations: their consumers slice weights once, at export.
+    """
+    if x.is_dense:
+        return None
+    tf = _tf()
+    channels = tf.get_static_value(x.channels)
+    if channels is None or (x.constants is not None and tf.get_static_value(x.constants) is None):
+        return None
+    return np.asarray(channels, np.int64)
+
+
+def _static_constants(x):
+    """(width,) float32: each absent channel's uniform value in `x` (zeros without constants); static only."""
+    if x.constants is None:
+        return np.zeros(x.width, np.float32)
+    return np.asarray(_tf().get_static_value(x.constants), np.float32)
+
+
 class _GateMask:
     """One image's gate decisions, from its predictor logits (1, filters).
 
@@ -447,7 +476,8 @@ def _shifted_windows(padded, layer, out_h, out_w):
 class _Builder:
     """Emits the TF ops of one network, layer by layer (inside a tf.function)."""
 
-    def __init__(self, network, dynamic, policies, conv_macs, with_predictors=False, calibration=None):
+    def __init__(self, network, dynamic, policies, conv_macs, with_predictors=False, calibration=None,
+                 static_gates=True):
         self.network = network
         self.dynamic = dynamic
         self.policies = policies
@@ -467,6 +497,13 @@ class _Builder:
                 predictor = layer.predictor
                 projection = None if predictor.projection is None else _numpy(predictor.projection)
                 self.predictors[layer.name] = (projection, _numpy(predictor.kernel), _numpy(predictor.bias))
+        # {gated layer name: StaticGates} for layers whose weights decide at least
+        # STATIC_MIN_DECIDED of their gates (`ftwt_keras.static_gates`): see `static_unit`.
+        self.static = {}
+        if dynamic and static_gates:
+            for name, gates in static_gates_of(network).items():
+                if gates.decided >= STATIC_MIN_DECIDED * len(gates.always_on):
+                    self.static[name] = gates
 
     def exact_builder(self):
         """A builder of the same network, every layer masked dense: exact for any image."""
@@ -549,9 +586,13 @@ class _Builder:
             if self.with_predictors:
                 self.gate_logits.append(self.predictor_logits(layer, x))
             return _dense(self.dense_unit(unit, activation, x.dense()))
+        if layer.name in self.static:
+            return self.static_unit(unit, activation, x, self.static[layer.name])
         tf = _tf()
         logits = self.predictor_logits(layer, x)  # (1, filters)
         mask = _GateMask(logits, layer.capacity)
+        if not unit.is_depthwise:
+            unit, x = self.narrowed(unit, x)
         policy = self.policies.get(layer.name, "auto")
         if policy == "auto":
             policy = self.auto_policy(unit, x)
@@ -647,7 +688,8 @@ class _Builder:
         support = _active_channels(mask.on[0])
         return Compact(y, None, unit.filters, support=support)
 
-    def predictor_logits(self, layer, x):
+    def predictor_logits(self, layer, x, columns=None):
+        """(1, filters) logits of `layer`'s predictor on `x`; with `columns` (ints), only those filters'."""
         tf = _tf()
         predictor = layer.predictor
         values = x.values
@@ -666,16 +708,152 @@ class _Builder:
             pooled = tf.reduce_mean(values, axis=[1, 2])
         if scaled is not None:
             pooled = pooled * scaled[1] if scaled[2] is None else pooled * scaled[1] + scaled[2]
-        if not x.is_dense:  # absent channels pool to exactly zero, or to their uniform value
+        projection, kernel, bias = self.predictors[layer.name]
+        present = _static_channels(x)
+        if present is not None:
+            # Channels known at export: the absent ones' pooled values are
+            # constants, appended after the present ones, and the weights' rows
+            # put in that order (a CONCATENATION, which XNNPACK runs, instead
+            # of a GATHER, which it does not; the softmax does not mind the order).
+            absent = np.setdiff1d(np.arange(x.width), present)
+            order = np.concatenate([present, absent])
+            if absent.size:
+                pooled = tf.concat([pooled, tf.constant(_static_constants(x)[absent][None])], axis=-1)
+            if projection is not None:
+                projection = projection[order]
+            else:
+                kernel = kernel[order]
+        elif not x.is_dense:  # absent channels pool to exactly zero, or to their uniform value
             pooled = tf.gather(_with_zero_channel(pooled), x.positions(), axis=-1)
             if x.constants is not None:
                 pooled = pooled + x.constants
         if predictor.use_softmax:
             pooled = tf.nn.softmax(pooled, axis=-1)
-        projection, kernel, bias = self.predictors[layer.name]
         if projection is not None:  # a low-rank predictor
             pooled = tf.matmul(pooled, tf.constant(projection))
-        return tf.matmul(pooled, tf.constant(kernel)) + tf.constant(bias)
+        if columns is not None:
+            kernel, bias = kernel[:, columns], bias[columns]
+        return tf.matmul(pooled, tf.constant(np.ascontiguousarray(kernel))) + tf.constant(bias)
+
+    def narrowed(self, unit, x):
+        """A regular conv's unit and input, its kernel cut to the input's channels when they are static.
+
+        Absent channels are zero or uniform: a 1x1 conv adds their uniform
+        values times the weights to its bias; a larger one, where padding
+        makes that vary, takes them dense (unchanged).
+        """
+        present = _static_channels(x)
+        if present is None:
+            return unit, x
+        constants = _static_constants(x)
+        (kh, kw) = unit.layer.conv.kernel_size
+        bias = unit.bias
+        if np.any(constants != 0):
+            if (kh, kw) != (1, 1):
+                return unit, x
+            bias = (bias + constants.astype(np.float64) @ unit.kernel[0, 0].astype(np.float64)).astype(np.float32)
+        kernel = np.ascontiguousarray(unit.kernel[:, :, present, :])
+        return FoldedUnit(unit.layer, kernel, bias), _dense(x.values)
+
+    def static_unit(self, unit, activation, x, gates):
+        """A layer most of whose gates its weights decide (`ftwt_keras.static_gates`).
+
+        Its always-off filters are never computed, its always-on ones never
+        masked, and its predictor, if any gate is left, computes only the
+        logits of those (the others' columns dropped at export); with none
+        left, it runs no predictor at all. A regular conv computes the on
+        and the undecided filters, in that order, with a kernel cut at export
+        (also to the input's static channels), and outputs them as an
+        activation with static channels; a depthwise conv zeroes its off
+        filters in the kernel (see `static_depthwise`).
+        """
+        tf = _tf()
+        layer = unit.layer
+        on = np.flatnonzero(gates.always_on)
+        undecided = np.flatnonzero(~(gates.always_on | gates.always_off))
+        gate_d = None  # (1, |undecided|) float 0/1: the undecided gates' decisions for this image
+        if undecided.size:
+            logits = self.predictor_logits(layer, x, columns=undecided)
+            capacity = layer.capacity
+            # A capped layer with undecided gates has none decided on (see
+            # `static_gates`): its cap ranks exactly the undecided logits.
+            gate_d = _GateMask(logits, capacity if capacity is not None and capacity < undecided.size else None).values
+        if unit.is_depthwise:
+            return self.static_depthwise(unit, activation, x, gates.always_on, undecided, gate_d)
+        filters = unit.filters
+        unit, x = self.narrowed(unit, x)
+        values = x.dense()
+        order = np.concatenate([on, undecided])
+        if gate_d is None and np.array_equal(order, np.arange(filters)):
+            return _dense(self.dense_unit(unit, activation, values))
+        if not order.size:  # every gate off: channel 0 carries zeros (XNNPACK runs no zero-size tensor)
+            y = tf.zeros([1, *_output_hw(layer, values), 1], tf.float32)
+            return Compact(y, tf.constant([0], tf.int32), filters)
+        kept = FoldedUnit(layer, np.ascontiguousarray(unit.kernel[..., order]), unit.bias[order])
+        y = self.dense_unit(kept, activation, values)
+        if gate_d is not None:
+            y = y * tf.concat([tf.ones([1, on.size], tf.float32), gate_d], axis=-1)
+        return Compact(y, tf.constant(order.astype(np.int32)), filters)
+
+    def static_depthwise(self, unit, activation, x, always_on, undecided, gate_d):
+        """A depthwise conv with static gates: off filters zeroed in the kernel (activation(0) = 0).
+
+        On an input with static channels it runs on those channels only, as
+        they lie (no gather); an on filter over an absent channel outputs the
+        uniform activation(bias), carried as `Compact.constants`. Undecided
+        filters (`gate_d`, in the order of `undecided`) multiply their
+        channels at run time; their 0/1 values reach each channel through a
+        constant 0/1 matrix (FULLY_CONNECTED, which XNNPACK runs, where a
+        GATHER would split its partition).
+        """
+        tf = _tf()
+        layer = unit.layer
+        filters = unit.filters
+        known = always_on.astype(np.float32)  # 1 on, 0 off or undecided
+        may = known.copy()
+        may[undecided] = 1.0  # filters that may be on
+
+        def gate_row(channels):
+            """(1, len(channels)) float: each channel's gate for this image (constant where decided)."""
+            row = tf.constant(known[channels][None])
+            if gate_d is None:
+                return row, False
+            spread = (undecided[:, None] == channels[None, :]).astype(np.float32)  # (|undecided|, channels)
+            if not spread.any():
+                return row, False
+            return row + tf.matmul(gate_d, tf.constant(spread)), True
+
+        if not _keeps_zero(layer.activation):
+            row, _ = gate_row(np.arange(filters))
+            return self.masked_dense(unit, activation, x.without_constants(), _GateMask(row * 2.0 - 1.0))
+        present = _static_channels(x)
+        strides, padding = [1, *layer.conv.strides, 1], layer.conv.padding.upper()
+        if present is not None and not np.any(_static_constants(x) != 0):
+            kernel = unit.kernel[:, :, present, :] * may[present][None, None, :, None]
+            bias = unit.bias[present] * may[present]
+            y = tf.nn.depthwise_conv2d(x.values, tf.constant(kernel), strides, padding)
+            y = activation(tf.nn.bias_add(y, tf.constant(bias)))
+            row, dynamic = gate_row(present)
+            if dynamic:
+                y = y * row
+            absent = np.ones(filters, bool)
+            absent[present] = False
+            constants = None
+            uniform = unit.zero_input_output * absent  # what an on filter over an absent channel outputs
+            if np.any(uniform * may != 0):
+                every, dynamic = gate_row(np.arange(filters))
+                # Constant when decided, so that consumers still see static channels.
+                constants = tf.reshape(every * tf.constant(uniform), [filters]) if dynamic else tf.constant(known * uniform)
+            return Compact(y, x.channels, filters, x._positions, constants=constants)
+        kernel = unit.kernel * may[None, None, :, None]
+        y = tf.nn.depthwise_conv2d(x.dense(), tf.constant(kernel), strides, padding)
+        y = activation(tf.nn.bias_add(y, tf.constant(unit.bias * may)))
+        row, dynamic = gate_row(np.arange(filters))
+        if dynamic:
+            y = y * row
+        support = np.flatnonzero(may)
+        support = support if support.size else np.zeros(1, np.int64)
+        return Compact(y, None, filters, support=tf.constant(support.astype(np.int32)))
 
     def dense_unit(self, unit, activation, values):
         """activation(conv(values) + bias) with all filters, constant weights."""
@@ -1243,7 +1421,7 @@ def _capacities_from_counts(counts, filters, capacity_stds=None):
 
 
 def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None, stop_at=None,
-            capacity_stds=None, calibration=None):
+            capacity_stds=None, calibration=None, static_gates=True):
     """Converts an FTWT model to a batch-1 TFLite flatbuffer (builtin ops only).
 
     Args:
@@ -1286,6 +1464,15 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
         calibration: instead of `calibration_images`, a `Calibration`
             computed beforehand (`calibrate`, or one derived from it such as
             `Calibration.with_capacity_ratio`).
+        static_gates: True (default): a layer whose predictor's weights
+            decide at least `STATIC_MIN_DECIDED` of its gates for every input
+            (`ftwt_keras.static_gates`; the paper's softmax predictor often
+            does) never computes its always-off filters, masks none of its
+            always-on ones, and predicts only the rest (with none left, it
+            runs no predictor at all), like a statically pruned layer; exact.
+            False: every layer runs its predictor in full, as benchmarks of
+            drawn masks need (those masks are the same for every image by
+            construction, and stand in for masks that are not).
 
     Returns:
         The `.tflite` model as bytes. Input: raw RGB pixels `(1, H, W, 3)`
@@ -1304,7 +1491,7 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     policies = _policies(model, policy)
     calibration = _calibration_of(model, network, calibration_images, calibration, capacity_stds, needed=dynamic)
     conv_macs = _conv_macs(model)
-    builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, calibration)
+    builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, calibration, static_gates)
     shape = (1,) + tuple(int(d) for d in network.inputs[0].shape[1:])
 
     if stop_at is not None and stop_at not in {layer.name for layer in network.layers}:
@@ -1351,7 +1538,7 @@ def _calibration_of(model, network, calibration_images, calibration, capacity_st
 
 
 def layer_times(model, images, layer_names=None, policy="auto", calibration_images=None, num_threads=1,
-                warmup=10, calibration=None):
+                warmup=10, calibration=None, static_gates=True):
     """Time per layer of the dense and the dynamic export, where no op profiler is at hand.
 
     The Python LiteRT interpreter has no op profiler, so this exports the
@@ -1366,7 +1553,7 @@ def layer_times(model, images, layer_names=None, policy="auto", calibration_imag
         images: `(N, H, W, C)` raw images to time on.
         layer_names: layers to cut after, in network order (default: every
             gated layer).
-        policy, calibration_images, calibration: as in `convert`, for the
+        policy, calibration_images, calibration, static_gates: as in `convert`, for the
             dynamic export.
         num_threads, warmup: as in `time_side_by_side`.
 
@@ -1380,7 +1567,8 @@ def layer_times(model, images, layer_names=None, policy="auto", calibration_imag
     flatbuffers = {}
     for name in names:
         flatbuffers[("dense", name)] = convert(model, dynamic=False, stop_at=name)
-        flatbuffers[("dynamic", name)] = convert(model, policy=policy, calibration=calibration, stop_at=name)
+        flatbuffers[("dynamic", name)] = convert(model, policy=policy, calibration=calibration, stop_at=name,
+                                                 static_gates=static_gates)
     times = time_side_by_side(flatbuffers, images, num_threads, warmup)
     rows, previous = [], {"dense": 0.0, "dynamic": 0.0}
     for name in names:
@@ -1462,17 +1650,18 @@ def save(flatbuffer, path):
     return path
 
 
-def export_file(model_path, output_path, dynamic=True, policy="auto", calibration_images=None, capacity_stds=None):
+def export_file(model_path, output_path, dynamic=True, policy="auto", calibration_images=None, capacity_stds=None,
+                static_gates=True):
     """Loads a saved FTWT `.keras` model and writes its `.tflite` export; returns the path.
 
-    `policy`, `calibration_images` and `capacity_stds` as in `convert`.
+    `policy`, `calibration_images`, `capacity_stds` and `static_gates` as in `convert`.
     """
     model = load_ftwt_model(model_path)
     output_path = os.fspath(output_path)
     if not output_path.endswith(".tflite"):
         raise ExportError(f"Output path {output_path!r} must end with .tflite.")
     flatbuffer = convert(model, dynamic=dynamic, policy=policy, calibration_images=calibration_images,
-                         capacity_stds=capacity_stds)
+                         capacity_stds=capacity_stds, static_gates=static_gates)
     return save(flatbuffer, output_path)
 
 

@@ -1,0 +1,74 @@
+"""Gates a trained model's weights decide for every image, and what pruning them statically gives on LiteRT.
+
+    python benchmarks/static_gates.py --model runs/demo_softmax/model.keras
+
+Prints, per gated layer, how many gates `ftwt_keras.static_gates` proves on
+or off for every input; checks the export with static gates (the default)
+and without (`static_gates=False`: every predictor in full) against Keras on
+real CIFAR-10 test images; then times dense, static and per-image exports
+side by side (`export.time_side_by_side`, XNNPACK, --threads), --repeats
+times over --num_images images, and prints the medians.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "A trained FTWT model (.keras) taking CIFAR-10 images.")
+flags.DEFINE_string("dataset", "cifar10", "tfds dataset of the images (its test split).")
+flags.DEFINE_integer("num_images", 1000, "Test images for the exactness check; the first 300 are timed.")
+flags.DEFINE_integer("repeats", 3, "Side-by-side timing loops.")
+flags.DEFINE_integer("threads", 1, "Interpreter threads.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.model:
+        raise app.UsageError("--model is required.")
+    import numpy as np
+
+    from ftwt_keras import data
+    from ftwt_keras.export import tflite
+    from ftwt_keras.static_gates import static_gates_of
+
+    model = tflite.load_ftwt_model(FLAGS.model)
+    gates = static_gates_of(model)
+    total = sum(len(g.always_on) for g in gates.values())
+    print(f"{FLAGS.model}: {sum(g.decided for g in gates.values())} of {total} gates decided by the weights; "
+          f"{sum(g.all_decided for g in gates.values())} of {len(gates)} layers entirely.")
+    print("| layer | filters | always on | always off | per image |\n|---|---|---|---|---|")
+    for name, g in gates.items():
+        on, off = int(g.always_on.sum()), int(g.always_off.sum())
+        print(f"| {name} | {len(g.always_on)} | {on} | {off} | {len(g.always_on) - on - off} |")
+
+    size = int(model.network.inputs[0].shape[1])
+    images, _ = data.cifar_arrays(FLAGS.dataset, f"test[:{FLAGS.num_images}]", image_size=size)
+    expected = np.asarray(model.predict(images, batch_size=100, verbose=0))
+    flatbuffers = {"dense": tflite.convert(model, dynamic=False)}
+    for name, static in (("static", True), ("per_image", False)):
+        flatbuffer = flatbuffers[name] = tflite.convert(model, static_gates=static)
+        actual = tflite.run(flatbuffer, images)
+        print(f"{name}: {len(tflite.op_names(flatbuffer))} ops, max |logit difference| "
+              f"{np.abs(actual - expected).max():.2e} (logit range {np.ptp(expected):.2f}), same top-1 on "
+              f"{100 * np.mean(actual.argmax(1) == expected.argmax(1)):.2f}% of {len(images)} images")
+    medians = {name: [] for name in flatbuffers}
+    for _ in range(FLAGS.repeats):
+        times = tflite.time_side_by_side(flatbuffers, images[:300], num_threads=FLAGS.threads, warmup=20)
+        for name, values in times.items():
+            medians[name].append(1e3 * float(np.median(values)))
+    print(f"Median ms per image ({FLAGS.threads} thread(s), {FLAGS.repeats} side-by-side loops of "
+          f"{min(300, len(images))} images):")
+    for name, values in medians.items():
+        speedup = ", ".join(f"{d / v:.2f}x" for d, v in zip(medians["dense"], values))
+        print(f"  {name}: {', '.join(f'{v:.3f}' for v in values)} ms (dense speed: {speedup})")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
