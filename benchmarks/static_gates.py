@@ -2,12 +2,25 @@
 
     python benchmarks/static_gates.py --model runs/demo_softmax/model.keras
 
+    python benchmarks/static_gates.py --model runs/demo_softmax/model.keras --resolution=224
+
 Prints, per gated layer, how many gates `ftwt_keras.static_gates` proves on
 or off for every input; checks the export with static gates (the default)
 and without (`static_gates=False`: every predictor in full) against Keras on
-real CIFAR-10 test images; then times dense, static and per-image exports
+real CIFAR-10 test images (both with `auto` calibrated on --calibration_images
+training images, as `edge/convert.py --calibration`); then times dense, static and per-image exports
 side by side (`export.time_side_by_side`, XNNPACK, --threads), --repeats
-times over --num_images images, and prints the medians.
+times over the first 300 images, and prints the medians; with --all_decided
+(default) also the export of the model with its undecided gates made always
+on, which is no longer the trained model: what the static export would run if
+the weights decided every gate.
+
+--resolution runs a zoo MobileNetV1 (`ftwt_keras.models.mobilenet_v1`) at
+another input size with the trained weights, predictors included: at 224,
+the ImageNet layout (first conv stride 2), on upsampled test images. Which
+gates the weights decide does not depend on the input size, so this times
+the trained model's static and per-image gates at phone resolution; its
+accuracy there means nothing.
 """
 
 import os
@@ -24,6 +37,51 @@ flags.DEFINE_string("dataset", "cifar10", "tfds dataset of the images (its test 
 flags.DEFINE_integer("num_images", 1000, "Test images for the exactness check; the first 300 are timed.")
 flags.DEFINE_integer("repeats", 3, "Side-by-side timing loops.")
 flags.DEFINE_integer("threads", 1, "Interpreter threads.")
+flags.DEFINE_integer("calibration_images", 64,
+                     "Training images for the exports' `auto` choices (`convert(calibration_images=...)`); 0: none.")
+flags.DEFINE_bool("all_decided", True,
+                  "Also time, in the same loop, the model with its undecided gates made always on (timing only, "
+                  "another model): the static export's lower bound, a network pruned statically with no predictor.")
+flags.DEFINE_integer("resolution", None, "Zoo MobileNetV1 only: run the trained weights at this input size.")
+
+
+def _mobilenet_at(model, resolution):
+    """The zoo MobileNetV1 FTWT `model` rebuilt for `resolution` x `resolution` inputs, its weights copied."""
+    import numpy as np
+
+    import ftwt_keras as fk
+
+    first = model.gated_layers[0]
+    predictor = first.predictor
+    classes = int(model.network.outputs[0].shape[-1])
+    base = fk.models.mobilenet_v1(input_shape=(resolution, resolution, 3), num_classes=classes,
+                                  alpha=first.filters / 32)
+    resized = fk.gate(base, use_softmax=predictor.use_softmax, pooling=predictor.pooling,
+                      predictor_rank=predictor.rank)
+    resized(np.zeros((1, resolution, resolution, 3), "float32"))
+    trained = {layer.name: layer for layer in model.network.layers}
+    for layer in resized.network.layers:
+        if layer.weights:
+            if layer.name not in trained:
+                raise app.UsageError(f"--resolution takes a zoo MobileNetV1; {FLAGS.model} has no layer {layer.name!r}.")
+            layer.set_weights(trained[layer.name].get_weights())
+    for layer in resized.gated_layers:
+        layer.capacity = model.network.get_layer(layer.name).capacity
+    return resized
+
+
+def _decide_the_rest(model, gates):
+    """Makes every undecided gate of `model` always on (zero predictor column, bias 1), in place."""
+    import keras
+    import numpy as np
+
+    for layer in model.gated_layers:
+        undecided = ~(gates[layer.name].always_on | gates[layer.name].always_off)
+        kernel = np.array(keras.ops.convert_to_numpy(layer.predictor.kernel))
+        bias = np.array(keras.ops.convert_to_numpy(layer.predictor.bias))
+        kernel[:, undecided], bias[undecided] = 0.0, 1.0
+        layer.predictor.kernel.assign(kernel)
+        layer.predictor.bias.assign(bias)
 
 
 def main(argv):
@@ -38,6 +96,8 @@ def main(argv):
     from ftwt_keras.static_gates import static_gates_of
 
     model = tflite.load_ftwt_model(FLAGS.model)
+    if FLAGS.resolution:
+        model = _mobilenet_at(model, FLAGS.resolution)
     gates = static_gates_of(model)
     total = sum(len(g.always_on) for g in gates.values())
     print(f"{FLAGS.model}: {sum(g.decided for g in gates.values())} of {total} gates decided by the weights; "
@@ -49,14 +109,20 @@ def main(argv):
 
     size = int(model.network.inputs[0].shape[1])
     images, _ = data.cifar_arrays(FLAGS.dataset, f"test[:{FLAGS.num_images}]", image_size=size)
+    calibration = None
+    if FLAGS.calibration_images:
+        calibration = data.cifar_arrays(FLAGS.dataset, f"train[:{FLAGS.calibration_images}]", image_size=size)[0]
     expected = np.asarray(model.predict(images, batch_size=100, verbose=0))
     flatbuffers = {"dense": tflite.convert(model, dynamic=False)}
     for name, static in (("static", True), ("per_image", False)):
-        flatbuffer = flatbuffers[name] = tflite.convert(model, static_gates=static)
+        flatbuffer = flatbuffers[name] = tflite.convert(model, static_gates=static, calibration_images=calibration)
         actual = tflite.run(flatbuffer, images)
         print(f"{name}: {len(tflite.op_names(flatbuffer))} ops, max |logit difference| "
               f"{np.abs(actual - expected).max():.2e} (logit range {np.ptp(expected):.2f}), same top-1 on "
               f"{100 * np.mean(actual.argmax(1) == expected.argmax(1)):.2f}% of {len(images)} images")
+    if FLAGS.all_decided:
+        _decide_the_rest(model, gates)
+        flatbuffers["all_decided"] = tflite.convert(model, calibration_images=calibration)
     medians = {name: [] for name in flatbuffers}
     for _ in range(FLAGS.repeats):
         times = tflite.time_side_by_side(flatbuffers, images[:300], num_threads=FLAGS.threads, warmup=20)

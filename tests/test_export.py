@@ -524,8 +524,8 @@ def test_layers_with_all_gates_off_or_on(cifar_images):
 
 def _decide(layer, on, off):
     """Makes the given gates of `layer` on / off for every image: zero predictor column, bias +-1."""
-    kernel = np.array(layer.predictor.kernel)
-    bias = np.array(layer.predictor.bias)
+    kernel = np.array(keras.ops.convert_to_numpy(layer.predictor.kernel))
+    bias = np.array(keras.ops.convert_to_numpy(layer.predictor.bias))
     for columns, value in ((list(on), 1.0), (list(off), -1.0)):
         kernel[:, columns] = 0.0
         bias[columns] = value
@@ -695,13 +695,14 @@ def test_static_gates_benchmark_reports_decided_gates_exactness_and_times(tmp_pa
     _, path = _saved_with_first_layer_decided(tmp_path)
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "static_gates.py"), f"--model={path}", "--num_images=8",
-         "--repeats=1"],
+         "--repeats=1", "--calibration_images=4"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "layers entirely." in result.stdout and "| conv1 | 8 | 4 | 4 | 0 |" in result.stdout, result.stdout
     for name in ("static", "per_image"):
         assert re.search(rf"^{name}: \d+ ops, .* same top-1 on 100.00% of 8 images$", result.stdout, re.M), result.stdout
+    for name in ("static", "per_image", "all_decided"):
         assert re.search(rf"^  {name}: [0-9.]+ ms \(dense speed: [0-9.]+x\)$", result.stdout, re.M), result.stdout
 
 

@@ -33,6 +33,10 @@ def test_recipe_runs_both_stages_and_resumes(tmp_path):
     assert (out / "model.keras").exists() and (out / "baseline.keras").exists()
     assert results["config"]["ungated_layers"] == ["conv1", "block1_*"]
     assert len(keras.saving.load_model(out / "model.keras").gated_layers) == 24  # 27 convs, 3 left dense
+    gates = fk.static_gates.static_gates_of(keras.saving.load_model(out / "model.keras")).values()
+    decided = sum(g.decided for g in gates) / sum(len(g.always_on) for g in gates)
+    assert results["gates_decided_by_weights"] == decided
+    assert f"gates the weights alone decide {100 * decided:.1f}%" in result.stdout
     assert (out / "logs" / "ftwt").is_dir()
     history = list(csv.DictReader((out / "ftwt_history.csv").read_text().splitlines()))
     assert "distillation_loss" in history[0]  # from the baseline
