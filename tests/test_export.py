@@ -540,7 +540,10 @@ def test_gates_the_weights_decide_are_pruned_statically(name, cifar_images):
     model = fk.gate(base, **GATE_OPTIONS.get(name, {}))
     layers = model.gated_layers
     rng = np.random.default_rng(5)
-    whole, partial, few = layers[0:12:4], layers[1:12:4], layers[2:12:4]
+    # In MobileNetV1 odd layers are depthwise: layers 12 and 14 add regular convs with gates left.
+    whole, partial, few = layers[0:12:4], layers[1:12:4] + layers[12:15:2], layers[2:12:4]
+    capped = layers[14]  # its cap can drop gates that are always positive: those are left to it
+    fk.set_gate_capacities(model, {capped.name: capped.filters // 4 + 1})
     decided = {}
     # Every gate decided; one layer all on. (A layer all off would cut MobileNetV1's signal, leaving
     # logits that do not depend on the image: test_layers_with_all_gates_off_or_on has those.)
@@ -557,6 +560,7 @@ def test_gates_the_weights_decide_are_pruned_statically(name, cifar_images):
     gates = fk.static_gates.static_gates_of(model)
     assert [gates[layer.name].all_decided for layer in whole] == [True] * 3
     assert all(0 < gates[layer.name].decided < layer.filters for layer in partial + few)
+    assert not gates[capped.name].always_on.any() and gates[capped.name].decided == capped.filters // 2
     masks = fk.flops.gate_masks_of(model, cifar_images)
     for layer in partial:  # the undecided gates really vary per image
         undecided = ~(gates[layer.name].always_on | gates[layer.name].always_off)
