@@ -540,8 +540,10 @@ def test_gates_the_weights_decide_are_pruned_statically(name, cifar_images):
     model = fk.gate(base, **GATE_OPTIONS.get(name, {}))
     layers = model.gated_layers
     rng = np.random.default_rng(5)
-    # In MobileNetV1 odd layers are depthwise: layers 12 and 14 add regular convs with gates left.
-    whole, partial, few = layers[0:12:4], layers[1:12:4] + layers[12:15:2], layers[2:12:4]
+    # In MobileNetV1 odd layers are depthwise: layers 6, 12 and 14 add regular convs with gates left
+    # (layer 6 feeds a strided depthwise conv: its predictor pools the unpadded static channels).
+    whole, few = layers[0:12:4], layers[2:12:8]
+    partial = layers[1:12:4] + [layers[6]] + layers[12:15:2]
     capped = layers[14]  # its cap can drop gates that are always positive: those are left to it
     fk.set_gate_capacities(model, {capped.name: capped.filters // 4 + 1})
     decided = {}
