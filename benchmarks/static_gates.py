@@ -41,7 +41,7 @@ flags.DEFINE_integer("calibration_images", 64,
                      "Training images for the exports' `auto` choices (`convert(calibration_images=...)`); 0: none.")
 flags.DEFINE_bool("all_decided", True,
                   "Also time, in the same loop, the model with its undecided gates made always on (timing only, "
-                  "another model): the static export's lower bound, a network pruned statically with no predictor.")
+                  "another model): the best the static export could do, a network pruned statically with no predictor.")
 flags.DEFINE_integer("resolution", None, "Zoo MobileNetV1 only: run the trained weights at this input size.")
 
 
