@@ -5,6 +5,7 @@ import warnings
 import keras
 
 from ftwt_keras import masks
+from ftwt_keras.static_gates import static_gates_of
 
 
 class FlopsLogger(keras.callbacks.Callback):
@@ -14,7 +15,11 @@ class FlopsLogger(keras.callbacks.Callback):
     (and `val_flops_reduction` when there is validation data) and adds
     `dense_macs`, `dynamic_macs` (per image, predictors included) and their
     `val_` twins to the epoch's logs, so `History`, `CSVLogger` and
-    `TensorBoard` (place this callback before them) record them.
+    `TensorBoard` (place this callback before them) record them. It also
+    logs `gates_decided_by_weights`: the share of gates that the predictors'
+    weights alone decide for every image (`ftwt_keras.static_gates`), which
+    grows as predictors turn input-blind (and which the edge export prunes
+    statically).
 
     Args:
         verbose: print one line per epoch (default True).
@@ -33,6 +38,8 @@ class FlopsLogger(keras.callbacks.Callback):
             return
         dense = float(self.model.dense_macs)
         logs["dense_macs"] = dense
+        gates = static_gates_of(self.model).values()
+        logs["gates_decided_by_weights"] = sum(g.decided for g in gates) / max(1, sum(len(g.always_on) for g in gates))
         line = [f"Epoch {epoch + 1}: dense {dense / 1e6:.2f} MMACs"]
         for prefix in ("", "val_"):
             reduction = logs.get(prefix + "flops_reduction")
@@ -43,6 +50,7 @@ class FlopsLogger(keras.callbacks.Callback):
                 f"{prefix or 'train_'}dynamic {logs[prefix + 'dynamic_macs'] / 1e6:.2f} "
                 f"MMACs ({100 * float(reduction):.1f}% fewer)"
             )
+        line.append(f"{100 * logs['gates_decided_by_weights']:.1f}% of gates decided by the weights")
         if self.verbose:
             print(" | ".join(line))
 

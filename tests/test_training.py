@@ -156,6 +156,8 @@ def test_fit_logs_ftwt_metrics_and_cooldown(images):
     assert logs["loss"][0] > logs["task_loss"][0]
     assert logs["dense_macs"][0] == fk.flops.count_macs(model)
     np.testing.assert_allclose(logs["dynamic_macs"][0], logs["dense_macs"][0] * (1 - logs["flops_reduction"][0]))
+    gates = fk.static_gates.static_gates_of(model).values()  # after the last epoch
+    assert logs["gates_decided_by_weights"][-1] == sum(g.decided for g in gates) / sum(len(g.always_on) for g in gates)
 
 
 def _values(variables):
