@@ -5,7 +5,7 @@ import warnings
 import keras
 
 from ftwt_keras import masks
-from ftwt_keras.static_gates import static_gates_of
+from ftwt_keras.static_gates import decided_fraction
 
 
 class FlopsLogger(keras.callbacks.Callback):
@@ -38,8 +38,7 @@ class FlopsLogger(keras.callbacks.Callback):
             return
         dense = float(self.model.dense_macs)
         logs["dense_macs"] = dense
-        gates = static_gates_of(self.model).values()
-        logs["gates_decided_by_weights"] = sum(g.decided for g in gates) / max(1, sum(len(g.always_on) for g in gates))
+        logs["gates_decided_by_weights"] = decided_fraction(self.model)
         line = [f"Epoch {epoch + 1}: dense {dense / 1e6:.2f} MMACs"]
         for prefix in ("", "val_"):
             reduction = logs.get(prefix + "flops_reduction")

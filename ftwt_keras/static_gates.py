@@ -113,6 +113,15 @@ def static_gates(layer):
     return StaticGates(always_on, always_off)
 
 
+def decided_fraction(model):
+    """The share of all of `model`'s gates (an `FTWTModel` or a network) that the weights decide for every input.
+
+    Near 1 for input-blind predictors. 0.0 for a model without gates.
+    """
+    gates = static_gates_of(model).values()
+    return sum(g.decided for g in gates) / max(1, sum(len(g.always_on) for g in gates))
+
+
 def static_gates_of(model):
     """`{gated layer name: StaticGates}` for every `GatedConv` of `model` (an `FTWTModel` or a network)."""
     layers = getattr(model, "gated_layers", None)

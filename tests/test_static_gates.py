@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import ftwt_keras as fk
-from ftwt_keras.static_gates import ROUNDING_MARGIN, static_gates, static_gates_of
+from ftwt_keras.static_gates import ROUNDING_MARGIN, decided_fraction, static_gates, static_gates_of
 
 
 def _layer(use_softmax=True, rank=None, capacity=None, filters=6, channels=5):
@@ -106,6 +106,11 @@ def test_static_gates_of_a_model_and_errors():
     gates = static_gates_of(model)
     assert list(gates) == [layer.name for layer in model.gated_layers]
     assert static_gates_of(model.network).keys() == gates.keys()
+    first = model.gated_layers[0]
+    _set(first, np.zeros(first.predictor.kernel.shape), np.ones(first.filters))  # its 8 gates always on
+    total = sum(layer.filters for layer in model.gated_layers)
+    assert decided_fraction(model) == sum(g.decided for g in static_gates_of(model).values()) / total
+    assert decided_fraction(model) >= first.filters / total
     with pytest.raises(TypeError, match="GatedConv"):
         static_gates(keras.layers.Dense(3))
     with pytest.raises(ValueError, match="not built"):

@@ -422,10 +422,9 @@ def run(config=None):
     metrics = model.evaluate(test, verbose=0, return_dict=True)
     macs = fk.flops.dynamic_macs(model, test)
     dense = fk.flops.count_macs(model)
-    # Gates the predictors' weights alone decide for every image (`ftwt_keras.static_gates`): high
-    # for an input-blind predictor; the edge export prunes them statically.
-    gates = fk.static_gates.static_gates_of(model).values()
-    decided = sum(g.decided for g in gates) / sum(len(g.always_on) for g in gates)
+    # Gates the predictors' weights alone decide for every image: high for an input-blind
+    # predictor; the edge export prunes them statically.
+    decided = fk.static_gates.decided_fraction(model)
     results = {
         "model": config["model"],
         "dataset": config["dataset"],
@@ -451,7 +450,8 @@ def run(config=None):
         f"\nBaseline top-1 {100 * baseline_accuracy:.2f}% | FTWT top-1 {100 * results['accuracy']:.2f}% | "
         f"FLOPs reduction {100 * results['flops_reduction']:.1f}% (estimated before training: "
         f"{100 * estimated:.1f}%) | gate accuracy {100 * results['gate_accuracy']:.1f}% | "
-        f"gates the weights alone decide {100 * decided:.1f}% | {results['test_images']} test images\nSaved {os.path.join(config['output_dir'], 'model.keras')}"
+        f"gates the weights alone decide {100 * decided:.1f}% | {results['test_images']} test images\n"
+        f"Saved {os.path.join(config['output_dir'], 'model.keras')}"
     )
     if config.get("cap_ratio"):
         capped, capped_time = train_capped(config, model, train, test,
