@@ -31,6 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+from _mobilenet_at import mobilenet_at  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A trained FTWT model (.keras) taking CIFAR-10 images.")
 flags.DEFINE_string("dataset", "cifar10", "tfds dataset of the images (its test split).")
@@ -45,45 +47,6 @@ flags.DEFINE_bool("all_decided", True,
 flags.DEFINE_integer("resolution", None, "Zoo MobileNetV1 only: run the trained weights at this input size.")
 
 
-def _mobilenet_at(model, resolution):
-    """The zoo MobileNetV1 FTWT `model` rebuilt for `resolution` x `resolution` inputs, its weights copied."""
-    import numpy as np
-
-    import ftwt_keras as fk
-
-    first = model.gated_layers[0]
-    predictor = first.predictor
-    classes = int(model.network.outputs[0].shape[-1])
-    base = fk.models.mobilenet_v1(input_shape=(resolution, resolution, 3), num_classes=classes,
-                                  alpha=first.filters / 32)
-    resized = fk.gate(base, use_softmax=predictor.use_softmax, pooling=predictor.pooling,
-                      predictor_rank=predictor.rank)
-    resized(np.zeros((1, resolution, resolution, 3), "float32"))
-    trained = {layer.name: layer for layer in model.network.layers}
-    for layer in resized.network.layers:
-        if layer.weights:
-            if layer.name not in trained:
-                raise app.UsageError(f"--resolution takes a zoo MobileNetV1; {FLAGS.model} has no layer {layer.name!r}.")
-            layer.set_weights(trained[layer.name].get_weights())
-    for layer in resized.gated_layers:
-        layer.capacity = model.network.get_layer(layer.name).capacity
-    return resized
-
-
-def _decide_the_rest(model, gates):
-    """Makes every undecided gate of `model` always on (zero predictor column, bias 1), in place."""
-    import keras
-    import numpy as np
-
-    for layer in model.gated_layers:
-        undecided = ~(gates[layer.name].always_on | gates[layer.name].always_off)
-        kernel = np.array(keras.ops.convert_to_numpy(layer.predictor.kernel))
-        bias = np.array(keras.ops.convert_to_numpy(layer.predictor.bias))
-        kernel[:, undecided], bias[undecided] = 0.0, 1.0
-        layer.predictor.kernel.assign(kernel)
-        layer.predictor.bias.assign(bias)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -91,13 +54,17 @@ def main(argv):
         raise app.UsageError("--model is required.")
     import numpy as np
 
+    import ftwt_keras as fk
     from ftwt_keras import data
     from ftwt_keras.export import tflite
     from ftwt_keras.static_gates import static_gates_of
 
     model = tflite.load_ftwt_model(FLAGS.model)
     if FLAGS.resolution:
-        model = _mobilenet_at(model, FLAGS.resolution)
+        try:
+            model = mobilenet_at(model, FLAGS.resolution)
+        except ValueError as error:
+            raise app.UsageError(f"--resolution: {error}") from error
     gates = static_gates_of(model)
     total = sum(len(g.always_on) for g in gates.values())
     print(f"{FLAGS.model}: {sum(g.decided for g in gates.values())} of {total} gates decided by the weights; "
@@ -121,7 +88,8 @@ def main(argv):
               f"{np.abs(actual - expected).max():.2e} (logit range {np.ptp(expected):.2f}), same top-1 on "
               f"{100 * np.mean(actual.argmax(1) == expected.argmax(1)):.2f}% of {len(images)} images")
     if FLAGS.all_decided:
-        _decide_the_rest(model, gates)
+        for layer in model.gated_layers:  # the undecided gates made always on
+            fk.fix_gates(layer, always_on=~(gates[layer.name].always_on | gates[layer.name].always_off))
         flatbuffers["all_decided"] = tflite.convert(model, calibration_images=calibration)
     medians = {name: [] for name in flatbuffers}
     for _ in range(FLAGS.repeats):

@@ -7,9 +7,10 @@ import os
 # export TF_ENABLE_ONEDNN_OPTS=0.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from ftwt_keras import callbacks, capping, data, flops, gating, layers, masks, models, normalization, static_gates
+from ftwt_keras import callbacks, capping, data, flops, freezing, gating, layers, masks, models, normalization, static_gates
 from ftwt_keras.capping import cap_gates, set_gate_capacities
 from ftwt_keras.estimate import estimate_flops_reduction, target_flops_reduction
+from ftwt_keras.freezing import fix_gates, freeze_gates
 from ftwt_keras.gating import gate, ungate
 from ftwt_keras.layers import GatedConv, MaskPredictor, record_gates
 from ftwt_keras.normalization import FusedBatchNormalization
@@ -27,7 +28,10 @@ __all__ = [
     "capping",
     "data",
     "estimate_flops_reduction",
+    "fix_gates",
     "flops",
+    "freeze_gates",
+    "freezing",
     "gate",
     "gating",
     "layers",

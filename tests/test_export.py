@@ -111,7 +111,7 @@ def perturb(model, seed=0, decided=None):
             thresholds = [_threshold_in_a_gap(unbiased[:, j], off_fractions[j]) for j in range(bias.shape[0])]
             layer.predictor.bias.assign(-np.asarray(thresholds, np.float32))
             if layer.name in (decided or {}):
-                _decide(layer, *decided[layer.name])
+                fk.fix_gates(layer, *decided[layer.name])
         tensors[id(node.outputs[0])] = layer(inputs if len(inputs) > 1 else inputs[0], training=False)
     return model
 
@@ -520,17 +520,6 @@ def test_layers_with_all_gates_off_or_on(cifar_images):
             chain = export.convert(model, policy="chain", calibration_images=cifar_images[:4], static_gates=static)
             assert_same_logits(chain, model, cifar_images[:4])
         assert "SOFTMAX" not in export.op_names(chain)  # statically pruned: no predictor runs
-
-
-def _decide(layer, on, off):
-    """Makes the given gates of `layer` on / off for every image: zero predictor column, bias +-1."""
-    kernel = np.array(keras.ops.convert_to_numpy(layer.predictor.kernel))
-    bias = np.array(keras.ops.convert_to_numpy(layer.predictor.bias))
-    for columns, value in ((list(on), 1.0), (list(off), -1.0)):
-        kernel[:, columns] = 0.0
-        bias[columns] = value
-    layer.predictor.kernel.assign(kernel)
-    layer.predictor.bias.assign(bias)
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v1_low_rank", "resnet20"])
