@@ -22,7 +22,8 @@ def test_recipe_runs_both_stages_and_resumes(tmp_path):
     args = [f"--output_dir={out}", "--alpha=0.25", "--train_take=256", "--test_take=256",
             "--baseline_epochs=1", "--epochs=2", "--estimate_images=128", "--batch_size=64",
             "--threshold=0.9", "--warmup_steps=2", "--distillation_weight=0.5",
-            "--threshold_ramp_epochs=2", "--ungated_layers=conv1,block1_*", "--cap_ratio=1.1", "--cap_epochs=1"]
+            "--threshold_ramp_epochs=2", "--ungated_layers=conv1,block1_*", "--cap_ratio=1.1", "--cap_epochs=1",
+            "--freeze_agreement=0.9", "--freeze_epochs=1"]
     result = _run(args, env)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -61,16 +62,33 @@ def test_recipe_runs_both_stages_and_resumes(tmp_path):
     capped_history = list(csv.DictReader((out / "capped_history.csv").read_text().splitlines()))
     assert len(capped_history) == 1 and float(capped_history[0]["gate_loss_weight"]) == 0.0
     assert results["capped"]["fine_tune_epochs"] == 1 and 0.0 <= results["capped"]["accuracy"] <= 1.0
-    assert "Fine-tuning with the caps for 1 epochs at learning rate 0.0001" in result.stderr  # the schedule's last
+    assert "Fine-tuning with the capped gates for 1 epochs at learning rate 0.0001" in result.stderr  # the schedule's last
     assert "Capped at 1.1x the mean active filters" in result.stdout
+    # Stage 4: the capped model's gates that agree on >= 90% of the same images frozen, then one epoch of
+    # the backbone only: the frozen gates stay frozen.
+    frozen = keras.saving.load_model(out / "model_frozen.keras")
+    expected_frozen = fk.freeze_gates(capped, images, min_agreement=0.9)
+    gates = fk.static_gates.static_gates_of(frozen)
+    assert sum(g.decided for g in expected_frozen.values()) > 0
+    for name, expected_gates in expected_frozen.items():
+        assert (gates[name].always_on >= expected_gates.always_on).all()
+        assert (gates[name].always_off >= expected_gates.always_off).all()
+    assert results["frozen"]["gates_decided_by_weights"] == fk.static_gates.decided_fraction(frozen)
+    assert fk.static_gates.decided_fraction(frozen) == fk.static_gates.decided_fraction(capped)
+    assert not np.array_equal(capped.gated_layers[-1].conv.kernel.numpy(), frozen.gated_layers[-1].conv.kernel.numpy())
+    frozen_history = list(csv.DictReader((out / "frozen_history.csv").read_text().splitlines()))
+    assert len(frozen_history) == 1 and float(frozen_history[0]["gate_loss_weight"]) == 0.0
+    assert results["frozen"]["fine_tune_epochs"] == 1 and results["frozen"]["agreement"] == 0.9
+    assert "Fine-tuning with the frozen gates for 1 epochs" in result.stderr
+    assert "Gates agreeing on >= 0.9 of the training images frozen" in result.stdout
     # Re-running skips finished stages.
     again = _run(args, env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Stage 1 already done" in again.stderr and "Stage 2 already done" in again.stderr
-    assert "Stage 3 already done" in again.stderr
+    assert "Stage 3 already done" in again.stderr and "Stage 4 already done" in again.stderr
     # ... and still reports the time the stages took, not 0.
     rewritten = json.loads((out / "results.json").read_text())
-    assert rewritten["capped"] == results["capped"]
+    assert rewritten["capped"] == results["capped"] and rewritten["frozen"] == results["frozen"]
     assert rewritten["capped"]["train_seconds"] == json.loads((out / "capped_seconds.json").read_text())["seconds"] > 0
     for stage in ("baseline", "ftwt"):
         stored = json.loads((out / f"{stage}_seconds.json").read_text())["seconds"]
@@ -94,7 +112,8 @@ def test_recipe_help_and_bad_flags():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.resnet_cifar", "--help"],
                             capture_output=True, text=True, env=env, timeout=300)
-    for flag in ("--threshold:", "--epochs:", "--distillation_weight:", "--threshold_ramp_epochs:"):
+    for flag in ("--threshold:", "--epochs:", "--distillation_weight:", "--threshold_ramp_epochs:",
+                 "--freeze_agreement:"):
         assert flag in result.stdout  # the plain --help lists the flags the recipe takes from common
     bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.vgg_cifar", "--mode=both"],
                          capture_output=True, text=True, env=env, timeout=300)
@@ -108,6 +127,9 @@ def test_recipe_help_and_bad_flags():
     bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.mobilenet_cifar", "--cap_ratio=0"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "--cap_ratio must be positive" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.mobilenet_cifar", "--freeze_agreement=0.3"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode != 0 and "--freeze_agreement must be in [0.5, 1.0]" in bad.stderr
     bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.mobilenet_cifar", "--alpha=0.25",
                           "--ungated_layers=blok1_*"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "['blok1_*'] match no conv layer" in bad.stderr

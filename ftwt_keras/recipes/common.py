@@ -2,13 +2,17 @@
 
 Stage 1 trains (or loads) the dense baseline; stage 2 gates it and trains
 FTWT; with `--cap_ratio`, stage 3 caps the trained gates (`ftwt_keras.cap_gates`,
-not in the paper) and fine-tunes with the caps in place. Every stage
+not in the paper) and fine-tunes with the caps in place; with
+`--freeze_agreement`, stage 4 freezes the gates that (nearly) always take one
+decision (`ftwt_keras.freeze_gates`, not in the paper: the edge export prunes
+them statically) in the final model and fine-tunes with them frozen. Every stage
 checkpoints every epoch (`keras.callbacks.BackupAndRestore`), so re-running the
 same command after a kill resumes where it stopped; a finished stage is
 skipped. Outputs in `--output_dir`: `baseline.keras`, `model.keras`
-(`model_capped.keras` with `--cap_ratio`), `results.json`, TensorBoard logs
-under `logs/`, and each stage's training time summed over the runs that
-resumed it (`baseline_seconds.json`, `ftwt_seconds.json`, `capped_seconds.json`).
+(`model_capped.keras` with `--cap_ratio`, `model_frozen.keras` with
+`--freeze_agreement`), `results.json`, TensorBoard logs under `logs/`, and each
+stage's training time summed over the runs that resumed it
+(`baseline_seconds.json`, `ftwt_seconds.json`, `capped_seconds.json`, `frozen_seconds.json`).
 """
 
 import json
@@ -77,6 +81,19 @@ def define_flags(**defaults):
     flags.register_validator("cap_epochs", lambda value: value >= 0, message="--cap_epochs must be >= 0.")
     flags.DEFINE_float("cap_lr", default("cap_lr", None),
                        "Backbone learning rate of the --cap_epochs (default: the FTWT schedule's last one).")
+    flags.DEFINE_float("freeze_agreement", default("freeze_agreement", None),
+                       "After FTWT (and the caps), freeze each gate that takes one decision on at least this share "
+                       "of the --estimate_images training images (e.g. 0.99; ftwt_keras.freeze_gates, not in the "
+                       "paper) and save model_frozen.keras: its .tflite computes frozen-off filters nowhere and runs "
+                       "no predictor for a layer whose gates are all frozen. Default: none frozen.")
+    flags.register_validator("freeze_agreement", lambda value: value is None or 0.5 <= value <= 1.0,
+                             message="--freeze_agreement must be in [0.5, 1.0] (the share of images a gate agrees on).")
+    flags.DEFINE_integer("freeze_epochs", default("freeze_epochs", 0),
+                         "With --freeze_agreement: epochs of fine-tuning with the gates frozen (the backbone only, "
+                         "the gate loss off, so the frozen gates stay frozen).")
+    flags.register_validator("freeze_epochs", lambda value: value >= 0, message="--freeze_epochs must be >= 0.")
+    flags.DEFINE_float("freeze_lr", default("freeze_lr", None),
+                       "Backbone learning rate of the --freeze_epochs (default: the FTWT schedule's last one).")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 1 progress bar, 2 one line per epoch.")
 
@@ -182,7 +199,7 @@ _RECIPE_FLAGS = (
     "baseline_epochs baseline_lr baseline_milestones epochs lr milestones gate_lr weight_decay threshold "
     "mode joint_gradient_scale target pooling use_softmax predictor_rank gate_loss_weight cooldown "
     "threshold_ramp_epochs distillation_weight distillation_temperature ungated_layers warmup_steps estimate_images "
-    "cap_ratio cap_epochs cap_lr seed verbose"
+    "cap_ratio cap_epochs cap_lr freeze_agreement freeze_epochs freeze_lr seed verbose"
 ).split()
 
 
@@ -227,7 +244,7 @@ def stage_clock(output_dir, stage):
 
     Args:
         output_dir: the stage's output folder.
-        stage: `"baseline"`, `"ftwt"` or `"capped"`; the total lives in
+        stage: `"baseline"`, `"ftwt"`, `"capped"` or `"frozen"`; the total lives in
             `output_dir/<stage>_seconds.json` as `{"seconds": ...}`.
 
     Returns:
@@ -344,8 +361,8 @@ def train_ftwt(config, baseline, train, test):
     return model, finish()
 
 
-def _cap_count_images(config, train, estimate):
-    """The images whose mean gate counts set `--cap_ratio`'s caps: training images, never test ones."""
+def _calibration_images(config, train, estimate):
+    """The images that set `--cap_ratio`'s caps and `--freeze_agreement`'s frozen gates: training images, never test ones."""
     import math
 
     from ftwt_keras import data
@@ -353,6 +370,30 @@ def _cap_count_images(config, train, estimate):
     if config["dataset"] in data.CIFAR_DATASETS:
         return estimate  # the training split, not augmented
     return train.take(max(1, math.ceil(config["estimate_images"] / config["batch_size"])))
+
+
+def _fine_tune_backbone(config, model, train, test, stage, epochs, lr, clock):
+    """`epochs` of the backbone alone after a change to the gates, the gate loss off so the predictors stay."""
+    import ftwt_keras as fk
+
+    if not epochs:
+        return
+    lr = lr or scheduled_lr(config["lr"], config["milestones"], config["epochs"], config["epochs"] - 1)
+    logging.info("Fine-tuning with the %s gates for %d epochs at learning rate %g", stage, epochs, lr)
+    compile_ftwt(model, lr, lr, config["weight_decay"], metrics=["accuracy"])  # gate_lr unused: the loss is off
+    model.fit(train, epochs=epochs, validation_data=test, verbose=config["verbose"], shuffle=False,
+              callbacks=_callbacks(config, stage, [fk.callbacks.GateCooldown(0.0), fk.callbacks.FlopsLogger(), clock]))
+
+
+def _finished_stage(config, stage, number):
+    """`(model, seconds)` of stage `number` if it already saved `model_<stage>.keras`, else None."""
+    import keras
+
+    path = os.path.join(config["output_dir"], f"model_{stage}.keras")
+    if not os.path.exists(path):
+        return None
+    logging.info("Stage %d already done: loading %s", number, path)
+    return keras.saving.load_model(path), stored_seconds(config["output_dir"], stage) or 0.0
 
 
 def train_capped(config, model, train, test, count_images):
@@ -364,28 +405,42 @@ def train_capped(config, model, train, test, count_images):
     loss off, so that the predictors, and the counts the caps were set from,
     stay as they are. Returns the capped model and its training seconds.
     """
-    import keras
-
     import ftwt_keras as fk
 
-    path = os.path.join(config["output_dir"], "model_capped.keras")
-    if os.path.exists(path):
-        logging.info("Stage 3 already done: loading %s", path)
-        return keras.saving.load_model(path), stored_seconds(config["output_dir"], "capped") or 0.0
+    finished = _finished_stage(config, "capped", 3)
+    if finished:
+        return finished
     capacities = fk.cap_gates(model, count_images, ratio=config["cap_ratio"])
     capped = {name: capacity for name, capacity in capacities.items() if capacity is not None}
     logging.info("Capped %d gated convs at %gx their mean active filters: %s", len(capped), config["cap_ratio"], capped)
     clock, finish = stage_clock(config["output_dir"], "capped")
-    epochs = config.get("cap_epochs") or 0
-    if epochs:
-        lr = config.get("cap_lr") or scheduled_lr(config["lr"], config["milestones"], config["epochs"],
-                                                  config["epochs"] - 1)
-        logging.info("Fine-tuning with the caps for %d epochs at learning rate %g", epochs, lr)
-        compile_ftwt(model, lr, lr, config["weight_decay"], metrics=["accuracy"])  # gate_lr unused: the loss is off
-        model.fit(train, epochs=epochs, validation_data=test, verbose=config["verbose"], shuffle=False,
-                  callbacks=_callbacks(config, "capped", [fk.callbacks.GateCooldown(0.0), fk.callbacks.FlopsLogger(),
-                                                          clock]))
-    model.save(path)
+    _fine_tune_backbone(config, model, train, test, "capped", config.get("cap_epochs"), config.get("cap_lr"), clock)
+    model.save(os.path.join(config["output_dir"], "model_capped.keras"))
+    return model, finish()
+
+
+def train_frozen(config, model, train, test, calibration_images):
+    """Stage 4 (`--freeze_agreement`): freezes `model`'s near-constant gates in place, fine-tunes, resumable.
+
+    Each gate that takes one decision on at least `freeze_agreement` of
+    `calibration_images` is frozen to it (`ftwt_keras.freeze_gates`); then
+    `--freeze_epochs` epochs train the backbone with the gates frozen, the gate
+    loss off. Returns the frozen model and its training seconds.
+    """
+    import ftwt_keras as fk
+
+    finished = _finished_stage(config, "frozen", 4)
+    if finished:
+        return finished
+    frozen = fk.freeze_gates(model, calibration_images, min_agreement=config["freeze_agreement"])
+    logging.info("Froze %d gates on and %d off (agreement >= %g) of %d",
+                 sum(int(g.always_on.sum()) for g in frozen.values()),
+                 sum(int(g.always_off.sum()) for g in frozen.values()), config["freeze_agreement"],
+                 sum(len(g.always_on) for g in frozen.values()))
+    clock, finish = stage_clock(config["output_dir"], "frozen")
+    _fine_tune_backbone(config, model, train, test, "frozen", config.get("freeze_epochs"), config.get("freeze_lr"),
+                        clock)
+    model.save(os.path.join(config["output_dir"], "model_frozen.keras"))
     return model, finish()
 
 
@@ -453,14 +508,14 @@ def run(config=None):
         f"gates the weights alone decide {100 * decided:.1f}% | {results['test_images']} test images\n"
         f"Saved {os.path.join(config['output_dir'], 'model.keras')}"
     )
+    calibration_images = _calibration_images(config, train, estimate_data)
     if config.get("cap_ratio"):
-        capped, capped_time = train_capped(config, model, train, test,
-                                           _cap_count_images(config, train, estimate_data))
-        capped_macs = fk.flops.dynamic_macs(capped, test)
+        model, capped_time = train_capped(config, model, train, test, calibration_images)
+        capped_macs = fk.flops.dynamic_macs(model, test)
         results["capped"] = {
             "ratio": config["cap_ratio"],
-            "capacities": {layer.name: layer.capacity for layer in capped.gated_layers if layer.capacity},
-            "accuracy": float(capped.evaluate(test, verbose=0, return_dict=True)["accuracy"]),
+            "capacities": {layer.name: layer.capacity for layer in model.gated_layers if layer.capacity},
+            "accuracy": float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"]),
             "flops_reduction": float(1.0 - np.mean(capped_macs) / dense),
             "fine_tune_epochs": config.get("cap_epochs") or 0,
             "train_seconds": round(capped_time, 1),
@@ -470,6 +525,24 @@ def run(config=None):
             f"{results['capped']['fine_tune_epochs']} epochs: top-1 {100 * results['capped']['accuracy']:.2f}% | "
             f"FLOPs reduction {100 * results['capped']['flops_reduction']:.1f}%\n"
             f"Saved {os.path.join(config['output_dir'], 'model_capped.keras')}"
+        )
+    if config.get("freeze_agreement"):
+        model, frozen_time = train_frozen(config, model, train, test, calibration_images)
+        frozen_macs = fk.flops.dynamic_macs(model, test)
+        results["frozen"] = {
+            "agreement": config["freeze_agreement"],
+            "gates_decided_by_weights": float(fk.static_gates.decided_fraction(model)),
+            "accuracy": float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"]),
+            "flops_reduction": float(1.0 - np.mean(frozen_macs) / dense),
+            "fine_tune_epochs": config.get("freeze_epochs") or 0,
+            "train_seconds": round(frozen_time, 1),
+        }
+        summary += (
+            f"\nGates agreeing on >= {config['freeze_agreement']:g} of the training images frozen, fine-tuned "
+            f"{results['frozen']['fine_tune_epochs']} epochs: top-1 {100 * results['frozen']['accuracy']:.2f}% | "
+            f"FLOPs reduction {100 * results['frozen']['flops_reduction']:.1f}% | gates the weights decide "
+            f"{100 * results['frozen']['gates_decided_by_weights']:.1f}%\n"
+            f"Saved {os.path.join(config['output_dir'], 'model_frozen.keras')}"
         )
     with open(os.path.join(config["output_dir"], "results.json"), "w") as file:
         json.dump(results, file, indent=2)
