@@ -568,6 +568,36 @@ def test_gates_the_weights_decide_are_pruned_statically(name, cifar_images):
     assert_same_logits(chain, model, cifar_images)
 
 
+def test_filters_read_only_by_always_off_depthwise_channels_are_not_computed(cifar_images, monkeypatch):
+    """A fully decided depthwise conv's off channels make its producer's filters dead: cut, still exact."""
+    model = fk.gate(fk.models.mobilenet_v1(alpha=0.25))
+    layers = model.gated_layers  # conv1, block1_dw, block1_pw, block2_dw (strided: zero padding first), ...
+    rng = np.random.default_rng(7)
+    decided = {}
+    for layer in layers[2:8:2]:  # block1_pw, block2_pw, block3_pw: 3/4 decided, the rest per image
+        order = rng.permutation(layer.filters)
+        quarter = layer.filters // 4
+        decided[layer.name] = (order[: 2 * quarter], order[2 * quarter : 3 * quarter])
+    for layer in (layers[3], layers[5]):  # block2_dw, block3_dw: every gate decided, 40% off
+        on = rng.random(layer.filters) < 0.6
+        decided[layer.name] = (np.flatnonzero(on), np.flatnonzero(~on))
+    perturb(model, seed=7, decided=decided)
+    gates = fk.static_gates.static_gates_of(model)
+    static = {name: g for name, g in gates.items() if g.decided >= export.STATIC_MIN_DECIDED * len(g.always_on)}
+    dead = export._dead_filters(model.network, static)
+    # block3_pw's reader, block4_dw, keeps its predictor (it reads every channel): nothing of block3_pw is dead.
+    assert sorted(dead) == [layers[2].name, layers[4].name]
+    for producer, reader in ((layers[2], layers[3]), (layers[4], layers[5])):
+        np.testing.assert_array_equal(dead[producer.name], gates[reader.name].always_off)
+        live = ~gates[producer.name].always_off
+        assert (dead[producer.name] & live).any()  # filters the producer would compute otherwise
+    flatbuffer = export.convert(model)
+    assert_builtin_only(flatbuffer)
+    assert_same_logits(flatbuffer, model, cifar_images)
+    monkeypatch.setattr(export, "_dead_filters", lambda network, static: {})
+    assert len(flatbuffer) < len(export.convert(model))  # the dead filters' weights are gone
+
+
 def test_randomize_batch_norm_gives_shifts_the_export_must_carry(cifar_images):
     base = fk.models.mobilenet_v1(alpha=0.25)
     unchanged = export.fold_batch_norm(fk.gate(base).gated_layers[3])

@@ -238,7 +238,7 @@ def test_frozen_gates_benchmark_reports_accuracy_exactness_and_times(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     for agreement in ("none", "1", "0.5"):
-        assert re.search(rf"^\| {agreement} \| [0-9.]+% \| [0-9.]+% \| [0-9.]+% \| -?[0-9.]+% \| [0-9.e-]+, 100.0% "
+        assert re.search(rf"^\| {agreement} \| [0-9.]+% \| [0-9.]+% \| [0-9.]+% \| -?[0-9.]+% \(-?[0-9.]+%\) \| [0-9.e-]+, 100.0% "
                          r"\| [0-9.]+ \| [0-9.]+x \([0-9.]+\) \|$", result.stdout, re.M), result.stdout
     rows = json.load(open(results))["rows"]
     assert [row["agreement"] for row in rows] == ["none", "1", "0.5"]

@@ -473,6 +473,33 @@ def _shifted_windows(padded, layer, out_h, out_w):
     return views
 
 
+def _dead_filters(network, static):
+    """`{gated regular conv name: bool (filters,)}`: filters whose outputs nothing reads.
+
+    A depthwise conv whose gates the weights decide entirely (`static`, no
+    predictor reading its input) outputs zero on its always-off channels
+    whatever its input, so when it is the only reader of a regular conv with
+    static gates (directly or through zero padding), that conv's filters
+    feeding those channels need not be computed. Capped producers are left
+    alone (their cap ranks every undecided logit).
+    """
+    nodes = _graph.layer_nodes(network)
+    readers = _graph.consumers(network, nodes)
+    dead = {}
+    for node in nodes.values():
+        layer = node.operation
+        gates = static.get(layer.name)
+        if not (isinstance(layer, GatedConv) and layer.is_depthwise and gates is not None and gates.all_decided):
+            continue
+        reader, producer = layer, _graph.producers(node)[0]
+        while isinstance(producer, keras.layers.ZeroPadding2D) and readers.get(id(producer)) == [reader]:
+            reader, producer = producer, _graph.producers(nodes[id(producer)])[0]
+        if (isinstance(producer, GatedConv) and not producer.is_depthwise and producer.name in static
+                and producer.capacity is None and readers.get(id(producer)) == [reader]):
+            dead[producer.name] = np.asarray(gates.always_off, bool)
+    return dead
+
+
 class _Builder:
     """Emits the TF ops of one network, layer by layer (inside a tf.function)."""
 
@@ -504,6 +531,7 @@ class _Builder:
             for name, gates in static_gates_of(network).items():
                 if gates.decided >= STATIC_MIN_DECIDED * len(gates.always_on):
                     self.static[name] = gates
+        self.dead = _dead_filters(network, self.static)
 
     def exact_builder(self):
         """A builder of the same network, every layer masked dense: exact for any image."""
@@ -765,12 +793,15 @@ class _Builder:
         and the undecided filters, in that order, with a kernel cut at export
         (also to the input's static channels), and outputs them as an
         activation with static channels; a depthwise conv zeroes its off
-        filters in the kernel (see `static_depthwise`).
+        filters in the kernel (see `static_depthwise`). A regular conv also
+        skips the filters that only a fully decided depthwise conv's
+        always-off channels read (`_dead_filters`).
         """
         tf = _tf()
         layer = unit.layer
-        on = np.flatnonzero(gates.always_on)
-        undecided = np.flatnonzero(~(gates.always_on | gates.always_off))
+        live = ~self.dead.get(layer.name, np.zeros(len(gates.always_on), bool))  # see `_dead_filters`
+        on = np.flatnonzero(gates.always_on & live)
+        undecided = np.flatnonzero(~(gates.always_on | gates.always_off) & live)
         gate_d = None  # (1, |undecided|) float 0/1: the undecided gates' decisions for this image
         if undecided.size:
             logits = self.predictor_logits(layer, x, columns=undecided)
