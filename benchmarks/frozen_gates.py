@@ -42,7 +42,7 @@ from _mobilenet_at import mobilenet_at  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A trained FTWT model (.keras) taking CIFAR-10 images.")
 flags.DEFINE_string("dataset", "cifar10", "tfds dataset of the images.")
-flags.DEFINE_list("agreements", ["none", "1.0", "0.999", "0.99", "0.95", "0.9", "0.5"],
+flags.DEFINE_list("agreements", ["none", "1.0", "0.99", "0.9", "0.5"],
                   "`freeze_gates(min_agreement=...)` values; `none` is the model as trained.")
 flags.DEFINE_integer("calibration_images", 2000, "Training images the gates are judged on.")
 flags.DEFINE_integer("accuracy_images", 10000, "Test images for the Keras top-1 (0: skip).")
