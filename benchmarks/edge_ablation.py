@@ -73,11 +73,7 @@ def main(argv):
     calibration = tflite.calibrate(model, calibration_images).with_capacity_ratio(model, capacity_ratio)
     flatbuffers = {"dense": tflite.convert(model, dynamic=False), "auto": tflite.convert(model, calibration=calibration, static_gates=False)}
     flatbuffers.update(ablated_exports(model, unshifted, calibration=calibration, static_gates=False))
-    medians = {name: [] for name in flatbuffers}
-    for _ in range(FLAGS.repeats):
-        times = tflite.time_side_by_side(flatbuffers, images, num_threads=1)
-        for name, values in times.items():
-            medians[name].append(1e3 * float(np.median(values)))
+    medians = tflite.loop_medians(flatbuffers, images, FLAGS.repeats)
     medians = {name: float(np.median(values)) for name, values in medians.items()}
     print(f"MobileNetV1-{size}, {'full' if rank is None else f'rank {rank}'} predictors, keep {FLAGS.keep}, "
           f"{'caps' if FLAGS.capped_ratio else 'capacities'} {capacity_ratio:g}x the count, 1 thread, "

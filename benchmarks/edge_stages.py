@@ -87,11 +87,7 @@ def main(argv):
                 tflite.set_keep_ratio(unshifted, keep, seed=0)
                 flatbuffers.update(ablated_exports(model, unshifted, policy="chain", calibration_images=calibration,
                                                    static_gates=False))
-            medians = {name: [] for name in flatbuffers}
-            for _ in range(FLAGS.repeats):
-                times = tflite.time_side_by_side(flatbuffers, np.concatenate([inputs] * 5), 1, 20)
-                for name, values in times.items():
-                    medians[name].append(1e3 * float(np.median(values)))
+            medians = tflite.loop_medians(flatbuffers, np.concatenate([inputs] * 5), FLAGS.repeats, 1, 20)
             cells = "  ".join(f"{name} {np.median(values):6.2f} ms" for name, values in medians.items())
             print(f"{size:>3}x{size}x{channels:<5} keep {keep:.1f}  {cells}", flush=True)
 

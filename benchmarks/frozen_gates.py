@@ -55,13 +55,12 @@ flags.DEFINE_string("results", "benchmarks/results/frozen_gates.json", "JSON fil
 
 
 def _frozen(path, agreement, calibration):
-    """The model at `path` with its gates frozen at `agreement` (None: as trained)."""
+    """A fresh copy of the model at `path`, its gates frozen at `agreement`."""
     import ftwt_keras as fk
     from ftwt_keras.export import tflite
 
     model = tflite.load_ftwt_model(path)
-    if agreement is not None:
-        fk.freeze_gates(model, calibration, min_agreement=agreement)
+    fk.freeze_gates(model, calibration, min_agreement=agreement)
     return model
 
 
@@ -113,14 +112,15 @@ def main(argv):
     start = time.time()
     for agreement in agreements:
         name = "none" if agreement is None else f"{agreement:g}"
-        model = _frozen(FLAGS.model, agreement, calibration)
+        model = trained if agreement is None else _frozen(FLAGS.model, agreement, calibration)
         executed = float(np.mean(fk.flops.dynamic_macs(model, calibration[:1000])))
         row = {"model": FLAGS.model, "resolution": resolution, "agreement": name,
                "decided": fk.static_gates.decided_fraction(model),
                "flops_reduction": 1.0 - executed / dense_macs,
                "backbone_flops_reduction": 1.0 - (executed - predictor_macs) / dense_macs}
         if FLAGS.accuracy_images:
-            top1 = np.asarray(model.predict(test_images, batch_size=500, verbose=0)).argmax(1)
+            top1 = trained_top1 if agreement is None else (
+                np.asarray(model.predict(test_images, batch_size=500, verbose=0)).argmax(1))
             row["top1"] = float(np.mean(top1 == test_labels))
             row["same_top1_as_trained"] = float(np.mean(top1 == trained_top1))
         if FLAGS.resolution and FLAGS.resolution != size:
@@ -141,12 +141,8 @@ def main(argv):
               + f"; export max |difference| {row['export_max_difference']:.1e} of the logit range "
               f"({time.time() - start:.0f} s)", flush=True)
 
-    medians = {name: [] for name in flatbuffers}
-    for _ in range(FLAGS.repeats):
-        times = tflite.time_side_by_side(flatbuffers, run_images[: FLAGS.timed_images],
-                                         num_threads=FLAGS.threads, warmup=20)
-        for name, values in times.items():
-            medians[name].append(1e3 * float(np.median(values)))
+    medians = tflite.loop_medians(flatbuffers, run_images[: FLAGS.timed_images], FLAGS.repeats,
+                                  num_threads=FLAGS.threads, warmup=20)
     dense_ms = float(np.median(medians["dense"]))
     print(f"\n{FLAGS.model} at {resolution}x{resolution}, {FLAGS.threads} thread(s), median of {FLAGS.repeats} "
           f"side-by-side loops over {FLAGS.timed_images} images; dense {dense_ms:.3f} ms "

@@ -91,11 +91,7 @@ def main(argv):
         for layer in model.gated_layers:  # the undecided gates made always on
             fk.fix_gates(layer, always_on=~(gates[layer.name].always_on | gates[layer.name].always_off))
         flatbuffers["all_decided"] = tflite.convert(model, calibration_images=calibration)
-    medians = {name: [] for name in flatbuffers}
-    for _ in range(FLAGS.repeats):
-        times = tflite.time_side_by_side(flatbuffers, images[:300], num_threads=FLAGS.threads, warmup=20)
-        for name, values in times.items():
-            medians[name].append(1e3 * float(np.median(values)))
+    medians = tflite.loop_medians(flatbuffers, images[:300], FLAGS.repeats, num_threads=FLAGS.threads, warmup=20)
     print(f"Median ms per image ({FLAGS.threads} thread(s), {FLAGS.repeats} side-by-side loops of "
           f"{min(300, len(images))} images):")
     for name, values in medians.items():

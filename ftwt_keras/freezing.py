@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from ftwt_keras import flops
-from ftwt_keras.layers import GatedConv, record_gates
+from ftwt_keras.layers import check_built_gated_conv, record_gates
 from ftwt_keras.static_gates import StaticGates
 from ftwt_keras.training import FTWTModel
 
@@ -60,10 +60,7 @@ def fix_gates(layer, always_on=None, always_off=None, logits=None):
     >>> gates.always_on.tolist(), gates.always_off.tolist()
     ([True, False, False, False], [False, False, False, True])
     """
-    if not isinstance(layer, GatedConv):
-        raise TypeError(f"`fix_gates` takes a GatedConv; got {type(layer).__name__} '{getattr(layer, 'name', '')}'.")
-    if not layer.built:
-        raise ValueError(f"GatedConv '{layer.name}' is not built: call the model once first.")
+    check_built_gated_conv(layer, "fix_gates")
     on, off = (_gate_set(gates, layer, argument) for gates, argument in ((always_on, "always_on"),
                                                                         (always_off, "always_off")))
     if np.any(on & off):

@@ -580,6 +580,14 @@ def check_predictor_rank(rank):
     return rank
 
 
+def check_built_gated_conv(layer, function_name):
+    """Raises unless `layer` is a built `GatedConv`; `function_name` is the caller, for the message."""
+    if not isinstance(layer, GatedConv):
+        raise TypeError(f"`{function_name}` takes a GatedConv; got {type(layer).__name__} '{getattr(layer, 'name', '')}'.")
+    if not layer.built:
+        raise ValueError(f"GatedConv '{layer.name}' is not built: call the model once first.")
+
+
 def check_capacity(capacity, filters=None, layer_name=None):
     """None, or a positive int (at most `filters`, when given): the most filters a GatedConv keeps on per image."""
     if capacity is None:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from ftwt_keras.layers import GatedConv
+from ftwt_keras.layers import GatedConv, check_built_gated_conv
 
 # Decided only when the logit's range clears 0 by this fraction of the
 # largest |weight| in its column (float32 sums of up to a few thousand terms
@@ -86,10 +86,7 @@ def static_gates(layer):
     >>> gates.always_on.tolist(), gates.always_off.tolist()
     ([True, False, True, False], [False, True, False, True])
     """
-    if not isinstance(layer, GatedConv):
-        raise TypeError(f"`static_gates` takes a GatedConv; got {type(layer).__name__} '{getattr(layer, 'name', '')}'.")
-    if not layer.built:
-        raise ValueError(f"GatedConv '{layer.name}' is not built: call the model once first.")
+    check_built_gated_conv(layer, "static_gates")
     predictor = layer.predictor
     weights, scale, bias = _predictor_map(predictor)
     margin = ROUNDING_MARGIN * scale + 1e-6 * np.abs(bias)

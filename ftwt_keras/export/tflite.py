@@ -1804,6 +1804,19 @@ def time_side_by_side(flatbuffers, images, num_threads=1, warmup=10):
     return times
 
 
+def loop_medians(flatbuffers, images, repeats, num_threads=1, warmup=10):
+    """`time_side_by_side` run `repeats` times: `{name: [median ms per invoke of each loop]}`.
+
+    Loops apart show how much the host's noise moves a median; each loop
+    builds its interpreters afresh.
+    """
+    medians = {name: [] for name in flatbuffers}
+    for _ in range(repeats):
+        for name, values in time_side_by_side(flatbuffers, images, num_threads, warmup).items():
+            medians[name].append(1e3 * float(np.median(values)))
+    return medians
+
+
 def run(flatbuffer_or_interpreter, images, num_threads=1):
     """Runs a batch-1 .tflite model on each image of `images` (N, H, W, C); returns (N, classes)."""
     runner = flatbuffer_or_interpreter

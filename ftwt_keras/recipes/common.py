@@ -444,6 +444,21 @@ def train_frozen(config, model, train, test, calibration_images):
     return model, finish()
 
 
+def _fine_tuned_results(model, test, dense_macs, epochs, seconds):
+    """Test top-1 and FLOPs reduction of a stage 3 / 4 model, with its fine-tuning epochs and seconds."""
+    import numpy as np
+
+    import ftwt_keras as fk
+
+    macs = fk.flops.dynamic_macs(model, test)
+    return {
+        "accuracy": float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"]),
+        "flops_reduction": float(1.0 - np.mean(macs) / dense_macs),
+        "fine_tune_epochs": epochs or 0,
+        "train_seconds": round(seconds, 1),
+    }
+
+
 def main(argv):
     """The absl `main` of every recipe app."""
     from absl import app
@@ -511,14 +526,10 @@ def run(config=None):
     calibration_images = _calibration_images(config, train, estimate_data)
     if config.get("cap_ratio"):
         model, capped_time = train_capped(config, model, train, test, calibration_images)
-        capped_macs = fk.flops.dynamic_macs(model, test)
         results["capped"] = {
             "ratio": config["cap_ratio"],
             "capacities": {layer.name: layer.capacity for layer in model.gated_layers if layer.capacity},
-            "accuracy": float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"]),
-            "flops_reduction": float(1.0 - np.mean(capped_macs) / dense),
-            "fine_tune_epochs": config.get("cap_epochs") or 0,
-            "train_seconds": round(capped_time, 1),
+            **_fine_tuned_results(model, test, dense, config.get("cap_epochs"), capped_time),
         }
         summary += (
             f"\nCapped at {config['cap_ratio']:g}x the mean active filters, fine-tuned "
@@ -528,14 +539,10 @@ def run(config=None):
         )
     if config.get("freeze_agreement"):
         model, frozen_time = train_frozen(config, model, train, test, calibration_images)
-        frozen_macs = fk.flops.dynamic_macs(model, test)
         results["frozen"] = {
             "agreement": config["freeze_agreement"],
             "gates_decided_by_weights": float(fk.static_gates.decided_fraction(model)),
-            "accuracy": float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"]),
-            "flops_reduction": float(1.0 - np.mean(frozen_macs) / dense),
-            "fine_tune_epochs": config.get("freeze_epochs") or 0,
-            "train_seconds": round(frozen_time, 1),
+            **_fine_tuned_results(model, test, dense, config.get("freeze_epochs"), frozen_time),
         }
         summary += (
             f"\nGates agreeing on >= {config['freeze_agreement']:g} of the training images frozen, fine-tuned "
