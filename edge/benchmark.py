@@ -4,10 +4,10 @@
     python edge/benchmark.py --mode cifar --model runs/x/ftwt.keras
     python edge/benchmark.py --mode imagenet --per_layer --keeps 0.3 --threads 1   # time per layer
 
-Mode "cifar": MobileNetV1 (or --model, a trained FTWT .keras) on >= 200 real
-CIFAR-10 test images at 32x32. Without --model the gates are untrained, so
-masks are drawn at random at each --keeps ratio per layer (said in the output).
-Mode "imagenet": MobileNetV1 at 224x224, 1000 classes, random weights and
+Mode "cifar": MobileNetV1 (--network=vgg16_bn: VGG16-bn; or --model, a
+trained FTWT .keras) on >= 200 real CIFAR-10 test images at 32x32. Without
+--model the gates are untrained, so masks are drawn at random at each --keeps
+ratio per layer (said in the output). Mode "imagenet": --network at 224x224, 1000 classes, random weights and
 batch-norm statistics (no ImageNet weights exist here), masks drawn at each
 --keeps ratio per layer, timed on CIFAR-10 test images resized to 224.
 
@@ -58,6 +58,8 @@ flags.DEFINE_string("policy", "auto", "Dynamic export policy: gather, dense, aut
 flags.DEFINE_list("predictor_ranks", ["full"],
                   "Mask predictors of the random-weight models: 'full' (the paper's) and/or ints (a low-rank "
                   "MaskPredictor, ftwt_keras.gate(predictor_rank=...)); each is timed against the same dense model.")
+flags.DEFINE_enum("network", "mobilenet_v1", ["mobilenet_v1", "vgg16_bn"],
+                  "Random-weight network to time (when no --model): MobileNetV1 (--alpha) or VGG16-bn.")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV1 width multiplier (when no --model).")
 flags.DEFINE_integer("calibration_images", 64,
                      "CIFAR-10 training images from which --policy=auto picks each layer's computation "
@@ -245,11 +247,11 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
 
 
 def _per_layer(resolution, images, calibration, predictor_ranks):
-    """Prints (and returns as Markdown) per-layer dense and dynamic times of MobileNetV1."""
+    """Prints (and returns as Markdown) per-layer dense and dynamic times of --network."""
     import ftwt_keras as fk
     from ftwt_keras.export import tflite
 
-    base = _random_mobilenet(resolution)
+    base = _random_network(resolution)
     keep, threads = float(FLAGS.keeps[0]), int(FLAGS.threads[0])
     lines = []
     for rank in predictor_ranks:
@@ -281,10 +283,10 @@ def _run_mode(resolution, images, calibration, predictor_ranks):
         print(f"cifar: trained model {FLAGS.model}, masks from its predictors.")
         return _measure(os.path.basename(FLAGS.model).replace(".keras", ""), model, images, "predicted", dense,
                         calibration)
-    base = _random_mobilenet(resolution)
+    base = _random_network(resolution)
     dense = None
     for rank in predictor_ranks:
-        label = f"mobilenet_v1_{FLAGS.alpha:g}" + ("" if rank is None else f"_rank{rank}")
+        label = _network_label() + ("" if rank is None else f"_rank{rank}")
         print(f"{resolution}x{resolution}: {label}, random weights, masks drawn at random at a fixed keep ratio "
               "per layer (not predicted by trained gates).", flush=True)
         model = fk.gate(base, predictor_rank=rank)
@@ -297,14 +299,21 @@ def _run_mode(resolution, images, calibration, predictor_ranks):
     return rows
 
 
-def _random_mobilenet(resolution):
-    """MobileNetV1 (--alpha) with random weights and batch-norm statistics: 10 classes at 32x32, else 1000."""
+def _random_network(resolution):
+    """--network with random weights and batch-norm statistics: 10 classes at 32x32, else 1000."""
     import ftwt_keras as fk
     from ftwt_keras.export import tflite
 
-    num_classes = 10 if resolution == 32 else 1000
-    base = fk.models.mobilenet_v1(input_shape=(resolution, resolution, 3), num_classes=num_classes, alpha=FLAGS.alpha)
+    shape, num_classes = (resolution, resolution, 3), 10 if resolution == 32 else 1000
+    if FLAGS.network == "vgg16_bn":
+        base = fk.models.vgg16_bn(input_shape=shape, num_classes=num_classes)
+    else:
+        base = fk.models.mobilenet_v1(input_shape=shape, num_classes=num_classes, alpha=FLAGS.alpha)
     return tflite.randomize_batch_norm(base)
+
+
+def _network_label():
+    return "vgg16_bn" if FLAGS.network == "vgg16_bn" else f"mobilenet_v1_{FLAGS.alpha:g}"
 
 
 def _predictor_ranks():
@@ -406,8 +415,9 @@ def markdown_tables(rows):
         one = by_threads.get(1) or by_threads[min(by_threads)]
         two = by_threads.get(2)
         rank = one.get("predictor_rank")
-        head = (f"| {one['resolution']}x{one['resolution']} | {'full' if rank is None else f'rank {rank}'} | "
-                f"{one['keep']:.2f} |")
+        network = one["model"].split("_rank")[0]
+        where = f"{one['resolution']}x{one['resolution']}" + ("" if network.startswith("mobilenet_v1") else f", {network}")
+        head = f"| {where} | {'full' if rank is None else f'rank {rank}'} | {one['keep']:.2f} |"
         main.append(f"{head} {100 * one['flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
                     f"{one['predictors_ms']:.2f} ms | {one['masked_dense_ms']:.2f} ms | {one['dynamic_ms']:.2f} ms | "
                     f"{one['speedup']:.2f}x ({one['ideal_speedup']:.2f}x) | "

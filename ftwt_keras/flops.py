@@ -267,11 +267,16 @@ def _segment_matrix(widths):
     return matrix
 
 
-def gate_masks_of(model, images, training=False):
-    """Runs `model` on one batch and returns `{gated layer name: mask}` (tensors)."""
-    with record_gates() as recorder:
+def gate_masks_of(model, images, training=False, targets=False):
+    """Runs `model` on one batch and returns `{gated layer name: mask}` (tensors).
+
+    With `targets=True`, the masks are the gates' training targets at their
+    thresholds, taken with every filter computed (as `estimate_flops_reduction`
+    takes them), instead of the predictors' masks.
+    """
+    with record_gates(targets=targets, apply_masks=not targets) as recorder:
         _network(model)(images, training=training)
-    return {name: record.mask for name, record in recorder.by_layer_name().items()}
+    return {name: record.target if targets else record.mask for name, record in recorder.by_layer_name().items()}
 
 
 def firing_rates(model, images, batch_size=128):

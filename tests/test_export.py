@@ -394,6 +394,40 @@ def test_auto_compacts_mid_size_maps_up_to_a_wider_cutoff(cifar_images, monkeypa
     assert ops["TOPK_V2"] == 0
 
 
+def test_calibration_on_targets_says_before_training_which_gates_will_pay(cifar_images):
+    """The dense network's targets at r, not the untrained predictors, say which gates will pay."""
+    model = fk.gate(fk.models.vgg16_bn(), threshold=0.3, target="uniform")
+    counts = export.gate_counts(model, cifar_images[:16], targets=True)
+    calibration = export.calibrate(model, cifar_images[:16], targets=True)
+    for layer in model.gated_layers:
+        # A uniform target keeps its layer's top 30% of filters (fewer only where some are dead).
+        kept = layer.filters - int(0.7 * layer.filters)
+        assert kept - 2 <= counts[layer.name].min() <= counts[layer.name].max() <= kept
+        assert calibration.keep_ratios[layer.name] == pytest.approx(counts[layer.name].mean() / layer.filters)
+        assert calibration.capacities[layer.name] >= counts[layer.name].max()
+    # Untrained predictors keep about half of the filters; the targets do not depend on them.
+    predicted = export.gate_counts(model, cifar_images[:16])
+    assert np.mean([predicted[name].mean() / f for name, f in export._filter_counts(model).items()]) > 0.35
+    rng = np.random.default_rng(0)
+    for layer in model.gated_layers:
+        for weight in layer.predictor.weights:
+            weight.assign(rng.normal(size=weight.shape).astype("float32"))
+    assert any((export.gate_counts(model, cifar_images[:16])[name] != predicted[name]).any() for name in counts)
+    assert all((export.gate_counts(model, cifar_images[:16], targets=True)[name] == counts[name]).all()
+               for name in counts)
+    # conv2-conv7 (16x16 to 32x32 maps) compute only their active filters; conv8-conv10 are as large but
+    # on 4x4 maps, where reading their weights dominates, and conv1 and conv11-13 are small.
+    assert export.paying_gates(model, calibration=calibration) == [f"conv{i}" for i in range(2, 8)]
+    # The recipes' --gate_only_paying: the same plan from a dense baseline, before any FTWT training.
+    from ftwt_keras.recipes import common
+
+    config = {"threshold": 0.3, "target": "uniform", "gate_only_paying": True}
+    assert common.paying_layers(config, fk.models.vgg16_bn(), cifar_images[:16]) == [f"conv{i}" for i in range(2, 8)]
+    common.check_some_gate_can_pay(dict(config, model="vgg16_bn", image_size=32, num_classes=10))
+    with pytest.raises(ValueError, match="no gate of mobilenet_v1 at 32x32 can pay in the edge export"):
+        common.check_some_gate_can_pay(dict(config, model="mobilenet_v1", alpha=1.0, image_size=32, num_classes=10))
+
+
 def test_paying_gates_and_a_lean_export(cifar_images):
     """Only gates whose masks let a large conv read fewer inputs pay; the rest can be ungated, exactly exported."""
     model = export.set_keep_ratio(fk.gate(fk.models.vgg16_bn()), keep=0.3, seed=2)
@@ -813,6 +847,7 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
                     lean_ideal_speedup=5.0)
         lean.update(capped_ratio=1.1, capped_gates=14, capped_ms=4.0, capped_speedup=2.5 / lean["threads"],
                     capped_flops_reduction=0.9)
+    rows.append({**rows[1], "model": "vgg16_bn_rank16", "predictor_rank": 16})  # --network=vgg16_bn
     output = tmp_path / "latency.json"
     output.write_text(json.dumps({"rows": rows}))
 
@@ -828,10 +863,11 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     tables = (tmp_path / "latency.md").read_text().split("\n\n")
     main = tables[0].splitlines()
-    assert len(main) == 2 + 6  # header, rule, one line per resolution and keep (threads side by side)
+    assert len(main) == 2 + 7  # header, rule, one line per network, resolution and keep (threads side by side)
     assert main[2].startswith("| 224x224 | full | 0.10 | 90.0% | 10.00 ms | 11.00 ms | 12.00 ms | 5.88 ms | 1.70x (10.00x) | 1.25x |")
     assert main[2].endswith("| 4.00 ms: 2.50x / 1.25x |")  # the capped model beside it
-    assert main[-1].startswith("| 32x32 | full | 1.00 | 0.0% |") and main[-1].endswith("| - |")
+    assert main[-2].startswith("| 32x32 | full | 1.00 | 0.0% |") and main[-2].endswith("| - |")
+    assert main[-1].startswith("| 32x32, vgg16_bn | rank 16 | 0.50 | 50.0% |")  # the network named where not MobileNetV1
     assert any(table.startswith("Capped gates:") and "1.1x" in table for table in tables)
     lean = tables[-1].splitlines()
     assert lean[2:] == ["| 224x224 | full | 0.10 | 20 of 27 | 80.0% | 10.00 ms | 5.00 ms | 2.00x (5.00x) | 1.00x | 1.70x |"]

@@ -134,3 +134,31 @@ def test_recipe_help_and_bad_flags():
                           "--ungated_layers=blok1_*"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "['blok1_*'] match no conv layer" in bad.stderr
     assert "Epoch 1/" not in bad.stdout + bad.stderr  # refused before any training
+    bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.mobilenet_cifar", "--alpha=0.25",
+                          "--gate_only_paying"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode != 0 and "no gate of mobilenet_v1 at 32x32 can pay in the edge export" in bad.stderr
+    assert "Epoch 1/" not in bad.stdout + bad.stderr  # refused before any training
+
+
+def test_recipe_gates_only_where_gates_pay_in_the_export(tmp_path):
+    """--gate_only_paying: the convs whose gates the export turns into skipped work, planned before FTWT."""
+    from ftwt_keras.export import tflite
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "ftwt_keras.recipes.vgg_cifar", f"--output_dir={out}", "--train_take=128",
+         "--test_take=128", "--baseline_epochs=1", "--epochs=1", "--estimate_images=64", "--batch_size=64",
+         "--target=uniform", "--threshold=0.3", "--gate_only_paying"],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    baseline = keras.saving.load_model(out / "baseline.keras")
+    images = fk.data.cifar_arrays("cifar10", "train[:64]")[0]
+    gated = fk.gate(baseline, threshold=0.3, target="uniform")
+    planned = tflite.paying_gates(gated, calibration=tflite.calibrate(gated, images, targets=True))
+    assert planned and results["planned_paying_gates"] == planned
+    model = keras.saving.load_model(out / "model.keras")
+    assert [layer.name for layer in model.gated_layers] == planned
+    assert set(results["paying_gates"]) <= set(planned)
+    assert f"Gated only the {len(planned)} convs whose gates pay in the edge export" in result.stdout

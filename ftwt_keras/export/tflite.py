@@ -115,6 +115,14 @@ AUTO_MIN_FILTERS = 256
 # have <= 4.2M MACs), keep 0.3, 1 thread: 4.43 ms with the branches, 3.78 ms
 # without; at 224x224 those layers have >= 25M MACs and the branches pay.
 AUTO_MIN_MACS = 16_000_000
+# ... and at least this many output pixels: on a smaller map a conv is bound by
+# reading its weights (few multiply-adds per weight), which a gather reads and
+# writes again. VGG16-bn at 32x32 (x86 XNNPACK, 1 thread, 2026-12-05, drawn
+# masks, capacities 1.26x the count): its 3x3 convs on 4x4 maps took 0.89-2.32
+# ms reading only their inputs' active channels at keep 0.5 against 0.56-0.98
+# dense (the whole network 0.71x of dense), while those on 8x8 and 16x16 maps
+# gained; MobileNetV1-224's smallest compacted maps (7x7) gain at keep 0.3.
+AUTO_MIN_PIXELS = 7 * 7
 
 # A layer whose weights decide at least this fraction of its gates for every
 # input (`ftwt_keras.static_gates`) computes its on and undecided filters
@@ -663,16 +671,16 @@ class _Builder:
         """The default per-layer choice (from timings of MobileNetV1 on x86 XNNPACK).
 
         With calibration images, a regular conv with at least `AUTO_MIN_MACS`
-        multiply-adds whose capacity is at most `AUTO_CHAIN_CUTOFF` of its
-        filters (`AUTO_CHAIN_CUTOFF_MID` on 14x14 to 28x28 outputs)
-        computes only its active filters (`"chain"`: compact output,
+        multiply-adds and `AUTO_MIN_PIXELS` output pixels whose capacity is
+        at most `AUTO_CHAIN_CUTOFF` of its filters (`AUTO_CHAIN_CUTOFF_MID` on
+        14x14 to 28x28 outputs) computes only its active filters (`"chain"`: compact output,
         static shapes, so XNNPACK runs its matmul), and a depthwise conv on
         such a compact input stays compact (`"chain"`: putting the channels
         back costs more than its builtin kernel). A regular conv on a compact
         input that does not pay to compact reads only the present channels
         (`"gather_inputs"`). Otherwise, as before calibration existed: a
-        large regular conv (`AUTO_MIN_FILTERS`, `AUTO_MIN_MACS`) reads only
-        its input's non-zero channels when at most `AUTO_INPUT_CUTOFF` of
+        large regular conv (`AUTO_MIN_FILTERS`, `AUTO_MIN_MACS`,
+        `AUTO_MIN_PIXELS`) reads only its input's non-zero channels when at most `AUTO_INPUT_CUTOFF` of
         them are on (from the calibration keep ratio, or per image with a
         builtin IF, ~0.2 ms per layer at 224x224, without calibration), and
         every other layer runs dense, then masked.
@@ -1106,10 +1114,10 @@ def _conv_macs(model):
 def _chains(layer, conv_macs, capacity):
     """Whether `auto` computes regular GatedConv `layer` on its active filters only (policy "chain")."""
     macs = conv_macs[layer.name]
-    if macs < AUTO_MIN_MACS:
+    pixels = _output_pixels(layer, conv_macs)
+    if macs < AUTO_MIN_MACS or pixels < AUTO_MIN_PIXELS:
         return False
-    kernel_h, kernel_w, inputs, filters = layer.conv.kernel.shape
-    pixels = macs // (kernel_h * kernel_w * inputs * filters)
+    filters = layer.conv.filters
     low, high = AUTO_CHAIN_MID_PIXELS
     cutoff = AUTO_CHAIN_CUTOFF_MID if low <= pixels <= high else AUTO_CHAIN_CUTOFF
     return capacity <= cutoff * filters
@@ -1119,12 +1127,20 @@ def _may_gather_inputs(layer, conv_macs):
     """Whether `auto` may compute GatedConv `layer` from its input's non-zero channels only.
 
     Not for depthwise convs (no fast kernel over a run-time channel set) nor
-    for layers with fewer than `AUTO_MIN_FILTERS` filters or `AUTO_MIN_MACS`
-    multiply-adds (gathering costs more than they can save).
+    for layers with fewer than `AUTO_MIN_FILTERS` filters, `AUTO_MIN_MACS`
+    multiply-adds or `AUTO_MIN_PIXELS` output pixels (gathering costs more
+    than they can save).
     """
     if layer.is_depthwise:
         return False
-    return layer.conv.filters >= AUTO_MIN_FILTERS and conv_macs[layer.name] >= AUTO_MIN_MACS
+    return (layer.conv.filters >= AUTO_MIN_FILTERS and conv_macs[layer.name] >= AUTO_MIN_MACS
+            and _output_pixels(layer, conv_macs) >= AUTO_MIN_PIXELS)
+
+
+def _output_pixels(layer, conv_macs):
+    """Output pixels of regular GatedConv `layer` (from its dense multiply-adds)."""
+    kernel_h, kernel_w, inputs, filters = layer.conv.kernel.shape
+    return conv_macs[layer.name] // (kernel_h * kernel_w * inputs * filters)
 
 
 def paying_gates(model, calibration_images=None, calibration=None):
@@ -1145,7 +1161,18 @@ def paying_gates(model, calibration_images=None, calibration=None):
     model gated at these layers only (`gate(base, layers_to_gate=...)`, then
     trained) exports without that overhead; removing gates from a model
     trained with them (`ftwt_keras.ungate`) gives another model, which can
-    lose most of its accuracy (see there).
+    lose most of its accuracy (see there). To choose before training, pass
+    the calibration of the dense baseline's targets (the recipes'
+    `--gate_only_paying`):
+
+    >>> import ftwt_keras as fk, numpy as np
+    >>> base = fk.models.vgg16_bn()   # trained, in practice
+    >>> images = np.random.uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    >>> gated = fk.gate(base, threshold=0.3, target="uniform")
+    >>> paying = paying_gates(gated, calibration=calibrate(gated, images, targets=True))
+    >>> paying
+    ['conv2', 'conv3', 'conv4', 'conv5', 'conv6', 'conv7']
+    >>> model = fk.gate(base, threshold=0.3, target="uniform", layers_to_gate=lambda layer: layer.name in paying)
 
     Args:
         model: an `ftwt_keras.FTWTModel`.
@@ -1399,26 +1426,42 @@ class Calibration:
         return Calibration(dict(self.keep_ratios), capacities)
 
 
-def gate_counts(model, images, batch_size=32):
-    """`{gated layer name: int array (N,)}`: how many filters each gate keeps on for each of `images`."""
+def gate_counts(model, images, batch_size=32, targets=False):
+    """`{gated layer name: int array (N,)}`: how many filters each gate keeps on for each of `images`.
+
+    `targets=True` counts the filters of the gates' training targets instead
+    (see `calibrate`).
+    """
     from ftwt_keras import flops
 
     counts = {}
     for batch in flops.image_batches(images, batch_size):
-        for name, mask in flops.gate_masks_of(model, batch).items():
+        for name, mask in flops.gate_masks_of(model, batch, targets=targets).items():
             counts.setdefault(name, []).append(np.asarray(mask).reshape(len(mask), -1).sum(axis=1))
     return {name: np.concatenate(parts).astype(np.int64) for name, parts in counts.items()}
 
 
-def calibrate(model, images, batch_size=32, capacity_stds=None):
+def calibrate(model, images, batch_size=32, capacity_stds=None, targets=False):
     """`Calibration` of `model`'s gates on raw `images` (N, H, W, C).
+
+    With `targets=True` it calibrates on the masks the predictors are trained
+    toward (each gate's heatmap target at its threshold, every filter
+    computed) instead of the predictors' own masks. That works before any
+    FTWT training: gated at threshold r, a dense baseline's targets say which
+    gates will pay in the export (`paying_gates(model, calibration=...)`), so
+    that only those are gated and trained (`gate(base, layers_to_gate=...)`,
+    the recipes' `--gate_only_paying`). The predictors then learn masks close
+    to these, but keep somewhat more filters on (the FLOPs estimate's error);
+    `paying_gates` on the trained model checks.
 
     Args:
         model: an `ftwt_keras.FTWTModel`.
-        images: raw images like those the model will see; a few dozen suffice.
-        batch_size: images per Keras forward pass.
+        images: raw images like those the model will see (an array, or an
+            iterable of batches); a few dozen suffice.
+        batch_size: images per Keras forward pass (for an array).
         capacity_stds: the capacity margin in standard deviations of each
             layer's count over `images` (default `CAPACITY_STDS`).
+        targets: calibrate on the gates' training targets (see above).
 
     Example:
 
@@ -1428,7 +1471,7 @@ def calibrate(model, images, batch_size=32, capacity_stds=None):
     >>> sorted(calibration.capacities)[:2]
     ['block10_dw', 'block10_pw']
     """
-    counts = gate_counts(model, images, batch_size)
+    counts = gate_counts(model, images, batch_size, targets=targets)
     filters = _filter_counts(model)
     keep_ratios = {name: float(count.mean() / filters[name]) for name, count in counts.items()}
     return Calibration(keep_ratios, _capacities_from_counts(counts, filters, capacity_stds))

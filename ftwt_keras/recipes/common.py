@@ -68,6 +68,12 @@ def define_flags(**defaults):
     flags.DEFINE_integer("warmup_steps", default("warmup_steps", 0), "Predictor warm-up batches toward all-ones.")
     flags.DEFINE_integer("estimate_images", default("estimate_images", 2048),
                          "Training images for the before-training FLOPs estimate (and --cap_ratio's mean counts).")
+    flags.DEFINE_bool("gate_only_paying", default("gate_only_paying", False),
+                      "Gate only the convs whose masks the edge export turns into skipped work at --image_size "
+                      "(ftwt_keras.export.paying_gates, judged before FTWT training from the dense baseline's "
+                      "targets at r on the --estimate_images images): every other gate would only add its "
+                      "predictor to the .tflite, so that the model is never slower than dense there (not in the "
+                      "paper). Fails before training where no conv can pay, e.g. MobileNetV1 at 32x32.")
     flags.DEFINE_float("cap_ratio", default("cap_ratio", None),
                        "After FTWT, cap each gated regular conv at this multiple of its mean number of active "
                        "filters (e.g. 1.1; ftwt_keras.cap_gates, not in the paper) and save model_capped.keras: "
@@ -199,6 +205,7 @@ _RECIPE_FLAGS = (
     "baseline_epochs baseline_lr baseline_milestones epochs lr milestones gate_lr weight_decay threshold "
     "mode joint_gradient_scale target pooling use_softmax predictor_rank gate_loss_weight cooldown "
     "threshold_ramp_epochs distillation_weight distillation_temperature ungated_layers warmup_steps estimate_images "
+    "gate_only_paying "
     "cap_ratio cap_epochs cap_lr freeze_agreement freeze_epochs freeze_lr seed verbose"
 ).split()
 
@@ -322,8 +329,48 @@ def check_ungated_layers(config):
         layers_to_gate(config, build_model(config))
 
 
-def train_ftwt(config, baseline, train, test):
-    """Stage 2: gate the baseline and train FTWT, resumable; returns it and its training seconds."""
+def check_some_gate_can_pay(config):
+    """With `--gate_only_paying`: fails before any training when no gate of the model could ever pay."""
+    from ftwt_keras import gating
+    from ftwt_keras.export import tflite
+
+    if not config.get("gate_only_paying"):
+        return
+    model = build_model(config)
+    gated = gating.gate(model, layers_to_gate=layers_to_gate(config, model))
+    # The most favourable masks: one filter on per image, so every conv large enough to compact does.
+    names = [layer.name for layer in gated.gated_layers]
+    sparsest = tflite.Calibration({name: 0.0 for name in names}, {name: 1 for name in names})
+    if not tflite.paying_gates(gated, calibration=sparsest):
+        raise ValueError(
+            f"--gate_only_paying: no gate of {config['model']} at {config['image_size']}x{config['image_size']} can "
+            "pay in the edge export, at any r: no conv is large enough for computing fewer filters to beat "
+            f"computing them all (>= {tflite.AUTO_MIN_MACS:,} multiply-adds, see "
+            "ftwt_keras.export.paying_gates). Its .tflite would be slower than dense with any gate; drop the "
+            "flag to train FTWT for FLOPs anyway."
+        )
+
+
+def paying_layers(config, baseline, estimate, candidates=None):
+    """`--gate_only_paying`: the convs of `baseline` whose gates will pay in the export, from its targets at r.
+
+    Gates `baseline` at the run's threshold and target rule (the convs
+    `candidates` selects, as `gate`'s `layers_to_gate`), calibrates on the
+    targets of the `estimate` images and returns `paying_gates`' names.
+    """
+    import ftwt_keras as fk
+    from ftwt_keras.export import tflite
+
+    gated = fk.gate(baseline, threshold=config["threshold"], target=config["target"], layers_to_gate=candidates)
+    calibration = tflite.calibrate(gated, estimate, targets=True)
+    return tflite.paying_gates(gated, calibration=calibration)
+
+
+def train_ftwt(config, baseline, train, test, gated_layers=None):
+    """Stage 2: gate the baseline and train FTWT, resumable; returns it and its training seconds.
+
+    `gated_layers`: `gate`'s `layers_to_gate` (default: from `--ungated_layers`).
+    """
     import keras
 
     import ftwt_keras as fk
@@ -335,7 +382,8 @@ def train_ftwt(config, baseline, train, test):
     model = fk.gate(baseline, threshold=config["threshold"], mode=config["mode"], target=config["target"],
                     pooling=config["pooling"], use_softmax=config["use_softmax"],
                     joint_gradient_scale=config["joint_gradient_scale"],
-                    predictor_rank=config.get("predictor_rank"), layers_to_gate=layers_to_gate(config, baseline))
+                    predictor_rank=config.get("predictor_rank"),
+                    layers_to_gate=gated_layers or layers_to_gate(config, baseline))
     distillation = {}
     if config.get("distillation_weight"):
         distillation = dict(teacher=baseline, student_loss_weight=1.0 - config["distillation_weight"],
@@ -477,6 +525,7 @@ def run(config=None):
 
     config = config or _read_config()
     check_ungated_layers(config)
+    check_some_gate_can_pay(config)
     os.makedirs(config["output_dir"], exist_ok=True)
     keras.utils.set_random_seed(config["seed"])
     train, test, estimate_data = _datasets(config)
@@ -484,11 +533,23 @@ def run(config=None):
     baseline, baseline_time = train_baseline(config, train, test)
     baseline_accuracy = float(baseline.evaluate(test, verbose=0, return_dict=True)["accuracy"])
     logging.info("Dense baseline test accuracy: %.4f", baseline_accuracy)
+    gated_layers = layers_to_gate(config, baseline)
+    planned = None
+    if config.get("gate_only_paying"):
+        planned = paying_layers(config, baseline, estimate_data, gated_layers)
+        if not planned:
+            raise ValueError(
+                f"--gate_only_paying: at r={config['threshold']:g} the baseline's targets keep too many filters for "
+                "any gate to pay in the edge export (ftwt_keras.export.paying_gates); a lower --threshold prunes "
+                "more. Nothing was gated or trained."
+            )
+        logging.info("Gating only the %d convs whose gates pay in the edge export: %s", len(planned), planned)
+        gated_layers = lambda layer, names=frozenset(planned): layer.name in names  # noqa: E731
     estimated = fk.estimate_flops_reduction(baseline, estimate_data, config["threshold"], config["target"],
-                                            layers_to_gate=layers_to_gate(config, baseline))
+                                            layers_to_gate=gated_layers)
     logging.info("Estimated FLOPs reduction at r=%g before FTWT training: %.4f", config["threshold"], estimated)
 
-    model, ftwt_time = train_ftwt(config, baseline, train, test)
+    model, ftwt_time = train_ftwt(config, baseline, train, test, gated_layers)
     metrics = model.evaluate(test, verbose=0, return_dict=True)
     macs = fk.flops.dynamic_macs(model, test)
     dense = fk.flops.count_macs(model)
@@ -512,6 +573,7 @@ def run(config=None):
         # The test-set targets' own reduction (see FTWTModel): drift vs predictor error.
         "target_flops_reduction": float(metrics["target_flops_reduction"]),
         "test_images": int(macs.shape[0]),
+        **({"planned_paying_gates": planned} if planned else {}),
         "baseline_train_seconds": round(baseline_time, 1),
         "ftwt_train_seconds": round(ftwt_time, 1),
         "config": {k: v for k, v in config.items() if k != "verbose"},
@@ -524,6 +586,16 @@ def run(config=None):
         f"Saved {os.path.join(config['output_dir'], 'model.keras')}"
     )
     calibration_images = _calibration_images(config, train, estimate_data)
+    if planned:
+        # The predictors keep somewhat more filters than their targets: check the plan on the trained masks.
+        from ftwt_keras.export import tflite
+
+        paying = tflite.paying_gates(model, calibration=tflite.calibrate(model, calibration_images))
+        results["paying_gates"] = paying
+        summary += (
+            f"\nGated only the {len(planned)} convs whose gates pay in the edge export; with the trained masks "
+            f"{len(paying)} of them pay (ftwt_keras.export.paying_gates on the training images)"
+        )
     if config.get("cap_ratio"):
         model, capped_time = train_capped(config, model, train, test, calibration_images)
         results["capped"] = {
