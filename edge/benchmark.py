@@ -134,60 +134,39 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
     `dense`); and the dynamic export under test (`--policy`). With
     calibration images a fifth: the network gated only at the layers that
     pay in the export (`paying_gates`; the others `ungate`d: another model).
+    The dynamic, lean and capped exports are made for each thread count timed
+    (`convert(num_threads=...)`: with more threads fewer layers compact).
     """
     import numpy as np
 
-    import ftwt_keras as fk
     from ftwt_keras import flops
     from ftwt_keras.export import tflite
 
     drawn = keep_label != "predicted"
-    start = time.time()
     calibrated = _calibrated(model, calibration, drawn)
     # Drawn masks are the same on every image by construction, and stand in for masks that are
     # not: a static-gate export would prune them away for good; keep every predictor running.
     static = not drawn
-    dynamic = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy), calibration=calibrated,
-                             static_gates=static)
-    converted = time.time() - start
-    tflite.save(dynamic, os.path.join(FLAGS.tflite_dir, f"{label}_{images.shape[1]}_keep{keep_label}.tflite"))
-    flatbuffers = {
+    shared = {
         "dense": dense_flatbuffer,
         "predictors": tflite.convert(model, dynamic=False, with_predictors=True),
         "masked_dense": tflite.convert(model, policy="dense", static_gates=static),
-        "dynamic": dynamic,
     }
     sample = images[: min(len(images), 64)]
     executed = float(np.mean(flops.dynamic_macs(model, sample, batch_size=16)))
     dense_macs = flops.count_macs(model)
-    lean = None
-    if calibration is not None:  # the same model with only the gates that pay in the export
-        paying = tflite.paying_gates(model, calibration=calibrated)  # with the capacities the export uses
-        lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in paying])
-        lean_executed = float(np.mean(flops.dynamic_macs(lean, sample, batch_size=16)))
-        flatbuffers["lean"] = (tflite.convert(lean, policy=tflite.parse_policy(FLAGS.policy),
-                                              calibration=_calibrated(lean, calibration, drawn),
-                                              static_gates=static)
-                               if paying else dense_flatbuffer)
     masks = flops.gate_masks_of(model, sample[:16])
     keep = float(np.mean([np.asarray(m).mean() for m in masks.values()]))
-    compacted = {}
-    if FLAGS.capped_ratio:  # last: the caps are taken off again (`lean` above copied none)
-        compacted = tflite.cap_compacted_gates(model, sample if calibration is None else calibration,
-                                               ratio=FLAGS.capped_ratio, policy=tflite.parse_policy(FLAGS.policy))
-    if compacted:
-        capped_calibration = None
-        if calibration is not None:
-            capped_calibration = tflite.calibrate(model, calibration)
-            if drawn:  # the count itself; the caps (the same ratio) bound it
-                capped_calibration = capped_calibration.with_capacity_ratio(model, FLAGS.capped_ratio)
-        flatbuffers["capped"] = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy),
-                                               calibration=capped_calibration, static_gates=static)
-        capped_executed = float(np.mean(flops.dynamic_macs(model, sample, batch_size=16)))
-        fk.set_gate_capacities(model, {name: None for name in compacted})
     rows = []
     for threads in (int(t) for t in FLAGS.threads):
-        times = tflite.time_side_by_side(flatbuffers, images, threads, FLAGS.warmup)
+        start = time.time()
+        dynamic = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy), calibration=calibrated,
+                                 static_gates=static, num_threads=threads)
+        converted = time.time() - start
+        tflite.save(dynamic, os.path.join(FLAGS.tflite_dir,
+                                          f"{label}_{images.shape[1]}_keep{keep_label}_threads{threads}.tflite"))
+        tuned, extra = _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads, dense_flatbuffer)
+        times = tflite.time_side_by_side({**shared, "dynamic": dynamic, **tuned}, images, threads, FLAGS.warmup)
         median = {name: 1e3 * float(np.median(values)) for name, values in times.items()}
         spread = {name: 1e3 * (np.percentile(v, 75) - np.percentile(v, 25)) for name, v in times.items()}
         row = {
@@ -212,21 +191,21 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
             "gates": len(model.gated_layers),
             "masks": keep_label if keep_label == "predicted" else f"random, keep {keep_label} per layer",
         }
-        if lean is not None:
+        if "lean" in median:
             row.update(
-                lean_gates=len(paying),
+                lean_gates=extra["lean_gates"],
                 lean_ms=round(median["lean"], 3),
                 lean_speedup=round(median["dense"] / median["lean"], 3),
-                lean_flops_reduction=round(1.0 - lean_executed / dense_macs, 3),
-                lean_ideal_speedup=round(dense_macs / lean_executed, 3),
+                lean_flops_reduction=round(1.0 - extra["lean_executed"] / dense_macs, 3),
+                lean_ideal_speedup=round(dense_macs / extra["lean_executed"], 3),
             )
         if "capped" in median:
             row.update(
                 capped_ratio=FLAGS.capped_ratio,
-                capped_gates=len(compacted),
+                capped_gates=extra["capped_gates"],
                 capped_ms=round(median["capped"], 3),
                 capped_speedup=round(median["dense"] / median["capped"], 3),
-                capped_flops_reduction=round(1.0 - capped_executed / dense_macs, 3),
+                capped_flops_reduction=round(1.0 - extra["capped_executed"] / dense_macs, 3),
             )
         rows.append(row)
         print(f"{label:>16} {row['resolution']:>4} keep={row['keep']:<5} thr={threads} "
@@ -235,15 +214,56 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
               f"(IQR {row['dynamic_iqr_ms']:.2f})  speed-up {row['speedup']:.2f}x  "
               f"ideal {row['ideal_speedup']:.2f}x  | dense+predictors {row['predictors_ms']:.2f} ms  "
               f"masked dense {row['masked_dense_ms']:.2f} ms  [convert {converted:.0f}s]", flush=True)
-        if lean is not None:
-            print(f"{'':>16} gated only at the {len(paying)} layers that pay (another model): "
+        if "lean_ms" in row:
+            print(f"{'':>16} gated only at the {row['lean_gates']} layers that pay (another model): "
                   f"{row['lean_ms']:.2f} ms, speed-up {row['lean_speedup']:.2f}x, "
                   f"FLOPs-{100 * row['lean_flops_reduction']:.1f}%, ideal {row['lean_ideal_speedup']:.2f}x", flush=True)
         if "capped_ms" in row:
-            print(f"{'':>16} the {len(compacted)} compacted convs capped at {FLAGS.capped_ratio:g}x their mean count: "
-                  f"{row['capped_ms']:.2f} ms, speed-up {row['capped_speedup']:.2f}x, "
+            print(f"{'':>16} the {row['capped_gates']} compacted convs capped at {FLAGS.capped_ratio:g}x their mean "
+                  f"count: {row['capped_ms']:.2f} ms, speed-up {row['capped_speedup']:.2f}x, "
                   f"FLOPs-{100 * row['capped_flops_reduction']:.1f}%", flush=True)
     return rows
+
+
+def _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads, dense_flatbuffer):
+    """The lean and capped exports for `threads` interpreter threads, and their gate counts and MACs.
+
+    Lean (with calibration images): the network gated only where gates pay
+    for that many threads (the dense model where none does). Capped
+    (--capped_ratio, where any layer compacts): the convs the export compacts
+    capped at that ratio; the caps are taken off `model` again.
+    """
+    import numpy as np
+
+    import ftwt_keras as fk
+    from ftwt_keras import flops
+    from ftwt_keras.export import tflite
+
+    policy, static = tflite.parse_policy(FLAGS.policy), not drawn
+    exports, extra = {}, {}
+    if calibration is not None:
+        paying = tflite.paying_gates(model, calibration=calibrated, num_threads=threads)  # the export's capacities
+        lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in paying])
+        extra.update(lean_gates=len(paying),
+                     lean_executed=float(np.mean(flops.dynamic_macs(lean, sample, batch_size=16))))
+        exports["lean"] = (tflite.convert(lean, policy=policy, calibration=_calibrated(lean, calibration, drawn),
+                                          static_gates=static, num_threads=threads)
+                           if paying else dense_flatbuffer)
+    if FLAGS.capped_ratio:
+        compacted = tflite.cap_compacted_gates(model, sample if calibration is None else calibration,
+                                               ratio=FLAGS.capped_ratio, policy=policy, num_threads=threads)
+        if compacted:
+            capped_calibration = None
+            if calibration is not None:
+                capped_calibration = tflite.calibrate(model, calibration)
+                if drawn:  # the count itself; the caps (the same ratio) bound it
+                    capped_calibration = capped_calibration.with_capacity_ratio(model, FLAGS.capped_ratio)
+            exports["capped"] = tflite.convert(model, policy=policy, calibration=capped_calibration,
+                                               static_gates=static, num_threads=threads)
+            extra.update(capped_gates=len(compacted),
+                         capped_executed=float(np.mean(flops.dynamic_macs(model, sample, batch_size=16))))
+            fk.set_gate_capacities(model, {name: None for name in compacted})
+    return exports, extra
 
 
 def _per_layer(resolution, images, calibration, predictor_ranks):
@@ -407,8 +427,8 @@ def markdown_tables(rows):
             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if capped else "")]
     lean = ["| resolution | predictors | keep | gates kept | FLOPs reduction | dense | gated at those layers only | "
             "speed-up, 1 thread (ideal) | speed-up, 2 threads | all gates, 1 thread |", "|---|---|---|---|---|---|---|---|---|---|"]
-    def speedup_of(row, field):  # "-" where that thread count was not timed
-        return "-" if row is None else f"{row[field]:.2f}x"
+    def speedup_of(row, field):  # "-" where that thread count was not timed, or had no such export
+        return "-" if row is None or field not in row else f"{row[field]:.2f}x"
 
     for key in sorted(lines):
         by_threads = lines[key]

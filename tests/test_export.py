@@ -379,7 +379,7 @@ def test_layer_times_from_truncated_exports(cifar_images):
 
 
 def test_auto_compacts_mid_size_maps_up_to_a_wider_cutoff(cifar_images, monkeypatch):
-    """At 224x224 with capacities 0.63 of the filters, exactly the 28x28 and 14x14 pointwise convs compact."""
+    """At 224x224 with capacities 0.63 of the filters, exactly the 28x28 and 14x14 pointwise convs compact (1 thread)."""
     model = export.set_keep_ratio(fk.gate(fk.models.mobilenet_v1(input_shape=(224, 224, 3), num_classes=10)), 0.5)
     images = np.asarray(keras.ops.image.resize(cifar_images[:2], (224, 224)))
     calibration = export.calibrate(model, images).with_capacity_ratio(model, 1.26)
@@ -389,6 +389,20 @@ def test_auto_compacts_mid_size_maps_up_to_a_wider_cutoff(cifar_images, monkeypa
                                       for name in compact)  # above the general cutoff everywhere
     ops = collections.Counter(export.op_names(export.convert(model, calibration=calibration, static_gates=False)))
     assert ops["TOPK_V2"] == 8  # one per compact layer: blocks 4-5 (28x28) and 6-11 (14x14)
+    # For 2 threads XNNPACK splits the dense convs but not the compact path: at 0.63 nothing compacts,
+    # nothing reads only its active inputs (keep 0.5), so no gate pays; at keep 0.3 (capacities 0.38) they do.
+    ops = collections.Counter(export.op_names(export.convert(model, calibration=calibration, static_gates=False,
+                                                             num_threads=2)))
+    assert ops["TOPK_V2"] == 0 and ops["GATHER"] == 0
+    assert export.paying_gates(model, calibration=calibration, num_threads=2) == []
+    assert len(export.paying_gates(model, calibration=calibration)) == 18
+    sparse = export.set_keep_ratio(model, 0.3)
+    sparse_calibration = export.calibrate(sparse, images).with_capacity_ratio(sparse, 1.26)
+    assert export.paying_gates(sparse, calibration=sparse_calibration, num_threads=2) == export.paying_gates(
+        sparse, calibration=sparse_calibration)
+    with pytest.raises(export.ExportError, match="`num_threads` must be a positive int"):
+        export.paying_gates(sparse, calibration=sparse_calibration, num_threads=0)
+    export.set_keep_ratio(model, 0.5)
     monkeypatch.setattr(export, "AUTO_CHAIN_CUTOFF_MID", export.AUTO_CHAIN_CUTOFF)
     ops = collections.Counter(export.op_names(export.convert(model, calibration=calibration, static_gates=False)))
     assert ops["TOPK_V2"] == 0
@@ -736,18 +750,24 @@ def test_convert_cli_prunes_decided_gates_unless_told_not_to(tmp_path, cifar_ima
     """edge/convert.py: a layer whose gates the weights decide runs no predictor; --nostatic_gates keeps it."""
     model, path = _saved_with_first_layer_decided(tmp_path)
     softmaxes = {}
-    for flag in ("--static_gates", "--nostatic_gates"):
-        output = str(tmp_path / f"{flag}.tflite")
-        result = subprocess.run(
-            [sys.executable, os.path.join(ROOT, "edge", "convert.py"), f"--model={path}", f"--output={output}", flag],
+
+    def convert(flag, *more):
+        return subprocess.run(
+            [sys.executable, os.path.join(ROOT, "edge", "convert.py"), f"--model={path}",
+             f"--output={tmp_path / f'{flag}.tflite'}", flag, *more],
             capture_output=True, text=True, timeout=300,
             env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
+
+    for flag, more in (("--static_gates", ()), ("--nostatic_gates", ("--threads=2",))):
+        result = convert(flag, *more)
         assert result.returncode == 0, result.stderr[-2000:]
-        flatbuffer = open(output, "rb").read()
+        flatbuffer = open(tmp_path / f"{flag}.tflite", "rb").read()
         assert_same_logits(flatbuffer, model, cifar_images[:8])
         softmaxes[flag] = export.op_names(flatbuffer).count("SOFTMAX")
     assert softmaxes == {"--static_gates": len(model.gated_layers) - 1, "--nostatic_gates": len(model.gated_layers)}
+    bad = convert("--static_gates", "--threads=0")
+    assert bad.returncode != 0 and "--threads must be >= 1" in bad.stderr
 
 
 def test_static_gates_benchmark_reports_decided_gates_exactness_and_times(tmp_path):
@@ -847,6 +867,8 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
                     lean_ideal_speedup=5.0)
         lean.update(capped_ratio=1.1, capped_gates=14, capped_ms=4.0, capped_speedup=2.5 / lean["threads"],
                     capped_flops_reduction=0.9)
+    for field in [field for field in rows[11] if field.startswith("capped_")]:
+        del rows[11][field]  # with 2 threads no conv compacted, so nothing was capped
     rows.append({**rows[1], "model": "vgg16_bn_rank16", "predictor_rank": 16})  # --network=vgg16_bn
     output = tmp_path / "latency.json"
     output.write_text(json.dumps({"rows": rows}))
@@ -865,7 +887,7 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
     main = tables[0].splitlines()
     assert len(main) == 2 + 7  # header, rule, one line per network, resolution and keep (threads side by side)
     assert main[2].startswith("| 224x224 | full | 0.10 | 90.0% | 10.00 ms | 11.00 ms | 12.00 ms | 5.88 ms | 1.70x (10.00x) | 1.25x |")
-    assert main[2].endswith("| 4.00 ms: 2.50x / 1.25x |")  # the capped model beside it
+    assert main[2].endswith("| 4.00 ms: 2.50x / - |")  # the capped model beside it (1 thread only)
     assert main[-2].startswith("| 32x32 | full | 1.00 | 0.0% |") and main[-2].endswith("| - |")
     assert main[-1].startswith("| 32x32, vgg16_bn | rank 16 | 0.50 | 50.0% |")  # the network named where not MobileNetV1
     assert any(table.startswith("Capped gates:") and "1.1x" in table for table in tables)

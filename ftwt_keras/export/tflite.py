@@ -124,6 +124,21 @@ AUTO_MIN_MACS = 16_000_000
 # gained; MobileNetV1-224's smallest compacted maps (7x7) gain at keep 0.3.
 AUTO_MIN_PIXELS = 7 * 7
 
+# With more than one interpreter thread, XNNPACK splits the dense convs across
+# the threads while the builtin GATHER, TOPK_V2 and depthwise kernels of the
+# compact path run on one: compacting pays at lower keep ratios only, and
+# `convert(..., num_threads=2)` (and `paying_gates`) use these cutoffs instead
+# of AUTO_CHAIN_CUTOFF(_MID) and AUTO_INPUT_CUTOFF. Drawn masks, capacities
+# 1.26x the count, rank-16 predictors, the network gated only where gates pay
+# by the 1-thread / these cutoffs, timed with 2 threads side by side
+# (2026-12-05 03:32-03:33, 2 loops): keep 0.3 MobileNetV1-224 1.10-1.12x /
+# 1.14-1.15x, VGG16-bn at 32x32 1.07x / 1.07x of dense; keep 0.4 0.85x (a
+# noisy loop: 0.54x) / 1.00-1.02x (no gate pays) and 0.93-0.94x / 0.99x;
+# with 0.5 and 0.4 here (03:29-03:31), keep 0.4 still lost 2-5% (capacities
+# 0.50 of the filters compacted) and keep 0.5 tied (no gate paid).
+AUTO_MULTITHREAD_CHAIN_CUTOFF = 0.4
+AUTO_MULTITHREAD_INPUT_CUTOFF = 0.35
+
 # A layer whose weights decide at least this fraction of its gates for every
 # input (`ftwt_keras.static_gates`) computes its on and undecided filters
 # only, without per-image compaction (`_Builder.static_unit`); below it, the
@@ -512,8 +527,9 @@ class _Builder:
     """Emits the TF ops of one network, layer by layer (inside a tf.function)."""
 
     def __init__(self, network, dynamic, policies, conv_macs, with_predictors=False, calibration=None,
-                 static_gates=True):
+                 static_gates=True, num_threads=1):
         self.network = network
+        self.num_threads = num_threads  # the interpreter threads `auto` chooses for
         self.dynamic = dynamic
         self.policies = policies
         self.conv_macs = conv_macs  # {gated layer name: dense multiply-adds of its conv}
@@ -689,15 +705,16 @@ class _Builder:
         if unit.is_depthwise:
             return "chain" if not x.is_dense else "dense"
         capacity = self.capacities.get(name)
-        if capacity is not None and _chains(unit.layer, self.conv_macs, capacity):
+        if capacity is not None and _chains(unit.layer, self.conv_macs, capacity, self.num_threads):
             return "chain"
         if not x.is_dense:
             return "gather_inputs"
         if x.support is None or not _may_gather_inputs(unit.layer, self.conv_macs):
             return "dense"
+        cutoff = _input_cutoff(self.num_threads)
         if x.expected_keep is not None:
-            return "gather_inputs" if x.expected_keep <= AUTO_INPUT_CUTOFF else "dense"
-        return f"inputs<{AUTO_INPUT_CUTOFF}"
+            return "gather_inputs" if x.expected_keep <= cutoff else "dense"
+        return f"inputs<{cutoff}"
 
     def inputs_or_dense(self, unit, activation, x, mask, cutoff):
         """Run-time choice (builtin IF): gathered inputs when few input channels are on, else dense."""
@@ -1111,7 +1128,7 @@ def _conv_macs(model):
     return {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
 
 
-def _chains(layer, conv_macs, capacity):
+def _chains(layer, conv_macs, capacity, num_threads=1):
     """Whether `auto` computes regular GatedConv `layer` on its active filters only (policy "chain")."""
     macs = conv_macs[layer.name]
     pixels = _output_pixels(layer, conv_macs)
@@ -1120,7 +1137,19 @@ def _chains(layer, conv_macs, capacity):
     filters = layer.conv.filters
     low, high = AUTO_CHAIN_MID_PIXELS
     cutoff = AUTO_CHAIN_CUTOFF_MID if low <= pixels <= high else AUTO_CHAIN_CUTOFF
+    if num_threads > 1:
+        cutoff = AUTO_MULTITHREAD_CHAIN_CUTOFF
     return capacity <= cutoff * filters
+
+
+def _input_cutoff(num_threads):
+    """The largest input keep ratio at which `auto` reads only a large conv's present input channels."""
+    return AUTO_MULTITHREAD_INPUT_CUTOFF if num_threads > 1 else AUTO_INPUT_CUTOFF
+
+
+def _check_threads(num_threads):
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ExportError(f"`num_threads` must be a positive int (the interpreter's threads); got {num_threads!r}.")
 
 
 def _may_gather_inputs(layer, conv_macs):
@@ -1143,7 +1172,7 @@ def _output_pixels(layer, conv_macs):
     return conv_macs[layer.name] // (kernel_h * kernel_w * inputs * filters)
 
 
-def paying_gates(model, calibration_images=None, calibration=None):
+def paying_gates(model, calibration_images=None, calibration=None, num_threads=1):
     """The gated layers whose masks the calibrated `auto` export turns into skipped work.
 
     The `auto` export (with these calibration images, see
@@ -1181,6 +1210,9 @@ def paying_gates(model, calibration_images=None, calibration=None):
         calibration: instead of `calibration_images`, the `Calibration` the
             export will use (e.g. `calibrate(...).with_capacity_ratio(...)`):
             which layers compact depends on its capacities.
+        num_threads: the interpreter threads the export is for (as
+            `convert`): with more than one, compacting pays at lower keep
+            ratios only (`AUTO_MULTITHREAD_CHAIN_CUTOFF`, `..._INPUT_CUTOFF`).
 
     Returns:
         The names of the paying gated layers, in the network's order (empty
@@ -1190,6 +1222,7 @@ def paying_gates(model, calibration_images=None, calibration=None):
     from ftwt_keras import flops
 
     check_ftwt_model(model)
+    _check_threads(num_threads)
     network = _graph.as_functional(model.network)
     calibration = _calibration_of(model, network, calibration_images, calibration)
     if calibration is None:
@@ -1210,12 +1243,12 @@ def paying_gates(model, calibration_images=None, calibration=None):
         compact_input = source is not None and source[2]
         out = None
         if isinstance(layer, GatedConv):
-            chains = not layer.is_depthwise and _chains(layer, conv_macs, capacities[layer.name])
+            chains = not layer.is_depthwise and _chains(layer, conv_macs, capacities[layer.name], num_threads)
             if chains or (layer.is_depthwise and compact_input):
                 paying.add(layer.name)  # computes only its active filters / its input's channels
                 out = (layer.name, keeps[layer.name], True)
             else:
-                if (not compact_input and source is not None and source[1] <= AUTO_INPUT_CUTOFF
+                if (not compact_input and source is not None and source[1] <= _input_cutoff(num_threads)
                         and _may_gather_inputs(layer, conv_macs)):
                     paying.update((source[0], layer.name))
                 out = (layer.name, keeps[layer.name], False)
@@ -1231,7 +1264,7 @@ def paying_gates(model, calibration_images=None, calibration=None):
     return [layer.name for layer in model.gated_layers if layer.name in paying]
 
 
-def compacted_layers(model, calibration=None, policy="auto"):
+def compacted_layers(model, calibration=None, policy="auto", num_threads=1):
     """The gated regular convs that the export computes on a static capacity (their active filters only).
 
     These are the layers whose cap (`GatedConv.capacity`, `ftwt_keras.cap_gates`)
@@ -1245,6 +1278,7 @@ def compacted_layers(model, calibration=None, policy="auto"):
             only capped layers have a capacity.
         policy: the export's `policy` (as `convert`): `"auto"` compacts the
             layers `_chains` picks, `"chain"` every one with a capacity.
+        num_threads: the interpreter threads the export is for (as `convert`).
 
     Returns:
         Names of gated layers, in the network's order.
@@ -1259,12 +1293,12 @@ def compacted_layers(model, calibration=None, policy="auto"):
         chosen = policies.get(layer.name, "auto")
         if layer.is_depthwise or layer.name not in capacities or chosen not in ("auto", "chain"):
             return False
-        return chosen == "chain" or _chains(layer, conv_macs, capacities[layer.name])
+        return chosen == "chain" or _chains(layer, conv_macs, capacities[layer.name], num_threads)
 
     return [layer.name for layer in model.gated_layers if compact(layer)]
 
 
-def cap_compacted_gates(model, images, ratio=1.1, policy="auto"):
+def cap_compacted_gates(model, images, ratio=1.1, policy="auto", num_threads=1):
     """Caps the gated regular convs that the export then computes compactly, and no others.
 
     `ftwt_keras.cap_gates` on every gated regular conv, then the caps of those
@@ -1278,7 +1312,7 @@ def cap_compacted_gates(model, images, ratio=1.1, policy="auto"):
         model: an `ftwt_keras.FTWTModel` (changed in place; save it to keep the caps).
         images: raw images like those the model will see (training images).
         ratio: each cap in multiples of the layer's mean count on `images`.
-        policy: the `policy` the export will use (as `convert`).
+        policy, num_threads: those the export will use (as `convert`).
 
     Returns:
         `{gated layer name: capacity}` of the capped layers (empty where no
@@ -1289,7 +1323,7 @@ def cap_compacted_gates(model, images, ratio=1.1, policy="auto"):
     check_ftwt_model(model)
     regular = [layer.name for layer in model.gated_layers if not layer.is_depthwise]
     capping.cap_gates(model, images, ratio=ratio, layer_names=regular)
-    compacted = compacted_layers(model, policy=policy)
+    compacted = compacted_layers(model, policy=policy, num_threads=num_threads)
     capacities = capping.set_gate_capacities(model, {name: None for name in regular if name not in compacted})
     return {name: capacities[name] for name in compacted}
 
@@ -1495,7 +1529,7 @@ def _capacities_from_counts(counts, filters, capacity_stds=None):
 
 
 def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None, stop_at=None,
-            capacity_stds=None, calibration=None, static_gates=True):
+            capacity_stds=None, calibration=None, static_gates=True, num_threads=1):
     """Converts an FTWT model to a batch-1 TFLite flatbuffer (builtin ops only).
 
     Args:
@@ -1547,6 +1581,12 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
             False: every layer runs its predictor in full, as benchmarks of
             drawn masks need (those masks are the same for every image by
             construction, and stand in for masks that are not).
+        num_threads: the interpreter threads the `.tflite` will run with
+            (its `num_threads`): `"auto"` compacts layers for that many. With
+            more than one, XNNPACK splits the dense convs across threads but
+            not the compact path's builtin kernels, so fewer layers compact
+            (`AUTO_MULTITHREAD_CHAIN_CUTOFF`, `..._INPUT_CUTOFF`). The
+            export is exact at any thread count; only its speed is tuned.
 
     Returns:
         The `.tflite` model as bytes. Input: raw RGB pixels `(1, H, W, 3)`
@@ -1558,6 +1598,7 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
             would need Flex (Select TF) ops.
     """
     check_ftwt_model(model)
+    _check_threads(num_threads)
     if with_predictors and dynamic:
         raise ExportError("`with_predictors=True` needs `dynamic=False` (the dynamic export runs them anyway).")
     tf = _tf()
@@ -1565,7 +1606,7 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     policies = _policies(model, policy)
     calibration = _calibration_of(model, network, calibration_images, calibration, capacity_stds, needed=dynamic)
     conv_macs = _conv_macs(model)
-    builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, calibration, static_gates)
+    builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, calibration, static_gates, num_threads)
     shape = (1,) + tuple(int(d) for d in network.inputs[0].shape[1:])
 
     if stop_at is not None and stop_at not in {layer.name for layer in network.layers}:
@@ -1629,7 +1670,8 @@ def layer_times(model, images, layer_names=None, policy="auto", calibration_imag
             gated layer).
         policy, calibration_images, calibration, static_gates: as in `convert`, for the
             dynamic export.
-        num_threads, warmup: as in `time_side_by_side`.
+        num_threads, warmup: as in `time_side_by_side` (the dynamic export
+            is made for `num_threads`, as `convert`'s).
 
     Returns:
         A list of `{"layer", "dense_ms", "dynamic_ms"}` segment times.
@@ -1642,7 +1684,7 @@ def layer_times(model, images, layer_names=None, policy="auto", calibration_imag
     for name in names:
         flatbuffers[("dense", name)] = convert(model, dynamic=False, stop_at=name)
         flatbuffers[("dynamic", name)] = convert(model, policy=policy, calibration=calibration, stop_at=name,
-                                                 static_gates=static_gates)
+                                                 static_gates=static_gates, num_threads=num_threads)
     times = time_side_by_side(flatbuffers, images, num_threads, warmup)
     rows, previous = [], {"dense": 0.0, "dynamic": 0.0}
     for name in names:
@@ -1725,17 +1767,17 @@ def save(flatbuffer, path):
 
 
 def export_file(model_path, output_path, dynamic=True, policy="auto", calibration_images=None, capacity_stds=None,
-                static_gates=True):
+                static_gates=True, num_threads=1):
     """Loads a saved FTWT `.keras` model and writes its `.tflite` export; returns the path.
 
-    `policy`, `calibration_images`, `capacity_stds` and `static_gates` as in `convert`.
+    `policy`, `calibration_images`, `capacity_stds`, `static_gates` and `num_threads` as in `convert`.
     """
     model = load_ftwt_model(model_path)
     output_path = os.fspath(output_path)
     if not output_path.endswith(".tflite"):
         raise ExportError(f"Output path {output_path!r} must end with .tflite.")
     flatbuffer = convert(model, dynamic=dynamic, policy=policy, calibration_images=calibration_images,
-                         capacity_stds=capacity_stds, static_gates=static_gates)
+                         capacity_stds=capacity_stds, static_gates=static_gates, num_threads=num_threads)
     return save(flatbuffer, output_path)
 
 

@@ -70,7 +70,7 @@ def define_flags(**defaults):
                          "Training images for the before-training FLOPs estimate (and --cap_ratio's mean counts).")
     flags.DEFINE_bool("gate_only_paying", default("gate_only_paying", False),
                       "Gate only the convs whose masks the edge export turns into skipped work at --image_size "
-                      "(ftwt_keras.export.paying_gates, judged before FTWT training from the dense baseline's "
+                      "with 1 interpreter thread (ftwt_keras.export.paying_gates, judged before FTWT training from the dense baseline's "
                       "targets at r on the --estimate_images images): every other gate would only add its "
                       "predictor to the .tflite, so that the model is never slower than dense there (not in the "
                       "paper). Fails before training where no conv can pay, e.g. MobileNetV1 at 32x32.")
@@ -345,8 +345,8 @@ def check_some_gate_can_pay(config):
         raise ValueError(
             f"--gate_only_paying: no gate of {config['model']} at {config['image_size']}x{config['image_size']} can "
             "pay in the edge export, at any r: no conv is large enough for computing fewer filters to beat "
-            f"computing them all (>= {tflite.AUTO_MIN_MACS:,} multiply-adds, see "
-            "ftwt_keras.export.paying_gates). Its .tflite would be slower than dense with any gate; drop the "
+            f"computing them all (>= {tflite.AUTO_MIN_MACS:,} multiply-adds on a map of >= "
+            f"{tflite.AUTO_MIN_PIXELS} pixels, see ftwt_keras.export.paying_gates). Its .tflite would be slower than dense with any gate; drop the "
             "flag to train FTWT for FLOPs anyway."
         )
 
