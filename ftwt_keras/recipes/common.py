@@ -70,10 +70,15 @@ def define_flags(**defaults):
                          "Training images for the before-training FLOPs estimate (and --cap_ratio's mean counts).")
     flags.DEFINE_bool("gate_only_paying", default("gate_only_paying", False),
                       "Gate only the convs whose masks the edge export turns into skipped work at --image_size "
-                      "with 1 interpreter thread (ftwt_keras.export.paying_gates, judged before FTWT training from the dense baseline's "
-                      "targets at r on the --estimate_images images): every other gate would only add its "
-                      "predictor to the .tflite, so that the model is never slower than dense there (not in the "
-                      "paper). Fails before training where no conv can pay, e.g. MobileNetV1 at 32x32.")
+                      "with --edge_threads interpreter threads (ftwt_keras.export.paying_gates, judged before "
+                      "FTWT training from the dense baseline's targets at r on the --estimate_images images): "
+                      "every other gate would only add its predictor to the .tflite, so that the model is never "
+                      "slower than dense there (not in the paper). Fails before training where no conv can pay, "
+                      "e.g. MobileNetV1 at 32x32.")
+    flags.DEFINE_integer("edge_threads", default("edge_threads", 1),
+                         "With --gate_only_paying: the interpreter threads the .tflite will run with (export it "
+                         "with edge/convert.py --threads to match); with more, fewer gates pay.")
+    flags.register_validator("edge_threads", lambda value: value >= 1, message="--edge_threads must be >= 1.")
     flags.DEFINE_float("cap_ratio", default("cap_ratio", None),
                        "After FTWT, cap each gated regular conv at this multiple of its mean number of active "
                        "filters (e.g. 1.1; ftwt_keras.cap_gates, not in the paper) and save model_capped.keras: "
@@ -205,7 +210,7 @@ _RECIPE_FLAGS = (
     "baseline_epochs baseline_lr baseline_milestones epochs lr milestones gate_lr weight_decay threshold "
     "mode joint_gradient_scale target pooling use_softmax predictor_rank gate_loss_weight cooldown "
     "threshold_ramp_epochs distillation_weight distillation_temperature ungated_layers warmup_steps estimate_images "
-    "gate_only_paying "
+    "gate_only_paying edge_threads "
     "cap_ratio cap_epochs cap_lr freeze_agreement freeze_epochs freeze_lr seed verbose"
 ).split()
 
@@ -341,7 +346,7 @@ def check_some_gate_can_pay(config):
     # The most favourable masks: one filter on per image, so every conv large enough to compact does.
     names = [layer.name for layer in gated.gated_layers]
     sparsest = tflite.Calibration({name: 0.0 for name in names}, {name: 1 for name in names})
-    if not tflite.paying_gates(gated, calibration=sparsest):
+    if not tflite.paying_gates(gated, calibration=sparsest, num_threads=config.get("edge_threads", 1)):
         raise ValueError(
             f"--gate_only_paying: no gate of {config['model']} at {config['image_size']}x{config['image_size']} can "
             "pay in the edge export, at any r: no conv is large enough for computing fewer filters to beat "
@@ -363,7 +368,7 @@ def paying_layers(config, baseline, estimate, candidates=None):
 
     gated = fk.gate(baseline, threshold=config["threshold"], target=config["target"], layers_to_gate=candidates)
     calibration = tflite.calibrate(gated, estimate, targets=True)
-    return tflite.paying_gates(gated, calibration=calibration)
+    return tflite.paying_gates(gated, calibration=calibration, num_threads=config.get("edge_threads", 1))
 
 
 def train_ftwt(config, baseline, train, test, gated_layers=None):
@@ -590,7 +595,8 @@ def run(config=None):
         # The predictors keep somewhat more filters than their targets: check the plan on the trained masks.
         from ftwt_keras.export import tflite
 
-        paying = tflite.paying_gates(model, calibration=tflite.calibrate(model, calibration_images))
+        paying = tflite.paying_gates(model, calibration=tflite.calibrate(model, calibration_images),
+                                     num_threads=config.get("edge_threads", 1))
         results["paying_gates"] = paying
         summary += (
             f"\nGated only the {len(planned)} convs whose gates pay in the edge export; with the trained masks "
