@@ -689,17 +689,19 @@ class _Builder:
         With calibration images, a regular conv with at least `AUTO_MIN_MACS`
         multiply-adds and `AUTO_MIN_PIXELS` output pixels whose capacity is
         at most `AUTO_CHAIN_CUTOFF` of its filters (`AUTO_CHAIN_CUTOFF_MID` on
-        14x14 to 28x28 outputs) computes only its active filters (`"chain"`: compact output,
-        static shapes, so XNNPACK runs its matmul), and a depthwise conv on
-        such a compact input stays compact (`"chain"`: putting the channels
-        back costs more than its builtin kernel). A regular conv on a compact
-        input that does not pay to compact reads only the present channels
-        (`"gather_inputs"`). Otherwise, as before calibration existed: a
-        large regular conv (`AUTO_MIN_FILTERS`, `AUTO_MIN_MACS`,
-        `AUTO_MIN_PIXELS`) reads only its input's non-zero channels when at most `AUTO_INPUT_CUTOFF` of
-        them are on (from the calibration keep ratio, or per image with a
-        builtin IF, ~0.2 ms per layer at 224x224, without calibration), and
-        every other layer runs dense, then masked.
+        14x14 to 28x28 outputs) computes only its active filters (`"chain"`:
+        compact output, static shapes, so XNNPACK runs its matmul), and a
+        depthwise conv on such a compact input stays compact (`"chain"`:
+        putting the channels back costs more than its builtin kernel). A
+        regular conv on a compact input that does not pay to compact reads
+        only the present channels (`"gather_inputs"`). Otherwise, as before
+        calibration existed: a large regular conv (`AUTO_MIN_FILTERS`,
+        `AUTO_MIN_MACS`, `AUTO_MIN_PIXELS`) reads only its input's non-zero
+        channels when at most `AUTO_INPUT_CUTOFF` of them are on (from the
+        calibration keep ratio, or per image with a builtin IF, ~0.2 ms per
+        layer at 224x224, without calibration), and every other layer runs
+        dense, then masked. For more than one interpreter thread the
+        `AUTO_MULTITHREAD_*` cutoffs replace the chain and input cutoffs.
         """
         name = unit.layer.name
         if unit.is_depthwise:
@@ -1129,7 +1131,7 @@ def _conv_macs(model):
 
 
 def _chains(layer, conv_macs, capacity, num_threads=1):
-    """Whether `auto` computes regular GatedConv `layer` on its active filters only (policy "chain")."""
+    """Whether `auto` computes regular GatedConv `layer` on its active filters only ("chain"), for `num_threads`."""
     macs = conv_macs[layer.name]
     pixels = _output_pixels(layer, conv_macs)
     if macs < AUTO_MIN_MACS or pixels < AUTO_MIN_PIXELS:
