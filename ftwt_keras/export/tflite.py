@@ -1138,9 +1138,10 @@ def _chains(layer, conv_macs, capacity, num_threads=1):
         return False
     filters = layer.conv.filters
     low, high = AUTO_CHAIN_MID_PIXELS
-    cutoff = AUTO_CHAIN_CUTOFF_MID if low <= pixels <= high else AUTO_CHAIN_CUTOFF
     if num_threads > 1:
         cutoff = AUTO_MULTITHREAD_CHAIN_CUTOFF
+    else:
+        cutoff = AUTO_CHAIN_CUTOFF_MID if low <= pixels <= high else AUTO_CHAIN_CUTOFF
     return capacity <= cutoff * filters
 
 

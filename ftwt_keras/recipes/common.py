@@ -351,8 +351,8 @@ def check_some_gate_can_pay(config):
             f"--gate_only_paying: no gate of {config['model']} at {config['image_size']}x{config['image_size']} can "
             "pay in the edge export, at any r: no conv is large enough for computing fewer filters to beat "
             f"computing them all (>= {tflite.AUTO_MIN_MACS:,} multiply-adds on a map of >= "
-            f"{tflite.AUTO_MIN_PIXELS} pixels, see ftwt_keras.export.paying_gates). Its .tflite would be slower than dense with any gate; drop the "
-            "flag to train FTWT for FLOPs anyway."
+            f"{tflite.AUTO_MIN_PIXELS} pixels, see ftwt_keras.export.paying_gates). Its .tflite would be slower "
+            "than dense with any gate; drop the flag to train FTWT for FLOPs anyway."
         )
 
 
