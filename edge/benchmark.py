@@ -4,8 +4,8 @@
     python edge/benchmark.py --mode cifar --model runs/x/ftwt.keras
     python edge/benchmark.py --mode imagenet --per_layer --keeps 0.3 --threads 1   # time per layer
 
-Mode "cifar": MobileNetV1 (--network=vgg16_bn: VGG16-bn; or --model, a
-trained FTWT .keras) on >= 200 real CIFAR-10 test images at 32x32. Without
+Mode "cifar": MobileNetV1 (--network: VGG16-bn, ResNet-56 or ResNet-18; or
+--model, a trained FTWT .keras) on >= 200 real CIFAR-10 test images at 32x32. Without
 --model the gates are untrained, so masks are drawn at random at each --keeps
 ratio per layer (said in the output). Mode "imagenet": --network at 224x224, 1000 classes, random weights and
 batch-norm statistics (no ImageNet weights exist here), masks drawn at each
@@ -58,8 +58,10 @@ flags.DEFINE_string("policy", "auto", "Dynamic export policy: gather, dense, aut
 flags.DEFINE_list("predictor_ranks", ["full"],
                   "Mask predictors of the random-weight models: 'full' (the paper's) and/or ints (a low-rank "
                   "MaskPredictor, ftwt_keras.gate(predictor_rank=...)); each is timed against the same dense model.")
-flags.DEFINE_enum("network", "mobilenet_v1", ["mobilenet_v1", "vgg16_bn"],
-                  "Random-weight network to time (when no --model): MobileNetV1 (--alpha) or VGG16-bn.")
+NETWORKS = ("mobilenet_v1", "vgg16_bn", "resnet56", "resnet18")
+flags.DEFINE_enum("network", "mobilenet_v1", NETWORKS,
+                  "Random-weight network to time (when no --model): MobileNetV1 (--alpha), VGG16-bn, the "
+                  "CIFAR ResNet-56 or the ImageNet ResNet-18.")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV1 width multiplier (when no --model).")
 flags.DEFINE_integer("calibration_images", 64,
                      "CIFAR-10 training images from which --policy=auto picks each layer's computation "
@@ -327,13 +329,17 @@ def _random_network(resolution):
     shape, num_classes = (resolution, resolution, 3), 10 if resolution == 32 else 1000
     if FLAGS.network == "vgg16_bn":
         base = fk.models.vgg16_bn(input_shape=shape, num_classes=num_classes)
+    elif FLAGS.network == "resnet56":
+        base = fk.models.resnet_cifar(depth=56, input_shape=shape, num_classes=num_classes)
+    elif FLAGS.network == "resnet18":
+        base = fk.models.resnet18(input_shape=shape, num_classes=num_classes)
     else:
         base = fk.models.mobilenet_v1(input_shape=shape, num_classes=num_classes, alpha=FLAGS.alpha)
     return tflite.randomize_batch_norm(base)
 
 
 def _network_label():
-    return "vgg16_bn" if FLAGS.network == "vgg16_bn" else f"mobilenet_v1_{FLAGS.alpha:g}"
+    return f"mobilenet_v1_{FLAGS.alpha:g}" if FLAGS.network == "mobilenet_v1" else FLAGS.network
 
 
 def _predictor_ranks():

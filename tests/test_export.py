@@ -148,6 +148,8 @@ def assert_depthwise_convs_chain(flatbuffer, model):
 BUILDERS = {
     "mobilenet_v1": lambda: fk.models.mobilenet_v1(alpha=0.25),
     "resnet20": lambda: fk.models.resnet_cifar(depth=20),
+    # The ImageNet layout (7x7 stride-2 stem, padded max pool, gated projection shortcuts) on CIFAR images.
+    "resnet18": lambda: fk.models.resnet18(input_shape=(32, 32, 3), num_classes=10),
     "vgg16_bn": fk.models.vgg16_bn,
 }
 GATE_OPTIONS = {"mobilenet_v1_low_rank": {"predictor_rank": 8}}
@@ -159,6 +161,7 @@ GATE_OPTIONS = {"mobilenet_v1_low_rank": {"predictor_rank": 8}}
         ("mobilenet_v1", "gather", {"WHERE", "GATHER"}),
         ("mobilenet_v1", "gather_inputs", {"WHERE", "GATHER"}),
         ("resnet20", "gather", {"WHERE", "GATHER"}),
+        ("resnet18", "gather", {"WHERE", "GATHER"}),
         ("mobilenet_v1_low_rank", "gather", {"WHERE", "GATHER"}),
         ("vgg16_bn", 0.5, {"WHERE", "GATHER", "IF"}),  # IF: the run-time dense / gather choice
         # VGG's 3x3 convs with >= 256 filters at 8x8 and 4x4 have >= 16M MACs: run-time choice.
@@ -238,7 +241,7 @@ def test_auto_policy_with_calibration_images_chooses_once(cifar_images):
         export.convert(model, calibration_images=cifar_images[:2])
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v1", "resnet20", "vgg16_bn"])
+@pytest.mark.parametrize("name", ["mobilenet_v1", "resnet20", "resnet18", "vgg16_bn"])
 def test_chain_policy_matches_keras(name, cifar_images):
     """Compact outputs end to end: without calibration (run-time shapes), and with static capacities."""
     model = perturb(fk.gate(BUILDERS[name]()))
