@@ -258,6 +258,34 @@ def test_chain_policy_matches_keras(name, cifar_images):
     assert_same_logits(static, model, cifar_images)
 
 
+@pytest.mark.parametrize("size, im2col", [(16, True), (32, False), (8, False)])
+def test_compact_conv_on_a_dense_input_is_im2col_only_where_it_pays(size, im2col, cifar_images):
+    """A 3x3 conv computing its active filters from a dense input: im2col on 14x14 to 28x28 maps.
+
+    Elsewhere (here 32x32 and 8x8 outputs) it computes every filter on
+    XNNPACK and gathers the active ones; exact either way.
+    """
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(96, 3, padding="same", name="plain")(inputs)  # ungated: a dense input
+    x = keras.layers.BatchNormalization(name="plain_bn")(x)
+    x = keras.layers.ReLU(name="plain_relu")(x)
+    x = keras.layers.Conv2D(256, 3, padding="same", use_bias=False, name="gated")(x)
+    x = keras.layers.BatchNormalization(name="gated_bn")(x)
+    x = keras.layers.ReLU(name="gated_relu")(x)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    model = fk.gate(export.randomize_batch_norm(keras.Model(inputs, outputs)),
+                    layers_to_gate=lambda layer: layer.name == "gated")
+    export.set_keep_ratio(model, keep=0.3, seed=1)
+    images = np.asarray(keras.ops.image.resize(cifar_images[:8], (size, size)))
+    calibration = export.calibrate(model, images)
+    flatbuffer = export.convert(model, policy="chain", calibration=calibration, static_gates=False)
+    names = export.op_names(flatbuffer, subgraph=0)  # not the overflow fallback's masked-dense graph
+    # The plain conv is a CONV_2D either way; the gated one is a second CONV_2D only without im2col.
+    assert names.count("CONV_2D") == (1 if im2col else 2), names
+    assert ("BATCH_MATMUL" in names) == im2col
+    assert_same_logits(flatbuffer, model, images)
+
+
 def test_capacities_add_a_margin_that_follows_each_gate_counts_spread(cifar_images):
     """Masks that never vary get no margin; varying ones the most seen plus CAPACITY_STDS deviations."""
     drawn = export.set_keep_ratio(fk.gate(BUILDERS["mobilenet_v1"]()), 0.3)

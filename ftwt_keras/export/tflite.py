@@ -123,6 +123,16 @@ AUTO_MIN_MACS = 16_000_000
 # dense (the whole network 0.71x of dense), while those on 8x8 and 16x16 maps
 # gained; MobileNetV1-224's smallest compacted maps (7x7) gain at keep 0.3.
 AUTO_MIN_PIXELS = 7 * 7
+# A k x k conv (k > 1, stride 1) that computes its active filters from a dense
+# input does so as im2col + matmul on those filters (`_Builder.gathered`)
+# where its output has this many pixels, and elsewhere computes every filter
+# (XNNPACK, static weights), then gathers the active ones. ResNet-18 shapes,
+# capacity 0.38 of the filters (x86 XNNPACK, 2026-12-05, dense-then-gathered
+# vs im2col): 1 thread 56x56x64 2.52 vs 2.62 ms, 28x28x128 2.32 vs 1.79,
+# 14x14x256 2.29 vs 1.62, 7x7x512 2.31 vs 1.97; 2 threads 1.35 vs 1.66, 1.23
+# vs 0.98, 2.21 vs 0.90, 1.24 vs 1.39. Strided, the windows' builtin slices
+# make im2col 1.7-4x slower than the dense conv.
+AUTO_IM2COL_PIXELS = (14 * 14, 28 * 28)
 
 # With more than one interpreter thread, XNNPACK splits the dense convs across
 # the threads while the builtin GATHER, TOPK_V2 and depthwise kernels of the
@@ -652,7 +662,8 @@ class _Builder:
             capacity = self.capacities.get(layer.name)
             if unit.is_depthwise:
                 return self.chained_depthwise(unit, activation, x, mask)
-            if x.is_dense and unit.layer.conv.kernel_size != (1, 1) and capacity is not None:
+            if (x.is_dense and unit.layer.conv.kernel_size != (1, 1) and capacity is not None
+                    and not _im2col_pays(unit.layer, self.conv_macs)):
                 return self.dense_then_selected(unit, activation, x, mask, capacity)
             return self.gathered(unit, activation, x, mask, capacity)
         if policy == "gather_inputs" and not unit.is_depthwise:
@@ -996,7 +1007,8 @@ class _Builder:
     def dense_then_selected(self, unit, activation, x, mask, capacity):
         """A k x k conv on a dense input computed dense (XNNPACK), then its active channels gathered.
 
-        Cheaper than im2col for a stem conv: its strided shifted views run on slow builtin kernels.
+        Cheaper than im2col for a strided conv (a stem's: its shifted views run
+        on slow builtin kernels) and on maps outside `AUTO_IM2COL_PIXELS`.
         """
         tf = _tf()
         active = self.top_channels(unit, mask, capacity)
@@ -1167,6 +1179,16 @@ def _may_gather_inputs(layer, conv_macs):
         return False
     return (layer.conv.filters >= AUTO_MIN_FILTERS and conv_macs[layer.name] >= AUTO_MIN_MACS
             and _output_pixels(layer, conv_macs) >= AUTO_MIN_PIXELS)
+
+
+def _im2col_pays(layer, conv_macs):
+    """Whether regular k x k GatedConv `layer` computes its active filters on a dense input by im2col.
+
+    Else it computes every filter, then gathers the active ones
+    (`AUTO_IM2COL_PIXELS`).
+    """
+    low, high = AUTO_IM2COL_PIXELS
+    return tuple(layer.conv.strides) == (1, 1) and low <= _output_pixels(layer, conv_macs) <= high
 
 
 def _output_pixels(layer, conv_macs):
@@ -1732,11 +1754,13 @@ def _checked_images(images, network):
     return images
 
 
-def op_names(flatbuffer):
+def op_names(flatbuffer, subgraph=None):
     """Names of every op in every subgraph of a .tflite flatbuffer (with repeats).
 
     Builtin ops by their builtin name (e.g. "GATHER"), custom ops (Flex
-    included) by their custom code (e.g. "FlexConv2D").
+    included) by their custom code (e.g. "FlexConv2D"). With `subgraph` (an
+    int), only that subgraph's: 0 is the main graph, without the branches of
+    its IF ops.
     """
     from tensorflow.lite.python import schema_py_generated as schema
 
@@ -1751,10 +1775,10 @@ def op_names(flatbuffer):
         else:
             codes.append(names_by_code.get(builtin, str(builtin)))
     names = []
-    for s in range(model.SubgraphsLength()):
-        subgraph = model.Subgraphs(s)
-        for o in range(subgraph.OperatorsLength()):
-            names.append(codes[subgraph.Operators(o).OpcodeIndex()])
+    for index in range(model.SubgraphsLength()) if subgraph is None else [subgraph]:
+        graph = model.Subgraphs(index)
+        for o in range(graph.OperatorsLength()):
+            names.append(codes[graph.Operators(o).OpcodeIndex()])
     return names
 
 
