@@ -6,7 +6,10 @@
 The dynamic model runs every gate's mask predictor and computes only the
 active filters of each image (builtin TFLite ops only; conversion fails rather
 than emit Flex ops). Input: raw RGB pixels (1, H, W, 3) float32; output: logits.
-See edge/README.md.
+It then says which gated layers skip work in that export: those its
+predictors' weights prune and, with --calibration, those computing fewer
+filters on the calibration images (`ftwt_keras.export.paying_gates`); every
+other gate only adds its predictor. See edge/README.md.
 """
 
 import os
@@ -77,9 +80,9 @@ def main(argv):
 
     try:
         policy = tflite.parse_policy(FLAGS.policy)
-        calibration = tflite.load_calibration_images(FLAGS.calibration) if FLAGS.calibration else None
+        images = tflite.load_calibration_images(FLAGS.calibration) if FLAGS.calibration else None
         path = tflite.export_file(FLAGS.model, FLAGS.output, dynamic=not FLAGS.dense, policy=policy,
-                                  calibration_images=calibration, capacity_stds=FLAGS.capacity_stds,
+                                  calibration_images=images, capacity_stds=FLAGS.capacity_stds,
                                   static_gates=FLAGS.static_gates, num_threads=FLAGS.threads)
     except tflite.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -89,7 +92,36 @@ def main(argv):
     kind = "dense" if FLAGS.dense else "dynamic (gathered)"
     print(f"Wrote {kind} model to {path} ({os.path.getsize(path) / 1e6:.2f} MB, {len(names)} ops: "
           f"{', '.join(sorted(set(names)))}).")
+    if not FLAGS.dense:
+        print(_skipped_work(images, policy))
     return 0
+
+
+def _skipped_work(images, policy):
+    """Which gates turn into skipped work in the export just written, and what the others cost."""
+    from ftwt_keras.export import tflite
+
+    model = tflite.load_ftwt_model(FLAGS.model)
+    gated = [layer.name for layer in model.gated_layers]
+    static = tflite.statically_pruned_layers(model) if FLAGS.static_gates else []
+    lines = [f"{len(static)} of {len(gated)} gated layers pruned by their predictors' weights"
+             + (f": {', '.join(static)}." if static else ".")]
+    if images is None or policy != "auto":
+        lines.append("Pass --calibration (with --policy=auto) to learn which gates skip work on images like yours.")
+        return "\n".join(lines)
+    # The export's own calibration (the same images and margin): its capacities decide what compacts.
+    calibration = tflite.calibrate(model, images, capacity_stds=FLAGS.capacity_stds)
+    paying = tflite.paying_gates(model, calibration=calibration, num_threads=FLAGS.threads)
+    lines.append(f"{len(paying)} of {len(gated)} compute fewer filters on the calibration images"
+                 + (f": {', '.join(paying)}." if paying else "."))
+    rest = [name for name in gated if name not in paying and name not in static]
+    if rest:
+        lines.append(
+            f"The other {len(rest)} compute every filter, then mask it: each adds its mask predictor, so this "
+            f".tflite runs slower than --dense at those layers. A model gated only where gates pay (recipes: "
+            f"--gate_only_paying) measured never slower than dense on x86 (edge/README.md, 'Which gates pay')."
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

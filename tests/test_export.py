@@ -286,6 +286,23 @@ def test_compact_conv_on_a_dense_input_is_im2col_only_where_it_pays(size, im2col
     assert_same_logits(flatbuffer, model, images)
 
 
+def test_weights_of_layers_left_dense_are_stored_once(cifar_images):
+    """Layers left ungated run in the main graph and in the overflow fallback's: one copy of their weights.
+
+    Read as variables inside the fallback's IF branch they entered it as
+    run-time inputs, stored twice (a VGG16-bn gated at six convs: 1.9x the
+    dense model's size).
+    """
+    base = fk.models.mobilenet_v1(alpha=0.25)
+    model = perturb(fk.gate(base, layers_to_gate=lambda layer: layer.name.startswith("block1_")))
+    assert len(model.gated_layers) == 2
+    flatbuffer = export.convert(model, policy="chain", calibration_images=cifar_images)
+    assert "IF" in export.op_names(flatbuffer)  # the fallback holds every layer again
+    dense = export.convert(model, dynamic=False)
+    assert len(flatbuffer) < 1.1 * len(dense), (len(flatbuffer), len(dense))
+    assert_same_logits(flatbuffer, model, cifar_images)
+
+
 def test_capacities_add_a_margin_that_follows_each_gate_counts_spread(cifar_images):
     """Masks that never vary get no margin; varying ones the most seen plus CAPACITY_STDS deviations."""
     drawn = export.set_keep_ratio(fk.gate(BUILDERS["mobilenet_v1"]()), 0.3)
@@ -795,15 +812,46 @@ def test_convert_cli_prunes_decided_gates_unless_told_not_to(tmp_path, cifar_ima
             env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
 
-    for flag, more in (("--static_gates", ()), ("--nostatic_gates", ("--threads=2",))):
+    gated, first = len(model.gated_layers), model.gated_layers[0].name
+    for flag, more, pruned in (("--static_gates", (), f"1 of {gated} gated layers pruned by their predictors' "
+                                f"weights: {first}."),
+                               ("--nostatic_gates", ("--threads=2",), f"0 of {gated} gated layers pruned")):
         result = convert(flag, *more)
         assert result.returncode == 0, result.stderr[-2000:]
+        assert pruned in result.stdout and "Pass --calibration" in result.stdout
         flatbuffer = open(tmp_path / f"{flag}.tflite", "rb").read()
         assert_same_logits(flatbuffer, model, cifar_images[:8])
         softmaxes[flag] = export.op_names(flatbuffer).count("SOFTMAX")
     assert softmaxes == {"--static_gates": len(model.gated_layers) - 1, "--nostatic_gates": len(model.gated_layers)}
     bad = convert("--static_gates", "--threads=0")
     assert bad.returncode != 0 and "--threads must be >= 1" in bad.stderr
+
+
+def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
+    """With --calibration, edge/convert.py names the gates that compute fewer filters, and what the rest cost."""
+    model = export.set_keep_ratio(fk.gate(fk.models.vgg16_bn()), keep=0.3)
+    path = str(tmp_path / "vgg.keras")
+    model.save(path)
+    np.save(tmp_path / "calibration.npy", cifar_images[:4])
+
+    def convert(*flags):
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "edge", "convert.py"), f"--model={path}",
+             f"--output={tmp_path / 'vgg.tflite'}", f"--calibration={tmp_path / 'calibration.npy'}", *flags],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    # Drawn masks are decided by the weights (zero kernels, +-50 biases): without static pruning,
+    # conv2-conv7 compact (as in test_calibration_on_targets_says_before_training_which_gates_will_pay).
+    paying = ", ".join(f"conv{i}" for i in range(2, 8))
+    out = convert("--nostatic_gates")
+    assert f"6 of 13 compute fewer filters on the calibration images: {paying}." in out
+    assert "The other 7 compute every filter" in out
+    out = convert()  # with static pruning every layer is pruned
+    assert "13 of 13 gated layers pruned by their predictors' weights" in out and "The other" not in out
 
 
 def test_static_gates_benchmark_reports_decided_gates_exactness_and_times(tmp_path):

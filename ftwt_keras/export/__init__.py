@@ -25,6 +25,7 @@ from ftwt_keras.export.tflite import (
     run,
     save,
     set_keep_ratio,
+    statically_pruned_layers,
     time_invokes,
     time_side_by_side,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "run",
     "save",
     "set_keep_ratio",
+    "statically_pruned_layers",
     "time_invokes",
     "time_side_by_side",
 ]

@@ -42,6 +42,7 @@ rather than falling back to Flex (Select TF) ops.
 
 import dataclasses
 import functools
+import inspect
 import math
 import os
 from typing import Optional
@@ -552,7 +553,14 @@ class _Builder:
         # Read every weight eagerly, before tracing (variables have no numpy() in a graph).
         self.folded = {}
         self.predictors = {}
+        # {name: (trainable, non-trainable) numpy values} of the other layers with weights: see `plain_call`.
+        self.plain_weights = {}
         for layer in network.layers:
+            if not isinstance(layer, GatedConv) and layer.weights:
+                self.plain_weights[layer.name] = tuple(
+                    [keras.ops.convert_to_numpy(v) for v in variables]
+                    for variables in (layer.trainable_variables, layer.non_trainable_variables)
+                )
             if isinstance(layer, GatedConv):
                 self.folded[layer.name] = fold_batch_norm(layer)
                 predictor = layer.predictor
@@ -560,11 +568,7 @@ class _Builder:
                 self.predictors[layer.name] = (projection, _numpy(predictor.kernel), _numpy(predictor.bias))
         # {gated layer name: StaticGates} for layers whose weights decide at least
         # STATIC_MIN_DECIDED of their gates (`ftwt_keras.static_gates`): see `static_unit`.
-        self.static = {}
-        if dynamic and static_gates:
-            for name, gates in static_gates_of(network).items():
-                if gates.decided >= STATIC_MIN_DECIDED * len(gates.always_on):
-                    self.static[name] = gates
+        self.static = _statically_pruned(network) if dynamic and static_gates else {}
         self.dead = _dead_filters(network, self.static)
 
     def exact_builder(self):
@@ -634,7 +638,26 @@ class _Builder:
             return _dense(tf.add_n([x.dense() for x in inputs]) if len(inputs) > 1 else inputs[0].dense())
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and layer.data_format != "channels_last":
             raise ExportError(f"Layer '{layer.name}' must be channels_last.")
-        return _dense(layer(inputs[0].dense(), training=False))
+        return _dense(self.plain_call(layer, inputs[0].dense()))
+
+    def plain_call(self, layer, values):
+        """`layer(values)` in inference mode, its weights constants of the graph being traced.
+
+        Read as variables, the weights of a layer used in an `IF` branch (the
+        overflow fallback) enter the branch as run-time inputs: the `.tflite`
+        then stores them twice (the trained VGG16-bn gated at conv2-conv7:
+        113 MB against 59 dense), and XNNPACK does not take that branch's
+        convs. As constants, the converter stores identical ones once.
+        """
+        weights = self.plain_weights.get(layer.name)
+        if weights is None:
+            return layer(values, training=False)
+        tf = _tf()
+        trainable, non_trainable = ([tf.constant(value) for value in values_] for values_ in weights)
+        # Unlike `__call__`, `stateless_call` passes `training` on only to a `call` that takes it.
+        kwargs = {"training": False} if "training" in inspect.signature(layer.call).parameters else {}
+        outputs, _ = layer.stateless_call(trainable, non_trainable, values, **kwargs)
+        return outputs
 
     def gated(self, layer, x):
         out = self._gated(layer, x)
@@ -1287,6 +1310,32 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
             out = (source[0], source[1] * width / (width + layer.pad), source[2])
         sources[id(node.outputs[0])] = out
     return [layer.name for layer in model.gated_layers if layer.name in paying]
+
+
+def _statically_pruned(network):
+    """`{gated layer name: StaticGates}` of the layers whose weights decide at least `STATIC_MIN_DECIDED` of their gates."""
+    return {name: gates for name, gates in static_gates_of(network).items()
+            if gates.decided >= STATIC_MIN_DECIDED * len(gates.always_on)}
+
+
+def statically_pruned_layers(model):
+    """The gated layers that the export (`static_gates=True`) prunes by their predictors' weights.
+
+    In each, the gates that the weights decide for every input
+    (`ftwt_keras.static_gates`) cost nothing: off filters are dropped, on
+    ones computed without a predictor column. Needs at least
+    `STATIC_MIN_DECIDED` of a layer's gates decided. Does not depend on
+    images, unlike `paying_gates`.
+
+    Args:
+        model: an `ftwt_keras.FTWTModel`.
+
+    Returns:
+        Names of gated layers, in the network's order.
+    """
+    check_ftwt_model(model)
+    pruned = _statically_pruned(_graph.as_functional(model.network))
+    return [layer.name for layer in model.gated_layers if layer.name in pruned]
 
 
 def compacted_layers(model, calibration=None, policy="auto", num_threads=1):
@@ -1969,6 +2018,7 @@ __all__ = [
     "run",
     "save",
     "set_keep_ratio",
+    "statically_pruned_layers",
     "time_invokes",
     "time_side_by_side",
 ]
