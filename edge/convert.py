@@ -117,7 +117,8 @@ def _skipped_work(images, policy):
     rest = [name for name in gated if name not in paying and name not in static]
     if rest:
         lines.append(
-            f"The other {len(rest)} compute every filter, then mask it: each adds its mask predictor, so this "
+            f"The other {len(rest) if len(rest) > 1 else 'one'} compute{'' if len(rest) > 1 else 's'} every filter, "
+            f"then mask{'' if len(rest) > 1 else 's'} it: each adds its mask predictor, so this "
             f".tflite runs slower than --dense at those layers. A model gated only where gates pay (recipes: "
             f"--gate_only_paying) measured never slower than dense on x86 (edge/README.md, 'Which gates pay')."
         )

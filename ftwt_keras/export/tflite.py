@@ -653,7 +653,7 @@ class _Builder:
         if weights is None:
             return layer(values, training=False)
         tf = _tf()
-        trainable, non_trainable = ([tf.constant(value) for value in values_] for values_ in weights)
+        trainable, non_trainable = ([tf.constant(array) for array in arrays] for arrays in weights)
         # Unlike `__call__`, `stateless_call` passes `training` on only to a `call` that takes it.
         kwargs = {"training": False} if "training" in inspect.signature(layer.call).parameters else {}
         outputs, _ = layer.stateless_call(trainable, non_trainable, values, **kwargs)
@@ -1326,6 +1326,11 @@ def statically_pruned_layers(model):
     ones computed without a predictor column. Needs at least
     `STATIC_MIN_DECIDED` of a layer's gates decided. Does not depend on
     images, unlike `paying_gates`.
+
+    >>> import ftwt_keras as fk
+    >>> model = set_keep_ratio(fk.gate(fk.models.mobilenet_v1(alpha=0.25)), keep=0.5)
+    >>> statically_pruned_layers(model) == [layer.name for layer in model.gated_layers]  # fixed masks
+    True
 
     Args:
         model: an `ftwt_keras.FTWTModel`.
