@@ -556,16 +556,16 @@ class _Builder:
         # {name: (trainable, non-trainable) numpy values} of the other layers with weights: see `plain_call`.
         self.plain_weights = {}
         for layer in network.layers:
-            if not isinstance(layer, GatedConv) and layer.weights:
-                self.plain_weights[layer.name] = tuple(
-                    [keras.ops.convert_to_numpy(v) for v in variables]
-                    for variables in (layer.trainable_variables, layer.non_trainable_variables)
-                )
             if isinstance(layer, GatedConv):
                 self.folded[layer.name] = fold_batch_norm(layer)
                 predictor = layer.predictor
                 projection = None if predictor.projection is None else _numpy(predictor.projection)
                 self.predictors[layer.name] = (projection, _numpy(predictor.kernel), _numpy(predictor.bias))
+            elif layer.weights:
+                self.plain_weights[layer.name] = tuple(
+                    [keras.ops.convert_to_numpy(v) for v in variables]
+                    for variables in (layer.trainable_variables, layer.non_trainable_variables)
+                )
         # {gated layer name: StaticGates} for layers whose weights decide at least
         # STATIC_MIN_DECIDED of their gates (`ftwt_keras.static_gates`): see `static_unit`.
         self.static = _statically_pruned(network) if dynamic and static_gates else {}
