@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 import ftwt_keras as fk  # registers the layers for load_model
+from ftwt_keras.recipes import common
 
 
 def _run(args, env):
@@ -96,8 +97,6 @@ def test_recipe_runs_both_stages_and_resumes(tmp_path):
 
 
 def test_stage_clock_adds_to_the_time_of_a_killed_run(tmp_path):
-    from ftwt_keras.recipes import common
-
     (tmp_path / "ftwt_seconds.json").write_text(json.dumps({"seconds": 100.0}))
     callback, finish = common.stage_clock(str(tmp_path), "ftwt")
     callback.on_epoch_end(0)
@@ -162,3 +161,23 @@ def test_recipe_gates_only_where_gates_pay_in_the_export(tmp_path):
     assert [layer.name for layer in model.gated_layers] == planned
     assert set(results["paying_gates"]) <= set(planned)
     assert f"Gated only the {len(planned)} convs whose gates pay in the edge export" in result.stdout
+    config = {"edge_threads": 1, "threshold": 0.3}
+    assert common.plan_report(planned, results["paying_gates"], config) in result.stdout
+
+
+def test_plan_report_names_the_planned_gates_that_do_not_pay():
+    """What --gate_only_paying says when the trained masks keep more than the plan's targets did."""
+    config = {"edge_threads": 2, "threshold": 0.3, "cap_ratio": 1.1}
+    planned = ["conv2", "conv3", "conv4"]
+    assert common.plan_report(planned, planned, config) == (
+        "Gated only the 3 convs whose gates pay in the edge export; with the trained masks 3 of them pay with 2 "
+        "threads (ftwt_keras.export.paying_gates on the training images).")
+    report = common.plan_report(planned, ["conv4"], config)
+    assert "with the trained masks 1 of them pays with 2 threads" in report
+    assert report.endswith("conv2, conv3 keep too many filters on some images to pay and only add their predictors: "
+                           "cap them (--cap_ratio=1.0 caps at the mean count, with --cap_epochs of fine-tuning) or "
+                           "train at a lower --threshold than 0.3.")
+    capped = common.plan_report(planned, ["conv2", "conv4"], dict(config, edge_threads=1), capped=True)
+    assert "with the capped masks 2 of them pay with 1 thread " in capped
+    assert "conv3 keeps too many filters on some images to pay and only adds its predictor: cap them harder " \
+           "(a lower --cap_ratio than 1.1)" in capped

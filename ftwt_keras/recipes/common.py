@@ -497,6 +497,48 @@ def train_frozen(config, model, train, test, calibration_images):
     return model, finish()
 
 
+def _paying_gates(config, model, images):
+    """`paying_gates` of the trained `model` on its own masks over `images`, for `--edge_threads`."""
+    from ftwt_keras.export import tflite
+
+    return tflite.paying_gates(model, calibration=tflite.calibrate(model, images),
+                               num_threads=config.get("edge_threads", 1))
+
+
+def plan_report(planned, paying, config, capped=False):
+    """The summary line on `--gate_only_paying`'s plan checked against the trained masks.
+
+    The plan comes from the baseline's targets; trained predictors vary
+    more from image to image, and a planned conv whose capacity (the most
+    filters its images keep, `ftwt_keras.export.calibrate`) then exceeds
+    what pays only adds its predictor to the `.tflite`. This names those
+    convs and what to do about them.
+
+    Args:
+        planned: the convs gated by the plan (`paying_layers`).
+        paying: those of them that pay with the trained (or capped) masks.
+        config: the run's flags (`edge_threads`, `threshold`, and
+            `cap_ratio` when `capped`).
+        capped: whether `paying` was judged on the capped model.
+
+    Returns:
+        One line (a sentence more when some planned conv does not pay).
+    """
+    threads = config.get("edge_threads", 1)
+    which = "capped" if capped else "trained"
+    line = (f"Gated only the {len(planned)} convs whose gates pay in the edge export; with the {which} masks "
+            f"{len(paying)} of them {'pays' if len(paying) == 1 else 'pay'} with {threads} "
+            f"thread{'s' if threads > 1 else ''} (ftwt_keras.export.paying_gates on the training images).")
+    missing = [name for name in planned if name not in paying]
+    if not missing:
+        return line
+    advice = (f"cap them harder (a lower --cap_ratio than {config['cap_ratio']:g})" if capped else
+              "cap them (--cap_ratio=1.0 caps at the mean count, with --cap_epochs of fine-tuning)")
+    verbs = "keeps too many filters on some images to pay and only adds its predictor" if len(missing) == 1 else (
+        "keep too many filters on some images to pay and only add their predictors")
+    return f"{line} {', '.join(missing)} {verbs}: {advice} or train at a lower --threshold than {config['threshold']:g}."
+
+
 def _fine_tuned_results(model, test, dense_macs, epochs, seconds):
     """Test top-1 and FLOPs reduction of a stage 3 / 4 model, with its fine-tuning epochs and seconds."""
     import numpy as np
@@ -593,15 +635,8 @@ def run(config=None):
     calibration_images = _calibration_images(config, train, estimate_data)
     if planned:
         # The predictors keep somewhat more filters than their targets: check the plan on the trained masks.
-        from ftwt_keras.export import tflite
-
-        paying = tflite.paying_gates(model, calibration=tflite.calibrate(model, calibration_images),
-                                     num_threads=config.get("edge_threads", 1))
-        results["paying_gates"] = paying
-        summary += (
-            f"\nGated only the {len(planned)} convs whose gates pay in the edge export; with the trained masks "
-            f"{len(paying)} of them pay (ftwt_keras.export.paying_gates on the training images)"
-        )
+        results["paying_gates"] = _paying_gates(config, model, calibration_images)
+        summary += "\n" + plan_report(planned, results["paying_gates"], config)
     if config.get("cap_ratio"):
         model, capped_time = train_capped(config, model, train, test, calibration_images)
         results["capped"] = {
@@ -615,6 +650,9 @@ def run(config=None):
             f"FLOPs reduction {100 * results['capped']['flops_reduction']:.1f}%\n"
             f"Saved {os.path.join(config['output_dir'], 'model_capped.keras')}"
         )
+        if planned:
+            results["capped"]["paying_gates"] = _paying_gates(config, model, calibration_images)
+            summary += "\n" + plan_report(planned, results["capped"]["paying_gates"], config, capped=True)
     if config.get("freeze_agreement"):
         model, frozen_time = train_frozen(config, model, train, test, calibration_images)
         results["frozen"] = {
