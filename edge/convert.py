@@ -80,10 +80,13 @@ def main(argv):
 
     try:
         policy = tflite.parse_policy(FLAGS.policy)
-        images = tflite.load_calibration_images(FLAGS.calibration) if FLAGS.calibration else None
-        path = tflite.export_file(FLAGS.model, FLAGS.output, dynamic=not FLAGS.dense, policy=policy,
-                                  calibration_images=images, capacity_stds=FLAGS.capacity_stds,
-                                  static_gates=FLAGS.static_gates, num_threads=FLAGS.threads)
+        model = tflite.load_ftwt_model(FLAGS.model)
+        calibration = None
+        if FLAGS.calibration and not FLAGS.dense:
+            images = tflite.load_calibration_images(FLAGS.calibration)
+            calibration = tflite.calibrate(model, images, capacity_stds=FLAGS.capacity_stds)
+        path = tflite.export_file(model, FLAGS.output, dynamic=not FLAGS.dense, policy=policy,
+                                  calibration=calibration, static_gates=FLAGS.static_gates, num_threads=FLAGS.threads)
     except tflite.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -93,24 +96,21 @@ def main(argv):
     print(f"Wrote {kind} model to {path} ({os.path.getsize(path) / 1e6:.2f} MB, {len(names)} ops: "
           f"{', '.join(sorted(set(names)))}).")
     if not FLAGS.dense:
-        print(_skipped_work(images, policy))
+        print(_skipped_work(model, calibration, policy))
     return 0
 
 
-def _skipped_work(images, policy):
-    """Which gates turn into skipped work in the export just written, and what the others cost."""
+def _skipped_work(model, calibration, policy):
+    """Which gates turn into skipped work in the export just written (with this calibration), and what the others cost."""
     from ftwt_keras.export import tflite
 
-    model = tflite.load_ftwt_model(FLAGS.model)
     gated = [layer.name for layer in model.gated_layers]
     static = tflite.statically_pruned_layers(model) if FLAGS.static_gates else []
     lines = [f"{len(static)} of {len(gated)} gated layers pruned by their predictors' weights"
              + (f": {', '.join(static)}." if static else ".")]
-    if images is None or policy != "auto":
+    if calibration is None or policy != "auto":
         lines.append("Pass --calibration (with --policy=auto) to learn which gates skip work on images like yours.")
         return "\n".join(lines)
-    # The export's own calibration (the same images and margin): its capacities decide what compacts.
-    calibration = tflite.calibrate(model, images, capacity_stds=FLAGS.capacity_stds)
     paying = tflite.paying_gates(model, calibration=calibration, num_threads=FLAGS.threads)
     lines.append(f"{len(paying)} of {len(gated)} compute fewer filters on the calibration images"
                  + (f": {', '.join(paying)}." if paying else "."))

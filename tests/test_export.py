@@ -239,6 +239,8 @@ def test_auto_policy_with_calibration_images_chooses_once(cifar_images):
     assert not names & {"IF", "WHERE", "GATHER", "BATCH_MATMUL"}  # every layer dense, then masked
     with pytest.raises(export.ExportError, match=r"Calibration images must be .*\(N, 128, 128, 3\)"):
         export.convert(model, calibration_images=cifar_images[:2])
+    with pytest.raises(export.ExportError, match=r"Calibration images must be .*\(N, 128, 128, 3\)"):
+        export.calibrate(model, cifar_images[:2])
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "resnet20", "resnet18", "vgg16_bn"])
@@ -771,6 +773,13 @@ def test_export_file_round_trip(tmp_path, cifar_images):
     output = export.export_file(path, tmp_path / "chain.tflite", policy="chain", calibration_images=cifar_images[:2],
                                 capacity_stds=0)
     assert_same_logits(open(output, "rb").read(), model, cifar_images[:8])
+    # A loaded model and a calibration made beforehand (what edge/convert.py passes, so it calibrates once).
+    loaded = export.load_ftwt_model(path)
+    output = export.export_file(loaded, tmp_path / "loaded.tflite", policy="chain",
+                                calibration=export.calibrate(loaded, cifar_images[:2], capacity_stds=0))
+    flatbuffer = open(output, "rb").read()
+    assert export.op_names(flatbuffer) == export.op_names(open(tmp_path / "chain.tflite", "rb").read())
+    assert_same_logits(flatbuffer, loaded, cifar_images[:8])
     with pytest.raises(export.ExportError, match=".tflite"):
         export.export_file(path, tmp_path / "resnet.bin")
 

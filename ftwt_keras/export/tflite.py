@@ -1272,7 +1272,7 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
     check_ftwt_model(model)
     _check_threads(num_threads)
     network = _graph.as_functional(model.network)
-    calibration = _calibration_of(model, network, calibration_images, calibration)
+    calibration = _calibration_of(model, calibration_images, calibration)
     if calibration is None:
         raise ExportError("`paying_gates` needs `calibration_images` or a `calibration`: which gates pay depends on them.")
     keeps = calibration.keep_ratios
@@ -1584,6 +1584,8 @@ def calibrate(model, images, batch_size=32, capacity_stds=None, targets=False):
     >>> sorted(calibration.capacities)[:2]
     ['block10_dw', 'block10_pw']
     """
+    if isinstance(images, np.ndarray):
+        images = _checked_images(images, _graph.as_functional(model.network))
     counts = gate_counts(model, images, batch_size, targets=targets)
     filters = _filter_counts(model)
     keep_ratios = {name: float(count.mean() / filters[name]) for name, count in counts.items()}
@@ -1683,7 +1685,7 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     tf = _tf()
     network = _graph.as_functional(model.network)
     policies = _policies(model, policy)
-    calibration = _calibration_of(model, network, calibration_images, calibration, capacity_stds, needed=dynamic)
+    calibration = _calibration_of(model, calibration_images, calibration, capacity_stds, needed=dynamic)
     conv_macs = _conv_macs(model)
     builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, calibration, static_gates, num_threads)
     shape = (1,) + tuple(int(d) for d in network.inputs[0].shape[1:])
@@ -1715,7 +1717,7 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     return flatbuffer
 
 
-def _calibration_of(model, network, calibration_images, calibration, capacity_stds=None, needed=True):
+def _calibration_of(model, calibration_images, calibration, capacity_stds=None, needed=True):
     """The `Calibration` that `convert`'s `calibration_images` or `calibration` argument gives.
 
     None when neither is given or not `needed` (a dense export): the arguments are checked anyway.
@@ -1728,7 +1730,7 @@ def _calibration_of(model, network, calibration_images, calibration, capacity_st
         return calibration if needed else None
     if calibration_images is None or not needed:
         return None
-    return calibrate(model, _checked_images(calibration_images, network), capacity_stds=capacity_stds)
+    return calibrate(model, np.asarray(calibration_images, np.float32), capacity_stds=capacity_stds)
 
 
 def layer_times(model, images, layer_names=None, policy="auto", calibration_images=None, num_threads=1,
@@ -1758,7 +1760,7 @@ def layer_times(model, images, layer_names=None, policy="auto", calibration_imag
     check_ftwt_model(model)
     names = layer_names or [layer.name for layer in model.gated_layers]
     # Once, not per truncated export.
-    calibration = _calibration_of(model, _graph.as_functional(model.network), calibration_images, calibration)
+    calibration = _calibration_of(model, calibration_images, calibration)
     flatbuffers = {}
     for name in names:
         flatbuffers[("dense", name)] = convert(model, dynamic=False, stop_at=name)
@@ -1847,18 +1849,25 @@ def save(flatbuffer, path):
     return path
 
 
-def export_file(model_path, output_path, dynamic=True, policy="auto", calibration_images=None, capacity_stds=None,
-                static_gates=True, num_threads=1):
-    """Loads a saved FTWT `.keras` model and writes its `.tflite` export; returns the path.
+def export_file(model, output_path, dynamic=True, policy="auto", calibration_images=None, capacity_stds=None,
+                static_gates=True, num_threads=1, calibration=None):
+    """Writes the `.tflite` export of an FTWT model to `output_path`; returns the path.
 
-    `policy`, `calibration_images`, `capacity_stds`, `static_gates` and `num_threads` as in `convert`.
+    Args:
+        model: an `ftwt_keras.FTWTModel`, or the path of one saved as `.keras`
+            (loaded with `load_ftwt_model`).
+        output_path: where to write; must end with `.tflite`.
+        dynamic, policy, calibration_images, capacity_stds, static_gates,
+            num_threads, calibration: as in `convert`.
     """
-    model = load_ftwt_model(model_path)
     output_path = os.fspath(output_path)
     if not output_path.endswith(".tflite"):
         raise ExportError(f"Output path {output_path!r} must end with .tflite.")
+    if isinstance(model, (str, os.PathLike)):
+        model = load_ftwt_model(model)
     flatbuffer = convert(model, dynamic=dynamic, policy=policy, calibration_images=calibration_images,
-                         capacity_stds=capacity_stds, static_gates=static_gates, num_threads=num_threads)
+                         capacity_stds=capacity_stds, calibration=calibration, static_gates=static_gates,
+                         num_threads=num_threads)
     return save(flatbuffer, output_path)
 
 
