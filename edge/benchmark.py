@@ -161,14 +161,10 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
     keep = float(np.mean([np.asarray(m).mean() for m in masks.values()]))
     rows = []
     for threads in (int(t) for t in FLAGS.threads):
-        start = time.time()
-        dynamic = tflite.convert(model, policy=tflite.parse_policy(FLAGS.policy), calibration=calibrated,
-                                 static_gates=static, num_threads=threads)
-        converted = time.time() - start
-        tflite.save(dynamic, os.path.join(FLAGS.tflite_dir,
-                                          f"{label}_{images.shape[1]}_keep{keep_label}_threads{threads}.tflite"))
         tuned, extra = _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads, dense_flatbuffer)
-        times = tflite.time_side_by_side({**shared, "dynamic": dynamic, **tuned}, images, threads, FLAGS.warmup)
+        tflite.save(tuned["dynamic"], os.path.join(
+            FLAGS.tflite_dir, f"{label}_{images.shape[1]}_keep{keep_label}_threads{threads}.tflite"))
+        times = tflite.time_side_by_side({**shared, **tuned}, images, threads, FLAGS.warmup)
         median = {name: 1e3 * float(np.median(values)) for name, values in times.items()}
         spread = {name: 1e3 * (np.percentile(v, 75) - np.percentile(v, 25)) for name, v in times.items()}
         row = {
@@ -215,7 +211,7 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
               f"(IQR {row['dense_iqr_ms']:.2f})  dynamic {row['dynamic_ms']:7.2f} ms "
               f"(IQR {row['dynamic_iqr_ms']:.2f})  speed-up {row['speedup']:.2f}x  "
               f"ideal {row['ideal_speedup']:.2f}x  | dense+predictors {row['predictors_ms']:.2f} ms  "
-              f"masked dense {row['masked_dense_ms']:.2f} ms  [convert {converted:.0f}s]", flush=True)
+              f"masked dense {row['masked_dense_ms']:.2f} ms  [convert {extra['convert_seconds']:.0f}s]", flush=True)
         if "lean_ms" in row:
             print(f"{'':>16} gated only at the {row['lean_gates']} layers that pay (another model): "
                   f"{row['lean_ms']:.2f} ms, speed-up {row['lean_speedup']:.2f}x, "
@@ -228,12 +224,13 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
 
 
 def _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads, dense_flatbuffer):
-    """The lean and capped exports for `threads` interpreter threads, and their gate counts and MACs.
+    """The exports made for `threads` interpreter threads, and their conversion time, gate counts and MACs.
 
-    Lean (with calibration images): the network gated only where gates pay
-    for that many threads (the dense model where none does). Capped
-    (--capped_ratio, where any layer compacts): the convs the export compacts
-    capped at that ratio; the caps are taken off `model` again.
+    Dynamic: `model` under `--policy`. Lean (with calibration images): the
+    network gated only where gates pay for that many threads (the dense
+    model where none does). Capped (--capped_ratio, where any layer
+    compacts): the convs the export compacts capped at that ratio; the caps
+    are taken off `model` again.
     """
     import numpy as np
 
@@ -241,8 +238,11 @@ def _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads
     from ftwt_keras import flops
     from ftwt_keras.export import tflite
 
-    policy, static = tflite.parse_policy(FLAGS.policy), not drawn
-    exports, extra = {}, {}
+    policy, static = _policy(), not drawn
+    start = time.time()
+    exports = {"dynamic": tflite.convert(model, policy=policy, calibration=calibrated, static_gates=static,
+                                         num_threads=threads)}
+    extra = {"convert_seconds": time.time() - start}
     if calibration is not None:
         paying = tflite.paying_gates(model, calibration=calibrated, num_threads=threads)  # the export's capacities
         lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in paying])
@@ -281,7 +281,7 @@ def _per_layer(resolution, images, calibration, predictor_ranks):
         predictors = "full" if rank is None else f"rank {rank}"
         print(f"{resolution}x{resolution}, {predictors} predictors, keep {keep} per layer, {threads} thread(s): "
               f"per-layer times from truncated exports ({2 * len(model.gated_layers)} conversions)...", flush=True)
-        rows = tflite.layer_times(model, images, policy=tflite.parse_policy(FLAGS.policy),
+        rows = tflite.layer_times(model, images, policy=_policy(),
                                   calibration=_calibrated(model, calibration, drawn=True), num_threads=threads,
                                   warmup=FLAGS.warmup, static_gates=False)
         lines += [f"\n{resolution}x{resolution}, {predictors} predictors, keep {keep}, {threads} thread(s), "
@@ -340,6 +340,13 @@ def _random_network(resolution):
 
 def _network_label():
     return f"mobilenet_v1_{FLAGS.alpha:g}" if FLAGS.network == "mobilenet_v1" else FLAGS.network
+
+
+def _policy():
+    """--policy as `convert` takes it (an ExportError for a bad value)."""
+    from ftwt_keras.export import tflite
+
+    return tflite.parse_policy(FLAGS.policy)
 
 
 def _predictor_ranks():
@@ -502,6 +509,7 @@ def main(argv):
     measure = _per_layer if FLAGS.per_layer else _run_mode
     resolutions = [size for size, mode in ((32, "cifar"), (224, "imagenet")) if FLAGS.mode in (mode, "both")]
     try:
+        _policy()  # refuses a bad value before any conversion
         results = [measure(size, _cifar_images(f"test[:{FLAGS.num_images}]", size=size), _calibration(size),
                            predictor_ranks) for size in resolutions]
     except tflite.ExportError as error:
