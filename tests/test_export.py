@@ -18,6 +18,9 @@ pytest.importorskip("ai_edge_litert")
 import ftwt_keras as fk  # noqa: E402
 from ftwt_keras import _graph  # noqa: E402
 from ftwt_keras.layers import GatedConv  # noqa: E402
+from ftwt_keras.export import builder as export_builder  # noqa: E402
+from ftwt_keras.export import calibration as export_calibration  # noqa: E402
+from ftwt_keras.export import planning as export_planning  # noqa: E402
 from ftwt_keras.export import tflite as export  # noqa: E402
 
 from conftest import benchmark_script, force_gates  # noqa: E402
@@ -355,7 +358,7 @@ def test_capacities_add_a_margin_that_follows_each_gate_counts_spread(cifar_imag
 
 def test_chain_capacity_overflow_falls_back_to_the_exact_path(cifar_images, monkeypatch):
     """An image with more active filters than calibration saw takes the masked-dense IF branch."""
-    monkeypatch.setattr(export, "CAPACITY_STDS", 0.0)
+    monkeypatch.setattr(export_calibration, "CAPACITY_STDS", 0.0)
     model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
     masks = fk.flops.gate_masks_of(model, cifar_images)
     counts = {name: np.asarray(mask).sum(axis=1) for name, mask in masks.items()}
@@ -453,7 +456,7 @@ def test_auto_compacts_mid_size_maps_up_to_a_wider_cutoff(cifar_images, monkeypa
     with pytest.raises(export.ExportError, match="`num_threads` must be a positive int"):
         export.paying_gates(sparse, calibration=sparse_calibration, num_threads=0)
     export.set_keep_ratio(model, 0.5)
-    monkeypatch.setattr(export, "AUTO_CHAIN_CUTOFF_MID", export.AUTO_CHAIN_CUTOFF)
+    monkeypatch.setattr(export_planning, "AUTO_CHAIN_CUTOFF_MID", export_planning.AUTO_CHAIN_CUTOFF)
     ops = collections.Counter(export.op_names(export.convert(model, calibration=calibration, static_gates=False)))
     assert ops["TOPK_V2"] == 0
 
@@ -471,7 +474,7 @@ def test_calibration_on_targets_says_before_training_which_gates_will_pay(cifar_
         assert calibration.capacities[layer.name] >= counts[layer.name].max()
     # Untrained predictors keep about half of the filters; the targets do not depend on them.
     predicted = export.gate_counts(model, cifar_images[:16])
-    assert np.mean([predicted[name].mean() / f for name, f in export._filter_counts(model).items()]) > 0.35
+    assert np.mean([predicted[name].mean() / f for name, f in export_calibration._filter_counts(model).items()]) > 0.35
     rng = np.random.default_rng(0)
     for layer in model.gated_layers:
         for weight in layer.predictor.weights:
@@ -687,7 +690,7 @@ def test_filters_read_only_by_always_off_depthwise_channels_are_not_computed(cif
     perturb(model, seed=7, decided=decided)
     gates = fk.static_gates.static_gates_of(model)
     static = {name: g for name, g in gates.items() if g.decided >= export.STATIC_MIN_DECIDED * len(g.always_on)}
-    dead = export._dead_filters(model.network, static)
+    dead = export_builder._dead_filters(model.network, static)
     # block3_pw's reader, block4_dw, keeps its predictor (it reads every channel): nothing of block3_pw is dead.
     assert sorted(dead) == [layers[2].name, layers[4].name]
     for producer, reader in ((layers[2], layers[3]), (layers[4], layers[5])):
@@ -697,7 +700,7 @@ def test_filters_read_only_by_always_off_depthwise_channels_are_not_computed(cif
     flatbuffer = export.convert(model)
     assert_builtin_only(flatbuffer)
     assert_same_logits(flatbuffer, model, cifar_images)
-    monkeypatch.setattr(export, "_dead_filters", lambda network, static: {})
+    monkeypatch.setattr(export_builder, "_dead_filters", lambda network, static: {})
     assert len(flatbuffer) < len(export.convert(model))  # the dead filters' weights are gone
 
 

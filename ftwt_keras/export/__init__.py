@@ -2,6 +2,10 @@
 
 `ftwt_keras.export.tflite` converts an `FTWTModel` to a LiteRT (TFLite)
 flatbuffer that computes only each image's active filters (needs TensorFlow).
+Its parts: `checks` (what the exporter accepts), `calibration` (keep ratios
+and capacities from images), `planning` (which layers compute compactly,
+which gates pay), `builder` (the TensorFlow graph), `runtime` (running and
+timing a `.tflite`) and `drawn_masks` (stand-ins for trained masks).
 """
 
 from ftwt_keras.export.tflite import (

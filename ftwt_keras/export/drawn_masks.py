@@ -1,0 +1,55 @@
+"""Stand-ins for trained masks in benchmarks: masks drawn at a fixed keep ratio, random batch-norm statistics.
+
+Untrained networks pass every image through nearly the same gates; these
+make a random-weight FTWT model behave, for timing, like a trained one at a
+chosen keep ratio (`edge/benchmark.py`).
+"""
+
+import keras
+import numpy as np
+
+from ftwt_keras.export.checks import ExportError
+
+
+def set_keep_ratio(model, keep, seed=0):
+    """Makes every gate of `model` keep a fixed random `keep` fraction of its filters.
+
+    For benchmarks of untrained models: each predictor's kernel is zeroed and
+    its bias set to +50 for `round(keep * filters)` (at least 1) randomly
+    drawn filters and -50 for the others, so every image gets the same masks.
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ExportError(f"`keep` must be in (0, 1]; got {keep}.")
+    rng = np.random.default_rng(seed)
+    for layer in model.gated_layers:
+        units = layer.filters
+        count = max(1, int(round(keep * units)))
+        bias = np.full(units, -50.0, np.float32)
+        bias[rng.choice(units, count, replace=False)] = 50.0
+        layer.predictor.kernel.assign(np.zeros(layer.predictor.kernel.shape, np.float32))
+        layer.predictor.bias.assign(bias)
+    return model
+
+
+def randomize_batch_norm(model, seed=0):
+    """Gives every BatchNormalization layer of a plain Keras `model` random statistics and affine terms.
+
+    In place, before `gate` (which folds them into its GatedConv layers). For
+    benchmarks of untrained models. Freshly built, batch norm's shifts are
+    all 0, so a depthwise filter that is on over an input channel that is off
+    would output exactly 0, and the export skips carrying such constants. A
+    trained network has shifts of both signs; so does this one, so that the
+    export pays for them as it would there. Statistics drawn without regard
+    to the activations let the signal die with depth, so the logits hardly
+    depend on the image: fine for timing with drawn masks, useless for
+    checking exactness. Returns `model`.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0.0, 0.2, channels).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
+            layer.beta.assign(rng.normal(0.1, 0.3, channels).astype("float32"))
+    return model

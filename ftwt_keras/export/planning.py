@@ -1,0 +1,402 @@
+"""Which gated layers the export computes on their active filters only, and which gates pay.
+
+The rules of policy `"auto"` (cutoffs measured on x86 XNNPACK, each with its
+measurement beside it), the per-layer policies `convert` takes, and what they
+imply before any conversion: `paying_gates`, `compacted_layers`,
+`statically_pruned_layers`, and `cap_compacted_gates`.
+"""
+
+import keras
+
+from ftwt_keras import _graph
+from ftwt_keras.export.calibration import _calibration_of
+from ftwt_keras.export.checks import ExportError, _check_threads, _tf, check_ftwt_model
+from ftwt_keras.flops import ZERO_PRESERVING_LAYERS
+from ftwt_keras.layers import GatedConv
+from ftwt_keras.models import ChannelZeroPad
+from ftwt_keras.static_gates import static_gates_of
+
+
+POLICIES = ("gather", "gather_inputs", "chain", "dense", "auto")
+# "auto" with calibration images: a regular conv computes only its active
+# filters (compact output, static capacity) when its capacity is at most this
+# fraction of its filters. `python benchmarks/edge_stages.py` (five MobileNetV1
+# blocks at one resolution, x86 XNNPACK, 1 thread, 2026-12-03; dense / masked
+# dense / chain): keep 0.5 (capacity 0.55): 56x56 8.4 / 9.5 / 7.9 ms, 28x28
+# 9.1 / 9.9 / 6.4, 14x14 7.2 / 7.7 / 4.8, 7x7 8.5 / 9.0 / 8.8; keep 0.7
+# (capacity 0.75): chain ties at 28x28 and 14x14 and loses at 56x56 (12.6 vs
+# 10.1) and 7x7 (14.1 vs 9.1).
+AUTO_CHAIN_CUTOFF = 0.6
+# ... and up to this fraction where the conv's output has AUTO_CHAIN_MID_PIXELS
+# (14x14 to 28x28 in MobileNetV1-224): on larger maps the chain's builtin
+# depthwise kernel, on smaller ones its weight gathers cost more. The whole
+# network at keep 0.5 with capacities 1.26x the count (0.63 of the filters),
+# side by side, 2026-12-04 10:38-10:50: rank-64 predictors dense 14.18 ms,
+# `auto` with 0.6 everywhere 13.97, with blocks 4-11's pointwise convs compact
+# 13.50 (14x14 ones alone 13.94); full predictors 14.42 / 15.22 / 14.75.
+AUTO_CHAIN_CUTOFF_MID = 0.7
+AUTO_CHAIN_MID_PIXELS = (14 * 14, 28 * 28)
+# "auto": a regular conv reads only its input's active channels when at most
+# this fraction of them is on (else it runs dense).
+AUTO_INPUT_CUTOFF = 0.5
+# ... and has at least this many filters (gathering activations costs about as
+# much as ~150 multiply-adds per element on x86 XNNPACK, so it pays only when
+# each gathered input channel feeds many filters) ...
+AUTO_MIN_FILTERS = 256
+# ... and at least this many dense multiply-adds: gathering costs a fixed
+# ~0.1-0.2 ms per layer (IF, WHERE, re-preparing dynamic shapes), more than a
+# small layer can save. MobileNetV1 x1.0 at 32x32 (its >= 256-filter layers
+# have <= 4.2M MACs), keep 0.3, 1 thread: 4.43 ms with the branches, 3.78 ms
+# without; at 224x224 those layers have >= 25M MACs and the branches pay.
+AUTO_MIN_MACS = 16_000_000
+# ... and at least this many output pixels: on a smaller map a conv is bound by
+# reading its weights (few multiply-adds per weight), which a gather reads and
+# writes again. VGG16-bn at 32x32 (x86 XNNPACK, 1 thread, 2026-12-05, drawn
+# masks, capacities 1.26x the count): its 3x3 convs on 4x4 maps took 0.89-2.32
+# ms reading only their inputs' active channels at keep 0.5 against 0.56-0.98
+# dense (the whole network 0.71x of dense), while those on 8x8 and 16x16 maps
+# gained; MobileNetV1-224's smallest compacted maps (7x7) gain at keep 0.3.
+AUTO_MIN_PIXELS = 7 * 7
+# A k x k conv (k > 1, stride 1) that computes its active filters from a dense
+# input does so as im2col + matmul on those filters (`_Builder.gathered`)
+# where its output has this many pixels, and elsewhere computes every filter
+# (XNNPACK, static weights), then gathers the active ones. ResNet-18 shapes,
+# capacity 0.38 of the filters (x86 XNNPACK, 2026-12-05, dense-then-gathered
+# vs im2col): 1 thread 56x56x64 2.52 vs 2.62 ms, 28x28x128 2.32 vs 1.79,
+# 14x14x256 2.29 vs 1.62, 7x7x512 2.31 vs 1.97; 2 threads 1.35 vs 1.66, 1.23
+# vs 0.98, 2.21 vs 0.90, 1.24 vs 1.39. Strided, the windows' builtin slices
+# make im2col 1.7-4x slower than the dense conv.
+AUTO_IM2COL_PIXELS = (14 * 14, 28 * 28)
+
+# With more than one interpreter thread, XNNPACK splits the dense convs across
+# the threads while the builtin GATHER, TOPK_V2 and depthwise kernels of the
+# compact path run on one: compacting pays at lower keep ratios only, and
+# `convert(..., num_threads=2)` (and `paying_gates`) use these cutoffs instead
+# of AUTO_CHAIN_CUTOFF(_MID) and AUTO_INPUT_CUTOFF. Drawn masks, capacities
+# 1.26x the count, rank-16 predictors, the network gated only where gates pay
+# by the 1-thread / these cutoffs, timed with 2 threads side by side
+# (2026-12-05 03:32-03:33, 2 loops): keep 0.3 MobileNetV1-224 1.10-1.12x /
+# 1.14-1.15x, VGG16-bn at 32x32 1.07x / 1.07x of dense; keep 0.4 0.85x (a
+# noisy loop: 0.54x) / 1.00-1.02x (no gate pays) and 0.93-0.94x / 0.99x;
+# with 0.5 and 0.4 here (03:29-03:31), keep 0.4 still lost 2-5% (capacities
+# 0.50 of the filters compacted) and keep 0.5 tied (no gate paid).
+AUTO_MULTITHREAD_CHAIN_CUTOFF = 0.4
+AUTO_MULTITHREAD_INPUT_CUTOFF = 0.35
+
+# A layer whose weights decide at least this fraction of its gates for every
+# input (`ftwt_keras.static_gates`) computes its on and undecided filters
+# only, without per-image compaction (`_Builder.static_unit`); below it, the
+# per-image paths above choose.
+STATIC_MIN_DECIDED = 0.5
+
+
+def _compact_capacities(network, calibration):
+    """`{gated layer name: capacity}`: what a compact layer computes per image.
+
+    The calibrated capacity, or the layer's own cap (`GatedConv.capacity`)
+    when that is smaller or there is no calibration: a capped layer never
+    keeps more, so it needs no margin and no calibration images.
+    """
+    calibrated = calibration.capacities if calibration is not None else {}
+    capacities = {}
+    for layer in network.layers:
+        if not isinstance(layer, GatedConv):
+            continue
+        candidates = [c for c in (calibrated.get(layer.name), layer.capacity) if c is not None]
+        if candidates:
+            capacities[layer.name] = min(candidates)
+    return capacities
+
+
+def _conv_macs(model):
+    """`{gated layer name: dense multiply-adds of its conv}` (predictors excluded)."""
+    return {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
+
+
+def _chains(layer, conv_macs, capacity, num_threads=1):
+    """Whether `auto` computes regular GatedConv `layer` on its active filters only ("chain"), for `num_threads`."""
+    macs = conv_macs[layer.name]
+    pixels = _output_pixels(layer, conv_macs)
+    if macs < AUTO_MIN_MACS or pixels < AUTO_MIN_PIXELS:
+        return False
+    filters = layer.conv.filters
+    low, high = AUTO_CHAIN_MID_PIXELS
+    if num_threads > 1:
+        cutoff = AUTO_MULTITHREAD_CHAIN_CUTOFF
+    else:
+        cutoff = AUTO_CHAIN_CUTOFF_MID if low <= pixels <= high else AUTO_CHAIN_CUTOFF
+    return capacity <= cutoff * filters
+
+
+def _input_cutoff(num_threads):
+    """The largest input keep ratio at which `auto` reads only a large conv's present input channels."""
+    return AUTO_MULTITHREAD_INPUT_CUTOFF if num_threads > 1 else AUTO_INPUT_CUTOFF
+
+
+def _may_gather_inputs(layer, conv_macs):
+    """Whether `auto` may compute GatedConv `layer` from its input's non-zero channels only.
+
+    Not for depthwise convs (no fast kernel over a run-time channel set) nor
+    for layers with fewer than `AUTO_MIN_FILTERS` filters, `AUTO_MIN_MACS`
+    multiply-adds or `AUTO_MIN_PIXELS` output pixels (gathering costs more
+    than they can save).
+    """
+    if layer.is_depthwise:
+        return False
+    return (layer.conv.filters >= AUTO_MIN_FILTERS and conv_macs[layer.name] >= AUTO_MIN_MACS
+            and _output_pixels(layer, conv_macs) >= AUTO_MIN_PIXELS)
+
+
+def _im2col_pays(layer, conv_macs):
+    """Whether regular k x k GatedConv `layer` computes its active filters on a dense input by im2col.
+
+    Else it computes every filter, then gathers the active ones
+    (`AUTO_IM2COL_PIXELS`).
+    """
+    low, high = AUTO_IM2COL_PIXELS
+    return tuple(layer.conv.strides) == (1, 1) and low <= _output_pixels(layer, conv_macs) <= high
+
+
+def _output_pixels(layer, conv_macs):
+    """Output pixels of regular GatedConv `layer` (from its dense multiply-adds)."""
+    kernel_h, kernel_w, inputs, filters = layer.conv.kernel.shape
+    return conv_macs[layer.name] // (kernel_h * kernel_w * inputs * filters)
+
+
+def paying_gates(model, calibration_images=None, calibration=None, num_threads=1):
+    """The gated layers whose masks the calibrated `auto` export turns into skipped work.
+
+    The `auto` export (with these calibration images, see
+    `_Builder.auto_policy`) computes only the active filters of a large
+    regular conv whose capacity is at most `AUTO_CHAIN_CUTOFF` of its
+    filters (`AUTO_CHAIN_CUTOFF_MID` on mid-size outputs), and the
+    depthwise convs that read its compact output; those gates pay. It also
+    reads only the non-zero input channels of a large
+    regular conv when its input comes, through zero-preserving layers, from
+    a gate that keeps at most `AUTO_INPUT_CUTOFF` of its filters on these
+    images; that producing gate pays, and the conv stays gated, since that
+    is how the export computes it. Every other gate
+    only adds its predictor and a mask multiply to the `.tflite` (on x86
+    XNNPACK: ~1-2 ms over MobileNetV1-224, most of the time at 32x32). A
+    model gated at these layers only (`gate(base, layers_to_gate=...)`, then
+    trained) exports without that overhead; removing gates from a model
+    trained with them (`ftwt_keras.ungate`) gives another model, which can
+    lose most of its accuracy (see there). To choose before training, pass
+    the calibration of the dense baseline's targets (the recipes'
+    `--gate_only_paying`):
+
+    >>> import ftwt_keras as fk, numpy as np
+    >>> from ftwt_keras.export import calibrate, paying_gates
+    >>> base = fk.models.vgg16_bn()   # trained, in practice
+    >>> images = np.random.uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    >>> gated = fk.gate(base, threshold=0.3, target="uniform")
+    >>> paying = paying_gates(gated, calibration=calibrate(gated, images, targets=True))
+    >>> paying
+    ['conv2', 'conv3', 'conv4', 'conv5', 'conv6', 'conv7']
+    >>> model = fk.gate(base, threshold=0.3, target="uniform", layers_to_gate=lambda layer: layer.name in paying)
+
+    Args:
+        model: an `ftwt_keras.FTWTModel`.
+        calibration_images: `(N, H, W, C)` raw images like those the model
+            will see (as for `convert`).
+        calibration: instead of `calibration_images`, the `Calibration` the
+            export will use (e.g. `calibrate(...).with_capacity_ratio(...)`):
+            which layers compact depends on its capacities.
+        num_threads: the interpreter threads the export is for (as
+            `convert`): with more than one, compacting pays at lower keep
+            ratios only (`AUTO_MULTITHREAD_CHAIN_CUTOFF`, `..._INPUT_CUTOFF`).
+
+    Returns:
+        The names of the paying gated layers, in the network's order (empty
+        when no gate pays: then no gated export of this network is faster
+        than its dense one on such a CPU).
+    """
+    check_ftwt_model(model)
+    _check_threads(num_threads)
+    network = _graph.as_functional(model.network)
+    calibration = _calibration_of(model, calibration_images, calibration)
+    if calibration is None:
+        raise ExportError("`paying_gates` needs `calibration_images` or a `calibration`: which gates pay depends on them.")
+    keeps = calibration.keep_ratios
+    capacities = _compact_capacities(network, calibration)
+    conv_macs = _conv_macs(model)
+    # id(tensor) -> (gated layer, expected fraction of non-zero channels, compact)
+    # for a tensor that is zero outside the active filters of that gate;
+    # compact: `auto` carries it with only those channels (a "chain").
+    sources = {}
+    paying = set()
+    for node in _graph.model_nodes(network):
+        if node.is_input or node.operation is None:
+            continue
+        layer = node.operation
+        source = sources.get(id(node.input_tensors[0])) if len(node.input_tensors) == 1 else None
+        compact_input = source is not None and source[2]
+        out = None
+        if isinstance(layer, GatedConv):
+            chains = not layer.is_depthwise and _chains(layer, conv_macs, capacities[layer.name], num_threads)
+            if chains or (layer.is_depthwise and compact_input):
+                paying.add(layer.name)  # computes only its active filters / its input's channels
+                out = (layer.name, keeps[layer.name], True)
+            else:
+                if (not compact_input and source is not None and source[1] <= _input_cutoff(num_threads)
+                        and _may_gather_inputs(layer, conv_macs)):
+                    paying.update((source[0], layer.name))
+                out = (layer.name, keeps[layer.name], False)
+        elif source is not None and (
+            isinstance(layer, ZERO_PRESERVING_LAYERS)
+            or (isinstance(layer, (keras.layers.Activation, keras.layers.ReLU)) and _keeps_zero(layer))
+        ):
+            out = source
+        elif source is not None and isinstance(layer, ChannelZeroPad):
+            width = int(node.input_tensors[0].shape[-1])
+            out = (source[0], source[1] * width / (width + layer.pad), source[2])
+        sources[id(node.outputs[0])] = out
+    return [layer.name for layer in model.gated_layers if layer.name in paying]
+
+
+def _statically_pruned(network):
+    """`{gated layer name: StaticGates}` of the layers whose weights decide at least `STATIC_MIN_DECIDED` of their gates."""
+    return {name: gates for name, gates in static_gates_of(network).items()
+            if gates.decided >= STATIC_MIN_DECIDED * len(gates.always_on)}
+
+
+def statically_pruned_layers(model):
+    """The gated layers that the export (`static_gates=True`) prunes by their predictors' weights.
+
+    In each, the gates that the weights decide for every input
+    (`ftwt_keras.static_gates`) cost nothing: off filters are dropped, on
+    ones computed without a predictor column. Needs at least
+    `STATIC_MIN_DECIDED` of a layer's gates decided. Does not depend on
+    images, unlike `paying_gates`.
+
+    >>> import ftwt_keras as fk
+    >>> from ftwt_keras.export import set_keep_ratio, statically_pruned_layers
+    >>> model = set_keep_ratio(fk.gate(fk.models.mobilenet_v1(alpha=0.25)), keep=0.5)
+    >>> statically_pruned_layers(model) == [layer.name for layer in model.gated_layers]  # fixed masks
+    True
+
+    Args:
+        model: an `ftwt_keras.FTWTModel`.
+
+    Returns:
+        Names of gated layers, in the network's order.
+    """
+    check_ftwt_model(model)
+    pruned = _statically_pruned(_graph.as_functional(model.network))
+    return [layer.name for layer in model.gated_layers if layer.name in pruned]
+
+
+def compacted_layers(model, calibration=None, policy="auto", num_threads=1):
+    """The gated regular convs that the export computes on a static capacity (their active filters only).
+
+    These are the layers whose cap (`GatedConv.capacity`, `ftwt_keras.cap_gates`)
+    is the capacity the export computes: capping any other layer changes the
+    model and adds a top-k to the `.tflite` without skipping more work
+    (`cap_compacted_gates` caps these only).
+
+    Args:
+        model: an `ftwt_keras.FTWTModel`.
+        calibration: optional `Calibration` the export will use; without it
+            only capped layers have a capacity.
+        policy: the export's `policy` (as `convert`): `"auto"` compacts the
+            layers `_chains` picks, `"chain"` every one with a capacity.
+        num_threads: the interpreter threads the export is for (as `convert`).
+
+    Returns:
+        Names of gated layers, in the network's order.
+    """
+    check_ftwt_model(model)
+    network = _graph.as_functional(model.network)
+    policies = _policies(model, policy)
+    capacities = _compact_capacities(network, calibration)
+    conv_macs = _conv_macs(model)
+
+    def compact(layer):
+        chosen = policies.get(layer.name, "auto")
+        if layer.is_depthwise or layer.name not in capacities or chosen not in ("auto", "chain"):
+            return False
+        return chosen == "chain" or _chains(layer, conv_macs, capacities[layer.name], num_threads)
+
+    return [layer.name for layer in model.gated_layers if compact(layer)]
+
+
+def cap_compacted_gates(model, images, ratio=1.1, policy="auto", num_threads=1):
+    """Caps the gated regular convs that the export then computes compactly, and no others.
+
+    `ftwt_keras.cap_gates` on every gated regular conv, then the caps of those
+    the export would not compact with them (`compacted_layers`) removed again:
+    there a cap only changes the model and adds a `TOPK_V2`. The capped
+    layers compute exactly their caps, with no margin, no overflow check and
+    no fallback, and need no calibration images. The result is another
+    model: `benchmarks/capped_accuracy.py` measures what caps cost.
+
+    Args:
+        model: an `ftwt_keras.FTWTModel` (changed in place; save it to keep the caps).
+        images: raw images like those the model will see (training images).
+        ratio: each cap in multiples of the layer's mean count on `images`.
+        policy, num_threads: those the export will use (as `convert`).
+
+    Returns:
+        `{gated layer name: capacity}` of the capped layers (empty where no
+        layer compacts, e.g. MobileNetV1 at 32x32 under `auto`).
+    """
+    from ftwt_keras import capping
+
+    check_ftwt_model(model)
+    regular = [layer.name for layer in model.gated_layers if not layer.is_depthwise]
+    capping.cap_gates(model, images, ratio=ratio, layer_names=regular)
+    compacted = compacted_layers(model, policy=policy, num_threads=num_threads)
+    capacities = capping.set_gate_capacities(model, {name: None for name in regular if name not in compacted})
+    return {name: capacities[name] for name in compacted}
+
+
+def _keeps_zero(layer_or_activation):
+    """Whether an activation (layer or function) maps 0 to 0."""
+    from ftwt_keras import flops
+
+    activation = layer_or_activation
+    if isinstance(activation, keras.layers.Activation):
+        activation = activation.activation
+    # The probe reads a value: run it eagerly even while `convert` traces its
+    # tf.function (in graph mode it cannot, and would answer False).
+    with _tf().init_scope():
+        return flops._zero_preserving_activation(activation)
+
+
+def parse_policy(text):
+    """A `--policy` command-line value as `convert` takes it: a name in `POLICIES` or a float cutoff."""
+    if text in POLICIES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ExportError(
+            f"Policy must be one of {list(POLICIES)} or a keep-ratio cutoff in [0, 1]; got {text!r}."
+        ) from None
+
+
+def _policies(model, policy):
+    names = [layer.name for layer in model.gated_layers]
+    if isinstance(policy, dict):
+        unknown = sorted(set(policy) - set(names))
+        if unknown:
+            raise ExportError(f"`policy` names layers that are not gated layers of the model: {unknown}.")
+        policies = dict(policy)
+    else:
+        policies = {name: policy for name in names}
+    for name, value in policies.items():
+        if value in POLICIES:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
+            continue
+        if isinstance(value, str) and value.startswith("inputs<"):
+            try:
+                if 0.0 <= float(value[len("inputs<"):]) <= 1.0:
+                    continue
+            except ValueError:
+                pass
+        raise ExportError(
+            f"Policy {value!r} for layer '{name}' is not valid: use one of {list(POLICIES)}, or a "
+            "keep-ratio cutoff in [0, 1] (dense branch above it, chosen at run time)."
+        )
+    return policies

@@ -1,0 +1,92 @@
+"""Running and timing `.tflite` models with LiteRT (XNNPACK on), batch 1."""
+
+import os
+
+import numpy as np
+
+
+def interpreter(flatbuffer, num_threads=1):
+    """A LiteRT interpreter (XNNPACK on, the default) with tensors allocated."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    if isinstance(flatbuffer, (str, os.PathLike)):
+        runner = Interpreter(model_path=os.fspath(flatbuffer), num_threads=num_threads)
+    else:
+        runner = Interpreter(model_content=flatbuffer, num_threads=num_threads)
+    runner.allocate_tensors()
+    return runner
+
+
+def time_invokes(flatbuffer, images, num_threads=1, warmup=10):
+    """Seconds taken by each `invoke()` alone, one image at a time (after `warmup` runs)."""
+    import time
+
+    runner = interpreter(flatbuffer, num_threads)
+    input_index = runner.get_input_details()[0]["index"]
+    images = np.asarray(images, np.float32)
+    for i in range(warmup):
+        runner.set_tensor(input_index, images[i % len(images)][None])
+        runner.invoke()
+    times = np.empty(len(images))
+    for i, image in enumerate(images):
+        runner.set_tensor(input_index, image[None])
+        start = time.perf_counter()
+        runner.invoke()
+        times[i] = time.perf_counter() - start
+    return times
+
+
+def time_side_by_side(flatbuffers, images, num_threads=1, warmup=10):
+    """Times several models on the same images, alternating models image by image.
+
+    Args:
+        flatbuffers: `{name: .tflite bytes or path}`.
+        images: (N, H, W, C) float32; each invoke is timed alone.
+
+    Returns:
+        `{name: np.ndarray of N seconds}`.
+    """
+    import time
+
+    runners = {name: interpreter(fb, num_threads) for name, fb in flatbuffers.items()}
+    inputs = {name: r.get_input_details()[0]["index"] for name, r in runners.items()}
+    images = np.asarray(images, np.float32)
+    times = {name: np.empty(len(images)) for name in runners}
+    for step in range(-warmup, len(images)):
+        image = images[step % len(images)][None]
+        for name, runner in runners.items():
+            runner.set_tensor(inputs[name], image)
+            start = time.perf_counter()
+            runner.invoke()
+            elapsed = time.perf_counter() - start
+            if step >= 0:
+                times[name][step] = elapsed
+    return times
+
+
+def loop_medians(flatbuffers, images, repeats, num_threads=1, warmup=10):
+    """`time_side_by_side` run `repeats` times: `{name: [median ms per invoke of each loop]}`.
+
+    Loops apart show how much the host's noise moves a median; each loop
+    builds its interpreters afresh.
+    """
+    medians = {name: [] for name in flatbuffers}
+    for _ in range(repeats):
+        for name, values in time_side_by_side(flatbuffers, images, num_threads, warmup).items():
+            medians[name].append(1e3 * float(np.median(values)))
+    return medians
+
+
+def run(flatbuffer_or_interpreter, images, num_threads=1):
+    """Runs a batch-1 .tflite model on each image of `images` (N, H, W, C); returns (N, classes)."""
+    runner = flatbuffer_or_interpreter
+    if not hasattr(runner, "invoke"):
+        runner = interpreter(runner, num_threads)
+    input_index = runner.get_input_details()[0]["index"]
+    output_index = runner.get_output_details()[0]["index"]
+    outputs = []
+    for image in np.asarray(images, np.float32):
+        runner.set_tensor(input_index, image[None])
+        runner.invoke()
+        outputs.append(np.array(runner.get_tensor(output_index)[0]))
+    return np.stack(outputs)
