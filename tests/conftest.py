@@ -8,6 +8,9 @@ import keras
 import numpy as np
 import pytest
 
+# Real CIFAR-10 test images the export tests run on (`cifar_images`).
+NUM_IMAGES = 24
+
 
 def force_gates(model, on):
     """Sets every predictor so that all its gates are on (or off) for any input."""
@@ -47,3 +50,15 @@ def _seed():
     keras.utils.set_random_seed(0)
     yield
     keras.backend.clear_session()
+
+
+@pytest.fixture(scope="module")
+def cifar_images():
+    """A few real CIFAR-10 test images (raw RGB 0..255); random ones if CIFAR-10 is not prepared."""
+    try:
+        from ftwt_keras import data
+
+        batch = next(iter(data.cifar("cifar10", f"test[:{NUM_IMAGES}]", batch_size=NUM_IMAGES, training=False)))
+        return np.asarray(batch[0], np.float32)
+    except (FileNotFoundError, ImportError) as error:  # pragma: no cover - machine without the data
+        pytest.skip(f"CIFAR-10 is not prepared: {error}")

@@ -1,0 +1,318 @@
+"""The edge CLIs (edge/convert.py, edge/benchmark.py) and the export benchmarks under benchmarks/, end to end."""
+
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("ai_edge_litert")
+
+import ftwt_keras as fk  # noqa: E402
+from ftwt_keras.export import tflite as export  # noqa: E402
+
+from conftest import benchmark_script  # noqa: E402
+from export_helpers import (  # noqa: E402
+    BUILDERS,
+    assert_same_logits,
+    perturb,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _saved_with_first_layer_decided(tmp_path):
+    """A MobileNetV1 x0.25 whose first gated layer's gates are half on, half off for every image; saved."""
+    model = fk.gate(fk.models.mobilenet_v1(alpha=0.25))
+    first = model.gated_layers[0]
+    perturb(model, seed=6, decided={first.name: (np.arange(first.filters // 2), np.arange(first.filters // 2, first.filters))})
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    return model, path
+
+
+def _depthwise_filters_constant(flatbuffer):
+    """For each DEPTHWISE_CONV_2D of the main graph: whether its filter is a constant (XNNPACK takes only those)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    graph = model.Subgraphs(0)
+    code = schema.BuiltinOperator.DEPTHWISE_CONV_2D
+    constant = []
+    for o in range(graph.OperatorsLength()):
+        op = graph.Operators(o)
+        op_code = model.OperatorCodes(op.OpcodeIndex())
+        if max(op_code.BuiltinCode(), op_code.DeprecatedBuiltinCode()) == code:
+            constant.append(model.Buffers(graph.Tensors(op.Inputs(1)).Buffer()).DataLength() > 0)
+    return constant
+
+
+def run_benchmark(script, *flags):
+    """Runs `benchmarks/<script>` with `flags` in a subprocess (this checkout on its path)."""
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", script), *flags],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+@pytest.mark.parametrize("script", ["convert.py", "benchmark.py"])
+def test_cli_help(script):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "edge", script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    # absl prints the help and exits (with status 1 in absl-py 2.x).
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    assert "--output" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_convert_cli_prunes_decided_gates_unless_told_not_to(tmp_path, cifar_images):
+    """edge/convert.py: a layer whose gates the weights decide runs no predictor; --nostatic_gates keeps it."""
+    model, path = _saved_with_first_layer_decided(tmp_path)
+    softmaxes = {}
+
+    def convert(flag, *more):
+        return subprocess.run(
+            [sys.executable, os.path.join(ROOT, "edge", "convert.py"), f"--model={path}",
+             f"--output={tmp_path / f'{flag}.tflite'}", flag, *more],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+
+    gated, first = len(model.gated_layers), model.gated_layers[0].name
+    for flag, more, pruned in (("--static_gates", (), f"1 of {gated} gated layers pruned by their predictors' "
+                                f"weights: {first}."),
+                               ("--nostatic_gates", ("--threads=2",), f"0 of {gated} gated layers pruned")):
+        result = convert(flag, *more)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert pruned in result.stdout and "Pass --calibration" in result.stdout
+        flatbuffer = open(tmp_path / f"{flag}.tflite", "rb").read()
+        assert_same_logits(flatbuffer, model, cifar_images[:8])
+        softmaxes[flag] = export.op_names(flatbuffer).count("SOFTMAX")
+    assert softmaxes == {"--static_gates": len(model.gated_layers) - 1, "--nostatic_gates": len(model.gated_layers)}
+    bad = convert("--static_gates", "--threads=0")
+    assert bad.returncode != 0 and "--threads must be >= 1" in bad.stderr
+
+
+def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
+    """With --calibration, edge/convert.py names the gates that compute fewer filters, and what the rest cost."""
+    model = export.set_keep_ratio(fk.gate(fk.models.vgg16_bn()), keep=0.3)
+    path = str(tmp_path / "vgg.keras")
+    model.save(path)
+    np.save(tmp_path / "calibration.npy", cifar_images[:4])
+
+    def convert(*flags):
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "edge", "convert.py"), f"--model={path}",
+             f"--output={tmp_path / 'vgg.tflite'}", f"--calibration={tmp_path / 'calibration.npy'}", *flags],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    # Drawn masks are decided by the weights (zero kernels, +-50 biases): without static pruning,
+    # conv2-conv7 compact (as in test_calibration_on_targets_says_before_training_which_gates_will_pay).
+    paying = ", ".join(f"conv{i}" for i in range(2, 8))
+    out = convert("--nostatic_gates")
+    assert f"6 of 13 compute fewer filters on the calibration images: {paying}." in out
+    assert "The other 7 compute every filter" in out
+    out = convert()  # with static pruning every layer is pruned
+    assert "13 of 13 gated layers pruned by their predictors' weights" in out and "The other" not in out
+
+
+def test_static_gates_benchmark_reports_decided_gates_exactness_and_times(tmp_path):
+    _, path = _saved_with_first_layer_decided(tmp_path)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "static_gates.py"), f"--model={path}", "--num_images=8",
+         "--repeats=1", "--calibration_images=4"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "layers entirely." in result.stdout and "| conv1 | 8 | 4 | 4 | 0 |" in result.stdout, result.stdout
+    for name in ("static", "per_image"):
+        assert re.search(rf"^{name}: \d+ ops, .* same top-1 on 100.00% of 8 images$", result.stdout, re.M), result.stdout
+    for name in ("static", "per_image", "all_decided"):
+        assert re.search(rf"^  {name}: [0-9.]+ ms \(dense speed: [0-9.]+x\)$", result.stdout, re.M), result.stdout
+
+
+def test_stage_benchmark_times_every_export():
+    """benchmarks/edge_stages.py end to end on a tiny stage, ablations included."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "edge_stages.py"), "--stages=8x32", "--keeps=0.3",
+         "--blocks=1", "--num_inputs=4", "--repeats=1", "--predictor_rank=8", "--ablate"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = [line for line in result.stdout.splitlines() if "keep 0.3" in line]
+    assert len(line) == 1, result.stdout
+    for name in ("dense", "masked", "chain", "no_predictors", "static_weights", "static_depthwise", "no_constants"):
+        assert f" {name} " in line[0]
+
+
+def test_export_ablations_cut_what_they_name(cifar_images):
+    """The benchmarks' timing-only exports each remove the part of the compact path that they name."""
+    ablated_exports = benchmark_script("_export_ablations").ablated_exports
+
+    def drawn(base):
+        return export.set_keep_ratio(fk.gate(base, predictor_rank=8), 0.3)
+
+    unshifted = drawn(BUILDERS["mobilenet_v1"]())
+    model = drawn(export.randomize_batch_norm(BUILDERS["mobilenet_v1"]()))
+    calibration = export.calibrate(model, cifar_images[:4]).with_capacity_ratio(model, 1.26)
+    exports = ablated_exports(model, unshifted, policy="chain", calibration=calibration, static_gates=False)
+    exports["chain"] = export.convert(model, policy="chain", calibration=calibration, static_gates=False)
+    ops = {name: collections.Counter(export.op_names(flatbuffer)) for name, flatbuffer in exports.items()}
+    assert ops["chain"]["SOFTMAX"] > 0 and ops["no_predictors"]["SOFTMAX"] == 0
+    assert ops["chain"]["TOPK_V2"] > 0 and ops["static_weights"]["TOPK_V2"] == 0
+    assert ops["no_constants"]["FULLY_CONNECTED"] < ops["chain"]["FULLY_CONNECTED"]  # no uniform channels' matvecs
+    filters_constant = _depthwise_filters_constant(exports["chain"])
+    assert not all(filters_constant) and all(_depthwise_filters_constant(exports["static_depthwise"]))
+    assert len(_depthwise_filters_constant(exports["static_depthwise"])) == len(filters_constant)
+
+
+def test_whole_network_ablation_benchmark_runs(cifar_images):
+    """benchmarks/edge_ablation.py end to end on a tiny MobileNetV1 at 32x32."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "edge_ablation.py"), "--resolution=32", "--alpha=0.25",
+         "--predictor_rank=8", "--num_images=3", "--calibration_images=4", "--repeats=1", "--capped_ratio=1.0"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rank 8 predictors, keep 0.3, caps 1x the count, 1 thread, 3 images x 1:" in result.stdout
+    for name in ("no_predictors", "static_weights", "static_depthwise", "no_constants"):
+        assert re.search(rf"^  {name} +[0-9.]+ ms .*that part costs [-+][0-9.]+ ms", result.stdout, re.M), result.stdout
+
+
+def test_benchmark_redraws_its_chart_from_rows(tmp_path):
+    pytest.importorskip("matplotlib")
+    row = {"model": "mobilenet_v1_1", "predictor_rank": None, "dense_ms": 10.0, "predictors_ms": 11.0,
+           "masked_dense_ms": 12.0, "gates": 27}
+    rows = [
+        {**row, "resolution": resolution, "threads": threads, "flops_reduction": reduction, "keep": 1 - reduction,
+         "masks": f"random, keep {1 - reduction:g} per layer", "dynamic_ms": 10.0 / (0.8 + reduction / threads),
+         "speedup": 0.8 + reduction / threads, "ideal_speedup": 1 / (1 - reduction)}
+        for resolution in (32, 224) for threads in (1, 2) for reduction in (0.0, 0.5, 0.9)
+    ]
+    for lean in (rows[8], rows[11]):  # the 224x224 keep-0.1 line (both threads) also timed gated at the paying layers only
+        lean.update(lean_gates=20, lean_ms=5.0, lean_speedup=2.0 / lean["threads"], lean_flops_reduction=0.8,
+                    lean_ideal_speedup=5.0)
+        lean.update(capped_ratio=1.1, capped_gates=14, capped_ms=4.0, capped_speedup=2.5 / lean["threads"],
+                    capped_flops_reduction=0.9)
+    for field in [field for field in rows[11] if field.startswith("capped_")]:
+        del rows[11][field]  # with 2 threads no conv compacted, so nothing was capped
+    rows.append({**rows[1], "model": "vgg16_bn_rank16", "predictor_rank": 16})  # --network=vgg16_bn
+    output = tmp_path / "latency.json"
+    output.write_text(json.dumps({"rows": rows}))
+
+    def run(*flags):
+        return subprocess.run(
+            [sys.executable, os.path.join(ROOT, "edge", "benchmark.py"), "--plot_only", *flags],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT},
+        )
+
+    result = run(f"--output={output}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    chart = tmp_path / "latency.png"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tables = (tmp_path / "latency.md").read_text().split("\n\n")
+    main = tables[0].splitlines()
+    assert len(main) == 2 + 7  # header, rule, one line per network, resolution and keep (threads side by side)
+    assert main[2].startswith("| 224x224 | full | 0.10 | 90.0% | 10.00 ms | 11.00 ms | 12.00 ms | 5.88 ms | 1.70x (10.00x) | 1.25x |")
+    assert main[2].endswith("| 4.00 ms: 2.50x / - |")  # the capped model beside it (1 thread only)
+    assert main[-2].startswith("| 32x32 | full | 1.00 | 0.0% |") and main[-2].endswith("| - |")
+    assert main[-1].startswith("| 32x32, vgg16_bn | rank 16 | 0.50 | 50.0% |")  # the network named where not MobileNetV1
+    assert any(table.startswith("Capped gates:") and "1.1x" in table for table in tables)
+    lean = tables[-1].splitlines()
+    assert lean[2:] == ["| 224x224 | full | 0.10 | 20 of 27 | 80.0% | 10.00 ms | 5.00 ms | 2.00x (5.00x) | 1.00x | 1.70x |"]
+    missing = run(f"--output={tmp_path / 'none.json'}")
+    assert missing.returncode != 0 and "--plot_only needs" in missing.stderr
+
+
+def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path, cifar_images):
+    """edge/benchmark.py end to end on a tiny MobileNetV1: rows, tables and the --drawn_capacities rule."""
+
+    def run(*flags):
+        return subprocess.run(
+            [sys.executable, os.path.join(ROOT, "edge", "benchmark.py"), "--mode=cifar", "--alpha=0.25",
+             "--keeps=0.3", "--threads=1", "--num_images=3", "--warmup=1", "--calibration_images=4",
+             f"--output={tmp_path / 'latency.json'}", f"--tflite_dir={tmp_path}", *flags],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT},
+        )
+
+    # Every layer compact (`auto` compacts nothing at 32x32): the convs also timed capped at 1.2x the count.
+    result = run("--drawn_capacities=binomial", "--policy=chain", "--capped_ratio=1.2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "latency.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["drawn_capacities"] == "binomial" and rows[0]["images"] == 3
+    assert rows[0]["dense_ms"] > 0 and rows[0]["dynamic_ms"] > 0 and rows[0]["flops_reduction"] > 0.5
+    tables = (tmp_path / "latency.md").read_text()
+    assert "capacities of the compact layers" in tables and "Capped gates" in tables
+    assert rows[0]["capped_ratio"] == 1.2 and rows[0]["capped_gates"] == 14 and rows[0]["capped_ms"] > 0
+    assert rows[0]["capped_flops_reduction"] == rows[0]["flops_reduction"]  # drawn masks: the caps never bind
+    bad = run("--drawn_capacities=0.5")
+    assert bad.returncode != 0 and "--drawn_capacities takes 'binomial' or a number >= 1" in bad.stderr
+
+
+def test_capacity_overflow_benchmark_counts_images_beyond_capacities(tmp_path, cifar_images):
+    """benchmarks/capacity_overflow.py end to end: capacities from one sparse image leave others beyond them."""
+    model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
+    model.save(tmp_path / "m.keras")
+    counts = export.gate_counts(model, cifar_images)
+    sparsest = int(np.argmin(sum(counts.values())))  # calibrated on it alone, other images overflow
+    np.save(tmp_path / "calibration.npy", cifar_images[sparsest : sparsest + 1])
+    np.save(tmp_path / "images.npy", cifar_images)
+    result = run_benchmark("capacity_overflow.py", f"--model={tmp_path / 'm.keras'}",
+                           f"--calibration={tmp_path / 'calibration.npy'}", f"--images={tmp_path / 'images.npy'}",
+                           "--capacity_stds=0,10", "--per_layer")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2] for line in result.stdout.splitlines()
+            if line.startswith("| max")}
+    assert set(rows) == {"max + 0 std", "max + 10 std", "max + 0.05 of the filters"}, result.stdout
+    beyond = {label: int(cell.split("(")[1].rstrip(") ")) for label, cell in rows.items()}
+    assert beyond["max + 0 std"] > 0 and beyond["max + 10 std"] <= beyond["max + 0 std"]
+    # --per_layer: each layer's count spread on the checked images, against independent gates'.
+    layers = {cells[1].strip(): cells[2:-1] for cells in (line.split("|") for line in result.stdout.splitlines())
+              if len(cells) == 9 and cells[1].strip() in counts}
+    assert set(layers) == set(counts), result.stdout
+    for name, count in counts.items():
+        filters, keep, std, binomial = (float(cell) for cell in layers[name][:4])
+        assert keep == pytest.approx(count.mean() / filters, abs=6e-4)
+        assert std == pytest.approx(count.std(ddof=1), abs=6e-3)
+        assert binomial == pytest.approx(np.sqrt(filters * keep * (1 - keep)), abs=2e-2)
+
+
+def test_capped_accuracy_benchmark_caps_evaluates_and_fine_tunes(tmp_path, cifar_images):
+    """benchmarks/capped_accuracy.py end to end: tighter caps skip more work; both fine-tunings reported."""
+    model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
+    model.save(tmp_path / "m.keras")
+    result = run_benchmark("capped_accuracy.py", f"--model={tmp_path / 'm.keras'}", "--calibration_images=32",
+                           "--test_images=24", "--ratios=1.5,0.5", "--finetune_ratio=0.5", "--train_images=128",
+                           "--batch_size=32", "--export_ratio=0.5", "--nofinetune_gate_loss")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {cells[1].strip(): [cell.strip() for cell in cells[2:-1]]
+            for cells in (line.split("|") for line in result.stdout.splitlines()) if len(cells) == 7}
+    reduction = {label: float(cells[2].rstrip("%")) for label, cells in rows.items() if cells[2].endswith("%")}
+    assert reduction["0.5x mean count"] > reduction["1.5x mean count"] >= reduction["none"] - 0.1, result.stdout
+    assert 0.5 <= float(rows["0.5x mean count"][0]) <= 0.7
+    assert float(rows["0.5x mean count"][3].rstrip("%")) < 100.0  # the caps change some image's top-1
+    assert {"0.5x mean count, fine-tuned (backbone only) 1 epoch(s) at lr 0.002",
+            "none, fine-tuned (backbone only) 1 epoch(s) at lr 0.002"} <= set(rows)
+    # The capped model's export: every regular conv compact at its cap, no fallback, Keras's logits.
+    check = re.search(r"\((\d+) BATCH_MATMUL, (\d+) IF\): same top-1 on ([\d.]+)% .* (\d+) above 1e-3", result.stdout)
+    assert check, result.stdout
+    assert check.groups() == ("13", "0", "100.00", "0")  # the 13 pointwise convs (the stem: dense, then selected)

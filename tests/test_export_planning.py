@@ -1,0 +1,120 @@
+"""Which layers `auto` compacts and which gates pay (ftwt_keras.export.planning), before and after training."""
+
+import collections
+
+import keras
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("ai_edge_litert")
+
+import ftwt_keras as fk  # noqa: E402
+from ftwt_keras.export import calibration as export_calibration  # noqa: E402
+from ftwt_keras.export import planning as export_planning  # noqa: E402
+from ftwt_keras.export import tflite as export  # noqa: E402
+
+from export_helpers import (  # noqa: E402
+    assert_same_logits,
+    perturb,
+)
+
+
+def test_auto_compacts_mid_size_maps_up_to_a_wider_cutoff(cifar_images, monkeypatch):
+    """At 224x224 with capacities 0.63 of the filters, exactly the 28x28 and 14x14 pointwise convs compact (1 thread)."""
+    model = export.set_keep_ratio(fk.gate(fk.models.mobilenet_v1(input_shape=(224, 224, 3), num_classes=10)), 0.5)
+    images = np.asarray(keras.ops.image.resize(cifar_images[:2], (224, 224)))
+    calibration = export.calibrate(model, images).with_capacity_ratio(model, 1.26)
+    compact = [layer.name for layer in model.gated_layers
+               if not layer.is_depthwise and calibration.capacities[layer.name] < layer.filters]
+    assert len(compact) == 14 and all(calibration.capacities[name] > 0.6 * model.network.get_layer(name).filters
+                                      for name in compact)  # above the general cutoff everywhere
+    ops = collections.Counter(export.op_names(export.convert(model, calibration=calibration, static_gates=False)))
+    assert ops["TOPK_V2"] == 8  # one per compact layer: blocks 4-5 (28x28) and 6-11 (14x14)
+    # For 2 threads XNNPACK splits the dense convs but not the compact path: at 0.63 nothing compacts,
+    # nothing reads only its active inputs (keep 0.5), so no gate pays; at keep 0.3 (capacities 0.38) they do.
+    ops = collections.Counter(export.op_names(export.convert(model, calibration=calibration, static_gates=False,
+                                                             num_threads=2)))
+    assert ops["TOPK_V2"] == 0 and ops["GATHER"] == 0
+    assert export.paying_gates(model, calibration=calibration, num_threads=2) == []
+    assert len(export.paying_gates(model, calibration=calibration)) == 18
+    sparse = export.set_keep_ratio(model, 0.3)
+    sparse_calibration = export.calibrate(sparse, images).with_capacity_ratio(sparse, 1.26)
+    assert export.paying_gates(sparse, calibration=sparse_calibration, num_threads=2) == export.paying_gates(
+        sparse, calibration=sparse_calibration)
+    with pytest.raises(export.ExportError, match="`num_threads` must be a positive int"):
+        export.paying_gates(sparse, calibration=sparse_calibration, num_threads=0)
+    export.set_keep_ratio(model, 0.5)
+    monkeypatch.setattr(export_planning, "AUTO_CHAIN_CUTOFF_MID", export_planning.AUTO_CHAIN_CUTOFF)
+    ops = collections.Counter(export.op_names(export.convert(model, calibration=calibration, static_gates=False)))
+    assert ops["TOPK_V2"] == 0
+
+
+def test_calibration_on_targets_says_before_training_which_gates_will_pay(cifar_images):
+    """The dense network's targets at r, not the untrained predictors, say which gates will pay."""
+    model = fk.gate(fk.models.vgg16_bn(), threshold=0.3, target="uniform")
+    counts = export.gate_counts(model, cifar_images[:16], targets=True)
+    calibration = export.calibrate(model, cifar_images[:16], targets=True)
+    for layer in model.gated_layers:
+        # A uniform target keeps its layer's top 30% of filters (fewer only where some are dead).
+        kept = layer.filters - int(0.7 * layer.filters)
+        assert kept - 2 <= counts[layer.name].min() <= counts[layer.name].max() <= kept
+        assert calibration.keep_ratios[layer.name] == pytest.approx(counts[layer.name].mean() / layer.filters)
+        assert calibration.capacities[layer.name] >= counts[layer.name].max()
+    # Untrained predictors keep about half of the filters; the targets do not depend on them.
+    predicted = export.gate_counts(model, cifar_images[:16])
+    assert np.mean([predicted[name].mean() / f for name, f in export_calibration._filter_counts(model).items()]) > 0.35
+    rng = np.random.default_rng(0)
+    for layer in model.gated_layers:
+        for weight in layer.predictor.weights:
+            weight.assign(rng.normal(size=weight.shape).astype("float32"))
+    assert any((export.gate_counts(model, cifar_images[:16])[name] != predicted[name]).any() for name in counts)
+    assert all((export.gate_counts(model, cifar_images[:16], targets=True)[name] == counts[name]).all()
+               for name in counts)
+    # conv2-conv7 (16x16 to 32x32 maps) compute only their active filters; conv8-conv10 are as large but
+    # on 4x4 maps, where reading their weights dominates, and conv1 and conv11-13 are small.
+    assert export.paying_gates(model, calibration=calibration) == [f"conv{i}" for i in range(2, 8)]
+    # The recipes' --gate_only_paying: the same plan from a dense baseline, before any FTWT training.
+    from ftwt_keras.recipes import common
+
+    config = {"threshold": 0.3, "target": "uniform", "gate_only_paying": True}
+    assert common.paying_layers(config, fk.models.vgg16_bn(), cifar_images[:16]) == [f"conv{i}" for i in range(2, 8)]
+    # ... for 2 interpreter threads (--edge_threads=2): capacities of 0.3 of the filters still pay.
+    assert common.paying_layers(dict(config, edge_threads=2), fk.models.vgg16_bn(), cifar_images[:16]) == [
+        f"conv{i}" for i in range(2, 8)]
+    assert common.paying_layers(dict(config, threshold=0.5, edge_threads=2), fk.models.vgg16_bn(),
+                                cifar_images[:16]) == []
+    common.check_some_gate_can_pay(dict(config, model="vgg16_bn", image_size=32, num_classes=10))
+    with pytest.raises(ValueError, match="no gate of mobilenet_v1 at 32x32 can pay in the edge export"):
+        common.check_some_gate_can_pay(dict(config, model="mobilenet_v1", alpha=1.0, image_size=32, num_classes=10))
+
+
+def test_paying_gates_and_a_lean_export(cifar_images):
+    """Only gates whose masks let a large conv read fewer inputs pay; the rest can be ungated, exactly exported."""
+    model = export.set_keep_ratio(fk.gate(fk.models.vgg16_bn()), keep=0.3, seed=2)
+    paying = export.paying_gates(model, cifar_images[:8])
+    layers = {layer.name: layer for layer in model.gated_layers}
+    macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
+    big = [name for name in paying if layers[name].conv.filters >= 256 and macs[name] >= 16_000_000]
+    assert big and set(paying) < set(layers)
+    for name in big:  # each gathered conv pays with the gate in front of it
+        assert model.gated_layers[[layer.name for layer in model.gated_layers].index(name) - 1].name in paying
+    # With the capacities an export will use: wider ones compact fewer layers, so fewer gates pay.
+    calibration = export.calibrate(model, cifar_images[:8])
+    assert export.paying_gates(model, calibration=calibration) == paying
+    wide = export.paying_gates(model, calibration=calibration.with_capacity_ratio(model, 2.5))
+    assert wide and set(wide) < set(paying)
+    with pytest.raises(export.ExportError, match="needs `calibration_images` or a `calibration`"):
+        export.paying_gates(model)
+    with pytest.raises(export.ExportError, match="not both"):
+        export.paying_gates(model, cifar_images[:8], calibration=calibration)
+    assert export.paying_gates(export.set_keep_ratio(model, keep=0.8), cifar_images[:8]) == []
+    mobilenet = export.set_keep_ratio(fk.gate(fk.models.mobilenet_v1(alpha=0.25)), keep=0.3)
+    assert export.paying_gates(mobilenet, cifar_images[:8]) == []  # at 32x32 no layer is large enough
+    export.set_keep_ratio(model, keep=0.3, seed=2)
+    lean = fk.ungate(perturb(model), [name for name in layers if name not in paying])
+    assert [layer.name for layer in lean.gated_layers] == paying
+    flatbuffer = export.convert(lean, calibration_images=cifar_images[:8], static_gates=False)  # drawn masks
+    names = export.op_names(flatbuffer)
+    assert "WHERE" not in names and "GATHER" in names and names.count("IF") <= 1  # at most the overflow fallback
+    assert_same_logits(flatbuffer, lean, cifar_images)
