@@ -344,29 +344,37 @@ def test_gates_the_weights_decide_are_pruned_statically(name, cifar_images):
     model = fk.gate(base, **GATE_OPTIONS.get(name, {}))
     layers = model.gated_layers
     rng = np.random.default_rng(5)
-    # In MobileNetV1 odd layers are depthwise: layers 6, 12 and 14 add regular convs with gates left
-    # (layer 6 feeds a strided depthwise conv: its predictor pools the unpadded static channels).
+    # In MobileNetV1 odd layers are depthwise (x0.25: 32-128 filters from layer 4 on): layers 6, 12 and 14
+    # add regular convs with gates left (layer 6 feeds a strided depthwise conv: its predictor pools the
+    # unpadded static channels).
     whole, few = layers[0:12:4], layers[2:12:8]
-    partial = layers[1:12:4] + [layers[6]] + layers[12:15:2]
+    partial = layers[5:12:4] + [layers[6]] + layers[12:15:2]
     capped = layers[14]  # its cap can drop gates that are always positive: those are left to it
-    fk.set_gate_capacities(model, {capped.name: capped.filters // 4 + 1})
+    fk.set_gate_capacities(model, {capped.name: capped.filters // 32})
     decided = {}
     # Every gate decided; one layer all on. (A layer all off would cut MobileNetV1's signal, leaving
     # logits that do not depend on the image: test_layers_with_all_gates_off_or_on has those.)
     for index, layer in enumerate(whole):
         on = rng.random(layer.filters) < (1.0 if index == 1 else 0.6)
         decided[layer.name] = (np.flatnonzero(on), np.flatnonzero(~on))
-    for layer in partial:  # 3/4 decided, the rest per image
+    for layer in partial:  # 15/16 decided (>= STATIC_MIN_DECIDED), the rest per image
         order = rng.permutation(layer.filters)
-        quarter = layer.filters // 4
-        decided[layer.name] = (order[:quarter], order[quarter : 3 * quarter])
+        quarter, left = layer.filters // 4, layer.filters // 16
+        if layer is capped:  # every gate off but those left, at most `capacity` of which are on
+            decided[layer.name] = ((), order[left:])
+        else:
+            decided[layer.name] = (order[:quarter], order[quarter + left :])
     for layer in few:  # 1/4 decided: below STATIC_MIN_DECIDED, the per-image paths
         decided[layer.name] = ((), rng.permutation(layer.filters)[: layer.filters // 4])
     perturb(model, seed=5, decided=decided)
     gates = fk.static_gates.static_gates_of(model)
     assert [gates[layer.name].all_decided for layer in whole] == [True] * 3
     assert all(0 < gates[layer.name].decided < layer.filters for layer in partial + few)
-    assert not gates[capped.name].always_on.any() and gates[capped.name].decided == capped.filters // 2
+    assert all(gates[layer.name].decided >= export.STATIC_MIN_DECIDED * layer.filters for layer in partial)
+    assert not gates[capped.name].always_on.any()
+    assert gates[capped.name].decided == capped.filters - capped.filters // 16 > capped.capacity
+    pruned = export.statically_pruned_layers(model)
+    assert set(pruned) == {layer.name for layer in whole + partial}  # not `few`
     masks = fk.flops.gate_masks_of(model, cifar_images)
     for layer in partial:  # the undecided gates really vary per image
         undecided = ~(gates[layer.name].always_on | gates[layer.name].always_off)
@@ -389,10 +397,10 @@ def test_filters_read_only_by_always_off_depthwise_channels_are_not_computed(cif
     layers = model.gated_layers  # conv1, block1_dw, block1_pw, block2_dw (strided: zero padding first), ...
     rng = np.random.default_rng(7)
     decided = {}
-    for layer in layers[2:8:2]:  # block1_pw, block2_pw, block3_pw: 3/4 decided, the rest per image
+    for layer in layers[2:8:2]:  # block1_pw, block2_pw, block3_pw: 15/16 decided, the rest per image
         order = rng.permutation(layer.filters)
-        quarter = layer.filters // 4
-        decided[layer.name] = (order[: 2 * quarter], order[2 * quarter : 3 * quarter])
+        half, left = layer.filters // 2, layer.filters // 16
+        decided[layer.name] = (order[:half], order[half + left :])
     for layer in (layers[3], layers[5]):  # block2_dw, block3_dw: every gate decided, 40% off
         on = rng.random(layer.filters) < 0.6
         decided[layer.name] = (np.flatnonzero(on), np.flatnonzero(~on))
