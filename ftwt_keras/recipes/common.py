@@ -532,11 +532,16 @@ def plan_report(planned, paying, config, capped=False):
     missing = [name for name in planned if name not in paying]
     if not missing:
         return line
-    advice = (f"cap them harder (a lower --cap_ratio than {config['cap_ratio']:g})" if capped else
-              "cap them (--cap_ratio=1.0 caps at the mean count, with --cap_epochs of fine-tuning)")
     verbs = "keeps too many filters on some images to pay and only adds its predictor" if len(missing) == 1 else (
         "keep too many filters on some images to pay and only add their predictors")
-    return f"{line} {', '.join(missing)} {verbs}: {advice} or train at a lower --threshold than {config['threshold']:g}."
+    lower = f"train at a lower --threshold than {config['threshold']:g}"
+    if capped:
+        advice = f"cap harder (a lower --cap_ratio than {config['cap_ratio']:g}) or {lower}"
+    elif config.get("cap_ratio"):
+        advice = f"the caps of --cap_ratio, checked below, may fix that; else {lower}"
+    else:
+        advice = f"cap them (--cap_ratio=1.0 caps at the mean count, with --cap_epochs of fine-tuning) or {lower}"
+    return f"{line} {', '.join(missing)} {verbs}: {advice}."
 
 
 def _fine_tuned_results(model, test, dense_macs, epochs, seconds):
