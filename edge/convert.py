@@ -82,9 +82,10 @@ def main(argv):
         policy = tflite.parse_policy(FLAGS.policy)
         model = tflite.load_ftwt_model(FLAGS.model)
         calibration = None
-        if FLAGS.calibration and not FLAGS.dense:
+        if FLAGS.calibration:  # read (and so checked) with --dense too, where it goes unused
             images = tflite.load_calibration_images(FLAGS.calibration)
-            calibration = tflite.calibrate(model, images, capacity_stds=FLAGS.capacity_stds)
+            if not FLAGS.dense:
+                calibration = tflite.calibrate(model, images, capacity_stds=FLAGS.capacity_stds)
         path = tflite.export_file(model, FLAGS.output, dynamic=not FLAGS.dense, policy=policy,
                                   calibration=calibration, static_gates=FLAGS.static_gates, num_threads=FLAGS.threads)
     except tflite.ExportError as error:

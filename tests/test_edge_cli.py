@@ -103,6 +103,8 @@ def test_convert_cli_prunes_decided_gates_unless_told_not_to(tmp_path, cifar_ima
     assert softmaxes == {"--static_gates": len(model.gated_layers) - 1, "--nostatic_gates": len(model.gated_layers)}
     bad = convert("--static_gates", "--threads=0")
     assert bad.returncode != 0 and "--threads must be >= 1" in bad.stderr
+    bad = convert("--dense", "--calibration=imagenet")
+    assert bad.returncode != 0 and "NAME:SPLIT" in bad.stderr  # a bad --calibration is refused with --dense too
 
 
 def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
