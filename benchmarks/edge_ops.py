@@ -4,6 +4,7 @@
     python benchmarks/edge_ops.py --shapes=14x512 --keep=0.3
     python benchmarks/edge_ops.py --predictor_weights     # MobileNetV1's predictors: fp32 / int8 / fp16
     python benchmarks/edge_ops.py --predictor_pool        # predictors pooling the padded vs unpadded input
+    python benchmarks/edge_ops.py --conv3x3               # a compact 3x3 conv: run-time filter vs im2col
 
 For each activation shape (H x H x C, batch 1) and keep ratio k, converts tiny
 builtins-only graphs with TFLite and times each invoke alone with LiteRT
@@ -42,6 +43,15 @@ before the conv's padding), and dense + predictors pooling the zero-padded
 input in front of the strided convs (the earlier behaviour), to show what
 reading the padded tensor costs: it keeps XNNPACK from fusing that PAD into
 the conv.
+
+`--conv3x3` times one 3x3 conv (`--conv_cases`, keep `--keep`) three ways:
+the dense conv on all channels (`CONV_2D`, constant filter, XNNPACK), the
+time to beat; its k active filters as one `CONV_2D` whose filter is gathered
+at run time (which XNNPACK does not take: the builtin kernel runs it); and
+the export's way, im2col (`STRIDED_SLICE` windows, `CONCATENATION`) and a
+`BATCH_MATMUL` with gathered weight rows (XNNPACK). A case reads its input
+compact (k of C channels, as behind a compacted layer) unless it says
+`full`; both compact forms are checked against the dense conv's output.
 """
 
 import os
@@ -61,6 +71,11 @@ flags.DEFINE_integer("threads", 1, "Interpreter threads.")
 flags.DEFINE_bool("predictor_weights", False, "Time MobileNetV1's predictor matvecs with fp32 / int8 / fp16 weights.")
 flags.DEFINE_bool("predictor_pool", False,
                   "Time MobileNetV1-224 with predictors pooling the padded vs the unpadded input.")
+flags.DEFINE_bool("conv3x3", False, "Time a compact 3x3 conv: dense vs run-time filter vs im2col + matmul.")
+flags.DEFINE_list("conv_cases", ["32x16", "16x32", "8x64", "56x64", "14x256", "32x16:full", "28x128:full",
+                                 "56x64:full:s2"],
+                  "--conv3x3 cases: SIZExFILTERS (a square map, as many input channels), then `:full` for an "
+                  "input with all channels, `:s2` for stride 2.")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV1 width multiplier for --predictor_weights and --predictor_pool.")
 
 
@@ -142,6 +157,56 @@ def graphs(size, channels, keep, seed=0):
         "predictor": (_flatbuffer(predictor, [spec]), [full]),
         "predictor AVG_POOL": (_flatbuffer(predictor_avg_pool, [spec]), [full]),
         "elementwise pass": (_flatbuffer(lambda x: x + 1.0, [spec]), [full]),
+    }
+
+
+def conv3x3_graphs(size, channels, keep, stride=1, compact_input=True, seed=0):
+    """`{name: (flatbuffer, inputs)}`: a 3x3 conv dense, on a run-time filter, and as im2col + matmul.
+
+    The compact forms compute the k = keep * channels active filters (random,
+    an input of the graph like the export's active indices) on a compact input
+    of the k channels at other random indices, or on all channels when
+    `compact_input` is False; the dense form, every filter on every channel.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    kept = max(1, int(round(keep * channels)))
+    kernel = (rng.normal(size=(3, 3, channels, channels)) / np.sqrt(9 * channels)).astype("float32")
+    filters = np.sort(rng.choice(channels, kept, replace=False)).astype("int32")
+    present = np.sort(rng.choice(channels, kept, replace=False)) if compact_input else np.arange(channels)
+    full = rng.normal(size=(1, size, size, channels)).astype("float32")
+    if compact_input:  # the channels a compact input lacks are zeros in the dense conv's input
+        full[..., np.setdiff1d(np.arange(channels), present)] = 0.0
+    x = np.ascontiguousarray(full[..., present])
+    out_size = (size + stride - 1) // stride
+    # Filter-major copies, so that each gather copies contiguous rows.
+    by_filter = np.ascontiguousarray(kernel[:, :, present].transpose(3, 0, 1, 2))  # (out, 3, 3, in)
+    rows = by_filter.reshape(channels, 9 * len(present))  # (out, 9 * in), im2col's column order
+
+    def dense(image):
+        return tf.nn.relu(tf.nn.conv2d(image, kernel, stride, "SAME"))
+
+    def runtime_filter(image, active):
+        weights = tf.transpose(tf.gather(tf.constant(by_filter), active), [1, 2, 3, 0])  # HWIO
+        return tf.nn.relu(tf.nn.conv2d(image, weights, stride, "SAME"))
+
+    def im2col(image, active):
+        total = max((out_size - 1) * stride + 3 - size, 0)  # "SAME": the extra row / column goes after
+        padded = tf.pad(image, [[0, 0], [total // 2, total - total // 2], [total // 2, total - total // 2], [0, 0]])
+        end = stride * (out_size - 1) + 1
+        windows = [padded[:, i:i + end:stride, j:j + end:stride, :] for i in range(3) for j in range(3)]
+        columns = tf.reshape(tf.concat(windows, -1), [1, out_size * out_size, 9 * len(present)])
+        weights = tf.gather(tf.constant(rows), active)[None]
+        return tf.nn.relu(tf.reshape(tf.linalg.matmul(columns, weights, adjoint_b=True),
+                                     [1, out_size, out_size, kept]))
+
+    image_spec, index_spec = tf.TensorSpec(x.shape, tf.float32), tf.TensorSpec((kept,), tf.int32)
+    return {
+        "dense (XNNPACK)": (_flatbuffer(dense, [tf.TensorSpec(full.shape, tf.float32)]), [full]),
+        "CONV_2D, run-time filter": (_flatbuffer(runtime_filter, [image_spec, index_spec]), [x, filters]),
+        "im2col + BATCH_MATMUL": (_flatbuffer(im2col, [image_spec, index_spec]), [x, filters]),
     }
 
 
@@ -230,6 +295,8 @@ def main(argv):
         return _predictor_weights()
     if FLAGS.predictor_pool:
         return _predictor_pool()
+    if FLAGS.conv3x3:
+        return _conv3x3()
     print(f"LiteRT, XNNPACK, {FLAGS.threads} thread(s), keep {FLAGS.keep:g}; median of {FLAGS.repeats} invokes.")
     for shape in FLAGS.shapes:
         size, channels = (int(v) for v in shape.lower().split("x"))
@@ -271,6 +338,40 @@ def _predictor_pool():
     print(f"  {'export':36s} {'ms':>7s} {'over dense':>11s}")
     for name, seconds in medians.items():
         print(f"  {name:36s} {1e3 * seconds:7.2f} {1e3 * (seconds - medians['dense']):+10.2f}")
+    return 0
+
+
+def _conv_case(case):
+    """(size, channels, stride, compact input) of a --conv_cases entry."""
+    size, *options = case.lower().split(":")
+    try:
+        size, channels = (int(v) for v in size.split("x"))
+        strides = [int(option[1:]) for option in options if option.startswith("s")]
+    except ValueError as error:
+        raise app.UsageError(f"--conv_cases: {case!r} is not SIZExFILTERS[:full][:sN]: {error}") from error
+    if any(option != "full" and not option.startswith("s") for option in options) or len(strides) > 1:
+        raise app.UsageError(f"--conv_cases: {case!r} is not SIZExFILTERS[:full][:sN].")
+    return size, channels, strides[0] if strides else 1, "full" not in options
+
+
+def _conv3x3():
+    import numpy as np
+
+    cases = [_conv_case(case) for case in FLAGS.conv_cases]
+    print(f"One 3x3 conv, keep {FLAGS.keep:g} of its filters, LiteRT, XNNPACK, {FLAGS.threads} thread(s); "
+          f"median of {FLAGS.repeats} invokes, graphs alternating.")
+    print("| conv | input | dense (XNNPACK) | `CONV_2D`, run-time filter | im2col + `BATCH_MATMUL` "
+          "| max difference from dense |\n|---|---|---|---|---|---|")
+    for case, (size, channels, stride, compact) in zip(FLAGS.conv_cases, cases):
+        built = conv3x3_graphs(size, channels, FLAGS.keep, stride, compact)
+        medians = time_graphs(built, FLAGS.repeats, FLAGS.threads)
+        _, (_, active) = built["CONV_2D, run-time filter"]
+        reference = _outputs(*built["dense (XNNPACK)"])[..., active]
+        difference = max(float(np.abs(_outputs(*built[name]) - reference).max())
+                         for name in ("CONV_2D, run-time filter", "im2col + BATCH_MATMUL"))
+        times = " | ".join(f"{1e6 * seconds:.0f} us" for seconds in medians.values())
+        print(f"| {size}x{size}, {channels} filters{f', stride {stride}' if stride > 1 else ''} "
+              f"| {'compact' if compact else 'full'} | {times} | {difference:.1e} |", flush=True)
     return 0
 
 

@@ -23,8 +23,20 @@ network at that size (`_mobilenet_at`), which runs upsampled test images. Which
 gates the weights decide does not depend on the input size; its accuracy there
 means nothing (set --accuracy_images=0), its times do.
 
+--static_min_decided exports each frozen model again with other cutoffs in
+place of the library's `STATIC_MIN_DECIDED` (a layer whose weights decide at
+least that share of its gates takes the export's static path), checked like
+the default export and timed in the same loops: how the cutoff was chosen. An
+export equal to one made before (another cutoff, the default) is timed once
+and marked `(= that one)`.
+
+    python benchmarks/frozen_gates.py --model runs/demo_softmax_a1/model.keras \
+        --agreements=none,1.0 --accuracy_images=0 --static_min_decided=0.5,0.7,0.9,1.0
+
 Rows go to --results (JSON) as {"rows": [{"model", "resolution", "agreement", ...}]},
-replacing earlier rows of the same model and resolution.
+replacing earlier rows of the same model and resolution; with
+--static_min_decided each row also holds "static_min_decided": {cutoff:
+{"static_layers", "dynamic_ms", "speedup", "export_max_difference", "timed_as"}}.
 """
 
 import json
@@ -51,6 +63,9 @@ flags.DEFINE_integer("timed_images", 300, "Test images timed per loop.")
 flags.DEFINE_integer("repeats", 3, "Side-by-side timing loops.")
 flags.DEFINE_integer("threads", 1, "Interpreter threads.")
 flags.DEFINE_integer("resolution", None, "Zoo MobileNetV1 only: time the frozen weights at this input size.")
+flags.DEFINE_list("static_min_decided", [],
+                  "Also export each model with these cutoffs in place of the library's `STATIC_MIN_DECIDED` "
+                  "(numbers in [0, 1]), timed side by side with the default export.")
 flags.DEFINE_string("results", "benchmarks/results/frozen_gates.json", "JSON file the rows are merged into ('' to skip).")
 
 
@@ -62,6 +77,16 @@ def _frozen(path, agreement, calibration):
     model = tflite.load_ftwt_model(path)
     fk.freeze_gates(model, calibration, min_agreement=agreement)
     return model
+
+
+def _at_cutoff(cutoff, function, *args, **kwargs):
+    """`function(*args, **kwargs)` with `STATIC_MIN_DECIDED` set to `cutoff` for the call (a benchmark-only knob)."""
+    import unittest.mock
+
+    from ftwt_keras.export import planning
+
+    with unittest.mock.patch.object(planning, "STATIC_MIN_DECIDED", cutoff):
+        return function(*args, **kwargs)
 
 
 def _merge_rows(path, rows):
@@ -86,11 +111,17 @@ def main(argv):
         agreements = [None if a == "none" else float(a) for a in FLAGS.agreements]
     except ValueError as error:
         raise app.UsageError(f"--agreements takes numbers in [0.5, 1] or `none`: {error}") from error
+    try:
+        cutoffs = [float(c) for c in FLAGS.static_min_decided]
+    except ValueError as error:
+        raise app.UsageError(f"--static_min_decided takes numbers in [0, 1]: {error}") from error
+    if any(not 0.0 <= c <= 1.0 for c in cutoffs):
+        raise app.UsageError(f"--static_min_decided takes numbers in [0, 1], not {FLAGS.static_min_decided}.")
     import numpy as np
 
     import ftwt_keras as fk
     from ftwt_keras import data
-    from ftwt_keras.export import tflite
+    from ftwt_keras.export import planning, tflite
 
     trained = tflite.load_ftwt_model(FLAGS.model)
     size = int(trained.network.inputs[0].shape[1])
@@ -135,6 +166,20 @@ def main(argv):
         actual = tflite.run(flatbuffers[name], run_images[: FLAGS.check_images])
         row["export_max_difference"] = float(np.abs(actual - expected).max() / np.ptp(expected))
         row["export_same_top1"] = float(np.mean(actual.argmax(1) == expected.argmax(1)))
+        if cutoffs:
+            row["static_min_decided"] = {}
+        for cutoff in cutoffs:
+            flatbuffer = _at_cutoff(cutoff, tflite.convert, model, calibration_images=export_calibration)
+            difference = np.abs(tflite.run(flatbuffer, run_images[: FLAGS.check_images]) - expected).max()
+            # An export equal to one made already is timed once: two instances of one graph differ by
+            # a few percent (`loop_medians`), which would read as an effect of the cutoff.
+            same = [label for label, made in flatbuffers.items() if made == flatbuffer]
+            if not same:
+                flatbuffers[f"{name}@{cutoff:g}"] = flatbuffer
+            row["static_min_decided"][f"{cutoff:g}"] = {
+                "static_layers": len(_at_cutoff(cutoff, tflite.statically_pruned_layers, model)),
+                "export_max_difference": float(difference / np.ptp(expected)),
+                "timed_as": same[0] if same else f"{name}@{cutoff:g}"}
         rows.append(row)
         print(f"agreement {name}: {100 * row['decided']:.1f}% of gates decided by the weights"
               + (f", top-1 {100 * row['top1']:.2f}%" if "top1" in row else "")
@@ -159,6 +204,20 @@ def main(argv):
         print(f"| {row['agreement']} | {100 * row['decided']:.1f}% | {accuracy} | {100 * row['flops_reduction']:.1f}% "
               f"({100 * row['backbone_flops_reduction']:.1f}%) | {row['export_max_difference']:.1e}, {100 * row['export_same_top1']:.1f}% | {row['dynamic_ms']:.3f} "
               f"| {row['speedup']:.2f}x ({', '.join(f'{d / v:.2f}' for d, v in zip(medians['dense'], values))}) |")
+    if cutoffs:
+        print(f"\nThe same exports with other `STATIC_MIN_DECIDED` cutoffs (the library's: {planning.STATIC_MIN_DECIDED:g}), "
+              "same loops:")
+        print("| frozen at agreement | cutoff | layers on the static path | max diff / range | dynamic ms "
+              "| dense speed (per loop) |\n|---|---|---|---|---|---|")
+    for row in rows:
+        for cutoff, result in row.get("static_min_decided", {}).items():
+            values = medians[result["timed_as"]]
+            result.update(dynamic_ms=float(np.median(values)),
+                          speedup=float(np.median([d / v for d, v in zip(medians["dense"], values)])))
+            same = "" if result["timed_as"] == f"{row['agreement']}@{cutoff}" else f" (= {result['timed_as']})"
+            print(f"| {row['agreement']} | {cutoff} | {result['static_layers']} of {len(trained.gated_layers)} "
+                  f"| {result['export_max_difference']:.1e} | {result['dynamic_ms']:.3f}{same} | {result['speedup']:.2f}x "
+                  f"({', '.join(f'{d / v:.2f}' for d, v in zip(medians['dense'], values))}) |")
     if FLAGS.results:
         _merge_rows(FLAGS.results, rows)
         print(f"Rows written to {FLAGS.results}")

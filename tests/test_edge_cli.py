@@ -166,6 +166,18 @@ def test_stage_benchmark_times_every_export():
         assert f" {name} " in line[0]
 
 
+def test_conv3x3_benchmark_computes_the_dense_convs_active_filters():
+    """benchmarks/edge_ops.py --conv3x3: both compact forms give the dense conv's active filters, strided too."""
+    result = run_benchmark("edge_ops.py", "--conv3x3", "--conv_cases=8x8,6x8:full:s2", "--keep=0.5", "--repeats=3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = re.findall(r"^\| (\d+x\d+, 8 filters(?:, stride 2)?) \| (compact|full) \| [0-9]+ us \| [0-9]+ us \| [0-9]+ us "
+                      r"\| ([0-9.e+-]+) \|$", result.stdout, re.M)
+    assert [row[:2] for row in rows] == [("8x8, 8 filters", "compact"), ("6x6, 8 filters, stride 2", "full")], result.stdout
+    assert all(float(row[2]) <= 1e-5 for row in rows), result.stdout
+    bad = run_benchmark("edge_ops.py", "--conv3x3", "--conv_cases=8x8:wide")
+    assert bad.returncode != 0 and "is not SIZExFILTERS[:full][:sN]" in bad.stderr, bad.stderr[-2000:]
+
+
 def test_export_ablations_cut_what_they_name(cifar_images):
     """The benchmarks' timing-only exports each remove the part of the compact path that they name."""
     ablated_exports = benchmark_script("_export_ablations").ablated_exports

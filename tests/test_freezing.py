@@ -232,7 +232,7 @@ def test_frozen_gates_benchmark_reports_accuracy_exactness_and_times(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(root, "benchmarks", "frozen_gates.py"), f"--model={path}",
          "--agreements=none,1.0,0.5", "--calibration_images=16", "--accuracy_images=16", "--check_images=4",
-         "--timed_images=4", "--repeats=1", "--resolution=64", f"--results={results}"],
+         "--timed_images=4", "--repeats=1", "--resolution=64", "--static_min_decided=0", f"--results={results}"],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
@@ -244,3 +244,12 @@ def test_frozen_gates_benchmark_reports_accuracy_exactness_and_times(tmp_path):
     assert [row["agreement"] for row in rows] == ["none", "1", "0.5"]
     assert all(row["resolution"] == 64 and row["export_max_difference"] <= 1e-3 for row in rows)
     assert rows[-1]["decided"] == 1.0 and rows[0]["same_top1_as_trained"] == 1.0
+    # Cutoff 0 sends every layer down the static path, decided gates or not, and it stays exact.
+    layers = len(model.gated_layers)
+    for row in rows:
+        at_zero = row["static_min_decided"]["0"]
+        assert at_zero["static_layers"] == layers and at_zero["export_max_difference"] <= 1e-3, row
+        assert re.search(rf"^\| {row['agreement']} \| 0 \| {layers} of {layers} \| [0-9.e-]+ \| [0-9.]+( \(= \S+\))? "
+                         r"\| [0-9.]+x ", result.stdout, re.M), result.stdout
+    # Every gate decided: the default already prunes every layer statically, so cutoff 0 changes nothing.
+    assert rows[-1]["static_min_decided"]["0"]["timed_as"] == "0.5"

@@ -88,12 +88,12 @@ AUTO_MULTITHREAD_INPUT_CUTOFF = 0.35
 # only, without per-image compaction (`_Builder.static_unit`); below it, the
 # per-image paths above choose. With gates left, the static path multiplies
 # their mask into its output, which the per-image paths can defer into the
-# next layer; cutting a few off filters does not pay for that. Trained
-# MobileNetV1s, frozen or not (x86 XNNPACK, 1 thread, 2026-12-05, side by
-# side, 0.5 / 0.9, ms): 32x32 softmax 1.45 / 1.43 and frozen 1.33 / 1.29, no
-# softmax frozen at agreement 0.9 (32% of gates decided) 2.38-2.42 /
-# 2.21-2.29, x0.25 0.211 / 0.192; 224x224 11.80 / 11.72, 9.08 / 9.04, 12.95 /
-# 12.54 (docs/experiments.md, "The static threshold revisited").
+# next layer. Measured on trained MobileNetV1s, frozen or not (x86 XNNPACK,
+# 1 thread, 2026-12-05, `benchmarks/frozen_gates.py --static_min_decided`,
+# the loop order rotated): any cutoff from 0.5 to 0.9 runs within 3% of the
+# others, and 1.0 (fully decided layers only) is 1.3-1.5x slower on models
+# whose layers keep a few undecided gates (docs/experiments.md, "The static
+# threshold revisited"); 0.9 static-prunes the fewest layers of that range.
 STATIC_MIN_DECIDED = 0.9
 
 

@@ -67,12 +67,19 @@ def time_side_by_side(flatbuffers, images, num_threads=1, warmup=10):
 def loop_medians(flatbuffers, images, repeats, num_threads=1, warmup=10):
     """`time_side_by_side` run `repeats` times: `{name: [median ms per invoke of each loop]}`.
 
-    Loops apart show how much the host's noise moves a median; each loop
-    builds its interpreters afresh.
+    Loops apart show how much the host's noise moves a median. Each loop
+    builds its interpreters afresh and starts one model further into the
+    order: a model's place in the loop moves its times by a few percent
+    (one export timed under five names in one loop, MobileNetV1 x1.0 at
+    32x32: 1.39-1.45 ms, the one right after dense slowest), so a fixed
+    order would bias the comparison it is run for.
     """
-    medians = {name: [] for name in flatbuffers}
-    for _ in range(repeats):
-        for name, values in time_side_by_side(flatbuffers, images, num_threads, warmup).items():
+    names = list(flatbuffers)
+    medians = {name: [] for name in names}
+    for repeat in range(repeats):
+        start = repeat % len(names)
+        order = {name: flatbuffers[name] for name in names[start:] + names[:start]}
+        for name, values in time_side_by_side(order, images, num_threads, warmup).items():
             medians[name].append(1e3 * float(np.median(values)))
     return medians
 
