@@ -1,22 +1,32 @@
-"""The TensorFlow graph of a batch-1 export: folded units, compact activations and `_Builder`.
+"""The TensorFlow graph of a batch-1 export: `_Builder`.
 
 `_Builder` traces the network layer by layer into TensorFlow ops that the
-TFLite converter maps to builtins: each gated layer's predictor, its mask, and
-the computation its policy picks (`ftwt_keras.export.planning`), carrying
-activations between layers as `Compact` tensors (see `ftwt_keras.export.tflite`).
+TFLite converter maps to builtins: each gated layer's predictor, its mask
+(`compact._GateMask`), and the computation its policy picks
+(`ftwt_keras.export.planning`) on its folded conv (`folding`), carrying
+activations between layers as `compact.Compact` tensors (see
+`ftwt_keras.export.tflite`).
 """
 
-import dataclasses
-import functools
 import inspect
 import math
-from typing import Optional
 
 import keras
 import numpy as np
 
 from ftwt_keras import _graph
 from ftwt_keras.export.checks import ExportError, _tf
+from ftwt_keras.export.compact import (
+    Compact,
+    _active_channels,
+    _dense,
+    _GateMask,
+    _size,
+    _static_channels,
+    _static_constants,
+    _with_zero_channel,
+)
+from ftwt_keras.export.folding import FoldedUnit, _activation_fn, _numpy, fold_batch_norm
 from ftwt_keras.export.planning import (
     _chains,
     _compact_capacities,
@@ -29,238 +39,6 @@ from ftwt_keras.export.planning import (
 from ftwt_keras.flops import ZERO_PRESERVING_LAYERS
 from ftwt_keras.layers import GatedConv
 from ftwt_keras.models import ChannelZeroPad
-
-
-@dataclasses.dataclass
-class FoldedUnit:
-    """A GatedConv's conv + batch norm folded to `activation(conv(x, kernel) + bias)`.
-
-    `kernel` has the conv's layout ((kh, kw, C_in, C_out), or (kh, kw, C, 1)
-    for depthwise) with the batch-norm scale folded in; `bias` is (C_out,).
-    """
-
-    layer: GatedConv
-    kernel: np.ndarray
-    bias: np.ndarray
-
-    @functools.cached_property
-    def zero_input_output(self):
-        """(C_out,) `activation(bias)`: each filter's output on an all-zero input (read eagerly)."""
-        with _tf().init_scope():  # eager even while `convert` traces its tf.function
-            return _numpy(self.layer.activation(keras.ops.convert_to_tensor(self.bias)))
-
-    @property
-    def is_depthwise(self):
-        return self.layer.is_depthwise
-
-    @property
-    def filters(self):
-        return self.bias.shape[0]
-
-
-def _numpy(variable, dtype=np.float32):
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype)
-
-
-def fold_batch_norm(layer):
-    """Folds `layer`'s batch norm (inference statistics) into its conv (eagerly)."""
-    conv = layer.conv
-    kernel = _numpy(conv.kernel, np.float64)
-    filters = kernel.shape[2] if layer.is_depthwise else kernel.shape[3]
-    bias = _numpy(conv.bias, np.float64) if conv.use_bias else np.zeros(filters)
-    bn = layer.batch_norm
-    if bn is not None:
-        gamma = _numpy(bn.gamma, np.float64) if bn.scale else np.ones(filters)
-        beta = _numpy(bn.beta, np.float64) if bn.center else np.zeros(filters)
-        mean = _numpy(bn.moving_mean, np.float64)
-        variance = _numpy(bn.moving_variance, np.float64)
-        scale = gamma / np.sqrt(variance + bn.epsilon)
-        shift = beta - mean * scale
-        if layer.is_depthwise:
-            kernel = kernel * scale[None, None, :, None]
-        else:
-            kernel = kernel * scale[None, None, None, :]
-        bias = bias * scale + shift
-    return FoldedUnit(layer, kernel.astype(np.float32), bias.astype(np.float32))
-
-
-@dataclasses.dataclass
-class Compact:
-    """An activation whose channels not listed in `channels` are exactly zero.
-
-    `values`: (1, ..., k) tensor; `channels`: int32 (k,) channel numbers, or
-    None when all `width` channels are present in order (a dense tensor).
-    """
-
-    values: object
-    channels: Optional[object]
-    width: int
-    _positions: Optional[object] = None
-    # For a dense tensor made by a gated layer: int32 channel numbers outside
-    # which it is known to be zero (the gate's active filters), else None.
-    support: Optional[object] = None
-    # Fraction of the `width` channels expected to be non-zero (a Python float
-    # from calibration images), or None when unknown.
-    expected_keep: Optional[float] = None
-    # For the output of a ZeroPadding2D: `(values before it, its padding)`, so
-    # that a predictor that ignores the border pools the unpadded tensor (then
-    # XNNPACK still fuses the PAD into the next conv).
-    unpadded: Optional[tuple] = None
-    # float32 (width,): the value of each channel absent from `channels`,
-    # uniform over space (a depthwise filter that is on over an input channel
-    # that is off outputs activation(bias) everywhere), or None for zeros.
-    constants: Optional[object] = None
-    # For a dense tensor: `(raw, scale, offset)` with `values == raw * scale +
-    # offset` per channel (scale float32 0/1 (width,), offset (width,) or
-    # None): the gate masks not yet applied. A consumer that can fold them
-    # (a predictor's pool, a gathered conv's weight rows) reads `raw`; when
-    # every consumer does, the converter drops the unused multiply on the
-    # activation.
-    scaled: Optional[tuple] = None
-
-    @property
-    def is_dense(self):
-        return self.channels is None
-
-    def positions(self):
-        """(width,) int32: 1 + the position of each channel in `values`, 0 if absent."""
-        tf = _tf()
-        if self._positions is None:
-            count = _size(self.channels, 0)
-            self._positions = tf.scatter_nd(
-                self.channels[:, None], tf.range(1, count + 1, dtype=tf.int32), [self.width]
-            )
-        return self._positions
-
-    def select(self, channels):
-        """Values of the given channels (int32 (m,)), zeros for absent ones."""
-        tf = _tf()
-        if self.is_dense:
-            return tf.gather(self.values, channels, axis=-1)
-        return tf.gather(_with_zero_channel(self.values), tf.gather(self.positions(), channels), axis=-1)
-
-    def compact(self):
-        """`(values, channels)` on the known non-zero channels (gathering if needed)."""
-        tf = _tf()
-        if not self.is_dense:
-            return self.values, self.channels
-        if self.support is not None:
-            return tf.gather(self.values, self.support, axis=-1), self.support
-        return self.values, None
-
-    def dense(self):
-        """The activation with all `width` channels (scattered back)."""
-        if self.is_dense:
-            return self.values
-        tf = _tf()
-        values = tf.gather(_with_zero_channel(self.values), self.positions(), axis=-1)
-        return values if self.constants is None else values + self.constants
-
-    def without_constants(self):
-        """This activation, dense if it has non-zero absent channels (else itself)."""
-        return self if self.constants is None else _dense(self.dense())
-
-
-def _size(tensor, axis):
-    """`tensor`'s size along `axis`: a Python int when static, else a run-time scalar.
-
-    Static sizes keep RESHAPE's output static: a shape computed at run time
-    makes every tensor after it dynamic, which XNNPACK does not take.
-    """
-    size = tensor.shape[axis]
-    return int(size) if size is not None else _tf().shape(tensor)[axis]
-
-
-def _with_zero_channel(values):
-    """Prepends one all-zero channel, so that gathering index 0 yields zeros."""
-    tf = _tf()
-    # PAD, not concat with zeros_like(values[..., :1]): that is empty when
-    # `values` has no channels (a layer with every gate off).
-    paddings = [[0, 0]] * (values.shape.rank - 1) + [[1, 0]]
-    return tf.pad(values, paddings)
-
-
-def _active_channels(mask_row):
-    """int32 indices of the True entries of a (C,) bool mask, never empty.
-
-    XNNPACK cannot run zero-size tensors, so when every gate is off the list is
-    [0]; callers make sure channel 0 then carries zeros (its values are masked).
-    """
-    tf = _tf()
-    active = tf.cast(tf.where(mask_row)[:, 0], tf.int32)
-    count = tf.maximum(tf.shape(active)[0], 1)
-    return tf.slice(tf.concat([active, tf.zeros([1], tf.int32)], axis=0), [0], [count])
-
-
-def _dense(values):
-    return Compact(values, None, int(values.shape[-1]))
-
-
-def _static_channels(x):
-    """A compact `x`'s channel list as numpy when known at export (with its uniform values), else None.
-
-    Layers whose gates the weights decide (`ftwt_keras.static_gates`) emit
-    such activations: their consumers slice weights once, at export.
-    """
-    if x.is_dense:
-        return None
-    tf = _tf()
-    channels = tf.get_static_value(x.channels)
-    if channels is None or (x.constants is not None and tf.get_static_value(x.constants) is None):
-        return None
-    return np.asarray(channels, np.int64)
-
-
-def _static_constants(x):
-    """(width,) float32: each absent channel's uniform value in `x` (zeros without constants); static only."""
-    if x.constants is None:
-        return np.zeros(x.width, np.float32)
-    return np.asarray(_tf().get_static_value(x.constants), np.float32)
-
-
-class _GateMask:
-    """One image's gate decisions, from its predictor logits (1, filters).
-
-    `on`: bool, logit > 0 as in Keras. `values`: float32 0/1 equal to `on`,
-    computed as ceil(clip(logit, 0, 1)) rather than CAST(GREATER): MINIMUM,
-    RELU and CEIL are XNNPACK ops, so the masking stays inside the delegate's
-    partitions (MobileNetV1 x0.25 at 32x32 with every layer masked dense:
-    0.66 -> 0.54 ms). It broadcasts against NHWC activations as is; `row` is
-    the same as (filters,). All are built here, outside any `tf.cond` branch
-    that may read them. With a
-    `capacity` (a capped GatedConv), only the filters among the `capacity`
-    largest logits stay on, as in Keras.
-    """
-
-    def __init__(self, logits, capacity=None):
-        tf = _tf()
-        self.on = logits > 0
-        self.values = tf.math.ceil(tf.clip_by_value(logits, 0.0, 1.0))
-        self.top = None  # int32 (capacity,): a capped layer's top filters, where its on ones are
-        if capacity is not None and capacity < int(logits.shape[-1]):
-            top = tf.math.top_k(logits, k=capacity)
-            self.top = top.indices[0]
-            in_top = logits >= top.values[:, -1:]
-            self.on = tf.logical_and(self.on, in_top)
-            self.values = self.values * tf.cast(in_top, tf.float32)
-        # A RESHAPE to a literal shape, which XNNPACK runs: it refuses `values[0]` (a STRIDED_SLICE
-        # with a shrink axis; 0.13-0.18 ms at 224x224 over MobileNetV1's 27 masks) and a RESHAPE
-        # to [-1] alike, and each op it refuses splits its partition.
-        self.row = tf.reshape(self.values, [int(logits.shape[-1])])
-
-
-def _activation_fn(layer):
-    """The TF function of a GatedConv's activation (keras activations run on TF)."""
-    tf = _tf()
-    activation = layer.activation
-    name = getattr(activation, "__name__", "")
-    if name == "linear":
-        return lambda x: x
-    if name == "relu":
-        return tf.nn.relu
-    if name == "relu6":
-        return tf.nn.relu6
-    return activation
 
 
 def _same_padding(size, kernel, stride):

@@ -41,7 +41,9 @@ rather than falling back to Flex (Select TF) ops.
 
 The package's modules: `checks` (what the exporter accepts), `calibration`
 (keep ratios and capacities from images), `planning` (`"auto"`'s rules and
-which gates pay), `builder` (the TensorFlow graph), `runtime` (running and
+which gates pay), `builder` (the TensorFlow graph), `folding` (a conv and its
+batch norm as one kernel and bias), `compact` (activations carried with some
+channels only, and gate masks), `runtime` (running and
 timing a `.tflite`), `drawn_masks` (stand-ins for trained masks in
 benchmarks), and this module: conversion, which re-exports the public names
 of the others.
@@ -52,7 +54,9 @@ import os
 import numpy as np
 
 from ftwt_keras import _graph
-from ftwt_keras.export.builder import Compact, FoldedUnit, _Builder, fold_batch_norm
+from ftwt_keras.export.builder import _Builder
+from ftwt_keras.export.compact import Compact
+from ftwt_keras.export.folding import FoldedUnit, fold_batch_norm
 from ftwt_keras.export.calibration import (
     CAPACITY_STDS,
     Calibration,
