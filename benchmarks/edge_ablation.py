@@ -68,7 +68,7 @@ def main(argv):
     capacity_ratio = FLAGS.drawn_capacities
     if FLAGS.capped_ratio:
         for network in (model, unshifted):
-            tflite.cap_compacted_gates(network, calibration_images, ratio=FLAGS.capped_ratio)
+            tflite.cap_compacted_gates(network, calibration_images, ratio=FLAGS.capped_ratio, static_gates=False)
         capacity_ratio = FLAGS.capped_ratio  # the count itself; the caps (the same ratio) bound it
     calibration = tflite.calibrate(model, calibration_images).with_capacity_ratio(model, capacity_ratio)
     flatbuffers = {"dense": tflite.convert(model, dynamic=False), "auto": tflite.convert(model, calibration=calibration, static_gates=False)}

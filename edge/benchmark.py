@@ -253,7 +253,8 @@ def _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads
                            if paying else dense_flatbuffer)
     if FLAGS.capped_ratio:
         compacted = tflite.cap_compacted_gates(model, sample if calibration is None else calibration,
-                                               ratio=FLAGS.capped_ratio, policy=policy, num_threads=threads)
+                                               ratio=FLAGS.capped_ratio, policy=policy, num_threads=threads,
+                                               static_gates=static)
         if compacted:
             capped_calibration = None
             if calibration is not None:

@@ -15,6 +15,7 @@ from ftwt_keras.export import planning as export_planning  # noqa: E402
 from ftwt_keras.export import tflite as export  # noqa: E402
 
 from export_helpers import (  # noqa: E402
+    BUILDERS,
     assert_same_logits,
     perturb,
 )
@@ -118,3 +119,23 @@ def test_paying_gates_and_a_lean_export(cifar_images):
     names = export.op_names(flatbuffer)
     assert "WHERE" not in names and "GATHER" in names and names.count("IF") <= 1  # at most the overflow fallback
     assert_same_logits(flatbuffer, lean, cifar_images)
+
+
+def test_layers_pruned_by_their_weights_are_neither_compacted_nor_capped(cifar_images):
+    """The static path takes a layer whose weights decide its gates: no capacity, no cap (which would undecide them)."""
+    model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
+    regular = [layer.name for layer in model.gated_layers if not layer.is_depthwise]
+    calibration = export.calibrate(model, cifar_images)
+    assert export.compacted_layers(model, calibration, policy="chain") == regular
+    decided = model.network.get_layer(regular[2])
+    odd = np.arange(decided.filters) % 2 == 1
+    fk.fix_gates(decided, always_on=~odd, always_off=odd)
+    assert export.statically_pruned_layers(model) == [decided.name]
+    others = [name for name in regular if name != decided.name]
+    calibration = export.calibrate(model, cifar_images)
+    assert export.compacted_layers(model, calibration, policy="chain") == others
+    assert export.compacted_layers(model, calibration, policy="chain", static_gates=False) == regular
+    capped = export.cap_compacted_gates(model, cifar_images, ratio=0.9, policy="chain")
+    assert list(capped) == others and decided.capacity is None
+    assert export.statically_pruned_layers(model) == [decided.name]  # still pruned by its weights
+    assert_same_logits(export.convert(model, policy="chain"), model, cifar_images)

@@ -293,7 +293,7 @@ def statically_pruned_layers(model):
     return [layer.name for layer in model.gated_layers if layer.name in pruned]
 
 
-def compacted_layers(model, calibration=None, policy="auto", num_threads=1):
+def compacted_layers(model, calibration=None, policy="auto", num_threads=1, static_gates=True):
     """The gated regular convs that the export computes on a static capacity (their active filters only).
 
     These are the layers whose cap (`GatedConv.capacity`, `ftwt_keras.cap_gates`)
@@ -308,6 +308,9 @@ def compacted_layers(model, calibration=None, policy="auto", num_threads=1):
         policy: the export's `policy` (as `convert`): `"auto"` compacts the
             layers `_chains` picks, `"chain"` every one with a capacity.
         num_threads: the interpreter threads the export is for (as `convert`).
+        static_gates: as `convert`'s: when True, the layers the export prunes
+            by their predictors' weights (`statically_pruned_layers`) are not
+            compacted per image.
 
     Returns:
         Names of gated layers, in the network's order.
@@ -317,22 +320,28 @@ def compacted_layers(model, calibration=None, policy="auto", num_threads=1):
     policies = _policies(model, policy)
     capacities = _compact_capacities(network, calibration)
     conv_macs = _conv_macs(model)
+    static = _statically_pruned(network) if static_gates else {}
 
     def compact(layer):
         chosen = policies.get(layer.name, "auto")
-        if layer.is_depthwise or layer.name not in capacities or chosen not in ("auto", "chain"):
+        if layer.is_depthwise or layer.name in static or layer.name not in capacities:
+            return False
+        if chosen not in ("auto", "chain"):
             return False
         return chosen == "chain" or _chains(layer, conv_macs, capacities[layer.name], num_threads)
 
     return [layer.name for layer in model.gated_layers if compact(layer)]
 
 
-def cap_compacted_gates(model, images, ratio=1.1, policy="auto", num_threads=1):
+def cap_compacted_gates(model, images, ratio=1.1, policy="auto", num_threads=1, static_gates=True):
     """Caps the gated regular convs that the export then computes compactly, and no others.
 
     `ftwt_keras.cap_gates` on every gated regular conv, then the caps of those
     the export would not compact with them (`compacted_layers`) removed again:
-    there a cap only changes the model and adds a `TOPK_V2`. The capped
+    there a cap only changes the model and adds a `TOPK_V2`. Layers the export
+    prunes by their predictors' weights (`statically_pruned_layers`) are not
+    capped: a cap that could bind leaves no gate decided, which would trade
+    their static pruning for a predictor and a top-k. The capped
     layers compute exactly their caps, with no margin, no overflow check and
     no fallback, and need no calibration images. The result is another
     model: `benchmarks/capped_accuracy.py` measures what caps cost.
@@ -341,7 +350,7 @@ def cap_compacted_gates(model, images, ratio=1.1, policy="auto", num_threads=1):
         model: an `ftwt_keras.FTWTModel` (changed in place; save it to keep the caps).
         images: raw images like those the model will see (training images).
         ratio: each cap in multiples of the layer's mean count on `images`.
-        policy, num_threads: those the export will use (as `convert`).
+        policy, num_threads, static_gates: those the export will use (as `convert`).
 
     Returns:
         `{gated layer name: capacity}` of the capped layers (empty where no
@@ -350,9 +359,10 @@ def cap_compacted_gates(model, images, ratio=1.1, policy="auto", num_threads=1):
     from ftwt_keras import capping
 
     check_ftwt_model(model)
-    regular = [layer.name for layer in model.gated_layers if not layer.is_depthwise]
+    static = _statically_pruned(_graph.as_functional(model.network)) if static_gates else {}
+    regular = [layer.name for layer in model.gated_layers if not layer.is_depthwise and layer.name not in static]
     capping.cap_gates(model, images, ratio=ratio, layer_names=regular)
-    compacted = compacted_layers(model, policy=policy, num_threads=num_threads)
+    compacted = compacted_layers(model, policy=policy, num_threads=num_threads, static_gates=static_gates)
     capacities = capping.set_gate_capacities(model, {name: None for name in regular if name not in compacted})
     return {name: capacities[name] for name in compacted}
 
