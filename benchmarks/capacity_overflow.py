@@ -38,8 +38,6 @@ def main(argv):
     del argv
     import math
 
-    import numpy as np
-
     from ftwt_keras import export
 
     model = export.load_ftwt_model(FLAGS.model)
