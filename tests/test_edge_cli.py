@@ -132,6 +132,7 @@ def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
     assert "The other 7 compute every filter" in out
     out = convert()  # with static pruning every layer is pruned
     assert "13 of 13 gated layers pruned by their predictors' weights" in out and "The other" not in out
+    assert "0 of 13 compute fewer filters on the calibration images." in out  # none is compacted per image
 
 
 def test_static_gates_benchmark_reports_decided_gates_exactness_and_times(tmp_path):
