@@ -34,7 +34,8 @@ and marked `(= that one)`.
         --agreements=none,1.0 --accuracy_images=0 --static_min_decided=0.5,0.7,0.9,1.0
 
 Rows go to --results (JSON) as {"rows": [{"model", "resolution", "agreement", ...}]},
-replacing earlier rows of the same model and resolution; with
+replacing earlier rows of the same model and resolution, each with
+"static_layers" (gated layers on the export's static path); with
 --static_min_decided each row also holds "static_min_decided": {cutoff:
 {"static_layers", "dynamic_ms", "speedup", "export_max_difference", "timed_as"}}.
 """
@@ -166,6 +167,7 @@ def main(argv):
         actual = tflite.run(flatbuffers[name], run_images[: FLAGS.check_images])
         row["export_max_difference"] = float(np.abs(actual - expected).max() / np.ptp(expected))
         row["export_same_top1"] = float(np.mean(actual.argmax(1) == expected.argmax(1)))
+        row["static_layers"] = len(tflite.statically_pruned_layers(model))
         if cutoffs:
             row["static_min_decided"] = {}
         for cutoff in cutoffs:
@@ -210,6 +212,10 @@ def main(argv):
         print("| frozen at agreement | cutoff | layers on the static path | max diff / range | dynamic ms "
               "| dense speed (per loop) |\n|---|---|---|---|---|---|")
     for row in rows:
+        if cutoffs:
+            print(f"| {row['agreement']} | {planning.STATIC_MIN_DECIDED:g} (default) | {row['static_layers']} of "
+                  f"{len(trained.gated_layers)} | {row['export_max_difference']:.1e} | {row['dynamic_ms']:.3f} "
+                  f"| {row['speedup']:.2f}x |")
         for cutoff, result in row.get("static_min_decided", {}).items():
             values = medians[result["timed_as"]]
             result.update(dynamic_ms=float(np.median(values)),

@@ -224,6 +224,8 @@ def test_frozen_gates_benchmark_reports_accuracy_exactness_and_times(tmp_path):
     import subprocess
     import sys
 
+    from ftwt_keras.export import planning
+
     model = fk.gate(fk.models.mobilenet_v1(alpha=0.25), use_softmax=False)
     _set_biases(model, np.random.default_rng(1).uniform(0, 255, (16, 32, 32, 3)).astype("float32"))
     path, results = str(tmp_path / "model.keras"), str(tmp_path / "rows.json")
@@ -252,4 +254,6 @@ def test_frozen_gates_benchmark_reports_accuracy_exactness_and_times(tmp_path):
         assert re.search(rf"^\| {row['agreement']} \| 0 \| {layers} of {layers} \| [0-9.e-]+ \| [0-9.]+( \(= \S+\))? "
                          r"\| [0-9.]+x ", result.stdout, re.M), result.stdout
     # Every gate decided: the default already prunes every layer statically, so cutoff 0 changes nothing.
-    assert rows[-1]["static_min_decided"]["0"]["timed_as"] == "0.5"
+    assert rows[-1]["static_layers"] == layers and rows[-1]["static_min_decided"]["0"]["timed_as"] == "0.5"
+    default = f"{planning.STATIC_MIN_DECIDED:g}"
+    assert re.search(rf"^\| 0.5 \| {default} \(default\) \| {layers} of {layers} \| ", result.stdout, re.M), result.stdout
