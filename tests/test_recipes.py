@@ -185,3 +185,52 @@ def test_plan_report_names_the_planned_gates_that_do_not_pay():
     assert "with the capped masks 2 of them pay with 1 thread " in capped
     assert capped.endswith("conv3 keeps too many filters on some images to pay and only adds its predictor: cap "
                            "harder (a lower --cap_ratio than 1.1) or train at a lower --threshold than 0.3.")
+
+
+def _image_folder(root, per_class, low, high, seed=0):
+    """`root/<class>/<i>.png` for 3 classes: 48x48 noise images with pixel values in [low, high]."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label in range(3):
+        os.makedirs(root / f"class{label}")
+        for index in range(per_class):
+            pixels = rng.integers(low, high + 1, (48, 48, 3)).astype("uint8")
+            Image.fromarray(pixels).save(root / f"class{label}" / f"{index}.png")
+
+
+def test_imagenet_recipe_runs_every_stage_on_an_image_folder(tmp_path):
+    """resnet_imagenet end to end (ResNet-18 at 64x64) on a folder dataset, caps and frozen gates included."""
+    folder = tmp_path / "images"
+    _image_folder(folder / "train", 12, 0, 127)
+    _image_folder(folder / "test", 6, 128, 255, seed=1)
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "ftwt_keras.recipes.resnet_imagenet", f"--dataset={folder}", f"--output_dir={out}",
+         "--model=resnet18", "--image_size=64", "--batch_size=8", "--baseline_epochs=1", "--epochs=1",
+         "--estimate_images=16", "--warmup_steps=1", "--cap_ratio=1.1", "--cap_epochs=1",
+         "--freeze_agreement=0.9", "--freeze_epochs=1"],
+        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["test_images"] == 18 and results["config"]["model"] == "resnet18"
+    assert 0.0 <= results["accuracy"] <= 1.0 and "capped" in results and "frozen" in results
+    for name in ("baseline.keras", "model.keras", "model_capped.keras", "model_frozen.keras"):
+        model = keras.saving.load_model(out / name)
+        network = model.network if isinstance(model, fk.FTWTModel) else model
+        assert network.outputs[0].shape[-1] == 3 and network.inputs[0].shape[1:] == (64, 64, 3), name
+    assert len(keras.saving.load_model(out / "model.keras").gated_layers) == 20  # 17 convs + 3 projections
+
+
+def test_recipes_estimate_and_calibrate_on_training_images_of_an_image_folder(tmp_path):
+    """The estimate (and the caps and frozen gates, which read the same images) never sees test images."""
+    folder = tmp_path / "images"
+    _image_folder(folder / "train", 12, 0, 127)
+    _image_folder(folder / "test", 6, 128, 255, seed=1)
+    config = {"dataset": str(folder), "image_size": 32, "batch_size": 8, "seed": 0, "estimate_images": 16,
+              "data_dir": None}
+    _, test, estimate = common._datasets(config)
+    images = np.concatenate([np.asarray(batch[0]) for batch in estimate])
+    assert images.shape == (16, 32, 32, 3) and images.max() <= 127  # training images, and only as many as asked
+    assert min(float(np.asarray(batch[0]).min()) for batch in test) >= 128
+    assert config["num_classes"] == 3

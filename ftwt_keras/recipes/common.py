@@ -226,17 +226,26 @@ def _datasets(config):
         estimate = data.cifar(config["dataset"], "train", 256, training=False, data_dir=config["data_dir"],
                               take=config["estimate_images"])
         return train, test, estimate
+    # The estimate, the --gate_only_paying plan, the caps and the frozen gates read the first
+    # --estimate_images training images, prepared as for evaluation (no augmentation): never test images.
     if config["dataset"] == data.IMAGENET:
         size = config["image_size"]
         train = data.imagenet("train", config["batch_size"], data_dir=config["data_dir"], image_size=size,
                               seed=config["seed"])
         test = data.imagenet("validation", 128, training=False, data_dir=config["data_dir"], image_size=size)
-        return train, test, test.take(max(1, config["estimate_images"] // 128))
+        unaugmented = data.imagenet("train", 128, training=False, data_dir=config["data_dir"], image_size=size)
+        return train, test, _first_images(unaugmented, config["estimate_images"])
     size = (config["image_size"], config["image_size"])
     train = data.image_folder(os.path.join(config["dataset"], "train"), size, config["batch_size"], True, config["seed"])
     test = data.image_folder(os.path.join(config["dataset"], "test"), size, 256)
+    unaugmented = data.image_folder(os.path.join(config["dataset"], "train"), size, 128)
     config["num_classes"] = len(os.listdir(os.path.join(config["dataset"], "train")))
-    return train, test, test
+    return train, test, _first_images(unaugmented, config["estimate_images"])
+
+
+def _first_images(dataset, count, batch_size=128):
+    """The first `count` (image, label) pairs of a batched dataset, in batches of `batch_size`."""
+    return dataset.unbatch().take(count).batch(batch_size)
 
 
 def _callbacks(config, stage, extra=()):
@@ -412,17 +421,6 @@ def train_ftwt(config, baseline, train, test, gated_layers=None):
               callbacks=_callbacks(config, "ftwt", extra))
     model.save(path)
     return model, finish()
-
-
-def _calibration_images(config, train, estimate):
-    """The images that set `--cap_ratio`'s caps and `--freeze_agreement`'s frozen gates: training images, never test ones."""
-    import math
-
-    from ftwt_keras import data
-
-    if config["dataset"] in data.CIFAR_DATASETS:
-        return estimate  # the training split, not augmented
-    return train.take(max(1, math.ceil(config["estimate_images"] / config["batch_size"])))
 
 
 def _fine_tune_backbone(config, model, train, test, stage, epochs, lr, clock):
@@ -637,7 +635,7 @@ def run(config=None):
         f"gates the weights alone decide {100 * decided:.1f}% | {results['test_images']} test images\n"
         f"Saved {os.path.join(config['output_dir'], 'model.keras')}"
     )
-    calibration_images = _calibration_images(config, train, estimate_data)
+    calibration_images = estimate_data  # training images, not augmented (`_datasets`)
     if planned:
         # The predictors keep somewhat more filters than their targets: check the plan on the trained masks.
         results["paying_gates"] = _paying_gates(config, model, calibration_images)
