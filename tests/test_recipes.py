@@ -7,6 +7,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 import ftwt_keras as fk  # registers the layers for load_model
 from ftwt_keras.recipes import common
@@ -228,9 +229,33 @@ def test_recipes_estimate_and_calibrate_on_training_images_of_an_image_folder(tm
     _image_folder(folder / "train", 12, 0, 127)
     _image_folder(folder / "test", 6, 128, 255, seed=1)
     config = {"dataset": str(folder), "image_size": 32, "batch_size": 8, "seed": 0, "estimate_images": 16,
-              "data_dir": None}
+              "data_dir": None, "train_take": None, "test_take": None}
     _, test, estimate = common._datasets(config)
     images = np.concatenate([np.asarray(batch[0]) for batch in estimate])
     assert images.shape == (16, 32, 32, 3) and images.max() <= 127  # training images, and only as many as asked
     assert min(float(np.asarray(batch[0]).min()) for batch in test) >= 128
     assert config["num_classes"] == 3
+    with pytest.raises(ValueError, match="--train_take and --test_take apply to tfds datasets"):
+        common._datasets(dict(config, train_take=8))
+
+
+def test_imagenet_recipe_reads_the_splits_it_is_told_to(monkeypatch):
+    """--train_take / --test_take slice the tfds splits; the estimate reads training images without augmentation."""
+    import tensorflow as tf
+
+    calls = []
+
+    def imagenet(split, batch_size, training=None, data_dir=None, image_size=224, seed=None):
+        calls.append((split, training))
+        return tf.data.Dataset.from_tensor_slices((np.zeros((40, 8, 8, 3), "float32"), np.zeros(40, "int32"))).batch(
+            batch_size)
+
+    monkeypatch.setattr(fk.data, "imagenet", imagenet)
+    config = {"dataset": "imagenet2012", "image_size": 8, "batch_size": 16, "seed": 0, "estimate_images": 24,
+              "data_dir": None, "train_take": 100, "test_take": 50}
+    _, _, estimate = common._datasets(config)
+    assert calls == [("train[:100]", None), ("validation[:50]", False), ("train", False)]
+    assert sum(len(batch[0]) for batch in estimate) == 24
+    calls.clear()
+    common._datasets(dict(config, train_take=None, test_take=None))
+    assert calls == [("train", None), ("validation", False), ("train", False)]

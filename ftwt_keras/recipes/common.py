@@ -230,17 +230,27 @@ def _datasets(config):
     # --estimate_images training images, prepared as for evaluation (no augmentation): never test images.
     if config["dataset"] == data.IMAGENET:
         size = config["image_size"]
-        train = data.imagenet("train", config["batch_size"], data_dir=config["data_dir"], image_size=size,
-                              seed=config["seed"])
-        test = data.imagenet("validation", 128, training=False, data_dir=config["data_dir"], image_size=size)
+        train = data.imagenet(_first("train", config["train_take"]), config["batch_size"], data_dir=config["data_dir"],
+                              image_size=size, seed=config["seed"])
+        test = data.imagenet(_first("validation", config["test_take"]), 128, training=False,
+                             data_dir=config["data_dir"], image_size=size)
         unaugmented = data.imagenet("train", 128, training=False, data_dir=config["data_dir"], image_size=size)
         return train, test, _first_images(unaugmented, config["estimate_images"])
+    if config["train_take"] is not None or config["test_take"] is not None:
+        raise ValueError(f"--train_take and --test_take apply to tfds datasets ({', '.join(data.CIFAR_DATASETS)}, "
+                         f"{data.IMAGENET}), not to the image folder {config['dataset']!r}: point --dataset at a "
+                         "folder with fewer images instead.")
     size = (config["image_size"], config["image_size"])
     train = data.image_folder(os.path.join(config["dataset"], "train"), size, config["batch_size"], True, config["seed"])
     test = data.image_folder(os.path.join(config["dataset"], "test"), size, 256)
     unaugmented = data.image_folder(os.path.join(config["dataset"], "train"), size, 128)
     config["num_classes"] = len(os.listdir(os.path.join(config["dataset"], "train")))
     return train, test, _first_images(unaugmented, config["estimate_images"])
+
+
+def _first(split, take):
+    """The tfds split of the first `take` examples of `split` (all of it when `take` is None)."""
+    return split if take is None else f"{split}[:{take}]"
 
 
 def _first_images(dataset, count, batch_size=128):
