@@ -234,7 +234,10 @@ def test_recipes_estimate_and_calibrate_on_training_images_of_an_image_folder(tm
     images = np.concatenate([np.asarray(batch[0]) for batch in estimate])
     assert images.shape == (16, 32, 32, 3) and images.max() <= 127  # training images, and only as many as asked
     assert min(float(np.asarray(batch[0]).min()) for batch in test) >= 128
-    assert config["num_classes"] == 3
+    (folder / "train" / "README.txt").write_text("not a class")
+    assert common.num_classes(str(folder)) == 3 and common.num_classes("cifar100") == 100
+    with pytest.raises(FileNotFoundError, match="nor an image folder with train/<class>/"):
+        common.num_classes(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="--train_take and --test_take apply to tfds datasets"):
         common._datasets(dict(config, train_take=8))
 

@@ -201,8 +201,20 @@ def compile_ftwt(model, lr, gate_lr, weight_decay, **compile_kwargs):
 
 def _read_config():
     config = {name: FLAGS[name].value for name in FLAGS if name in _RECIPE_FLAGS}
-    config["num_classes"] = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}.get(config["dataset"], 0)
+    config["num_classes"] = num_classes(config["dataset"])
     return config
+
+
+def num_classes(dataset):
+    """Classes of a recipe's `--dataset`: a tfds name, or an image folder's class folders under `train/`."""
+    known = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+    if dataset in known:
+        return known[dataset]
+    train = os.path.join(dataset, "train")
+    if not os.path.isdir(train):
+        raise FileNotFoundError(f"--dataset={dataset!r} is neither {', '.join(known)} nor an image folder with "
+                                "train/<class>/ and test/<class>/ subfolders.")
+    return len([name for name in os.listdir(train) if os.path.isdir(os.path.join(train, name))])
 
 
 _RECIPE_FLAGS = (
@@ -244,7 +256,6 @@ def _datasets(config):
     train = data.image_folder(os.path.join(config["dataset"], "train"), size, config["batch_size"], True, config["seed"])
     test = data.image_folder(os.path.join(config["dataset"], "test"), size, 256)
     unaugmented = data.image_folder(os.path.join(config["dataset"], "train"), size, 128)
-    config["num_classes"] = len(os.listdir(os.path.join(config["dataset"], "train")))
     return train, test, _first_images(unaugmented, config["estimate_images"])
 
 
