@@ -57,11 +57,43 @@ def _input_padding(node):
     return None
 
 
+# Layers through which globally pooled features stay pooled (a (1, 1, C) map or a (C,) vector).
+_KEEP_POOLED = (
+    keras.layers.Reshape,
+    keras.layers.Dropout,
+    keras.layers.Identity,
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.BatchNormalization,
+    keras.layers.Conv2D,
+)
+
+
+def _convs_on_pooled_features(nodes):
+    """`id`s of the convs that read globally pooled features, through shape-only layers.
+
+    Such a conv is a classifier head (keras.applications.MobileNet's
+    `conv_preds`) or a squeeze-and-excitation unit, not a feature map: a gate
+    there would drop classes or excitation weights. `gate` leaves them dense.
+    """
+    pooled, convs = set(), set()
+    for node in nodes.values():  # topological order
+        layer = node.operation
+        if isinstance(layer, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)):
+            pooled.add(id(layer))
+        elif isinstance(layer, _KEEP_POOLED) and all(id(p) in pooled for p in _graph.producers(node)):
+            pooled.add(id(layer))
+            if isinstance(layer, keras.layers.Conv2D):
+                convs.add(id(layer))
+    return convs
+
+
 def _find_units(model, layers_to_gate):
     """Maps `id(conv)` to `(conv, batch_norm or None, activation layer or None,
     zero padding of its input or None)`."""
     nodes = _graph.layer_nodes(model)
     readers = _graph.consumers(model, nodes)
+    heads = _convs_on_pooled_features(nodes)
 
     def sole_reader(layer):
         found = readers.get(id(layer), [])
@@ -84,7 +116,7 @@ def _find_units(model, layers_to_gate):
                 "inner model first."
             )
         is_conv = isinstance(layer, SUPPORTED_CONVS + _UNSUPPORTED_CONVS)
-        if not is_conv or (layers_to_gate is not None and not layers_to_gate(layer)):
+        if not is_conv or id(layer) in heads or (layers_to_gate is not None and not layers_to_gate(layer)):
             continue
         if type(layer) not in SUPPORTED_CONVS:
             raise ValueError(
@@ -126,7 +158,10 @@ def gate(
     a residual `Add`, like ResNet's second conv, is gated before the add). A
     conv whose input comes from a `ZeroPadding2D` (PyTorch's symmetric padding
     of a strided conv, written the Keras way) gets that border as its
-    `input_padding`: its predictor pools the unpadded input, as in FTWT. The
+    `input_padding`: its predictor pools the unpadded input, as in FTWT. Convs
+    on globally pooled features (a classifier head such as
+    `keras.applications.MobileNet`'s `conv_preds`, squeeze-and-excitation
+    units) are feature-map-free and stay plain layers. The
     weights are copied, so `model` is left untouched, and with every gate on
     the result computes exactly what `model` computes.
 

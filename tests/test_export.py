@@ -463,3 +463,15 @@ def test_export_file_round_trip(tmp_path, cifar_images):
     assert_same_logits(flatbuffer, loaded, cifar_images[:8])
     with pytest.raises(export.ExportError, match=".tflite"):
         export.export_file(path, tmp_path / "resnet.bin")
+
+
+def test_keras_applications_mobilenet_gates_and_exports_exactly(cifar_images):
+    """The phone model users bring: its 27 feature convs gate, the classifier conv stays dense, the export is exact."""
+    base = keras.applications.MobileNet(weights=None, alpha=0.25, input_shape=(32, 32, 3), classes=10,
+                                        classifier_activation=None)
+    model = perturb(fk.gate(base), seed=0)
+    assert len(model.gated_layers) == 27 and model.gated_layers[-1].name == "conv_pw_13"
+    assert type(model.network.get_layer("conv_preds")) is keras.layers.Conv2D  # on pooled features: a classifier
+    flatbuffer = export.convert(model)
+    assert_builtin_only(flatbuffer)
+    assert_same_logits(flatbuffer, model, cifar_images)

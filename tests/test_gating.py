@@ -75,6 +75,23 @@ def test_convs_behind_zero_padding_pool_their_unpadded_input():
     assert model.network.get_layer("after_pool").input_padding is None
 
 
+def test_convs_on_pooled_features_stay_dense():
+    """A squeeze-and-excitation unit and a classifier conv read pooled features, not feature maps."""
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="features")(inputs)
+    squeezed = keras.layers.Reshape((1, 1, 8))(keras.layers.GlobalAveragePooling2D()(features))
+    squeezed = keras.layers.Conv2D(2, 1, activation="relu", name="se_reduce")(squeezed)
+    excited = keras.layers.Conv2D(8, 1, activation="sigmoid", name="se_expand")(squeezed)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="after_se")(keras.layers.Multiply()([features, excited]))
+    x = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    x = keras.layers.Dropout(0.1)(x)
+    logits = keras.layers.Reshape((4,))(keras.layers.Conv2D(4, 1, name="classifier")(x))
+    model = fk.gate(keras.Model(inputs, logits))
+    assert [layer.name for layer in model.gated_layers] == ["features", "after_se"]
+    images = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    assert model.predict(images, verbose=0).shape == (2, 4)
+
+
 def test_gate_refuses_what_it_cannot_gate():
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.Conv2D(8, 3, name="ok")(inputs)

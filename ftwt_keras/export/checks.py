@@ -18,6 +18,7 @@ _DENSE_ONLY = (
     keras.layers.Normalization,
     keras.layers.Rescaling,
     keras.layers.Flatten,
+    keras.layers.Reshape,
     keras.layers.Dense,
     keras.layers.Conv2D,
     keras.layers.DepthwiseConv2D,
