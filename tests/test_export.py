@@ -465,13 +465,22 @@ def test_export_file_round_trip(tmp_path, cifar_images):
         export.export_file(path, tmp_path / "resnet.bin")
 
 
-def test_keras_applications_mobilenet_gates_and_exports_exactly(cifar_images):
-    """The phone model users bring: its 27 feature convs gate, the classifier conv stays dense, the export is exact."""
-    base = keras.applications.MobileNet(weights=None, alpha=0.25, input_shape=(32, 32, 3), classes=10,
-                                        classifier_activation=None)
+@pytest.mark.parametrize("application, gated, last", [
+    ("MobileNet", 27, "conv_pw_13"),
+    ("MobileNetV2", 52, "Conv_1"),
+])
+def test_keras_applications_mobilenets_gate_and_export_exactly(application, gated, last, cifar_images):
+    """The phone models users bring: feature convs gate, a classifier conv stays dense, the export is exact."""
+    keras.utils.set_random_seed(0)  # weights=None: a random init, the same on every run
+    inputs = keras.Input((32, 32, 3))
+    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)  # the applications' preprocess_input, inside
+    alpha = 0.25 if application == "MobileNet" else 0.35
+    base = getattr(keras.applications, application)(weights=None, alpha=alpha, input_tensor=scaled, classes=10,
+                                                   classifier_activation=None)
     model = perturb(fk.gate(base), seed=0)
-    assert len(model.gated_layers) == 27 and model.gated_layers[-1].name == "conv_pw_13"
-    assert type(model.network.get_layer("conv_preds")) is keras.layers.Conv2D  # on pooled features: a classifier
+    assert len(model.gated_layers) == gated and model.gated_layers[-1].name == last
+    if application == "MobileNet":
+        assert type(model.network.get_layer("conv_preds")) is keras.layers.Conv2D  # on pooled features: a classifier
     flatbuffer = export.convert(model)
     assert_builtin_only(flatbuffer)
     assert_same_logits(flatbuffer, model, cifar_images)
