@@ -29,7 +29,11 @@ _UNSUPPORTED_CONVS = (
 
 
 def _copy_layer(layer):
-    """A new layer with the same config and weights as `layer`."""
+    """A new layer with the same config and weights as `layer` (an operation that is no layer, as is)."""
+    if not isinstance(layer, keras.layers.Layer):
+        # `x + 3.0` on a symbolic tensor, as keras.applications.MobileNetV3 writes hard sigmoid:
+        # a stateless keras.ops operation, shared safely.
+        return layer
     copy = layer.__class__.from_config(layer.get_config())
     if layer.built:
         copy.build_from_config(layer.get_build_config())

@@ -92,6 +92,22 @@ def test_convs_on_pooled_features_stay_dense():
     assert model.predict(images, verbose=0).shape == (2, 4)
 
 
+def test_operations_that_are_not_layers_are_kept(tmp_path):
+    """`keras.applications.MobileNetV3` writes hard sigmoid as `relu6(x + 3) / 6` on symbolic tensors: ops, not layers."""
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="features")(inputs)
+    x = keras.layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)
+    base = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 1, name="last")(x)))
+    model = fk.gate(base)
+    assert [layer.name for layer in model.gated_layers] == ["features", "last"]
+    force_gates(model, on=True)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(model.predict(images, verbose=0), base.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-6)
+
+
 def test_gate_refuses_what_it_cannot_gate():
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.Conv2D(8, 3, name="ok")(inputs)
