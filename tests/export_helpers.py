@@ -87,7 +87,11 @@ def perturb(model, seed=0, decided=None):
             layer.predictor.bias.assign(-np.asarray(thresholds, np.float32))
             if layer.name in (decided or {}):
                 fk.fix_gates(layer, *decided[layer.name])
-        tensors[id(node.outputs[0])] = layer(inputs if len(inputs) > 1 else inputs[0], training=False)
+        if isinstance(layer, keras.layers.Layer):
+            tensors[id(node.outputs[0])] = layer(inputs if len(inputs) > 1 else inputs[0], training=False)
+        else:  # an operation on symbolic tensors (`x + 3.0`): its other arguments live in the node
+            args, kwargs = node.arguments.fill_in({id(t): value for t, value in zip(node.input_tensors, inputs)})
+            tensors[id(node.outputs[0])] = layer(*args, **kwargs)
     return model
 
 

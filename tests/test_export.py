@@ -465,19 +465,32 @@ def test_export_file_round_trip(tmp_path, cifar_images):
         export.export_file(path, tmp_path / "resnet.bin")
 
 
+def _scaled_input():
+    """A (32, 32, 3) input of raw pixels scaled to [-1, 1]: the MobileNets' `preprocess_input`, inside the model."""
+    inputs = keras.Input((32, 32, 3))
+    return keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+
+
+APPLICATIONS = {
+    "MobileNet": lambda: keras.applications.MobileNet(
+        weights=None, alpha=0.25, input_tensor=_scaled_input(), classes=10, classifier_activation=None),
+    "MobileNetV2": lambda: keras.applications.MobileNetV2(
+        weights=None, alpha=0.35, input_tensor=_scaled_input(), classes=10, classifier_activation=None),
+    # Squeeze-and-excitation (Multiply) and hard swish written as keras.ops on symbolic tensors; preprocessing inside.
+    "MobileNetV3Small": lambda: keras.applications.MobileNetV3Small(
+        weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None),
+}
+
+
 @pytest.mark.parametrize("application, gated, last", [
     ("MobileNet", 27, "conv_pw_13"),
     ("MobileNetV2", 52, "Conv_1"),
+    ("MobileNetV3Small", 34, "conv_1"),  # its 18 squeeze-and-excitation convs read pooled features: dense
 ])
 def test_keras_applications_mobilenets_gate_and_export_exactly(application, gated, last, cifar_images):
-    """The phone models users bring: feature convs gate, a classifier conv stays dense, the export is exact."""
+    """The phone models users bring: feature convs gate, classifier and excitation convs stay dense, the export is exact."""
     keras.utils.set_random_seed(0)  # weights=None: a random init, the same on every run
-    inputs = keras.Input((32, 32, 3))
-    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)  # the applications' preprocess_input, inside
-    alpha = 0.25 if application == "MobileNet" else 0.35
-    base = getattr(keras.applications, application)(weights=None, alpha=alpha, input_tensor=scaled, classes=10,
-                                                   classifier_activation=None)
-    model = perturb(fk.gate(base), seed=0)
+    model = perturb(fk.gate(APPLICATIONS[application]()), seed=0)
     assert len(model.gated_layers) == gated and model.gated_layers[-1].name == last
     if application == "MobileNet":
         assert type(model.network.get_layer("conv_preds")) is keras.layers.Conv2D  # on pooled features: a classifier

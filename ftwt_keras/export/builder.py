@@ -153,7 +153,13 @@ class _Builder:
             if node.is_input or node.operation is None:
                 continue
             inputs = [tensors[id(t)] for t in node.input_tensors]
-            out = tensors[id(node.outputs[0])] = self.layer(node.operation, inputs)
+            if isinstance(node.operation, keras.layers.Layer):
+                out = self.layer(node.operation, inputs)
+            else:  # a keras.ops operation on symbolic tensors: its other arguments live in the node
+                args, kwargs = node.arguments.fill_in(
+                    {id(t): x.without_constants().dense() for t, x in zip(node.input_tensors, inputs)})
+                out = _dense(node.operation(*args, **kwargs))
+            tensors[id(node.outputs[0])] = out
             if node.operation.name == stop_at:
                 # A profiling aid: the network up to this layer, reduced to one number
                 # (its compact or dense values, and uniform channels, all still computed).
@@ -200,6 +206,8 @@ class _Builder:
             return Compact(layer(x.values), x.channels, x.width, x._positions, x.support, x.expected_keep)
         if isinstance(layer, keras.layers.Add):
             return _dense(tf.add_n([x.dense() for x in inputs]) if len(inputs) > 1 else inputs[0].dense())
+        if isinstance(layer, keras.layers.Multiply):  # e.g. squeeze-and-excitation's rescaling
+            return _dense(layer([x.dense() for x in inputs]))
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and layer.data_format != "channels_last":
             raise ExportError(f"Layer '{layer.name}' must be channels_last.")
         return _dense(self.plain_call(layer, inputs[0].dense()))

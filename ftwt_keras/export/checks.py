@@ -12,7 +12,9 @@ from ftwt_keras.training import FTWTModel
 
 
 # Layer types the exporter knows how to compute (besides GatedConv).
-# Zero-preserving ones run directly on compact activations.
+# Zero-preserving ones run directly on compact activations. Operations that are
+# not layers (`x + 3.0` on a symbolic tensor) run on dense tensors too; the
+# converter refuses any without a builtin kernel.
 _DENSE_ONLY = (
     keras.layers.InputLayer,
     keras.layers.Normalization,
@@ -24,6 +26,7 @@ _DENSE_ONLY = (
     keras.layers.DepthwiseConv2D,
     keras.layers.BatchNormalization,
     keras.layers.Add,
+    keras.layers.Multiply,
     keras.layers.Activation,
     keras.layers.ReLU,
     ChannelZeroPad,
