@@ -58,11 +58,12 @@ flags.DEFINE_string("policy", "auto", "Dynamic export policy: gather, dense, aut
 flags.DEFINE_list("predictor_ranks", ["full"],
                   "Mask predictors of the random-weight models: 'full' (the paper's) and/or ints (a low-rank "
                   "MaskPredictor, ftwt_keras.gate(predictor_rank=...)); each is timed against the same dense model.")
-NETWORKS = ("mobilenet_v1", "vgg16_bn", "resnet56", "resnet18")
+NETWORKS = ("mobilenet_v1", "vgg16_bn", "resnet56", "resnet18", "mobilenet_v2", "mobilenet_v3_small")
 flags.DEFINE_enum("network", "mobilenet_v1", NETWORKS,
                   "Random-weight network to time (when no --model): MobileNetV1 (--alpha), VGG16-bn, the "
-                  "CIFAR ResNet-56 or the ImageNet ResNet-18.")
-flags.DEFINE_float("alpha", 1.0, "MobileNetV1 width multiplier (when no --model).")
+                  "CIFAR ResNet-56, the ImageNet ResNet-18, or keras.applications' MobileNetV2 (--alpha) and "
+                  "MobileNetV3Small (their classifier and squeeze-and-excitation convs stay dense).")
+flags.DEFINE_float("alpha", 1.0, "MobileNetV1 / V2 width multiplier (when no --model).")
 flags.DEFINE_integer("calibration_images", 64,
                      "CIFAR-10 training images from which --policy=auto picks each layer's computation "
                      "once (0: per image, with builtin IF).")
@@ -327,6 +328,8 @@ def _random_network(resolution):
     import ftwt_keras as fk
     from ftwt_keras.export import tflite
 
+    import keras
+
     shape, num_classes = (resolution, resolution, 3), 10 if resolution == 32 else 1000
     if FLAGS.network == "vgg16_bn":
         base = fk.models.vgg16_bn(input_shape=shape, num_classes=num_classes)
@@ -334,13 +337,20 @@ def _random_network(resolution):
         base = fk.models.resnet_cifar(depth=56, input_shape=shape, num_classes=num_classes)
     elif FLAGS.network == "resnet18":
         base = fk.models.resnet18(input_shape=shape, num_classes=num_classes)
+    elif FLAGS.network == "mobilenet_v2":  # raw pixels in, as every network here: its preprocess_input inside
+        scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(keras.Input(shape))
+        base = keras.applications.MobileNetV2(weights=None, alpha=FLAGS.alpha, input_tensor=scaled,
+                                              classes=num_classes, classifier_activation=None)
+    elif FLAGS.network == "mobilenet_v3_small":  # preprocessing inside by default
+        base = keras.applications.MobileNetV3Small(weights=None, input_shape=shape, classes=num_classes,
+                                                   classifier_activation=None)
     else:
         base = fk.models.mobilenet_v1(input_shape=shape, num_classes=num_classes, alpha=FLAGS.alpha)
     return tflite.randomize_batch_norm(base)
 
 
 def _network_label():
-    return f"mobilenet_v1_{FLAGS.alpha:g}" if FLAGS.network == "mobilenet_v1" else FLAGS.network
+    return f"{FLAGS.network}_{FLAGS.alpha:g}" if FLAGS.network in ("mobilenet_v1", "mobilenet_v2") else FLAGS.network
 
 
 def _policy():

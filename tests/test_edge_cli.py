@@ -281,6 +281,11 @@ def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path
     assert rows[0]["capped_flops_reduction"] == rows[0]["flops_reduction"]  # drawn masks: the caps never bind
     bad = run("--drawn_capacities=0.5")
     assert bad.returncode != 0 and "--drawn_capacities takes 'binomial' or a number >= 1" in bad.stderr
+    # A keras.applications network: squeeze-and-excitation and classifier convs dense, the 34 others gated.
+    result = run("--network=mobilenet_v3_small", "--policy=chain", f"--output={tmp_path / 'v3.json'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "v3.json").read_text())["rows"]
+    assert rows[0]["model"] == "mobilenet_v3_small" and rows[0]["gates"] == 34 and rows[0]["dynamic_ms"] > 0
 
 
 def test_capacity_overflow_benchmark_counts_images_beyond_capacities(tmp_path, cifar_images):
