@@ -497,3 +497,26 @@ def test_keras_applications_mobilenets_gate_and_export_exactly(application, gate
     flatbuffer = export.convert(model)
     assert_builtin_only(flatbuffer)
     assert_same_logits(flatbuffer, model, cifar_images)
+
+
+def test_ungated_pointwise_conv_reads_a_compact_input_without_putting_channels_back(cifar_images, monkeypatch):
+    """A plain 1x1 conv after a compact chain (a partly gated model) reads the present channels, constants in its bias."""
+    keras.utils.set_random_seed(3)  # a random init without a logit at exactly 0 on these images
+    model = fk.gate(BUILDERS["mobilenet_v1"](), layers_to_gate=lambda layer: layer.name != "block2_pw")
+    assert type(model.network.get_layer("block2_pw")) is keras.layers.Conv2D
+    # block2_dw always on: its filters over block1_pw's off channels output non-zero constants.
+    every = np.arange(model.network.get_layer("block2_dw").filters)
+    model = perturb(model, seed=5, decided={"block2_dw": (every, every[:0])})
+    calls = []
+    compact_path = export_builder._Builder.plain_pointwise_on_compact
+
+    def counted(builder, layer, x):
+        calls.append((layer.name, x.constants is not None))
+        return compact_path(builder, layer, x)
+
+    monkeypatch.setattr(export_builder._Builder, "plain_pointwise_on_compact", counted)
+    calibration = export.calibrate(model, cifar_images[:16])
+    assert calibration.capacities["block1_pw"] < 16  # so some channels are absent from the chain
+    flatbuffer = export.convert(model, policy="chain", calibration=calibration, static_gates=False)
+    assert ("block2_pw", True) in calls
+    assert_same_logits(flatbuffer, model, cifar_images)

@@ -185,7 +185,9 @@ class _Builder:
         tf = _tf()
         if isinstance(layer, GatedConv):
             return self.gated(layer, inputs[0])
-        # Only gated convs read the uniform channels of a Compact in place.
+        if len(inputs) == 1 and not inputs[0].is_dense and _is_plain_pointwise(layer):
+            return _dense(self.plain_pointwise_on_compact(layer, inputs[0]))
+        # Only (gated and 1x1) convs read the uniform channels of a Compact in place.
         inputs = [x.without_constants() for x in inputs]
         if isinstance(layer, ZERO_PRESERVING_LAYERS):
             x = inputs[0]
@@ -211,6 +213,28 @@ class _Builder:
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and layer.data_format != "channels_last":
             raise ExportError(f"Layer '{layer.name}' must be channels_last.")
         return _dense(self.plain_call(layer, inputs[0].dense()))
+
+    def plain_pointwise_on_compact(self, layer, x):
+        """A plain 1x1 Conv2D on a compact activation: its kernel rows of the present channels, nothing put back.
+
+        An ungated conv of a partly gated model (`gate(layers_to_gate=...)`,
+        `ftwt_keras.ungate`) reads a gated layer's compact output like this
+        rather than scattering every channel back first; the uniform values
+        of absent channels (`Compact.constants`) go into its bias.
+        """
+        tf = _tf()
+        trainable, _ = self.plain_weights[layer.name]
+        kernel = trainable[0][0, 0]  # (C_in, C_out)
+        height, width = int(x.values.shape[1]), int(x.values.shape[2])
+        rows = tf.gather(tf.constant(kernel), x.channels)  # (k, C_out)
+        y = tf.linalg.matmul(tf.reshape(x.values, [1, height * width, _size(x.values, -1)]), rows[None])
+        bias = trainable[1] if layer.use_bias else None
+        if x.constants is not None:  # each absent channel's uniform value times its weights
+            offset = tf.linalg.matvec(tf.constant(kernel.T.copy()), x.constants)
+            bias = offset if bias is None else bias + offset
+        if bias is not None:
+            y = y + bias
+        return layer.activation(tf.reshape(y, [1, height, width, kernel.shape[1]]))
 
     def plain_call(self, layer, values):
         """`layer(values)` in inference mode, its weights constants of the graph being traced.
@@ -712,6 +736,12 @@ class _Builder:
         if not fold_on:
             y = y * on
         return Compact(tf.reshape(y, [1, out_h, out_w, k_out]), active, unit.filters)
+
+
+def _is_plain_pointwise(layer):
+    """Whether `layer` is an ungated 1x1, stride-1, ungrouped Conv2D (a matmul over channels)."""
+    return (type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)
+            and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1)
 
 
 def _output_hw(layer, values):
