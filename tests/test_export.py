@@ -504,6 +504,7 @@ def test_ungated_pointwise_conv_reads_a_compact_input_without_putting_channels_b
     keras.utils.set_random_seed(3)  # a random init without a logit at exactly 0 on these images
     model = fk.gate(BUILDERS["mobilenet_v1"](), layers_to_gate=lambda layer: layer.name != "block2_pw")
     assert type(model.network.get_layer("block2_pw")) is keras.layers.Conv2D
+    model.network.get_layer("block2_pw").trainable = False  # a frozen layer's weights are non-trainable ones
     # block2_dw always on: its filters over block1_pw's off channels output non-zero constants.
     every = np.arange(model.network.get_layer("block2_dw").filters)
     model = perturb(model, seed=5, decided={"block2_dw": (every, every[:0])})

@@ -119,6 +119,7 @@ class _Builder:
         self.predictors = {}
         # {name: (trainable, non-trainable) numpy values} of the other layers with weights: see `plain_call`.
         self.plain_weights = {}
+        self.pointwise = {}  # {name: (kernel, bias)} of plain 1x1 convs: see `plain_pointwise_on_compact`
         for layer in network.layers:
             if isinstance(layer, GatedConv):
                 self.folded[layer.name] = fold_batch_norm(layer)
@@ -130,6 +131,8 @@ class _Builder:
                     [keras.ops.convert_to_numpy(v) for v in variables]
                     for variables in (layer.trainable_variables, layer.non_trainable_variables)
                 )
+                if _is_plain_pointwise(layer):  # kernel (C_in, C_out) and bias, trainable or frozen
+                    self.pointwise[layer.name] = (_numpy(layer.kernel)[0, 0], _numpy(layer.bias) if layer.use_bias else None)
         # {gated layer name: StaticGates} for layers whose weights decide at least
         # STATIC_MIN_DECIDED of their gates (`ftwt_keras.static_gates`): see `static_unit`.
         self.static = _statically_pruned(network) if dynamic and static_gates else {}
@@ -223,12 +226,10 @@ class _Builder:
         of absent channels (`Compact.constants`) go into its bias.
         """
         tf = _tf()
-        trainable, _ = self.plain_weights[layer.name]
-        kernel = trainable[0][0, 0]  # (C_in, C_out)
+        kernel, bias = self.pointwise[layer.name]  # (C_in, C_out), (C_out,) or None
         height, width = int(x.values.shape[1]), int(x.values.shape[2])
         rows = tf.gather(tf.constant(kernel), x.channels)  # (k, C_out)
         y = tf.linalg.matmul(tf.reshape(x.values, [1, height * width, _size(x.values, -1)]), rows[None])
-        bias = trainable[1] if layer.use_bias else None
         if x.constants is not None:  # each absent channel's uniform value times its weights
             offset = tf.linalg.matvec(tf.constant(kernel.T.copy()), x.constants)
             bias = offset if bias is None else bias + offset
@@ -740,8 +741,9 @@ class _Builder:
 
 def _is_plain_pointwise(layer):
     """Whether `layer` is an ungated 1x1, stride-1, ungrouped Conv2D (a matmul over channels)."""
-    return (type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)
-            and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1)
+    return (type(layer) is keras.layers.Conv2D and layer.data_format == "channels_last"
+            and tuple(layer.kernel_size) == (1, 1) and tuple(layer.strides) == (1, 1)
+            and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1)
 
 
 def _output_hw(layer, values):
