@@ -325,10 +325,10 @@ def _run_mode(resolution, images, calibration, predictor_ranks):
 
 def _random_network(resolution):
     """--network with random weights and batch-norm statistics: 10 classes at 32x32, else 1000."""
+    import keras
+
     import ftwt_keras as fk
     from ftwt_keras.export import tflite
-
-    import keras
 
     shape, num_classes = (resolution, resolution, 3), 10 if resolution == 32 else 1000
     if FLAGS.network == "vgg16_bn":

@@ -160,11 +160,13 @@ def imagenet(split="train", batch_size=256, training=None, data_dir=None, image_
     return _finish(dataset, batch_size, training, None, 10_000, seed)
 
 
-def image_folder(directory, image_size, batch_size=64, training=False, seed=None):
+def image_folder(directory, image_size, batch_size=64, training=False, seed=None, shuffle=None):
     """Images in `directory/<class name>/*.jpg|png` as `(images, labels)` batches.
 
     Class indices follow the sorted class-folder names. Training applies a
-    random horizontal flip (plus the CIFAR crop for 32x32 images).
+    random horizontal flip (plus the CIFAR crop for 32x32 images). `shuffle`
+    (default: `training`) reads the files in a `seed`ed random order: without
+    it they come class by class, so the first images are all of one class.
     """
     if not os.path.isdir(directory):
         raise FileNotFoundError(
@@ -177,7 +179,7 @@ def image_folder(directory, image_size, batch_size=64, training=False, seed=None
         directory,
         image_size=tuple(image_size),
         batch_size=None,
-        shuffle=training,
+        shuffle=training if shuffle is None else shuffle,
         seed=seed,
         label_mode="int",
     )

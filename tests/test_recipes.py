@@ -233,6 +233,8 @@ def test_recipes_estimate_and_calibrate_on_training_images_of_an_image_folder(tm
     _, test, estimate = common._datasets(config)
     images = np.concatenate([np.asarray(batch[0]) for batch in estimate])
     assert images.shape == (16, 32, 32, 3) and images.max() <= 127  # training images, and only as many as asked
+    labels = np.concatenate([np.asarray(batch[1]) for batch in estimate])
+    assert set(labels.tolist()) == {0, 1, 2}  # not the first 16 files, which are classes 0 and 1 only
     assert min(float(np.asarray(batch[0]).min()) for batch in test) >= 128
     (folder / "train" / "README.txt").write_text("not a class")
     assert common.num_classes(str(folder)) == 3 and common.num_classes("cifar100") == 100

@@ -255,7 +255,9 @@ def _datasets(config):
     size = (config["image_size"], config["image_size"])
     train = data.image_folder(os.path.join(config["dataset"], "train"), size, config["batch_size"], True, config["seed"])
     test = data.image_folder(os.path.join(config["dataset"], "test"), size, 256)
-    unaugmented = data.image_folder(os.path.join(config["dataset"], "train"), size, 128)
+    # Shuffled: a folder lists its images class by class, and the first ones would all be of one class.
+    unaugmented = data.image_folder(os.path.join(config["dataset"], "train"), size, 128, seed=config["seed"],
+                                    shuffle=True)
     return train, test, _first_images(unaugmented, config["estimate_images"])
 
 
