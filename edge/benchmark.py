@@ -245,13 +245,16 @@ def _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads
                                          num_threads=threads)}
     extra = {"convert_seconds": time.time() - start}
     if calibration is not None:
-        paying = tflite.paying_gates(model, calibration=calibrated, num_threads=threads)  # the export's capacities
-        lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in paying])
-        extra.update(lean_gates=len(paying),
+        paying = tflite.paying_gates(model, calibration=calibrated, num_threads=threads,  # the export's capacities
+                                     static_gates=static)
+        # Layers pruned by their weights pay too (for every image): they stay gated.
+        keep = set(paying) | set(tflite.statically_pruned_layers(model) if static else [])
+        lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in keep])
+        extra.update(lean_gates=len(keep),
                      lean_executed=float(np.mean(flops.dynamic_macs(lean, sample, batch_size=16))))
         exports["lean"] = (tflite.convert(lean, policy=policy, calibration=_calibrated(lean, calibration, drawn),
                                           static_gates=static, num_threads=threads)
-                           if paying else dense_flatbuffer)
+                           if keep else dense_flatbuffer)
     if FLAGS.capped_ratio:
         compacted = tflite.cap_compacted_gates(model, sample if calibration is None else calibration,
                                                ratio=FLAGS.capped_ratio, policy=policy, num_threads=threads,

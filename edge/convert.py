@@ -112,9 +112,8 @@ def _skipped_work(model, calibration, policy):
     if calibration is None or policy != "auto":
         lines.append("Pass --calibration (with --policy=auto) to learn which gates skip work on images like yours.")
         return "\n".join(lines)
-    # A layer pruned by its weights takes the static path, whatever the calibration would compact.
-    paying = [name for name in tflite.paying_gates(model, calibration=calibration, num_threads=FLAGS.threads)
-              if name not in static]
+    paying = tflite.paying_gates(model, calibration=calibration, num_threads=FLAGS.threads,
+                                 static_gates=FLAGS.static_gates)
     lines.append(f"{len(paying)} of {len(gated)} compute fewer filters on the calibration images"
                  + (f": {', '.join(paying)}." if paying else "."))
     rest = [name for name in gated if name not in paying and name not in static]

@@ -37,12 +37,13 @@ def test_auto_compacts_mid_size_maps_up_to_a_wider_cutoff(cifar_images, monkeypa
     ops = collections.Counter(export.op_names(export.convert(model, calibration=calibration, static_gates=False,
                                                              num_threads=2)))
     assert ops["TOPK_V2"] == 0 and ops["GATHER"] == 0
-    assert export.paying_gates(model, calibration=calibration, num_threads=2) == []
-    assert len(export.paying_gates(model, calibration=calibration)) == 18
+    assert export.paying_gates(model, calibration=calibration, num_threads=2, static_gates=False) == []
+    assert len(export.paying_gates(model, calibration=calibration, static_gates=False)) == 18
     sparse = export.set_keep_ratio(model, 0.3)
     sparse_calibration = export.calibrate(sparse, images).with_capacity_ratio(sparse, 1.26)
-    assert export.paying_gates(sparse, calibration=sparse_calibration, num_threads=2) == export.paying_gates(
-        sparse, calibration=sparse_calibration)
+    assert export.paying_gates(sparse, calibration=sparse_calibration, num_threads=2,
+                               static_gates=False) == export.paying_gates(sparse, calibration=sparse_calibration,
+                                                                          static_gates=False)
     with pytest.raises(export.ExportError, match="`num_threads` must be a positive int"):
         export.paying_gates(sparse, calibration=sparse_calibration, num_threads=0)
     export.set_keep_ratio(model, 0.5)
@@ -93,7 +94,7 @@ def test_calibration_on_targets_says_before_training_which_gates_will_pay(cifar_
 def test_paying_gates_and_a_lean_export(cifar_images):
     """Only gates whose masks let a large conv read fewer inputs pay; the rest can be ungated, exactly exported."""
     model = export.set_keep_ratio(fk.gate(fk.models.vgg16_bn()), keep=0.3, seed=2)
-    paying = export.paying_gates(model, cifar_images[:8])
+    paying = export.paying_gates(model, cifar_images[:8], static_gates=False)  # drawn masks, as convert's
     layers = {layer.name: layer for layer in model.gated_layers}
     macs = {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
     big = [name for name in paying if layers[name].conv.filters >= 256 and macs[name] >= 16_000_000]
@@ -102,16 +103,16 @@ def test_paying_gates_and_a_lean_export(cifar_images):
         assert model.gated_layers[[layer.name for layer in model.gated_layers].index(name) - 1].name in paying
     # With the capacities an export will use: wider ones compact fewer layers, so fewer gates pay.
     calibration = export.calibrate(model, cifar_images[:8])
-    assert export.paying_gates(model, calibration=calibration) == paying
-    wide = export.paying_gates(model, calibration=calibration.with_capacity_ratio(model, 2.5))
+    assert export.paying_gates(model, calibration=calibration, static_gates=False) == paying
+    wide = export.paying_gates(model, calibration=calibration.with_capacity_ratio(model, 2.5), static_gates=False)
     assert wide and set(wide) < set(paying)
     with pytest.raises(export.ExportError, match="needs `calibration_images` or a `calibration`"):
         export.paying_gates(model)
     with pytest.raises(export.ExportError, match="not both"):
         export.paying_gates(model, cifar_images[:8], calibration=calibration)
-    assert export.paying_gates(export.set_keep_ratio(model, keep=0.8), cifar_images[:8]) == []
+    assert export.paying_gates(export.set_keep_ratio(model, keep=0.8), cifar_images[:8], static_gates=False) == []
     mobilenet = export.set_keep_ratio(fk.gate(fk.models.mobilenet_v1(alpha=0.25)), keep=0.3)
-    assert export.paying_gates(mobilenet, cifar_images[:8]) == []  # at 32x32 no layer is large enough
+    assert export.paying_gates(mobilenet, cifar_images[:8], static_gates=False) == []  # at 32x32 no layer is large enough
     export.set_keep_ratio(model, keep=0.3, seed=2)
     lean = fk.ungate(perturb(model), [name for name in layers if name not in paying])
     assert [layer.name for layer in lean.gated_layers] == paying
@@ -120,6 +121,27 @@ def test_paying_gates_and_a_lean_export(cifar_images):
     assert "WHERE" not in names and "GATHER" in names and names.count("IF") <= 1  # at most the overflow fallback
     assert_same_logits(flatbuffer, lean, cifar_images)
 
+
+def test_paying_gates_leave_out_layers_pruned_by_their_weights(cifar_images):
+    """A layer the export prunes by its weights skips work on every image, not per image: neither it nor a gate
+    that paid by its reading only present channels is listed (as the export then computes them)."""
+    model = export.set_keep_ratio(fk.gate(fk.models.vgg16_bn(), use_softmax=False), keep=0.3, seed=2)
+    # Capacities too wide for any conv to compact: conv4-conv7 pay in pairs, each conv reading the previous
+    # one's active channels only.
+    calibration = export.calibrate(model, cifar_images[:8]).with_capacity_ratio(model, 2.5)
+    assert export.paying_gates(model, calibration=calibration, static_gates=False) == ["conv4", "conv5", "conv6", "conv7"]
+    assert export.paying_gates(model, calibration=calibration) == []  # drawn masks: every layer pruned at export
+    # Only conv5's weights decide its gates: a tiny predictor column elsewhere, under the +-50 biases, undecides
+    # the others' (without the softmax the pooled input is unbounded) and changes no mask.
+    rng = np.random.default_rng(0)
+    for layer in model.gated_layers:
+        kernel = layer.predictor.kernel
+        kernel.assign((0.0 if layer.name == "conv5" else 1e-4) * rng.standard_normal(kernel.shape).astype("float32"))
+    assert export.statically_pruned_layers(model) == ["conv5"]
+    # conv5's kernel is cut at export and it reads conv4's output as a whole: conv4's gates no longer pay.
+    # conv6 reads conv5's channels as fixed at export, and pays for conv7, which reads only its active ones.
+    assert export.paying_gates(model, calibration=calibration) == ["conv6", "conv7"]
+    assert export.paying_gates(model, calibration=calibration, static_gates=False) == ["conv4", "conv5", "conv6", "conv7"]
 
 def test_layers_pruned_by_their_weights_are_neither_compacted_nor_capped(cifar_images):
     """The static path takes a layer whose weights decide its gates: no capacity, no cap (which would undecide them)."""

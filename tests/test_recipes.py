@@ -156,7 +156,7 @@ def test_recipe_gates_only_where_gates_pay_in_the_export(tmp_path):
     baseline = keras.saving.load_model(out / "baseline.keras")
     images = fk.data.cifar_arrays("cifar10", "train[:64]")[0]
     gated = fk.gate(baseline, threshold=0.3, target="uniform")
-    planned = tflite.paying_gates(gated, calibration=tflite.calibrate(gated, images, targets=True))
+    planned = tflite.paying_gates(gated, calibration=tflite.calibrate(gated, images, targets=True), static_gates=False)
     assert planned and results["planned_paying_gates"] == planned
     model = keras.saving.load_model(out / "model.keras")
     assert [layer.name for layer in model.gated_layers] == planned

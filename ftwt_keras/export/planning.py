@@ -170,7 +170,7 @@ def _output_pixels(layer, conv_macs):
     return conv_macs[layer.name] // (kernel_h * kernel_w * inputs * filters)
 
 
-def paying_gates(model, calibration_images=None, calibration=None, num_threads=1):
+def paying_gates(model, calibration_images=None, calibration=None, num_threads=1, static_gates=True):
     """The gated layers whose masks the calibrated `auto` export turns into skipped work.
 
     The `auto` export (with these calibration images, see
@@ -212,6 +212,12 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
         num_threads: the interpreter threads the export is for (as
             `convert`): with more than one, compacting pays at lower keep
             ratios only (`AUTO_MULTITHREAD_CHAIN_CUTOFF`, `..._INPUT_CUTOFF`).
+        static_gates: as `convert`'s. When True, the layers the export
+            prunes by their predictors' weights (`statically_pruned_layers`)
+            are left out: they skip the same work on every image, not per
+            image, and the convs reading them take their channels as fixed
+            at export, never gathered per image. Pass False for masks the
+            weights fix by construction (`set_keep_ratio`), as to `convert`.
 
     Returns:
         The names of the paying gated layers, in the network's order (empty
@@ -227,6 +233,7 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
     keeps = calibration.keep_ratios
     capacities = _compact_capacities(network, calibration)
     conv_macs = _conv_macs(model)
+    static = _statically_pruned(network) if static_gates else {}
     # id(tensor) -> (gated layer, expected fraction of non-zero channels, compact)
     # for a tensor that is zero outside the active filters of that gate;
     # compact: `auto` carries it with only those channels (a "chain").
@@ -239,7 +246,9 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
         source = sources.get(id(node.input_tensors[0])) if len(node.input_tensors) == 1 else None
         compact_input = source is not None and source[2]
         out = None
-        if isinstance(layer, GatedConv):
+        if isinstance(layer, GatedConv) and layer.name in static:
+            pass  # pruned at export: its output's channels are fixed, nothing to gather per image
+        elif isinstance(layer, GatedConv):
             chains = not layer.is_depthwise and _chains(layer, conv_macs, capacities[layer.name], num_threads)
             if chains or (layer.is_depthwise and compact_input):
                 paying.add(layer.name)  # computes only its active filters / its input's channels

@@ -378,7 +378,8 @@ def check_some_gate_can_pay(config):
     # The most favourable masks: one filter on per image, so every conv large enough to compact does.
     names = [layer.name for layer in gated.gated_layers]
     sparsest = tflite.Calibration({name: 0.0 for name in names}, {name: 1 for name in names})
-    if not tflite.paying_gates(gated, calibration=sparsest, num_threads=config.get("edge_threads", 1)):
+    if not tflite.paying_gates(gated, calibration=sparsest, num_threads=config.get("edge_threads", 1),
+                               static_gates=False):
         raise ValueError(
             f"--gate_only_paying: no gate of {config['model']} at {config['image_size']}x{config['image_size']} can "
             "pay in the edge export, at any r: no conv is large enough for computing fewer filters to beat "
@@ -400,7 +401,9 @@ def paying_layers(config, baseline, estimate, candidates=None):
 
     gated = fk.gate(baseline, threshold=config["threshold"], target=config["target"], layers_to_gate=candidates)
     calibration = tflite.calibrate(gated, estimate, targets=True)
-    return tflite.paying_gates(gated, calibration=calibration, num_threads=config.get("edge_threads", 1))
+    # The plan is about the gates training will give: not about what the initial weights happen to decide.
+    return tflite.paying_gates(gated, calibration=calibration, num_threads=config.get("edge_threads", 1),
+                               static_gates=False)
 
 
 def train_ftwt(config, baseline, train, test, gated_layers=None):
@@ -522,8 +525,9 @@ def _paying_gates(config, model, images):
     """`paying_gates` of the trained `model` on its own masks over `images`, for `--edge_threads`."""
     from ftwt_keras.export import tflite
 
+    # A planned conv that the trained weights prune statically pays too: judge every gate by its masks.
     return tflite.paying_gates(model, calibration=tflite.calibrate(model, images),
-                               num_threads=config.get("edge_threads", 1))
+                               num_threads=config.get("edge_threads", 1), static_gates=False)
 
 
 def plan_report(planned, paying, config, capped=False):
