@@ -122,6 +122,22 @@ def test_paying_gates_and_a_lean_export(cifar_images):
     assert_same_logits(flatbuffer, lean, cifar_images)
 
 
+def test_a_chain_through_a_depthwise_conv_on_a_112x112_map_does_not_pay(cifar_images):
+    """auto compacts MobileNetV1-224's block1_pw -> block2_dw (cheaper than masking 112x112x64), yet the pair is no
+    faster than ungated: paying_gates leaves both out. ResNet-18's stem chains into max pooling and still pays."""
+    images = np.asarray(keras.ops.image.resize(cifar_images[:2], (224, 224)))
+    model = export.set_keep_ratio(fk.gate(fk.models.mobilenet_v1(input_shape=(224, 224, 3), num_classes=10),
+                                          predictor_rank=16), 0.3)
+    calibration = export.calibrate(model, images).with_capacity_ratio(model, 1.26)
+    assert export.compacted_layers(model, calibration, static_gates=False)[:2] == ["block1_pw", "block2_pw"]
+    paying = export.paying_gates(model, calibration=calibration, static_gates=False)
+    assert paying[:3] == ["block2_pw", "block3_dw", "block3_pw"]  # 56x56 maps on: the chains pay
+    assert "block1_pw" not in paying and "block2_dw" not in paying
+    resnet = export.set_keep_ratio(fk.gate(fk.models.resnet18(input_shape=(224, 224, 3), num_classes=10),
+                                           predictor_rank=16), 0.3)
+    calibration = export.calibrate(resnet, images).with_capacity_ratio(resnet, 1.26)
+    assert export.paying_gates(resnet, calibration=calibration, static_gates=False)[0] == "conv1"
+
 def test_paying_gates_leave_out_layers_pruned_by_their_weights(cifar_images):
     """A layer the export prunes by its weights skips work on every image, not per image: neither it nor a gate
     that paid by its reading only present channels is listed (as the export then computes them)."""

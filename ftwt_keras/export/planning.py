@@ -67,6 +67,19 @@ AUTO_MIN_PIXELS = 7 * 7
 # vs 0.98, 2.21 vs 0.90, 1.24 vs 1.39. Strided, the windows' builtin slices
 # make im2col 1.7-4x slower than the dense conv.
 AUTO_IM2COL_PIXELS = (14 * 14, 28 * 28)
+# `paying_gates`: a compact chain through a depthwise conv whose input has more
+# pixels than this does not pay against the same layers ungated. On such maps
+# (112x112 in MobileNets at 224x224) the builtin depthwise kernel on the
+# compact channels costs about what the pair's convs save, and the gates add
+# their predictors. `auto` still compacts them: it beats masking such an
+# activation. Drawn masks at 224x224, capacities 1.26x the count, rank-16
+# predictors, each network gated where gates pay with / without these chains,
+# 5 side-by-side loops (x86 XNNPACK, 1 thread, 2026-12-05 12:29-12:35):
+# MobileNetV2 keep 0.3 7.15 / 6.87 ms (dense 6.91), MobileNetV1 keep 0.3 6.84
+# / 6.76, keep 0.4 9.36 / 9.04 (dense 11.69). A ResNet-18 stem (112x112, then
+# max pooling into regular convs) chains without a depthwise conv and keeps
+# paying: the same rule on every chain made it 25.84 -> 26.51 ms.
+PAYING_MAX_DEPTHWISE_CHAIN_PIXELS = 56 * 56
 
 # With more than one interpreter thread, XNNPACK splits the dense convs across
 # the threads while the builtin GATHER, TOPK_V2 and depthwise kernels of the
@@ -177,7 +190,10 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
     `_Builder.auto_policy`) computes only the active filters of a large
     regular conv whose capacity is at most `AUTO_CHAIN_CUTOFF` of its
     filters (`AUTO_CHAIN_CUTOFF_MID` on mid-size outputs), and the
-    depthwise convs that read its compact output; those gates pay. It also
+    depthwise convs that read its compact output; those gates pay, except
+    where such a depthwise conv reads a map of more than
+    `PAYING_MAX_DEPTHWISE_CHAIN_PIXELS` (there the pair runs no faster
+    than ungated, before its predictors). It also
     reads only the non-zero input channels of a large
     regular conv when its input comes, through zero-preserving layers, from
     a gate that keeps at most `AUTO_INPUT_CUTOFF` of its filters on these
@@ -250,7 +266,10 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
             pass  # pruned at export: its output's channels are fixed, nothing to gather per image
         elif isinstance(layer, GatedConv):
             chains = not layer.is_depthwise and _chains(layer, conv_macs, capacities[layer.name], num_threads)
-            if chains or (layer.is_depthwise and compact_input):
+            if (layer.is_depthwise and compact_input  # (the chain's map: a strided conv's input may be padded)
+                    and _output_pixels(network.get_layer(source[0]), conv_macs) > PAYING_MAX_DEPTHWISE_CHAIN_PIXELS):
+                paying.discard(source[0])  # the chain does not pay here: neither gate does
+            elif chains or (layer.is_depthwise and compact_input):
                 paying.add(layer.name)  # computes only its active filters / its input's channels
                 out = (layer.name, keeps[layer.name], True)
             else:
