@@ -67,12 +67,12 @@ AUTO_MIN_PIXELS = 7 * 7
 # vs 0.98, 2.21 vs 0.90, 1.24 vs 1.39. Strided, the windows' builtin slices
 # make im2col 1.7-4x slower than the dense conv.
 AUTO_IM2COL_PIXELS = (14 * 14, 28 * 28)
-# `paying_gates`: a compact chain through a depthwise conv whose input has more
-# pixels than this does not pay against the same layers ungated. On such maps
-# (112x112 in MobileNets at 224x224) the builtin depthwise kernel on the
-# compact channels costs about what the pair's convs save, and the gates add
-# their predictors. `auto` still compacts them: it beats masking such an
-# activation. Drawn masks at 224x224, capacities 1.26x the count, rank-16
+# `paying_gates`: a compact chain through a depthwise conv on a map (the chain's
+# conv output) of more pixels than this does not pay against the same layers
+# ungated. On such maps (112x112 in MobileNets at 224x224) the builtin
+# depthwise kernel on the compact channels costs about what the pair's convs
+# save, and the gates add their predictors. `auto` still compacts them: it
+# beats masking such an activation. Drawn masks at 224x224, capacities 1.26x the count, rank-16
 # predictors, each network gated where gates pay with / without these chains,
 # 5 side-by-side loops (x86 XNNPACK, 1 thread, 2026-12-05 12:29-12:35):
 # MobileNetV2 keep 0.3 7.15 / 6.87 ms (dense 6.91), MobileNetV1 keep 0.3 6.84
