@@ -12,7 +12,9 @@ batch-norm statistics (no ImageNet weights exist here), masks drawn at each
 --keeps ratio per layer, timed on CIFAR-10 test images resized to 224.
 
 Each invoke is timed alone (batch 1, XNNPACK on, after warm-up), the models
-alternating image by image; the table gives medians and the interquartile
+alternating image by image (with --loops N, N such loops, each with fresh
+interpreters in a rotated order: then the median over loops of each loop's
+median); the table gives medians and the interquartile
 spread, the measured speed-up and the ideal one (dense MACs / executed MACs,
 predictors included, from ftwt_keras.flops). Two reference exports run in the
 same loop to show where the gap goes: the dense model plus every mask
@@ -54,6 +56,11 @@ flags.DEFINE_list("keeps", ["0.3", "0.5", "0.7", "1.0"], "Keep ratios per layer 
 flags.DEFINE_list("threads", ["1", "2"], "Interpreter thread counts.")
 flags.DEFINE_integer("num_images", 200, "Timed images per configuration (real CIFAR-10 test images).")
 flags.DEFINE_integer("warmup", 20, "Untimed invokes before timing.")
+flags.DEFINE_integer("loops", 1,
+                     "Side-by-side loops per configuration, each with fresh interpreters in an order rotated by "
+                     "one export (ftwt_keras.export.tflite.loop_times); a row's times are the median over loops of "
+                     "each loop's median. More than 1 on noisy hosts: with 2 threads one interpreter instance can "
+                     "run 25% slower than the next.")
 flags.DEFINE_string("policy", "auto", "Dynamic export policy: gather, dense, auto, or a keep cutoff in [0, 1].")
 flags.DEFINE_list("predictor_ranks", ["full"],
                   "Mask predictors of the random-weight models: 'full' (the paper's) and/or ints (a low-rank "
@@ -165,9 +172,10 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
         tuned, extra = _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads, dense_flatbuffer)
         tflite.save(tuned["dynamic"], os.path.join(
             FLAGS.tflite_dir, f"{label}_{images.shape[1]}_keep{keep_label}_threads{threads}.tflite"))
-        times = tflite.time_side_by_side({**shared, **tuned}, images, threads, FLAGS.warmup)
-        median = {name: 1e3 * float(np.median(values)) for name, values in times.items()}
-        spread = {name: 1e3 * (np.percentile(v, 75) - np.percentile(v, 25)) for name, v in times.items()}
+        loops = tflite.loop_times({**shared, **tuned}, images, FLAGS.loops, threads, FLAGS.warmup)
+        median = {name: 1e3 * float(np.median([np.median(times) for times in values])) for name, values in loops.items()}
+        spread = {name: 1e3 * float(np.median([np.percentile(times, 75) - np.percentile(times, 25) for times in values]))
+                  for name, values in loops.items()}
         row = {
             "model": label,
             "resolution": int(images.shape[1]),
@@ -183,6 +191,7 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
             "dense_iqr_ms": round(float(spread["dense"]), 3),
             "dynamic_iqr_ms": round(float(spread["dynamic"]), 3),
             "images": int(len(images)),
+            "loops": FLAGS.loops,
             "policy": FLAGS.policy,
             "calibration_images": 0 if calibration is None else int(len(calibration)),
             "drawn_capacities": FLAGS.drawn_capacities if calibration is not None and drawn else None,
@@ -481,6 +490,10 @@ def markdown_tables(rows):
     if rules:
         tables = (f"Drawn masks, capacities of the compact layers (`--drawn_capacities`, the margin real masks, "
                   f"which vary by image, need): {' / '.join(_capacity_rule(rule) for rule in rules)}.\n\n" + tables)
+    loops = sorted({row.get("loops", 1) for row in rows} - {1})
+    if loops:
+        tables = (f"Each time: the median over {' / '.join(map(str, loops))} side-by-side loops of each loop's median "
+                  "(fresh interpreters per loop, in a rotated order).\n\n" + tables)
     ratios = sorted({row["capped_ratio"] for row in rows if "capped_ratio" in row})
     if ratios:
         tables += (f"\nCapped gates: the convs the export compacts keep at most {' / '.join(f'{r:g}' for r in ratios)}x "

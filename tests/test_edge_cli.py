@@ -270,13 +270,14 @@ def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path
         )
 
     # Every layer compact (`auto` compacts nothing at 32x32): the convs also timed capped at 1.2x the count.
-    result = run("--drawn_capacities=binomial", "--policy=chain", "--capped_ratio=1.2")
+    result = run("--drawn_capacities=binomial", "--policy=chain", "--capped_ratio=1.2", "--loops=2")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((tmp_path / "latency.json").read_text())["rows"]
     assert len(rows) == 1 and rows[0]["drawn_capacities"] == "binomial" and rows[0]["images"] == 3
     assert rows[0]["dense_ms"] > 0 and rows[0]["dynamic_ms"] > 0 and rows[0]["flops_reduction"] > 0.5
     tables = (tmp_path / "latency.md").read_text()
     assert "capacities of the compact layers" in tables and "Capped gates" in tables
+    assert rows[0]["loops"] == 2 and "the median over 2 side-by-side loops" in tables
     assert rows[0]["capped_ratio"] == 1.2 and rows[0]["capped_gates"] == 14 and rows[0]["capped_ms"] > 0
     assert rows[0]["capped_flops_reduction"] == rows[0]["flops_reduction"]  # drawn masks: the caps never bind
     bad = run("--drawn_capacities=0.5")

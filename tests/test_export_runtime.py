@@ -1,6 +1,7 @@
 """Running and timing .tflite models (`ftwt_keras.export.runtime`)."""
 
 import numpy as np
+import pytest
 
 from ftwt_keras.export import runtime
 
@@ -35,3 +36,5 @@ def test_loop_medians_moves_each_model_through_the_loop_order(monkeypatch):
     assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
     assert list(medians) == ["a", "b", "c"]  # the caller's order, whatever the loops' order
     assert medians["b"] == [2.0, 3.0, 4.0, 5.0]
+    times = runtime.loop_times({"a": b"", "b": b""}, np.zeros((4, 1, 1, 1)), repeats=2)
+    assert [len(loop) for loop in times["a"]] == [4, 4] and times["b"][1][0] == pytest.approx(1e-3 * 7)

@@ -64,25 +64,32 @@ def time_side_by_side(flatbuffers, images, num_threads=1, warmup=10):
     return times
 
 
-def loop_medians(flatbuffers, images, repeats, num_threads=1, warmup=10):
-    """`time_side_by_side` run `repeats` times: `{name: [median ms per invoke of each loop]}`.
+def loop_times(flatbuffers, images, repeats, num_threads=1, warmup=10):
+    """`time_side_by_side` run `repeats` times: `{name: [N seconds of each loop]}`.
 
-    Loops apart show how much the host's noise moves a median. Each loop
+    Loops apart show how much the host's noise moves a time. Each loop
     builds its interpreters afresh, in an order rotated by one model: the
     interpreter instance and its place in the loop move a model's times by
     a few percent (one export under four names in one loop, MobileNetV1
     x1.0 at 32x32: 1.39-1.45 ms), which a fixed order would keep on the same
-    model; over 5 rotated loops the four medians lie within 0.7%. Compare
-    the median over loops.
+    model; over 5 rotated loops the four medians lie within 0.7%. With 2
+    threads on a 2-core host an instance can even run in one of two modes
+    (one MobileNetV1-224 export: 5.3 ms in two loops, 6.8 ms in three).
     """
     names = list(flatbuffers)
-    medians = {name: [] for name in names}
+    times = {name: [] for name in names}
     for repeat in range(repeats):
         start = repeat % len(names)
         order = {name: flatbuffers[name] for name in names[start:] + names[:start]}
         for name, values in time_side_by_side(order, images, num_threads, warmup).items():
-            medians[name].append(1e3 * float(np.median(values)))
-    return medians
+            times[name].append(values)
+    return times
+
+
+def loop_medians(flatbuffers, images, repeats, num_threads=1, warmup=10):
+    """`loop_times` as `{name: [median ms per invoke of each loop]}`: compare the median over loops."""
+    return {name: [1e3 * float(np.median(values)) for values in loops]
+            for name, loops in loop_times(flatbuffers, images, repeats, num_threads, warmup).items()}
 
 
 def run(flatbuffer_or_interpreter, images, num_threads=1):

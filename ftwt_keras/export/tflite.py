@@ -95,7 +95,7 @@ from ftwt_keras.export.planning import (
     paying_gates,
     statically_pruned_layers,
 )
-from ftwt_keras.export.runtime import interpreter, loop_medians, run, time_invokes, time_side_by_side
+from ftwt_keras.export.runtime import interpreter, loop_medians, loop_times, run, time_invokes, time_side_by_side
 
 
 def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None, stop_at=None,
@@ -344,6 +344,7 @@ __all__ = [
     "load_calibration_images",
     "load_ftwt_model",
     "loop_medians",
+    "loop_times",
     "op_names",
     "parse_policy",
     "paying_gates",
