@@ -60,7 +60,7 @@ flags.DEFINE_integer("loops", 1,
                      "Side-by-side loops per configuration, each with fresh interpreters in an order rotated by "
                      "one export (ftwt_keras.export.tflite.loop_times); a row's times are the median over loops of "
                      "each loop's median. More than 1 on noisy hosts: with 2 threads one interpreter instance can "
-                     "run 25% slower than the next.")
+                     "run 25% slower than the next.", lower_bound=1)
 flags.DEFINE_string("policy", "auto", "Dynamic export policy: gather, dense, auto, or a keep cutoff in [0, 1].")
 flags.DEFINE_list("predictor_ranks", ["full"],
                   "Mask predictors of the random-weight models: 'full' (the paper's) and/or ints (a low-rank "
