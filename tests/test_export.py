@@ -78,6 +78,16 @@ def test_masks_deferred_from_masked_dense_layers_fold_into_gathered_ones(name, c
     assert_same_logits(flatbuffer, model, cifar_images)
 
 
+@pytest.mark.parametrize("rank", [None, 4])
+def test_mask_thresholds_fuse_into_the_predictors(rank, cifar_images):
+    """Each 0/1 mask is ceil(min(relu(logit), 1)), all XNNPACK ops, the RELU fused into the predictor's last matmul."""
+    model = perturb(fk.gate(BUILDERS["mobilenet_v1"](), predictor_rank=rank), seed=0)
+    flatbuffer = export.convert(model, policy="dense")
+    ops = collections.Counter(export.op_names(flatbuffer))
+    gated = len(model.gated_layers)
+    assert ops["RELU"] == 0 and ops["MINIMUM"] == ops["CEIL"] == gated  # the network's ReLUs fuse into its convs
+    assert_same_logits(flatbuffer, model, cifar_images)
+
 def test_auto_policy_runs_small_layers_dense(cifar_images):
     """At 32x32 every MobileNetV1 x0.25 layer is too small for a run-time branch to pay."""
     model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()))
