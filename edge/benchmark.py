@@ -257,13 +257,13 @@ def _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads
         paying = tflite.paying_gates(model, calibration=calibrated, num_threads=threads,  # the export's capacities
                                      static_gates=static)
         # Layers pruned by their weights pay too (for every image): they stay gated.
-        keep = set(paying) | set(tflite.statically_pruned_layers(model) if static else [])
-        lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in keep])
-        extra.update(lean_gates=len(keep),
+        kept_gates = set(paying) | set(tflite.statically_pruned_layers(model) if static else [])
+        lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in kept_gates])
+        extra.update(lean_gates=len(kept_gates),
                      lean_executed=float(np.mean(flops.dynamic_macs(lean, sample, batch_size=16))))
         exports["lean"] = (tflite.convert(lean, policy=policy, calibration=_calibrated(lean, calibration, drawn),
                                           static_gates=static, num_threads=threads)
-                           if keep else dense_flatbuffer)
+                           if kept_gates else dense_flatbuffer)
     if FLAGS.capped_ratio:
         compacted = tflite.cap_compacted_gates(model, sample if calibration is None else calibration,
                                                ratio=FLAGS.capped_ratio, policy=policy, num_threads=threads,

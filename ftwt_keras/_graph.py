@@ -59,6 +59,15 @@ def layer_nodes(model):
     return nodes
 
 
+def call_operation(node, values):
+    """Runs the keras.ops operation of `node` (`x + 3.0` on a symbolic tensor) on `values`, one per input tensor.
+
+    Its other arguments (constants, keywords) live in the node, not in a layer's config.
+    """
+    args, kwargs = node.arguments.fill_in({id(tensor): value for tensor, value in zip(node.input_tensors, values)})
+    return node.operation(*args, **kwargs)
+
+
 def producers(node):
     """The layers whose outputs feed `node`, in argument order."""
     return [tensor._keras_history[0] for tensor in node.input_tensors]

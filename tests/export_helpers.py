@@ -89,9 +89,8 @@ def perturb(model, seed=0, decided=None):
                 fk.fix_gates(layer, *decided[layer.name])
         if isinstance(layer, keras.layers.Layer):
             tensors[id(node.outputs[0])] = layer(inputs if len(inputs) > 1 else inputs[0], training=False)
-        else:  # an operation on symbolic tensors (`x + 3.0`): its other arguments live in the node
-            args, kwargs = node.arguments.fill_in({id(t): value for t, value in zip(node.input_tensors, inputs)})
-            tensors[id(node.outputs[0])] = layer(*args, **kwargs)
+        else:  # an operation on symbolic tensors (`x + 3.0`)
+            tensors[id(node.outputs[0])] = _graph.call_operation(node, inputs)
     return model
 
 

@@ -158,10 +158,8 @@ class _Builder:
             inputs = [tensors[id(t)] for t in node.input_tensors]
             if isinstance(node.operation, keras.layers.Layer):
                 out = self.layer(node.operation, inputs)
-            else:  # a keras.ops operation on symbolic tensors: its other arguments live in the node
-                args, kwargs = node.arguments.fill_in(
-                    {id(t): x.without_constants().dense() for t, x in zip(node.input_tensors, inputs)})
-                out = _dense(node.operation(*args, **kwargs))
+            else:  # a keras.ops operation on symbolic tensors
+                out = _dense(_graph.call_operation(node, [x.without_constants().dense() for x in inputs]))
             tensors[id(node.outputs[0])] = out
             if node.operation.name == stop_at:
                 # A profiling aid: the network up to this layer, reduced to one number
