@@ -349,10 +349,8 @@ def _random_network(resolution):
         base = fk.models.resnet_cifar(depth=56, input_shape=shape, num_classes=num_classes)
     elif FLAGS.network == "resnet18":
         base = fk.models.resnet18(input_shape=shape, num_classes=num_classes)
-    elif FLAGS.network == "mobilenet_v2":  # raw pixels in, as every network here: its preprocess_input inside
-        scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(keras.Input(shape))
-        base = keras.applications.MobileNetV2(weights=None, alpha=FLAGS.alpha, input_tensor=scaled,
-                                              classes=num_classes, classifier_activation=None)
+    elif FLAGS.network == "mobilenet_v2":
+        base = fk.models.mobilenet_v2(input_shape=shape, num_classes=num_classes, alpha=FLAGS.alpha)
     elif FLAGS.network == "mobilenet_v3_small":  # preprocessing inside by default
         base = keras.applications.MobileNetV3Small(weights=None, input_shape=shape, classes=num_classes,
                                                    classifier_activation=None)

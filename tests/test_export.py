@@ -484,8 +484,7 @@ def _scaled_input():
 APPLICATIONS = {
     "MobileNet": lambda: keras.applications.MobileNet(
         weights=None, alpha=0.25, input_tensor=_scaled_input(), classes=10, classifier_activation=None),
-    "MobileNetV2": lambda: keras.applications.MobileNetV2(
-        weights=None, alpha=0.35, input_tensor=_scaled_input(), classes=10, classifier_activation=None),
+    "MobileNetV2": lambda: fk.models.mobilenet_v2(input_shape=(32, 32, 3), num_classes=10, alpha=0.35),
     # Squeeze-and-excitation (Multiply) and hard swish written as keras.ops on symbolic tensors; preprocessing inside.
     "MobileNetV3Small": lambda: keras.applications.MobileNetV3Small(
         weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None),
