@@ -133,7 +133,9 @@ def _find_units(model, layers_to_gate):
         except ValueError as error:
             raise ValueError(f"Cannot gate layer '{layer.name}': {error}") from None
         batch_norm = activation = None
-        follower = sole_reader(layer)
+        # A conv with an activation of its own (keras.applications.VGG16's) is a unit alone: GatedConv
+        # takes its activation over; a batch norm or activation after it stays a plain layer.
+        follower = sole_reader(layer) if getattr(layer.activation, "__name__", None) == "linear" else None
         if isinstance(follower, keras.layers.BatchNormalization) and follower.axis in (-1, 3, [-1], [3]):
             batch_norm = follower
             follower = sole_reader(batch_norm)
@@ -208,6 +210,12 @@ def gate(
         raise ValueError(f"`pooling` must be one of {POOLINGS}; got {pooling!r}.")
     check_joint_gradient_scale(joint_gradient_scale)
     check_predictor_rank(predictor_rank)
+    if layers_to_gate is not None and not callable(layers_to_gate):
+        raise ValueError(
+            f"`layers_to_gate` must be a callable(layer) -> bool; got a {type(layers_to_gate).__name__}. "
+            "To gate only named convs: `layers_to_gate=lambda layer: layer.name in names`; to leave named convs "
+            "dense: `layers_to_gate=ftwt_keras.gating.layers_except(model, names)`."
+        )
     if isinstance(model, FTWTModel):
         raise ValueError(f"Model '{model.name}' is already an FTWTModel.")
     if not isinstance(model, keras.Model):

@@ -275,6 +275,14 @@ def record_gates(targets=False, apply_masks=True, threshold=None, target=None):
     return GateRecorder(targets, apply_masks, threshold, target)
 
 
+def _is_linear(activation):
+    return _name_of(activation) == "linear"
+
+
+def _name_of(activation):
+    return getattr(activation, "__name__", type(activation).__name__)
+
+
 def _deserialize_layer(layer):
     if layer is None or isinstance(layer, keras.layers.Layer):
         return layer
@@ -305,6 +313,9 @@ class GatedConv(keras.layers.Layer):
             (depth_multiplier=1) layer, channels-last.
         batch_norm: optional `keras.layers.BatchNormalization` after the conv.
         activation: optional activation after batch norm (name or callable).
+            A conv with an activation of its own (`Conv2D(..., activation=
+            "relu")`) and neither of these: the unit takes it over, and the
+            conv becomes linear (same outputs).
         threshold: float in (0, 1]: the heatmap mass to keep (`target="mass"`)
             or the fraction of filters kept (`target="uniform"`).
         target: `"mass"` (default) or `"uniform"`, see `ftwt_keras.masks`.
@@ -379,10 +390,22 @@ class GatedConv(keras.layers.Layer):
             raise ValueError(f"`target` must be one of {TARGETS}; got {target!r}.")
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+        activation = keras.activations.get(activation)
+        if not _is_linear(conv.activation):
+            if batch_norm is not None or not _is_linear(activation):
+                raise ValueError(
+                    f"Conv '{conv.name}' has its own activation ('{_name_of(conv.activation)}') and a "
+                    f"{'batch norm' if batch_norm is not None else 'unit activation'} after it: GatedConv "
+                    "computes activation(batch_norm(conv(x))). Give the conv activation=None and pass "
+                    "its activation as `activation=`, or gate the conv alone (ftwt_keras.gate does)."
+                )
+            # The unit's activation is the conv's own (as keras.applications.VGG16 writes its convs):
+            # the conv becomes linear, so the unit stays activation(conv(x) + bias), as its export folds it.
+            conv.activation, activation = keras.activations.linear, conv.activation
         self.conv = conv
         self.joint_gradient_scale = check_joint_gradient_scale(joint_gradient_scale)
         self.batch_norm = batch_norm
-        self.activation = keras.activations.get(activation)
+        self.activation = activation
         self.threshold = masks.check_threshold(threshold)
         self.target = target
         self.mode = mode

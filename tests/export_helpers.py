@@ -78,8 +78,10 @@ def perturb(model, seed=0, decided=None):
                 channels = mean.shape[0]
                 bn.moving_mean.assign((mean + rng.normal(0.0, 0.2, channels) * std).astype("float32"))
                 bn.moving_variance.assign((std**2 * rng.uniform(0.5, 2.0, channels)).astype("float32"))
-                bn.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
-                bn.beta.assign(rng.normal(0.1, 0.3, channels).astype("float32"))
+                if bn.scale:  # keras.applications.InceptionV3's have none
+                    bn.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
+                if bn.center:
+                    bn.beta.assign(rng.normal(0.1, 0.3, channels).astype("float32"))
             bias = np.asarray(layer.predictor.bias)
             unbiased = np.asarray(layer.predictor(inputs[0])) - bias
             off_fractions = rng.uniform(0.2, 0.8, bias.shape)

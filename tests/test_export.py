@@ -508,6 +508,24 @@ def test_keras_applications_mobilenets_gate_and_export_exactly(application, gate
     assert_same_logits(flatbuffer, model, cifar_images)
 
 
+def test_convs_with_their_own_activation_export_exactly(cifar_images):
+    """keras.applications.VGG16's style, Conv2D(..., activation="relu") with no batch norm, in a small network."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    for index, filters in enumerate((16, 16)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{index}")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.BatchNormalization()(x)  # after a conv with its own activation: a plain layer
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2")(x)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    model = perturb(fk.gate(keras.Model(inputs, outputs)), seed=0)
+    assert [layer.activation.__name__ for layer in model.gated_layers] == ["relu"] * 3
+    flatbuffer = export.convert(model)
+    assert_builtin_only(flatbuffer)
+    assert_same_logits(flatbuffer, model, cifar_images)
+
+
 def test_ungated_pointwise_conv_reads_a_compact_input_without_putting_channels_back(cifar_images, monkeypatch):
     """A plain 1x1 conv after a compact chain (a partly gated model) reads the present channels, constants in its bias."""
     keras.utils.set_random_seed(3)  # a random init without a logit at exactly 0 on these images

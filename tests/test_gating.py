@@ -32,6 +32,22 @@ def test_gate_keeps_baseline_outputs_with_every_gate_on(build, images):
     assert not np.allclose(model.predict(images, verbose=0), expected, atol=1e-3)
 
 
+def test_convs_with_their_own_activation_gate_alone(images):
+    """Conv2D(activation="relu") (keras.applications.VGG16's style) is a unit; a batch norm after it stays plain."""
+    inputs = keras.Input(images.shape[1:])
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(inputs)
+    x = keras.layers.BatchNormalization(name="bn_a")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_b")(x)
+    base = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    base.get_layer("bn_a").set_weights([np.full(8, value, "float32") for value in (1.5, 0.2, 0.1, 2.0)])
+    model = fk.gate(base)
+    assert [(layer.name, layer.batch_norm, layer.activation.__name__) for layer in model.gated_layers] == [
+        ("conv_a", None, "relu"), ("conv_b", None, "relu")]
+    assert type(model.network.get_layer("bn_a")) is keras.layers.BatchNormalization
+    force_gates(model, on=True)
+    np.testing.assert_allclose(model.predict(images, verbose=0), base.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+
+
 def test_gate_places_gates_like_the_paper():
     model = fk.gate(fk.models.resnet_cifar(depth=20))
     names = [layer.name for layer in model.gated_layers]
@@ -117,6 +133,8 @@ def test_gate_refuses_what_it_cannot_gate():
         fk.gate(model)
     partly = fk.gate(model, layers_to_gate=lambda layer: layer.name == "ok")
     assert [layer.name for layer in partly.gated_layers] == ["ok"]
+    with pytest.raises(ValueError, match="callable.*got a list.*layer.name in names"):
+        fk.gate(model, layers_to_gate=["ok"])
     with pytest.raises(ValueError, match="threshold"):
         fk.gate(model, threshold=0.0)
     with pytest.raises(ValueError, match="mode"):

@@ -181,6 +181,25 @@ def test_batch_renorm_and_other_activations_gate_by_multiplying():
     assert GatedConv(keras.layers.Conv2D(4, 3), activation="relu6")._masks_through_shift
 
 
+def test_a_convs_own_activation_becomes_the_units(images):
+    """keras.applications.VGG16 writes Conv2D(..., activation="relu"): the unit takes the ReLU, the conv is linear."""
+    conv = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="own")
+    conv.build(images.shape)
+    expected = np.asarray(conv(images))
+    layer = GatedConv(conv, threshold=0.9)
+    assert layer.activation.__name__ == "relu" and layer.conv.activation.__name__ == "linear"
+    assert layer._masks_through_shift  # the ReLU's cheaper gating applies
+    with record_gates(apply_masks=False):
+        np.testing.assert_allclose(np.asarray(layer(images)), expected, rtol=1e-6, atol=1e-6)
+    restored = GatedConv.from_config(layer.get_config())
+    assert restored.activation.__name__ == "relu" and restored.conv.activation.__name__ == "linear"
+    # Its own activation and then a batch norm or another one: no unit computes that.
+    with pytest.raises(ValueError, match="'own2' has its own activation \\('relu'\\) and a batch norm"):
+        GatedConv(keras.layers.Conv2D(6, 3, activation="relu", name="own2"), keras.layers.BatchNormalization())
+    with pytest.raises(ValueError, match="unit activation"):
+        GatedConv(keras.layers.Conv2D(6, 3, activation="relu"), activation="swish")
+
+
 def test_unsupported_convs_are_refused_with_their_name():
     with pytest.raises(ValueError, match="'sep'.*SeparableConv2D"):
         GatedConv(keras.layers.SeparableConv2D(4, 3, name="sep"))
