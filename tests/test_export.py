@@ -526,6 +526,32 @@ def test_convs_with_their_own_activation_export_exactly(cifar_images):
     assert_same_logits(flatbuffer, model, cifar_images)
 
 
+def test_concatenated_branches_export_exactly(cifar_images):
+    """Inception's parallel branches and DenseNet's growing concatenation (keras.applications' layouts, small)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = _conv_bn_relu(x, 16, 3, "stem")
+    branches = [_conv_bn_relu(x, 8, 1, "branch1x1"), _conv_bn_relu(x, 8, 3, "branch3x3"),
+                keras.layers.AveragePooling2D(3, strides=1, padding="same")(x)]
+    x = keras.layers.Concatenate(name="mixed")(branches)
+    x = keras.layers.Concatenate(name="dense_concat")([x, _conv_bn_relu(x, 8, 3, "growth")])
+    x = _conv_bn_relu(x, 24, 1, "after")
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    model = perturb(fk.gate(keras.Model(inputs, outputs)), seed=0)
+    assert len(model.gated_layers) == 5
+    for policy in ("auto", "gather"):  # masked dense outputs, then compact ones, concatenated
+        flatbuffer = export.convert(model, policy=policy)
+        assert "CONCATENATION" in export.op_names(flatbuffer)
+        assert_builtin_only(flatbuffer)
+        assert_same_logits(flatbuffer, model, cifar_images)
+
+
+def _conv_bn_relu(x, filters, size, name):
+    x = keras.layers.Conv2D(filters, size, padding="same", use_bias=False, name=name)(x)
+    return keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+
+
 def test_ungated_pointwise_conv_reads_a_compact_input_without_putting_channels_back(cifar_images, monkeypatch):
     """A plain 1x1 conv after a compact chain (a partly gated model) reads the present channels, constants in its bias."""
     keras.utils.set_random_seed(3)  # a random init without a logit at exactly 0 on these images

@@ -209,7 +209,7 @@ class _Builder:
             return Compact(layer(x.values), x.channels, x.width, x._positions, x.support, x.expected_keep)
         if isinstance(layer, keras.layers.Add):
             return _dense(tf.add_n([x.dense() for x in inputs]) if len(inputs) > 1 else inputs[0].dense())
-        if isinstance(layer, keras.layers.Multiply):  # e.g. squeeze-and-excitation's rescaling
+        if isinstance(layer, (keras.layers.Multiply, keras.layers.Concatenate)):  # squeeze-and-excitation, DenseNet
             return _dense(layer([x.dense() for x in inputs]))
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and layer.data_format != "channels_last":
             raise ExportError(f"Layer '{layer.name}' must be channels_last.")

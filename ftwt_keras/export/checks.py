@@ -27,6 +27,7 @@ _DENSE_ONLY = (
     keras.layers.BatchNormalization,
     keras.layers.Add,
     keras.layers.Multiply,
+    keras.layers.Concatenate,
     keras.layers.Activation,
     keras.layers.ReLU,
     ChannelZeroPad,
