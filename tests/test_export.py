@@ -488,6 +488,12 @@ APPLICATIONS = {
     # Squeeze-and-excitation (Multiply) and hard swish written as keras.ops on symbolic tensors; preprocessing inside.
     "MobileNetV3Small": lambda: keras.applications.MobileNetV3Small(
         weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None),
+    # Swish, squeeze-and-excitation, Rescaling and Normalization inside.
+    "EfficientNetB0": lambda: keras.applications.EfficientNetB0(
+        weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None),
+    # Concatenations of every layer's output; pre-activation batch norms.
+    "DenseNet121": lambda: keras.applications.DenseNet121(
+        weights=None, input_tensor=_scaled_input(), classes=10, classifier_activation=None),
 }
 
 
@@ -495,9 +501,11 @@ APPLICATIONS = {
     ("MobileNet", 27, "conv_pw_13"),
     ("MobileNetV2", 52, "Conv_1"),
     ("MobileNetV3Small", 34, "conv_1"),  # its 18 squeeze-and-excitation convs read pooled features: dense
+    ("EfficientNetB0", 49, "top_conv"),
+    ("DenseNet121", 120, "conv5_block16_2_conv"),
 ])
-def test_keras_applications_mobilenets_gate_and_export_exactly(application, gated, last, cifar_images):
-    """The phone models users bring: feature convs gate, classifier and excitation convs stay dense, the export is exact."""
+def test_keras_applications_gate_and_export_exactly(application, gated, last, cifar_images):
+    """The models users bring: feature convs gate, classifier and excitation convs stay dense, the export is exact."""
     keras.utils.set_random_seed(0)  # weights=None: a random init, the same on every run
     model = perturb(fk.gate(APPLICATIONS[application]()), seed=0)
     assert len(model.gated_layers) == gated and model.gated_layers[-1].name == last
