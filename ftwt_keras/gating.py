@@ -162,6 +162,9 @@ def gate(
     `BatchNormalization` and activation layer that directly follow it (as in
     FTWT: the target is read after BN and activation; a conv followed by BN and
     a residual `Add`, like ResNet's second conv, is gated before the add). A
+    conv with an activation of its own (`Conv2D(..., activation="relu")`, as
+    in `keras.applications.VGG16`) is a unit by itself: a batch norm or
+    activation after it stays a plain layer. A
     conv whose input comes from a `ZeroPadding2D` (PyTorch's symmetric padding
     of a strided conv, written the Keras way) gets that border as its
     `input_padding`: its predictor pools the unpadded input, as in FTWT. Convs
