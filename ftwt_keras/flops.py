@@ -77,6 +77,16 @@ def _zero_preserving_activation(activation):
         return False
 
 
+# Activation layers applied value by value with no per-channel parameter: on a
+# channel subset they compute the same; they preserve zero channels where
+# their function maps 0 to 0 (`_zero_preserving_activation`).
+ELEMENTWISE_ACTIVATION_LAYERS = (
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+)
+
 # Layers that keep channels and map an all-zero channel to an all-zero channel.
 ZERO_PRESERVING_LAYERS = (
     keras.layers.ZeroPadding2D,
@@ -145,7 +155,7 @@ def _layer_terms(layer, in_shape, out_shape, source):
         return [], (in_gate, repeat * _spatial(in_shape))
     if isinstance(layer, ZERO_PRESERVING_LAYERS):
         return [], source
-    if isinstance(layer, (keras.layers.Activation, keras.layers.ReLU)):
+    if isinstance(layer, ELEMENTWISE_ACTIVATION_LAYERS):
         activation = layer.activation if isinstance(layer, keras.layers.Activation) else layer
         return [], source if _zero_preserving_activation(activation) else (None, 1)
     return [], (None, 1)

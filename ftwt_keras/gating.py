@@ -5,6 +5,7 @@ import fnmatch
 import keras
 
 from ftwt_keras import _graph, masks
+from ftwt_keras.flops import ELEMENTWISE_ACTIVATION_LAYERS
 from ftwt_keras.layers import (
     MODES,
     POOLINGS,
@@ -66,11 +67,9 @@ _KEEP_POOLED = (
     keras.layers.Reshape,
     keras.layers.Dropout,
     keras.layers.Identity,
-    keras.layers.Activation,
-    keras.layers.ReLU,
     keras.layers.BatchNormalization,
     keras.layers.Conv2D,
-)
+) + ELEMENTWISE_ACTIVATION_LAYERS
 
 
 def _convs_on_pooled_features(nodes):

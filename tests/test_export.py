@@ -555,6 +555,24 @@ def test_concatenated_branches_export_exactly(cifar_images):
         assert_same_logits(flatbuffer, model, cifar_images)
 
 
+def test_leaky_elu_and_prelu_activation_layers_export_exactly(cifar_images):
+    """Activation layers gate() does not fuse stay plain: elementwise ones run on compact channels, PReLU on dense."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    for name, activation in (("leaky", keras.layers.LeakyReLU(0.1)), ("elu", keras.layers.ELU()),
+                             ("prelu", keras.layers.PReLU(keras.initializers.RandomUniform(0.0, 0.5)))):
+        x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name=f"conv_{name}")(x)
+        x = activation(keras.layers.BatchNormalization()(x))
+    x = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    model = perturb(fk.gate(keras.Model(inputs, keras.layers.Softmax()(x))), seed=0)
+    assert [layer.activation.__name__ for layer in model.gated_layers] == ["linear"] * 3
+    for policy in ("auto", "gather"):
+        flatbuffer = export.convert(model, policy=policy)
+        assert_builtin_only(flatbuffer)
+        assert_same_logits(flatbuffer, model, cifar_images)
+
+
 def _conv_bn_relu(x, filters, size, name):
     x = keras.layers.Conv2D(filters, size, padding="same", use_bias=False, name=name)(x)
     return keras.layers.ReLU()(keras.layers.BatchNormalization()(x))

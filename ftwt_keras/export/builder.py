@@ -36,7 +36,7 @@ from ftwt_keras.export.planning import (
     _may_gather_inputs,
     _statically_pruned,
 )
-from ftwt_keras.flops import ZERO_PRESERVING_LAYERS
+from ftwt_keras.flops import ELEMENTWISE_ACTIVATION_LAYERS, ZERO_PRESERVING_LAYERS
 from ftwt_keras.layers import GatedConv
 from ftwt_keras.models import ChannelZeroPad
 
@@ -204,7 +204,7 @@ class _Builder:
                 channels = tf.range(x.width, dtype=tf.int32)
                 return Compact(x.values, channels, x.width + layer.pad, expected_keep=keep)
             return Compact(x.values, x.channels, x.width + layer.pad, expected_keep=keep)
-        if isinstance(layer, (keras.layers.Activation, keras.layers.ReLU)) and _keeps_zero(layer):
+        if isinstance(layer, ELEMENTWISE_ACTIVATION_LAYERS) and _keeps_zero(layer):
             x = inputs[0]
             return Compact(layer(x.values), x.channels, x.width, x._positions, x.support, x.expected_keep)
         if isinstance(layer, keras.layers.Add):

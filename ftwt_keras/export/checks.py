@@ -5,7 +5,7 @@ import os
 import keras
 
 from ftwt_keras import _graph
-from ftwt_keras.flops import ZERO_PRESERVING_LAYERS
+from ftwt_keras.flops import ELEMENTWISE_ACTIVATION_LAYERS, ZERO_PRESERVING_LAYERS
 from ftwt_keras.layers import GatedConv
 from ftwt_keras.models import ChannelZeroPad
 from ftwt_keras.training import FTWTModel
@@ -28,11 +28,11 @@ _DENSE_ONLY = (
     keras.layers.Add,
     keras.layers.Multiply,
     keras.layers.Concatenate,
-    keras.layers.Activation,
-    keras.layers.ReLU,
+    keras.layers.PReLU,  # per-channel slopes: on dense inputs
+    keras.layers.Softmax,
     ChannelZeroPad,
 )
-SUPPORTED_LAYERS = (GatedConv,) + ZERO_PRESERVING_LAYERS + _DENSE_ONLY
+SUPPORTED_LAYERS = (GatedConv,) + ZERO_PRESERVING_LAYERS + ELEMENTWISE_ACTIVATION_LAYERS + _DENSE_ONLY
 
 
 class ExportError(ValueError):

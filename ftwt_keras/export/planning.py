@@ -11,7 +11,7 @@ import keras
 from ftwt_keras import _graph
 from ftwt_keras.export.calibration import _calibration_of
 from ftwt_keras.export.checks import ExportError, _check_threads, _tf, check_ftwt_model
-from ftwt_keras.flops import ZERO_PRESERVING_LAYERS
+from ftwt_keras.flops import ELEMENTWISE_ACTIVATION_LAYERS, ZERO_PRESERVING_LAYERS
 from ftwt_keras.layers import GatedConv
 from ftwt_keras.models import ChannelZeroPad
 from ftwt_keras.static_gates import static_gates_of
@@ -279,7 +279,7 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
                 out = (layer.name, keeps[layer.name], False)
         elif source is not None and (
             isinstance(layer, ZERO_PRESERVING_LAYERS)
-            or (isinstance(layer, (keras.layers.Activation, keras.layers.ReLU)) and _keeps_zero(layer))
+            or (isinstance(layer, ELEMENTWISE_ACTIVATION_LAYERS) and _keeps_zero(layer))
         ):
             out = source
         elif source is not None and isinstance(layer, ChannelZeroPad):
