@@ -573,6 +573,22 @@ def test_leaky_elu_and_prelu_activation_layers_export_exactly(cifar_images):
         assert_same_logits(flatbuffer, model, cifar_images)
 
 
+def test_separable_and_grouped_convs_left_dense_export(cifar_images):
+    """gate() cannot gate them (Xception's, RegNet's); left dense with `layers_to_gate`, the model still exports."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = _conv_bn_relu(keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs), 16, 3, "first")
+    x = keras.layers.SeparableConv2D(16, 3, padding="same", name="separable")(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", groups=4, name="grouped")(x)
+    x = _conv_bn_relu(x, 16, 3, "last")
+    base = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x)))
+    model = perturb(fk.gate(base, layers_to_gate=lambda layer: layer.name in ("first", "last")), seed=0)
+    for policy in ("auto", "gather"):  # the separable conv reads a masked, then a compact input
+        flatbuffer = export.convert(model, policy=policy)
+        assert_builtin_only(flatbuffer)
+        assert_same_logits(flatbuffer, model, cifar_images)
+
+
 def _conv_bn_relu(x, filters, size, name):
     x = keras.layers.Conv2D(filters, size, padding="same", use_bias=False, name=name)(x)
     return keras.layers.ReLU()(keras.layers.BatchNormalization()(x))

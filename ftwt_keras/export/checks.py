@@ -24,6 +24,7 @@ _DENSE_ONLY = (
     keras.layers.Dense,
     keras.layers.Conv2D,
     keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,  # left dense: gate() cannot gate it
     keras.layers.BatchNormalization,
     keras.layers.Add,
     keras.layers.Multiply,
