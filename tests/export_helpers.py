@@ -44,7 +44,8 @@ def perturb(model, seed=0, decided=None):
     """Batch-norm statistics and predictor biases that make masks, and logits, vary per image.
 
     Each gated layer's batch norm gets statistics near those of its conv's
-    outputs on real images (`_statistics_images`, resized to the model's input;
+    outputs on real images (a layer without one, its conv's weights scaled to
+    outputs of unit spread: a random VGG16's activations fade otherwise) (`_statistics_images`, resized to the model's input;
     mean shifted by ~0.2 std, variance scaled by 0.5-2x), and each predictor a
     bias that turns each filter on for 20-80% of those images (a threshold
     midway between two of them, `_threshold_in_a_gap`), so the image's signal
@@ -71,7 +72,12 @@ def perturb(model, seed=0, decided=None):
         layer, inputs = node.operation, [tensors[id(t)] for t in node.input_tensors]
         if isinstance(layer, GatedConv):
             bn = layer.batch_norm
-            if bn is not None:
+            if bn is None:  # no statistics to draw: the conv's outputs scaled to unit spread instead
+                scale = 1.0 / max(float(np.asarray(layer.conv(inputs[0])).std()), 1e-12)
+                weights = [layer.conv.kernel] + ([layer.conv.bias] if layer.conv.use_bias else [])
+                for weight in weights:
+                    weight.assign(np.asarray(weight) * scale)
+            else:
                 outputs = np.asarray(layer.conv(inputs[0]))
                 mean, std = outputs.mean(axis=(0, 1, 2)), outputs.std(axis=(0, 1, 2))
                 std = np.maximum(std, 0.1 * np.median(std) + 1e-3)  # no blow-up of near-constant channels
