@@ -65,11 +65,12 @@ flags.DEFINE_string("policy", "auto", "Dynamic export policy: gather, dense, aut
 flags.DEFINE_list("predictor_ranks", ["full"],
                   "Mask predictors of the random-weight models: 'full' (the paper's) and/or ints (a low-rank "
                   "MaskPredictor, ftwt_keras.gate(predictor_rank=...)); each is timed against the same dense model.")
-NETWORKS = ("mobilenet_v1", "vgg16_bn", "resnet56", "resnet18", "mobilenet_v2", "mobilenet_v3_small")
+NETWORKS = ("mobilenet_v1", "vgg16_bn", "resnet56", "resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0")
 flags.DEFINE_enum("network", "mobilenet_v1", NETWORKS,
                   "Random-weight network to time (when no --model): MobileNetV1 (--alpha), VGG16-bn, the "
-                  "CIFAR ResNet-56, the ImageNet ResNet-18, or keras.applications' MobileNetV2 (--alpha) and "
-                  "MobileNetV3Small (their classifier and squeeze-and-excitation convs stay dense).")
+                  "CIFAR ResNet-56, the ImageNet ResNet-18, or keras.applications' MobileNetV2 (--alpha), "
+                  "MobileNetV3Small and EfficientNetB0 (their classifier and squeeze-and-excitation convs stay "
+                  "dense).")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV1 / V2 width multiplier (when no --model).")
 flags.DEFINE_integer("calibration_images", 64,
                      "CIFAR-10 training images from which --policy=auto picks each layer's computation "
@@ -354,6 +355,9 @@ def _random_network(resolution):
     elif FLAGS.network == "mobilenet_v3_small":  # preprocessing inside by default
         base = keras.applications.MobileNetV3Small(weights=None, input_shape=shape, classes=num_classes,
                                                    classifier_activation=None)
+    elif FLAGS.network == "efficientnet_b0":  # likewise
+        base = keras.applications.EfficientNetB0(weights=None, input_shape=shape, classes=num_classes,
+                                                 classifier_activation=None)
     else:
         base = fk.models.mobilenet_v1(input_shape=shape, num_classes=num_classes, alpha=FLAGS.alpha)
     return tflite.randomize_batch_norm(base)
