@@ -475,15 +475,15 @@ def test_export_file_round_trip(tmp_path, cifar_images):
         export.export_file(path, tmp_path / "resnet.bin")
 
 
-def _scaled_input():
-    """A (32, 32, 3) input of raw pixels scaled to [-1, 1]: the MobileNets' `preprocess_input`, inside the model."""
+def _raw_pixels():
+    """A (32, 32, 3) input of raw pixels, and it scaled to [-1, 1] (the MobileNets' `preprocess_input`) in the model."""
     inputs = keras.Input((32, 32, 3))
-    return keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    return inputs, keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
 
 
 APPLICATIONS = {
     "MobileNet": lambda: keras.applications.MobileNet(
-        weights=None, alpha=0.25, input_tensor=_scaled_input(), classes=10, classifier_activation=None),
+        weights=None, alpha=0.25, input_tensor=_raw_pixels()[1], classes=10, classifier_activation=None),
     "MobileNetV2": lambda: fk.models.mobilenet_v2(input_shape=(32, 32, 3), num_classes=10, alpha=0.35),
     # Squeeze-and-excitation (Multiply) and hard swish written as keras.ops on symbolic tensors; preprocessing inside.
     "MobileNetV3Small": lambda: keras.applications.MobileNetV3Small(
@@ -493,7 +493,7 @@ APPLICATIONS = {
         weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None),
     # Concatenations of every layer's output; pre-activation batch norms.
     "DenseNet121": lambda: keras.applications.DenseNet121(
-        weights=None, input_tensor=_scaled_input(), classes=10, classifier_activation=None),
+        weights=None, input_tensor=_raw_pixels()[1], classes=10, classifier_activation=None),
 }
 
 
@@ -516,11 +516,24 @@ def test_keras_applications_gate_and_export_exactly(application, gated, last, ci
     assert_same_logits(flatbuffer, model, cifar_images)
 
 
+def _conv_bn_relu(x, filters, size, name):
+    x = keras.layers.Conv2D(filters, size, padding="same", use_bias=False, name=name)(x)
+    return keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+
+
+def _assert_exact_with_and_without_compact_layers(model, images):
+    """Policy auto (these small convs masked dense) and gather (every gated conv compact): exact both ways."""
+    for policy in ("auto", "gather"):
+        flatbuffer = export.convert(model, policy=policy)
+        assert_builtin_only(flatbuffer)
+        assert_same_logits(flatbuffer, model, images)
+    return flatbuffer
+
+
 def test_convs_with_their_own_activation_export_exactly(cifar_images):
     """keras.applications.VGG16's style, Conv2D(..., activation="relu") with no batch norm, in a small network."""
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    inputs, x = _raw_pixels()
     for index, filters in enumerate((16, 16)):
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{index}")(x)
     x = keras.layers.MaxPooling2D()(x)
@@ -529,16 +542,13 @@ def test_convs_with_their_own_activation_export_exactly(cifar_images):
     outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
     model = perturb(fk.gate(keras.Model(inputs, outputs)), seed=0)
     assert [layer.activation.__name__ for layer in model.gated_layers] == ["relu"] * 3
-    flatbuffer = export.convert(model)
-    assert_builtin_only(flatbuffer)
-    assert_same_logits(flatbuffer, model, cifar_images)
+    _assert_exact_with_and_without_compact_layers(model, cifar_images)
 
 
 def test_concatenated_branches_export_exactly(cifar_images):
     """Inception's parallel branches and DenseNet's growing concatenation (keras.applications' layouts, small)."""
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    inputs, x = _raw_pixels()
     x = _conv_bn_relu(x, 16, 3, "stem")
     branches = [_conv_bn_relu(x, 8, 1, "branch1x1"), _conv_bn_relu(x, 8, 3, "branch3x3"),
                 keras.layers.AveragePooling2D(3, strides=1, padding="same")(x)]
@@ -548,18 +558,14 @@ def test_concatenated_branches_export_exactly(cifar_images):
     outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
     model = perturb(fk.gate(keras.Model(inputs, outputs)), seed=0)
     assert len(model.gated_layers) == 5
-    for policy in ("auto", "gather"):  # masked dense outputs, then compact ones, concatenated
-        flatbuffer = export.convert(model, policy=policy)
-        assert "CONCATENATION" in export.op_names(flatbuffer)
-        assert_builtin_only(flatbuffer)
-        assert_same_logits(flatbuffer, model, cifar_images)
+    flatbuffer = _assert_exact_with_and_without_compact_layers(model, cifar_images)
+    assert "CONCATENATION" in export.op_names(flatbuffer)
 
 
 def test_leaky_elu_and_prelu_activation_layers_export_exactly(cifar_images):
     """Activation layers gate() does not fuse stay plain: elementwise ones run on compact channels, PReLU on dense."""
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    inputs, x = _raw_pixels()
     for name, activation in (("leaky", keras.layers.LeakyReLU(0.1)), ("elu", keras.layers.ELU()),
                              ("prelu", keras.layers.PReLU(keras.initializers.RandomUniform(0.0, 0.5)))):
         x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name=f"conv_{name}")(x)
@@ -567,31 +573,20 @@ def test_leaky_elu_and_prelu_activation_layers_export_exactly(cifar_images):
     x = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
     model = perturb(fk.gate(keras.Model(inputs, keras.layers.Softmax()(x))), seed=0)
     assert [layer.activation.__name__ for layer in model.gated_layers] == ["linear"] * 3
-    for policy in ("auto", "gather"):
-        flatbuffer = export.convert(model, policy=policy)
-        assert_builtin_only(flatbuffer)
-        assert_same_logits(flatbuffer, model, cifar_images)
+    _assert_exact_with_and_without_compact_layers(model, cifar_images)
 
 
 def test_separable_and_grouped_convs_left_dense_export(cifar_images):
     """gate() cannot gate them (Xception's, RegNet's); left dense with `layers_to_gate`, the model still exports."""
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 3))
-    x = _conv_bn_relu(keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs), 16, 3, "first")
+    inputs, x = _raw_pixels()
+    x = _conv_bn_relu(x, 16, 3, "first")
     x = keras.layers.SeparableConv2D(16, 3, padding="same", name="separable")(x)
     x = keras.layers.Conv2D(16, 3, padding="same", groups=4, name="grouped")(x)
     x = _conv_bn_relu(x, 16, 3, "last")
     base = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x)))
     model = perturb(fk.gate(base, layers_to_gate=lambda layer: layer.name in ("first", "last")), seed=0)
-    for policy in ("auto", "gather"):  # the separable conv reads a masked, then a compact input
-        flatbuffer = export.convert(model, policy=policy)
-        assert_builtin_only(flatbuffer)
-        assert_same_logits(flatbuffer, model, cifar_images)
-
-
-def _conv_bn_relu(x, filters, size, name):
-    x = keras.layers.Conv2D(filters, size, padding="same", use_bias=False, name=name)(x)
-    return keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    _assert_exact_with_and_without_compact_layers(model, cifar_images)  # the separable conv reads both
 
 
 def test_ungated_pointwise_conv_reads_a_compact_input_without_putting_channels_back(cifar_images, monkeypatch):
