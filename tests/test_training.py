@@ -371,7 +371,8 @@ def test_fit_and_evaluate_on_another_backend_say_what_to_do(monkeypatch):
     assert model.train_function is not None
 
 
-_ON_JAX = """
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ON_ANOTHER_BACKEND = """
 import sys, numpy as np, keras
 import ftwt_keras as fk
 model = keras.saving.load_model(sys.argv[1])
@@ -387,10 +388,18 @@ except NotImplementedError as error:
 """
 
 
-def test_a_saved_model_predicts_the_same_on_jax(tmp_path, images):
-    """The layers are keras.ops only: a model trained and saved on TensorFlow runs on JAX (where installed)."""
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed (not a dependency; pip install jax to run this check)")
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_a_saved_model_predicts_the_same_on_another_backend(backend, tmp_path, images):
+    """The layers are keras.ops only: a model trained and saved on TensorFlow runs on JAX and PyTorch.
+
+    Neither is a dependency: the check runs where this interpreter has the
+    backend, or where FTWT_<BACKEND>_PYTHON names a Python that has it and
+    keras (e.g. a separate venv without TensorFlow; it imports ftwt_keras from
+    this checkout), and is skipped otherwise.
+    """
+    python = os.environ.get(f"FTWT_{backend.upper()}_PYTHON")
+    if python is None and importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (not a dependency; install it, or set FTWT_{backend.upper()}_PYTHON)")
     model = fk.gate(fk.models.mobilenet_v1(input_shape=(32, 32, 3), alpha=0.25), threshold=0.9, predictor_rank=4,
                      use_softmax=False)
     rng = np.random.default_rng(0)
@@ -404,8 +413,9 @@ def test_a_saved_model_predicts_the_same_on_jax(tmp_path, images):
     np.save(data, images)
     outputs = [tmp_path / "logits.npy", tmp_path / "macs.npy"]
     result = subprocess.run(
-        [sys.executable, "-c", _ON_JAX, str(path), str(data), *map(str, outputs)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"},
+        [python or sys.executable, "-c", _ON_ANOTHER_BACKEND, str(path), str(data), *map(str, outputs)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": os.pathsep.join([_REPOSITORY, os.environ.get("PYTHONPATH", "")])},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     expected = model.predict(images, verbose=0)
