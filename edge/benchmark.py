@@ -65,12 +65,13 @@ flags.DEFINE_string("policy", "auto", "Dynamic export policy: gather, dense, aut
 flags.DEFINE_list("predictor_ranks", ["full"],
                   "Mask predictors of the random-weight models: 'full' (the paper's) and/or ints (a low-rank "
                   "MaskPredictor, ftwt_keras.gate(predictor_rank=...)); each is timed against the same dense model.")
-NETWORKS = ("mobilenet_v1", "vgg16_bn", "resnet56", "resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0")
+NETWORKS = ("mobilenet_v1", "vgg16_bn", "resnet56", "resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
+            "inception_v3")
 flags.DEFINE_enum("network", "mobilenet_v1", NETWORKS,
                   "Random-weight network to time (when no --model): MobileNetV1 (--alpha), VGG16-bn, the "
                   "CIFAR ResNet-56, the ImageNet ResNet-18, or keras.applications' MobileNetV2 (--alpha), "
-                  "MobileNetV3Small and EfficientNetB0 (their classifier and squeeze-and-excitation convs stay "
-                  "dense).")
+                  "MobileNetV3Small, EfficientNetB0 (their classifier and squeeze-and-excitation convs stay "
+                  "dense) and InceptionV3 (concatenated branches; >= 75 pixels).")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV1 / V2 width multiplier (when no --model).")
 flags.DEFINE_integer("calibration_images", 64,
                      "CIFAR-10 training images from which --policy=auto picks each layer's computation "
@@ -358,6 +359,10 @@ def _random_network(resolution):
     elif FLAGS.network == "efficientnet_b0":  # likewise
         base = keras.applications.EfficientNetB0(weights=None, input_shape=shape, classes=num_classes,
                                                  classifier_activation=None)
+    elif FLAGS.network == "inception_v3":  # raw pixels in, as every network here: its preprocess_input inside
+        scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(keras.Input(shape))
+        base = keras.applications.InceptionV3(weights=None, input_tensor=scaled, classes=num_classes,
+                                              classifier_activation=None)
     else:
         base = fk.models.mobilenet_v1(input_shape=shape, num_classes=num_classes, alpha=FLAGS.alpha)
     return tflite.randomize_batch_norm(base)

@@ -442,6 +442,10 @@ def test_randomize_batch_norm_gives_shifts_the_export_must_carry(cifar_images):
     flatbuffer = export.convert(model, policy="chain", calibration_images=cifar_images[:4])
     assert_depthwise_convs_chain(flatbuffer, model)
     assert_same_logits(flatbuffer, model, cifar_images[:8])
+    inputs = keras.Input((8, 8, 3))  # keras.applications.InceptionV3's batch norms have no scale
+    outputs = keras.layers.BatchNormalization(scale=False)(keras.layers.Conv2D(4, 3)(inputs))
+    scale_free = export.randomize_batch_norm(keras.Model(inputs, outputs)).layers[-1]
+    assert scale_free.gamma is None and np.ptp(np.asarray(scale_free.beta)) > 0
 
 
 def test_dense_policy_and_set_keep_ratio(cifar_images):

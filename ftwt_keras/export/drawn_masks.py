@@ -50,6 +50,8 @@ def randomize_batch_norm(model, seed=0):
             channels = layer.moving_mean.shape[0]
             layer.moving_mean.assign(rng.normal(0.0, 0.2, channels).astype("float32"))
             layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
-            layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
-            layer.beta.assign(rng.normal(0.1, 0.3, channels).astype("float32"))
+            if layer.scale:  # keras.applications.InceptionV3's have no gamma
+                layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
+            if layer.center:
+                layer.beta.assign(rng.normal(0.1, 0.3, channels).astype("float32"))
     return model
