@@ -29,6 +29,7 @@ from ftwt_keras.export.compact import (
 from ftwt_keras.export.folding import FoldedUnit, _activation_fn, _numpy, fold_batch_norm
 from ftwt_keras.export.planning import (
     _chains,
+    _concatenated,
     _compact_capacities,
     _im2col_pays,
     _input_cutoff,
@@ -136,6 +137,7 @@ class _Builder:
         # {gated layer name: StaticGates} for layers whose weights decide at least
         # STATIC_MIN_DECIDED of their gates (`ftwt_keras.static_gates`): see `static_unit`.
         self.static = _statically_pruned(network) if dynamic and static_gates else {}
+        self.concatenated = _concatenated(network)  # see `_chains`
         self.dead = _dead_filters(network, self.static)
 
     def exact_builder(self):
@@ -336,7 +338,8 @@ class _Builder:
         if unit.is_depthwise:
             return "chain" if not x.is_dense else "dense"
         capacity = self.capacities.get(name)
-        if capacity is not None and _chains(unit.layer, self.conv_macs, capacity, self.num_threads):
+        if capacity is not None and _chains(unit.layer, self.conv_macs, capacity, self.num_threads,
+                                            name in self.concatenated):
             return "chain"
         if not x.is_dense:
             return "gather_inputs"

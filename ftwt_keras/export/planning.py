@@ -36,6 +36,13 @@ AUTO_CHAIN_CUTOFF = 0.6
 # 13.50 (14x14 ones alone 13.94); full predictors 14.42 / 15.22 / 14.75.
 AUTO_CHAIN_CUTOFF_MID = 0.7
 AUTO_CHAIN_MID_PIXELS = (14 * 14, 28 * 28)
+# ... except for a conv whose output a concatenation reads, which puts it back
+# to full width at once: InceptionV3-224's 3x3 / 5x5 branch convs on 25x25 maps
+# lost there at capacity 0.64 (each alone, the rest ungated, 56.2-57.1 ms against
+# dense's 55.8, all ten 57.8; keep 0.5, 60 test images x 3 loops, 1 thread,
+# 2026-12-05 15:47-15:53). A threshold on multiply-adds instead (48M, then 56M)
+# cost VGG16-bn-32, whose 19-38M-MAC chains on 16x16 maps pay: every gate 7.46
+# vs 7.30 ms, gated where gates pay 7.34 vs 7.23 (dense 7.53; 200 images x 5 loops).
 # "auto": a regular conv reads only its input's active channels when at most
 # this fraction of them is on (else it runs dense).
 AUTO_INPUT_CUTOFF = 0.5
@@ -133,8 +140,11 @@ def _conv_macs(model):
     return {term.layer_name: term.dense_macs for term in model.mac_terms if term.kind != "predictor"}
 
 
-def _chains(layer, conv_macs, capacity, num_threads=1):
-    """Whether `auto` computes regular GatedConv `layer` on its active filters only ("chain"), for `num_threads`."""
+def _chains(layer, conv_macs, capacity, num_threads=1, concatenated=False):
+    """Whether `auto` computes regular GatedConv `layer` on its active filters only ("chain"), for `num_threads`.
+
+    `concatenated`: whether a `Concatenate` reads its output (`_concatenated`).
+    """
     macs = conv_macs[layer.name]
     pixels = _output_pixels(layer, conv_macs)
     if macs < AUTO_MIN_MACS or pixels < AUTO_MIN_PIXELS:
@@ -144,8 +154,50 @@ def _chains(layer, conv_macs, capacity, num_threads=1):
     if num_threads > 1:
         cutoff = AUTO_MULTITHREAD_CHAIN_CUTOFF
     else:
-        cutoff = AUTO_CHAIN_CUTOFF_MID if low <= pixels <= high else AUTO_CHAIN_CUTOFF
+        mid = low <= pixels <= high and not concatenated
+        cutoff = AUTO_CHAIN_CUTOFF_MID if mid else AUTO_CHAIN_CUTOFF
     return capacity <= cutoff * filters
+
+
+def _gate_readers(network):
+    """`{GatedConv name: the layers reading its output}`, zero-preserving layers in between looked through.
+
+    (Pooling, padding, activations mapping 0 to 0: a compact output passes
+    them compact.) `None` stands for the model's output.
+    """
+    readers = _graph.consumers(network, _graph.layer_nodes(network))
+    found = {}
+    for layer in network.layers:
+        if isinstance(layer, GatedConv):
+            following = readers.get(id(layer), [])
+            while len(following) == 1 and (
+                    isinstance(following[0], ZERO_PRESERVING_LAYERS)
+                    or (isinstance(following[0], ELEMENTWISE_ACTIVATION_LAYERS) and _keeps_zero(following[0]))):
+                following = readers.get(id(following[0]), [])
+            found[layer.name] = following
+    return found
+
+
+def _concatenated(network):
+    """Names of the GatedConvs of `network` whose output a `Concatenate` reads (`_gate_readers`)."""
+    return {name for name, readers in _gate_readers(network).items()
+            if any(isinstance(reader, keras.layers.Concatenate) for reader in readers)}
+
+
+def _scatters_into(reader, paying):
+    """Whether a compact output read by `reader` is put back to full width first in a network gated at `paying`.
+
+    A gated conv that pays reads only the present channels, and so does a 1x1
+    conv left plain; any other conv left plain (k x k, depthwise) scatters its
+    input back to full width.
+    """
+    if isinstance(reader, GatedConv):
+        if reader.name in paying:
+            return False
+        reader = reader.conv
+    if isinstance(reader, keras.layers.DepthwiseConv2D):
+        return True
+    return isinstance(reader, keras.layers.Conv2D) and tuple(reader.kernel_size) != (1, 1)
 
 
 def _input_cutoff(num_threads):
@@ -193,7 +245,10 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
     depthwise convs that read its compact output; those gates pay, except
     where such a depthwise conv reads a map of more than
     `PAYING_MAX_DEPTHWISE_CHAIN_PIXELS` (there the pair runs no faster
-    than ungated, before its predictors). It also
+    than ungated, before its predictors), and except a chain on a map of
+    `AUTO_CHAIN_MID_PIXELS` or more whose output a k x k conv that does not
+    pay reads (left ungated, it would put the output back to full width).
+    The mid-size cutoff is not for a conv a `Concatenate` reads. It also
     reads only the non-zero input channels of a large
     regular conv when its input comes, through zero-preserving layers, from
     a gate that keeps at most `AUTO_INPUT_CUTOFF` of its filters on these
@@ -250,11 +305,13 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
     capacities = _compact_capacities(network, calibration)
     conv_macs = _conv_macs(model)
     static = _statically_pruned(network) if static_gates else {}
+    concatenated = _concatenated(network)
     # id(tensor) -> (gated layer, expected fraction of non-zero channels, compact)
     # for a tensor that is zero outside the active filters of that gate;
     # compact: `auto` carries it with only those channels (a "chain").
     sources = {}
     paying = set()
+    chained = []  # the gates `auto` computes compactly, in the network's order
     for node in _graph.model_nodes(network):
         if node.is_input or node.operation is None:
             continue
@@ -265,7 +322,8 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
         if isinstance(layer, GatedConv) and layer.name in static:
             pass  # pruned at export: its output's channels are fixed, nothing to gather per image
         elif isinstance(layer, GatedConv):
-            chains = not layer.is_depthwise and _chains(layer, conv_macs, capacities[layer.name], num_threads)
+            chains = not layer.is_depthwise and _chains(layer, conv_macs, capacities[layer.name], num_threads,
+                                                        layer.name in concatenated)
             if (layer.is_depthwise and compact_input  # (the chain's map: a strided conv's input may be padded)
                     and _output_pixels(network.get_layer(source[0]), conv_macs) > PAYING_MAX_DEPTHWISE_CHAIN_PIXELS):
                 paying.discard(source[0])  # the chain does not pay here: neither gate does
@@ -285,7 +343,21 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
         elif source is not None and isinstance(layer, ChannelZeroPad):
             width = int(node.input_tensors[0].shape[-1])
             out = (source[0], source[1] * width / (width + layer.pad), source[2])
+        if isinstance(layer, GatedConv) and out is not None and out[2]:
+            chained.append(layer.name)
         sources[id(node.outputs[0])] = out
+    # A chain on a map of AUTO_CHAIN_MID_PIXELS or more whose compact output a k x k conv left
+    # ungated puts back to full width (in the network gated at the paying layers) saves less
+    # than that costs: InceptionV3-224's 64 -> 96 3x3 branch convs on 25x25 maps, keep 0.5,
+    # capacity 0.64, each gated alone, 56.1-56.4 ms against dense's 55.9 (60 test images x 3
+    # loops, 2026-12-05 15:58-16:01). VGG16-bn-32's conv7 (8x8) scatters into conv8 and pays.
+    # Last first: a reader's fate is known when its producer is judged.
+    readers = _gate_readers(network)
+    for name in reversed(chained):
+        layer = network.get_layer(name)
+        large = layer.is_depthwise or _output_pixels(layer, conv_macs) >= AUTO_CHAIN_MID_PIXELS[0]
+        if name in paying and large and any(_scatters_into(reader, paying) for reader in readers[name]):
+            paying.discard(name)
     return [layer.name for layer in model.gated_layers if layer.name in paying]
 
 
@@ -349,6 +421,7 @@ def compacted_layers(model, calibration=None, policy="auto", num_threads=1, stat
     capacities = _compact_capacities(network, calibration)
     conv_macs = _conv_macs(model)
     static = _statically_pruned(network) if static_gates else {}
+    concatenated = _concatenated(network)
 
     def compact(layer):
         chosen = policies.get(layer.name, "auto")
@@ -356,7 +429,8 @@ def compacted_layers(model, calibration=None, policy="auto", num_threads=1, stat
             return False
         if chosen not in ("auto", "chain"):
             return False
-        return chosen == "chain" or _chains(layer, conv_macs, capacities[layer.name], num_threads)
+        return chosen == "chain" or _chains(layer, conv_macs, capacities[layer.name], num_threads,
+                                            layer.name in concatenated)
 
     return [layer.name for layer in model.gated_layers if compact(layer)]
 
