@@ -12,6 +12,7 @@ from ftwt_keras.layers import (
     SUPPORTED_CONVS,
     TARGETS,
     GatedConv,
+    _is_linear,
     check_gateable_conv,
     check_joint_gradient_scale,
     check_predictor_rank,
@@ -134,7 +135,7 @@ def _find_units(model, layers_to_gate):
         batch_norm = activation = None
         # A conv with an activation of its own (keras.applications.VGG16's) is a unit alone: GatedConv
         # takes its activation over; a batch norm or activation after it stays a plain layer.
-        follower = sole_reader(layer) if getattr(layer.activation, "__name__", None) == "linear" else None
+        follower = sole_reader(layer) if _is_linear(layer.activation) else None
         if isinstance(follower, keras.layers.BatchNormalization) and follower.axis in (-1, 3, [-1], [3]):
             batch_norm = follower
             follower = sole_reader(batch_norm)

@@ -230,7 +230,7 @@ def _im2col_pays(layer, conv_macs):
 
 
 def _output_pixels(layer, conv_macs):
-    """Output pixels of regular GatedConv `layer` (from its dense multiply-adds)."""
+    """Output pixels of GatedConv `layer` (from its dense multiply-adds; a depthwise kernel's last axis is 1)."""
     kernel_h, kernel_w, inputs, filters = layer.conv.kernel.shape
     return conv_macs[layer.name] // (kernel_h * kernel_w * inputs * filters)
 
@@ -354,8 +354,7 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
     # Last first: a reader's fate is known when its producer is judged.
     readers = _gate_readers(network)
     for name in reversed(chained):
-        layer = network.get_layer(name)
-        large = layer.is_depthwise or _output_pixels(layer, conv_macs) >= AUTO_CHAIN_MID_PIXELS[0]
+        large = _output_pixels(network.get_layer(name), conv_macs) >= AUTO_CHAIN_MID_PIXELS[0]
         if name in paying and large and any(_scatters_into(reader, paying) for reader in readers[name]):
             paying.discard(name)
     return [layer.name for layer in model.gated_layers if layer.name in paying]
