@@ -39,10 +39,12 @@ FLAGS = flags.FLAGS
 def _application(name, size):
     import keras
 
+    import ftwt_keras as fk
+
     build = getattr(keras.applications, name)
     if name in UNIT_RANGE:
-        scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(keras.Input((size, size, 3)))
-        return build(weights=None, input_tensor=scaled, classes=10, classifier_activation=None)
+        return fk.models.application_on_raw_pixels(build, (size, size, 3), weights=None, classes=10,
+                                                   classifier_activation=None)
     return build(weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None)
 
 

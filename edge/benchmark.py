@@ -360,9 +360,8 @@ def _random_network(resolution):
         base = keras.applications.EfficientNetB0(weights=None, input_shape=shape, classes=num_classes,
                                                  classifier_activation=None)
     elif FLAGS.network == "inception_v3":  # raw pixels in, as every network here: its preprocess_input inside
-        scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(keras.Input(shape))
-        base = keras.applications.InceptionV3(weights=None, input_tensor=scaled, classes=num_classes,
-                                              classifier_activation=None)
+        base = fk.models.application_on_raw_pixels(keras.applications.InceptionV3, shape, weights=None,
+                                                   classes=num_classes, classifier_activation=None)
     else:
         base = fk.models.mobilenet_v1(input_shape=shape, num_classes=num_classes, alpha=FLAGS.alpha)
     return tflite.randomize_batch_norm(base)

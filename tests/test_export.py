@@ -480,14 +480,14 @@ def test_export_file_round_trip(tmp_path, cifar_images):
 
 
 def _raw_pixels():
-    """A (32, 32, 3) input of raw pixels, and it scaled to [-1, 1] (the MobileNets' `preprocess_input`) in the model."""
+    """A (32, 32, 3) input of raw pixels, and it scaled to [-1, 1]."""
     inputs = keras.Input((32, 32, 3))
     return inputs, keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
 
 
 APPLICATIONS = {
-    "MobileNet": lambda: keras.applications.MobileNet(
-        weights=None, alpha=0.25, input_tensor=_raw_pixels()[1], classes=10, classifier_activation=None),
+    "MobileNet": lambda: fk.models.application_on_raw_pixels(
+        keras.applications.MobileNet, (32, 32, 3), weights=None, alpha=0.25, classes=10, classifier_activation=None),
     "MobileNetV2": lambda: fk.models.mobilenet_v2(input_shape=(32, 32, 3), num_classes=10, alpha=0.35),
     # Squeeze-and-excitation (Multiply) and hard swish written as keras.ops on symbolic tensors; preprocessing inside.
     "MobileNetV3Small": lambda: keras.applications.MobileNetV3Small(
@@ -496,8 +496,8 @@ APPLICATIONS = {
     "EfficientNetB0": lambda: keras.applications.EfficientNetB0(
         weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None),
     # Concatenations of every layer's output; pre-activation batch norms.
-    "DenseNet121": lambda: keras.applications.DenseNet121(
-        weights=None, input_tensor=_raw_pixels()[1], classes=10, classifier_activation=None),
+    "DenseNet121": lambda: fk.models.application_on_raw_pixels(
+        keras.applications.DenseNet121, (32, 32, 3), weights=None, classes=10, classifier_activation=None),
 }
 
 
