@@ -30,6 +30,7 @@ from ftwt_keras.export.folding import FoldedUnit, _activation_fn, _numpy, fold_b
 from ftwt_keras.export.planning import (
     _chains,
     _concatenated,
+    _gate_readers,
     _compact_capacities,
     _im2col_pays,
     _input_cutoff,
@@ -137,7 +138,7 @@ class _Builder:
         # {gated layer name: StaticGates} for layers whose weights decide at least
         # STATIC_MIN_DECIDED of their gates (`ftwt_keras.static_gates`): see `static_unit`.
         self.static = _statically_pruned(network) if dynamic and static_gates else {}
-        self.concatenated = _concatenated(network)  # see `_chains`
+        self.concatenated = _concatenated(_gate_readers(network))  # see `_chains`
         self.dead = _dead_filters(network, self.static)
 
     def exact_builder(self):

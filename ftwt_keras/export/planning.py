@@ -170,17 +170,21 @@ def _gate_readers(network):
     for layer in network.layers:
         if isinstance(layer, GatedConv):
             following = readers.get(id(layer), [])
-            while len(following) == 1 and (
-                    isinstance(following[0], ZERO_PRESERVING_LAYERS)
-                    or (isinstance(following[0], ELEMENTWISE_ACTIVATION_LAYERS) and _keeps_zero(following[0]))):
+            while len(following) == 1 and _passes_zero_channels(following[0]):
                 following = readers.get(id(following[0]), [])
             found[layer.name] = following
     return found
 
 
-def _concatenated(network):
-    """Names of the GatedConvs of `network` whose output a `Concatenate` reads (`_gate_readers`)."""
-    return {name for name, readers in _gate_readers(network).items()
+def _passes_zero_channels(layer):
+    """Whether `layer` keeps an all-zero channel all-zero (so a compact tensor passes it compact)."""
+    return isinstance(layer, ZERO_PRESERVING_LAYERS) or (
+        isinstance(layer, ELEMENTWISE_ACTIVATION_LAYERS) and _keeps_zero(layer))
+
+
+def _concatenated(gate_readers):
+    """Names of the GatedConvs whose output a `Concatenate` reads, from `_gate_readers`."""
+    return {name for name, readers in gate_readers.items()
             if any(isinstance(reader, keras.layers.Concatenate) for reader in readers)}
 
 
@@ -305,7 +309,8 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
     capacities = _compact_capacities(network, calibration)
     conv_macs = _conv_macs(model)
     static = _statically_pruned(network) if static_gates else {}
-    concatenated = _concatenated(network)
+    readers = _gate_readers(network)
+    concatenated = _concatenated(readers)
     # id(tensor) -> (gated layer, expected fraction of non-zero channels, compact)
     # for a tensor that is zero outside the active filters of that gate;
     # compact: `auto` carries it with only those channels (a "chain").
@@ -335,10 +340,7 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
                         and _may_gather_inputs(layer, conv_macs)):
                     paying.update((source[0], layer.name))
                 out = (layer.name, keeps[layer.name], False)
-        elif source is not None and (
-            isinstance(layer, ZERO_PRESERVING_LAYERS)
-            or (isinstance(layer, ELEMENTWISE_ACTIVATION_LAYERS) and _keeps_zero(layer))
-        ):
+        elif source is not None and _passes_zero_channels(layer):
             out = source
         elif source is not None and isinstance(layer, ChannelZeroPad):
             width = int(node.input_tensors[0].shape[-1])
@@ -352,7 +354,6 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
     # capacity 0.64, each gated alone, 56.1-56.4 ms against dense's 55.9 (60 test images x 3
     # loops, 2026-12-05 15:58-16:01). VGG16-bn-32's conv7 (8x8) scatters into conv8 and pays.
     # Last first: a reader's fate is known when its producer is judged.
-    readers = _gate_readers(network)
     for name in reversed(chained):
         large = _output_pixels(network.get_layer(name), conv_macs) >= AUTO_CHAIN_MID_PIXELS[0]
         if name in paying and large and any(_scatters_into(reader, paying) for reader in readers[name]):
@@ -420,7 +421,7 @@ def compacted_layers(model, calibration=None, policy="auto", num_threads=1, stat
     capacities = _compact_capacities(network, calibration)
     conv_macs = _conv_macs(model)
     static = _statically_pruned(network) if static_gates else {}
-    concatenated = _concatenated(network)
+    concatenated = _concatenated(_gate_readers(network))
 
     def compact(layer):
         chosen = policies.get(layer.name, "auto")
