@@ -65,13 +65,26 @@ flags.DEFINE_string("policy", "auto", "Dynamic export policy: gather, dense, aut
 flags.DEFINE_list("predictor_ranks", ["full"],
                   "Mask predictors of the random-weight models: 'full' (the paper's) and/or ints (a low-rank "
                   "MaskPredictor, ftwt_keras.gate(predictor_rank=...)); each is timed against the same dense model.")
-NETWORKS = ("mobilenet_v1", "vgg16_bn", "resnet56", "resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
-            "inception_v3")
+# keras.applications timed here: {--network: (builder, whether it takes [-1, 1] pixels and so runs behind
+# `ftwt_keras.models.application_on_raw_pixels`)}. The others take raw pixels: MobileNetV3 and EfficientNet
+# preprocess inside; ResNet50 and DenseNet121 expect their `preprocess_input` (BGR means / ImageNet standard
+# deviations), left out: with random weights and batch-norm statistics it changes no timing.
+APPLICATIONS = {
+    "mobilenet_v3_small": ("MobileNetV3Small", False),
+    "mobilenet_v3_large": ("MobileNetV3Large", False),
+    "efficientnet_b0": ("EfficientNetB0", False),
+    "inception_v3": ("InceptionV3", True),
+    "xception": ("Xception", True),
+    "resnet50": ("ResNet50", False),
+    "densenet121": ("DenseNet121", False),
+}
+NETWORKS = ("mobilenet_v1", "vgg16_bn", "resnet56", "resnet18", "mobilenet_v2") + tuple(APPLICATIONS)
 flags.DEFINE_enum("network", "mobilenet_v1", NETWORKS,
                   "Random-weight network to time (when no --model): MobileNetV1 (--alpha), VGG16-bn, the "
                   "CIFAR ResNet-56, the ImageNet ResNet-18, or keras.applications' MobileNetV2 (--alpha), "
-                  "MobileNetV3Small, EfficientNetB0 (their classifier and squeeze-and-excitation convs stay "
-                  "dense) and InceptionV3 (concatenated branches; >= 75 pixels).")
+                  "MobileNetV3Small / Large, EfficientNetB0 (their classifier and squeeze-and-excitation convs "
+                  "stay dense), InceptionV3 and Xception (>= 75 and 71 pixels), ResNet50 and DenseNet121 "
+                  "(concatenated layers).")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV1 / V2 width multiplier (when no --model).")
 flags.DEFINE_integer("calibration_images", 64,
                      "CIFAR-10 training images from which --policy=auto picks each layer's computation "
@@ -293,7 +306,8 @@ def _per_layer(resolution, images, calibration, predictor_ranks):
     keep, threads = float(FLAGS.keeps[0]), int(FLAGS.threads[0])
     lines = []
     for rank in predictor_ranks:
-        model = tflite.set_keep_ratio(fk.gate(base, predictor_rank=rank), keep, seed=0)
+        model = fk.gate(base, predictor_rank=rank, layers_to_gate=_gateable)
+        tflite.set_keep_ratio(model, keep, seed=0)
         predictors = "full" if rank is None else f"rank {rank}"
         print(f"{resolution}x{resolution}, {predictors} predictors, keep {keep} per layer, {threads} thread(s): "
               f"per-layer times from truncated exports ({2 * len(model.gated_layers)} conversions)...", flush=True)
@@ -327,7 +341,7 @@ def _run_mode(resolution, images, calibration, predictor_ranks):
         label = _network_label() + ("" if rank is None else f"_rank{rank}")
         print(f"{resolution}x{resolution}: {label}, random weights, masks drawn at random at a fixed keep ratio "
               "per layer (not predicted by trained gates).", flush=True)
-        model = fk.gate(base, predictor_rank=rank)
+        model = fk.gate(base, predictor_rank=rank, layers_to_gate=_gateable)
         if dense is None:  # the same dense network for every predictor rank
             dense = tflite.convert(model, dynamic=False)
             tflite.save(dense, os.path.join(FLAGS.tflite_dir, f"{label}_{resolution}_dense.tflite"))
@@ -353,18 +367,24 @@ def _random_network(resolution):
         base = fk.models.resnet18(input_shape=shape, num_classes=num_classes)
     elif FLAGS.network == "mobilenet_v2":
         base = fk.models.mobilenet_v2(input_shape=shape, num_classes=num_classes, alpha=FLAGS.alpha)
-    elif FLAGS.network == "mobilenet_v3_small":  # preprocessing inside by default
-        base = keras.applications.MobileNetV3Small(weights=None, input_shape=shape, classes=num_classes,
-                                                   classifier_activation=None)
-    elif FLAGS.network == "efficientnet_b0":  # likewise
-        base = keras.applications.EfficientNetB0(weights=None, input_shape=shape, classes=num_classes,
-                                                 classifier_activation=None)
-    elif FLAGS.network == "inception_v3":  # raw pixels in, as every network here: its preprocess_input inside
-        base = fk.models.application_on_raw_pixels(keras.applications.InceptionV3, shape, weights=None,
-                                                   classes=num_classes, classifier_activation=None)
+    elif FLAGS.network in APPLICATIONS:
+        builder_name, scaled = APPLICATIONS[FLAGS.network]
+        application = getattr(keras.applications, builder_name)
+        kwargs = dict(weights=None, classes=num_classes, classifier_activation=None)
+        if scaled:
+            base = fk.models.application_on_raw_pixels(application, shape, **kwargs)
+        else:
+            base = application(input_shape=shape, **kwargs)
     else:
         base = fk.models.mobilenet_v1(input_shape=shape, num_classes=num_classes, alpha=FLAGS.alpha)
     return tflite.randomize_batch_norm(base)
+
+
+def _gateable(layer):
+    """Every conv `gate` takes; Xception's separable convs (which it refuses) stay dense."""
+    import keras
+
+    return not isinstance(layer, keras.layers.SeparableConv2D)
 
 
 def _network_label():

@@ -138,27 +138,27 @@ def test_a_chain_through_a_depthwise_conv_on_a_112x112_map_does_not_pay(cifar_im
     calibration = export.calibrate(resnet, images).with_capacity_ratio(resnet, 1.26)
     assert export.paying_gates(resnet, calibration=calibration, static_gates=False)[0] == "conv1"
 
-def _mid_size_chain(cifar_images, reader, keep):
-    """conv1 (3x3, 48 -> 48 filters on a 28x28 map, 16.3M MACs) read by `reader` (a function of it and the input)."""
-    inputs = keras.Input((28, 28, 3))
-    first = keras.layers.Conv2D(48, 3, padding="same", name="conv0")(inputs)
-    x = keras.layers.Conv2D(48, 3, padding="same", name="conv1")(first)
+def _chain_model(cifar_images, reader, keep, kernel=3, filters=48, size=28):
+    """conv1 (default: 3x3, 48 -> 48 filters on a 28x28 map, 16.3M MACs) read by `reader` (a function of it and conv0)."""
+    inputs = keras.Input((size, size, 3))
+    first = keras.layers.Conv2D(filters, 3, padding="same", name="conv0")(inputs)
+    x = keras.layers.Conv2D(filters, kernel, padding="same", name="conv1")(first)
     x = keras.layers.GlobalAveragePooling2D()(reader(x, first))
     model = export.set_keep_ratio(fk.gate(keras.Model(inputs, keras.layers.Dense(10)(x))), keep)
-    images = np.asarray(keras.ops.image.resize(cifar_images[:2], (28, 28)))
+    images = np.asarray(keras.ops.image.resize(cifar_images[:2], (size, size)))
     return model, export.calibrate(model, images).with_capacity_ratio(model, 1.26)
 
 
 def test_a_concatenated_conv_compacts_only_below_the_general_cutoff(cifar_images):
     """A compact output a concatenation reads is put back at once: the wider mid-size cutoff is not for it."""
     conv = keras.layers.Conv2D(8, 1, name="conv2")
-    model, calibration = _mid_size_chain(cifar_images, lambda x, first: conv(x), keep=0.5)
+    model, calibration = _chain_model(cifar_images, lambda x, first: conv(x), keep=0.5)
     assert 0.6 * 48 < calibration.capacities["conv1"] <= 0.7 * 48  # between the cutoffs
     assert export.compacted_layers(model, calibration, static_gates=False) == ["conv1"]
     joined = keras.layers.Concatenate()
-    model, calibration = _mid_size_chain(cifar_images, lambda x, first: joined([x, first]), keep=0.5)
+    model, calibration = _chain_model(cifar_images, lambda x, first: joined([x, first]), keep=0.5)
     assert export.compacted_layers(model, calibration, static_gates=False) == []
-    model, calibration = _mid_size_chain(cifar_images, lambda x, first: joined([x, first]), keep=0.3)
+    model, calibration = _chain_model(cifar_images, lambda x, first: joined([x, first]), keep=0.3)
     assert export.compacted_layers(model, calibration, static_gates=False) == ["conv1"]  # below 0.6 it pays
 
 
@@ -166,10 +166,30 @@ def test_a_concatenated_conv_compacts_only_below_the_general_cutoff(cifar_images
 def test_a_chain_whose_output_an_ungated_3x3_conv_puts_back_does_not_pay(kernel, pays, cifar_images):
     """conv1 chains; conv2 (too small to compact) will be a plain conv in the network gated where gates pay:
     as a 1x1 conv it reads conv1's present channels, as a 3x3 one it scatters them back first (a loss on 28x28)."""
-    model, calibration = _mid_size_chain(
+    model, calibration = _chain_model(
         cifar_images, lambda x, first: keras.layers.Conv2D(8, kernel, padding="same", name="conv2")(x), keep=0.3)
     assert export.compacted_layers(model, calibration, static_gates=False) == ["conv1"]
     assert export.paying_gates(model, calibration=calibration, static_gates=False) == (["conv1"] if pays else [])
+
+
+@pytest.mark.parametrize("join", [keras.layers.Add, keras.layers.Concatenate])
+def test_a_chain_whose_every_reader_puts_it_back_pays_by_its_own_saving_only(join, cifar_images):
+    """A residual Add or a concatenation puts conv1's compact output back to full width, so its chain pays only
+    where conv1 saves PAYING_MIN_SAVED_MACS_PER_SCATTERED multiply-adds per element put back (~350 as a 3x3
+    conv, ~90 as a 1x1 one: Xception's shortcuts); the same 3x3 conv on a 56x56 map computes every filter, then
+    selects: it saves none."""
+    for kernel, filters, size, pays in ((3, 64, 28, True), (1, 144, 28, False), (3, 64, 56, False)):
+        model, calibration = _chain_model(cifar_images, lambda x, first: join()([x, first]), keep=0.3,
+                                          kernel=kernel, filters=filters, size=size)
+        assert export.compacted_layers(model, calibration, static_gates=False) == ["conv1"]
+        assert export.paying_gates(model, calibration=calibration, static_gates=False) == (["conv1"] if pays else [])
+
+
+def test_a_chain_read_through_a_global_pooling_puts_back_only_the_pooled_values(cifar_images):
+    """The 1x1 conv above, read by the classifier through global average pooling (MobileNetV2's Conv_1): only
+    144 pooled values are put back, not its 28x28x144 map, so it pays."""
+    model, calibration = _chain_model(cifar_images, lambda x, first: x, keep=0.3, kernel=1, filters=144)
+    assert export.paying_gates(model, calibration=calibration, static_gates=False) == ["conv1"]
 
 
 def test_paying_gates_leave_out_layers_pruned_by_their_weights(cifar_images):

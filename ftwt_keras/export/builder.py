@@ -34,6 +34,7 @@ from ftwt_keras.export.planning import (
     _compact_capacities,
     _im2col_pays,
     _input_cutoff,
+    _is_plain_pointwise,
     _keeps_zero,
     _may_gather_inputs,
     _statically_pruned,
@@ -739,13 +740,6 @@ class _Builder:
         if not fold_on:
             y = y * on
         return Compact(tf.reshape(y, [1, out_h, out_w, k_out]), active, unit.filters)
-
-
-def _is_plain_pointwise(layer):
-    """Whether `layer` is an ungated 1x1, stride-1, ungrouped Conv2D (a matmul over channels)."""
-    return (type(layer) is keras.layers.Conv2D and layer.data_format == "channels_last"
-            and tuple(layer.kernel_size) == (1, 1) and tuple(layer.strides) == (1, 1)
-            and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1)
 
 
 def _output_hw(layer, values):

@@ -6,7 +6,10 @@ imply before any conversion: `paying_gates`, `compacted_layers`,
 `statically_pruned_layers`, and `cap_compacted_gates`.
 """
 
+from typing import NamedTuple
+
 import keras
+import numpy as np
 
 from ftwt_keras import _graph
 from ftwt_keras.export.calibration import _calibration_of
@@ -87,6 +90,22 @@ AUTO_IM2COL_PIXELS = (14 * 14, 28 * 28)
 # max pooling into regular convs) chains without a depthwise conv and keeps
 # paying: the same rule on every chain made it 25.84 -> 26.51 ms.
 PAYING_MAX_DEPTHWISE_CHAIN_PIXELS = 56 * 56
+# `paying_gates`: a compact chain whose every reader puts its output back to
+# full width (a residual `Add`, a `Concatenate`, a separable, strided or k x k
+# conv left ungated) pays only where its own conv saves at least this many
+# multiply-adds per element put back (a gathered or scattered element costs
+# ~150, `AUTO_MIN_FILTERS`, and the compact conv gathers its weights).
+# Xception-224's 1x1 stride-2 shortcut convs, keep 0.3, capacities 1.26x the
+# count, each gated alone (60 test images x 3 loops, 1 thread, 2026-12-05
+# 17:36-17:40; dense 89.69 ms): 40 and 79 saved per element put back 92.11 and
+# 90.26 ms, 159 89.72, 452 89.26; its 3x3 conv on 109x109 maps, which computes
+# every filter and then selects (no saving of its own), 93.20. The networks
+# gated where gates pay with this cutoff at 150 / 200 (18:19-18:40): Xception
+# keep 0.3 89.06 / 88.34 ms (dense 88.28, 5 loops), ResNet50 keep 0.3 47.63 /
+# 47.26 (dense 76.00), keep 0.5 74.21 / 71.60 (78.35); at 200 / 300 (18:46,
+# ResNet50's 256 -> 1024 convs on 14x14 maps, 227 per element, then left out)
+# keep 0.3 49.10 / 46.14 (77.13). No other network's plan changes from 200 up.
+PAYING_MIN_SAVED_MACS_PER_SCATTERED = 300
 
 # With more than one interpreter thread, XNNPACK splits the dense convs across
 # the threads while the builtin GATHER, TOPK_V2 and depthwise kernels of the
@@ -159,20 +178,29 @@ def _chains(layer, conv_macs, capacity, num_threads=1, concatenated=False):
     return capacity <= cutoff * filters
 
 
+class _Readers(NamedTuple):
+    """What reads a GatedConv's output (`_gate_readers`)."""
+
+    layers: list  # the reading layers; `None` stands for the model's output
+    elements: int  # elements per image of the tensor they read
+
+
 def _gate_readers(network):
-    """`{GatedConv name: the layers reading its output}`, zero-preserving layers in between looked through.
+    """`{GatedConv name: _Readers}`, zero-preserving layers after the conv looked through.
 
     (Pooling, padding, activations mapping 0 to 0: a compact output passes
-    them compact.) `None` stands for the model's output.
+    them compact, and they may shrink it, as a global pooling does.)
     """
-    readers = _graph.consumers(network, _graph.layer_nodes(network))
+    nodes = _graph.layer_nodes(network)
+    readers = _graph.consumers(network, nodes)
     found = {}
     for layer in network.layers:
         if isinstance(layer, GatedConv):
-            following = readers.get(id(layer), [])
-            while len(following) == 1 and _passes_zero_channels(following[0]):
-                following = readers.get(id(following[0]), [])
-            found[layer.name] = following
+            last = layer
+            while len(readers.get(id(last), [])) == 1 and _passes_zero_channels(readers[id(last)][0]):
+                last = readers[id(last)][0]
+            elements = int(np.prod(nodes[id(last)].outputs[0].shape[1:]))
+            found[layer.name] = _Readers(readers.get(id(last), []), elements)
     return found
 
 
@@ -185,15 +213,14 @@ def _passes_zero_channels(layer):
 def _concatenated(gate_readers):
     """Names of the GatedConvs whose output a `Concatenate` reads, from `_gate_readers`."""
     return {name for name, readers in gate_readers.items()
-            if any(isinstance(reader, keras.layers.Concatenate) for reader in readers)}
+            if any(isinstance(reader, keras.layers.Concatenate) for reader in readers.layers)}
 
 
 def _scatters_into(reader, paying):
-    """Whether a compact output read by `reader` is put back to full width first in a network gated at `paying`.
+    """Whether `reader`, a k x k or depthwise conv, puts a compact input back to full width in a network gated at `paying`.
 
-    A gated conv that pays reads only the present channels, and so does a 1x1
-    conv left plain; any other conv left plain (k x k, depthwise) scatters its
-    input back to full width.
+    A gated conv that pays reads only the present channels; one left
+    ungated is its plain conv.
     """
     if isinstance(reader, GatedConv):
         if reader.name in paying:
@@ -202,6 +229,40 @@ def _scatters_into(reader, paying):
     if isinstance(reader, keras.layers.DepthwiseConv2D):
         return True
     return isinstance(reader, keras.layers.Conv2D) and tuple(reader.kernel_size) != (1, 1)
+
+
+def _reads_compact(reader, paying):
+    """Whether `reader` takes a compact input as it is in a network gated at `paying` (no channel put back).
+
+    A gated conv that pays, a plain 1x1 stride-1 conv (its kernel rows of the
+    present channels) and layers passing zero channels do; an `Add`, a
+    `Concatenate`, any other conv and the model's output (`None`) do not.
+    """
+    if isinstance(reader, GatedConv):
+        if reader.name in paying:
+            return True
+        reader = reader.conv
+    return reader is not None and (_is_plain_pointwise(reader) or _passes_zero_channels(reader)
+                                   or isinstance(reader, ChannelZeroPad))
+
+
+def _is_plain_pointwise(layer):
+    """Whether `layer` is an ungated 1x1, stride-1, ungrouped Conv2D (a matmul over channels)."""
+    return (type(layer) is keras.layers.Conv2D and layer.data_format == "channels_last"
+            and tuple(layer.kernel_size) == (1, 1) and tuple(layer.strides) == (1, 1)
+            and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1)
+
+
+def _saved_macs(layer, conv_macs, capacity, input_keep):
+    """Multiply-adds the compact path of regular GatedConv `layer` saves on its own.
+
+    `capacity` filters out of all, on an input of which `input_keep` of the
+    channels are present (1.0: dense). A k x k conv on a dense input outside
+    `AUTO_IM2COL_PIXELS` computes every filter, then selects: none.
+    """
+    if input_keep == 1.0 and tuple(layer.conv.kernel_size) != (1, 1) and not _im2col_pays(layer, conv_macs):
+        return 0.0
+    return conv_macs[layer.name] * (1.0 - capacity / layer.conv.filters * input_keep)
 
 
 def _input_cutoff(num_threads):
@@ -251,7 +312,10 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
     `PAYING_MAX_DEPTHWISE_CHAIN_PIXELS` (there the pair runs no faster
     than ungated, before its predictors), and except a chain on a map of
     `AUTO_CHAIN_MID_PIXELS` or more whose output a k x k conv that does not
-    pay reads (left ungated, it would put the output back to full width).
+    pay reads (left ungated, it would put the output back to full width),
+    and except a regular conv's chain that every reader puts back (an `Add`,
+    a `Concatenate`, ...) where the conv itself saves fewer than
+    `PAYING_MIN_SAVED_MACS_PER_SCATTERED` multiply-adds per element put back.
     The mid-size cutoff is not for a conv a `Concatenate` reads. It also
     reads only the non-zero input channels of a large
     regular conv when its input comes, through zero-preserving layers, from
@@ -316,7 +380,7 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
     # compact: `auto` carries it with only those channels (a "chain").
     sources = {}
     paying = set()
-    chained = []  # the gates `auto` computes compactly, in the network's order
+    chained = []  # (name, fraction of its input's channels present) of the gates `auto` computes compactly, in order
     for node in _graph.model_nodes(network):
         if node.is_input or node.operation is None:
             continue
@@ -346,18 +410,27 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
             width = int(node.input_tensors[0].shape[-1])
             out = (source[0], source[1] * width / (width + layer.pad), source[2])
         if isinstance(layer, GatedConv) and out is not None and out[2]:
-            chained.append(layer.name)
+            chained.append((layer.name, source[1] if compact_input else 1.0))
         sources[id(node.outputs[0])] = out
     # A chain on a map of AUTO_CHAIN_MID_PIXELS or more whose compact output a k x k conv left
     # ungated puts back to full width (in the network gated at the paying layers) saves less
     # than that costs: InceptionV3-224's 64 -> 96 3x3 branch convs on 25x25 maps, keep 0.5,
     # capacity 0.64, each gated alone, 56.1-56.4 ms against dense's 55.9 (60 test images x 3
     # loops, 2026-12-05 15:58-16:01). VGG16-bn-32's conv7 (8x8) scatters into conv8 and pays.
-    # Last first: a reader's fate is known when its producer is judged.
-    for name in reversed(chained):
-        large = _output_pixels(network.get_layer(name), conv_macs) >= AUTO_CHAIN_MID_PIXELS[0]
-        if name in paying and large and any(_scatters_into(reader, paying) for reader in readers[name]):
+    # And a regular conv's chain that every reader puts back saves too little where its conv does
+    # (`PAYING_MIN_SAVED_MACS_PER_SCATTERED`). Last first: a reader's fate is known when its
+    # producer is judged.
+    for name, input_keep in reversed(chained):
+        layer, read = network.get_layer(name), readers[name]
+        if name not in paying:
+            continue
+        if (_output_pixels(layer, conv_macs) >= AUTO_CHAIN_MID_PIXELS[0]
+                and any(_scatters_into(reader, paying) for reader in read.layers)):
             paying.discard(name)
+        elif not layer.is_depthwise and not any(_reads_compact(reader, paying) for reader in read.layers):
+            saved = _saved_macs(layer, conv_macs, capacities[name], input_keep)
+            if saved < PAYING_MIN_SAVED_MACS_PER_SCATTERED * read.elements:
+                paying.discard(name)
     return [layer.name for layer in model.gated_layers if layer.name in paying]
 
 
