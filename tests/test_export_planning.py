@@ -150,15 +150,16 @@ def _chain_model(cifar_images, reader, keep, kernel=3, filters=48, size=28):
 
 
 def test_a_concatenated_conv_compacts_only_below_the_general_cutoff(cifar_images):
-    """A compact output a concatenation reads is put back at once: the wider mid-size cutoff is not for it."""
+    """A compact output a concatenation reads is put back at once: the wider mid-size cutoff is not for it.
+    (128 filters: the 3x3 conv saves enough per element put back at both keeps, see the test below.)"""
     conv = keras.layers.Conv2D(8, 1, name="conv2")
-    model, calibration = _chain_model(cifar_images, lambda x, first: conv(x), keep=0.5)
-    assert 0.6 * 48 < calibration.capacities["conv1"] <= 0.7 * 48  # between the cutoffs
+    model, calibration = _chain_model(cifar_images, lambda x, first: conv(x), keep=0.5, filters=128)
+    assert 0.6 * 128 < calibration.capacities["conv1"] <= 0.7 * 128  # between the cutoffs
     assert export.compacted_layers(model, calibration, static_gates=False) == ["conv1"]
     joined = keras.layers.Concatenate()
-    model, calibration = _chain_model(cifar_images, lambda x, first: joined([x, first]), keep=0.5)
+    model, calibration = _chain_model(cifar_images, lambda x, first: joined([x, first]), keep=0.5, filters=128)
     assert export.compacted_layers(model, calibration, static_gates=False) == []
-    model, calibration = _chain_model(cifar_images, lambda x, first: joined([x, first]), keep=0.3)
+    model, calibration = _chain_model(cifar_images, lambda x, first: joined([x, first]), keep=0.3, filters=128)
     assert export.compacted_layers(model, calibration, static_gates=False) == ["conv1"]  # below 0.6 it pays
 
 
@@ -177,12 +178,16 @@ def test_a_chain_whose_every_reader_puts_it_back_pays_by_its_own_saving_only(joi
     """A residual Add or a concatenation puts conv1's compact output back to full width, so its chain pays only
     where conv1 saves PAYING_MIN_SAVED_MACS_PER_SCATTERED multiply-adds per element put back (~350 as a 3x3
     conv, ~90 as a 1x1 one: Xception's shortcuts); the same 3x3 conv on a 56x56 map computes every filter, then
-    selects: it saves none."""
+    selects: it saves none. Where it does not pay, `auto` masks it dense (no top-k) and no gate pays."""
     for kernel, filters, size, pays in ((3, 64, 28, True), (1, 144, 28, False), (3, 64, 56, False)):
         model, calibration = _chain_model(cifar_images, lambda x, first: join()([x, first]), keep=0.3,
                                           kernel=kernel, filters=filters, size=size)
-        assert export.compacted_layers(model, calibration, static_gates=False) == ["conv1"]
-        assert export.paying_gates(model, calibration=calibration, static_gates=False) == (["conv1"] if pays else [])
+        expected = ["conv1"] if pays else []
+        assert export.compacted_layers(model, calibration, static_gates=False) == expected
+        assert export.compacted_layers(model, calibration, policy={"conv1": "chain"}, static_gates=False) == ["conv1"]
+        assert export.paying_gates(model, calibration=calibration, static_gates=False) == expected
+        flatbuffer = export.convert(model, calibration=calibration, static_gates=False)
+        assert export.op_names(flatbuffer).count("TOPK_V2") == len(expected)
 
 
 def test_a_chain_read_through_a_global_pooling_puts_back_only_the_pooled_values(cifar_images):

@@ -28,9 +28,7 @@ from ftwt_keras.export.compact import (
 )
 from ftwt_keras.export.folding import FoldedUnit, _activation_fn, _numpy, fold_batch_norm
 from ftwt_keras.export.planning import (
-    _chains,
-    _concatenated,
-    _gate_readers,
+    _auto_chained,
     _compact_capacities,
     _im2col_pays,
     _input_cutoff,
@@ -139,7 +137,8 @@ class _Builder:
         # {gated layer name: StaticGates} for layers whose weights decide at least
         # STATIC_MIN_DECIDED of their gates (`ftwt_keras.static_gates`): see `static_unit`.
         self.static = _statically_pruned(network) if dynamic and static_gates else {}
-        self.concatenated = _concatenated(_gate_readers(network))  # see `_chains`
+        # The regular convs `auto` computes on their active filters only (and those with policy "chain").
+        self.chained = _auto_chained(network, conv_macs, self.capacities, num_threads, self.static, policies)
         self.dead = _dead_filters(network, self.static)
 
     def exact_builder(self):
@@ -323,7 +322,9 @@ class _Builder:
         multiply-adds and `AUTO_MIN_PIXELS` output pixels whose capacity is
         at most `AUTO_CHAIN_CUTOFF` of its filters (`AUTO_CHAIN_CUTOFF_MID` on
         14x14 to 28x28 outputs) computes only its active filters (`"chain"`:
-        compact output, static shapes, so XNNPACK runs its matmul), and a
+        compact output, static shapes, so XNNPACK runs its matmul), unless
+        every reader puts that output back and it saves too little
+        (`_auto_chained`), and a
         depthwise conv on such a compact input stays compact (`"chain"`:
         putting the channels back costs more than its builtin kernel). A
         regular conv on a compact input that does not pay to compact reads
@@ -339,9 +340,7 @@ class _Builder:
         name = unit.layer.name
         if unit.is_depthwise:
             return "chain" if not x.is_dense else "dense"
-        capacity = self.capacities.get(name)
-        if capacity is not None and _chains(unit.layer, self.conv_macs, capacity, self.num_threads,
-                                            name in self.concatenated):
+        if name in self.chained:
             return "chain"
         if not x.is_dense:
             return "gather_inputs"
