@@ -90,19 +90,19 @@ AUTO_IM2COL_PIXELS = (14 * 14, 28 * 28)
 # max pooling into regular convs) chains without a depthwise conv and keeps
 # paying: the same rule on every chain made it 25.84 -> 26.51 ms.
 PAYING_MAX_DEPTHWISE_CHAIN_PIXELS = 56 * 56
-# `paying_gates`: a compact chain whose every reader puts its output back to
-# full width (a residual `Add`, a `Concatenate`, a separable, strided or k x k
-# conv left ungated) pays only where its own conv saves at least this many
-# multiply-adds per element put back (a gathered or scattered element costs
+# `auto` (`_auto_chained`) and `paying_gates`: a compact chain whose every
+# reader puts its output back to full width (a residual `Add`, a `Concatenate`,
+# a separable, strided or k x k conv left ungated) pays only where its own conv
+# saves at least this many multiply-adds per element put back (one costs
 # ~150, `AUTO_MIN_FILTERS`, and the compact conv gathers its weights).
 # Xception-224's 1x1 stride-2 shortcut convs, keep 0.3, capacities 1.26x the
 # count, each gated alone (60 test images x 3 loops, 1 thread, 2026-12-05
-# 17:36-17:40; dense 89.69 ms): 40 and 79 saved per element put back 92.11 and
+# 17:34-17:38; dense 89.69 ms): 40 and 79 saved per element put back 92.11 and
 # 90.26 ms, 159 89.72, 452 89.26; its 3x3 conv on 109x109 maps, which computes
 # every filter and then selects (no saving of its own), 93.20. The networks
-# gated where gates pay with this cutoff at 150 / 200 (18:19-18:40): Xception
+# gated where gates pay with this cutoff at 150 / 200 (17:52-18:03): Xception
 # keep 0.3 89.06 / 88.34 ms (dense 88.28, 5 loops), ResNet50 keep 0.3 47.63 /
-# 47.26 (dense 76.00), keep 0.5 74.21 / 71.60 (78.35); at 200 / 300 (18:46,
+# 47.26 (dense 76.00), keep 0.5 74.21 / 71.60 (78.35); at 200 / 300 (18:04,
 # ResNet50's 256 -> 1024 convs on 14x14 maps, 227 per element, then left out)
 # keep 0.3 49.10 / 46.14 (77.13). No other network's plan changes from 200 up.
 PAYING_MIN_SAVED_MACS_PER_SCATTERED = 300
@@ -162,6 +162,9 @@ def _conv_macs(model):
 def _chains(layer, conv_macs, capacity, num_threads=1, concatenated=False):
     """Whether `auto` computes regular GatedConv `layer` on its active filters only ("chain"), for `num_threads`.
 
+    By the layer's size and capacity alone: `_auto_chained` then looks at
+    what reads its output.
+
     `concatenated`: whether a `Concatenate` reads its output (`_concatenated`).
     """
     macs = conv_macs[layer.name]
@@ -217,7 +220,7 @@ def _concatenated(gate_readers):
 
 
 def _scatters_into(reader, paying):
-    """Whether `reader`, a k x k or depthwise conv, puts a compact input back to full width in a network gated at `paying`.
+    """Whether `reader` is a k x k or depthwise conv that puts a compact input back to full width (gated at `paying`).
 
     A gated conv that pays reads only the present channels; one left
     ungated is its plain conv.
@@ -274,8 +277,10 @@ def _auto_chained(network, conv_macs, capacities, num_threads=1, static=(), poli
     left ungated, the classifier: every gated conv reads it as it is) where
     the conv saves fewer than `PAYING_MIN_SAVED_MACS_PER_SCATTERED`
     multiply-adds per element put back: masking its output costs less.
-    Xception-224, every gate, keep 0.3 (1 thread, 2026-12-05): 93.7 ms with
-    its four 1x1 shortcut convs compacted, against dense's 89.2.
+    Every gate, drawn masks at keep 0.3, without / with this rule (1 thread,
+    60 test images x 3 loops, 2026-12-05 18:30-18:36): ResNet50-224 58.04 /
+    46.08 ms (dense 76.20; keep 0.5: 74.08 / 67.72, dense 76.12), Xception
+    93.23 / 91.44 (88.24), DenseNet121 48.07 / 47.39 (56.21).
 
     Args:
         network: the functional network of an FTWT model.
