@@ -83,8 +83,8 @@ flags.DEFINE_enum("network", "mobilenet_v1", NETWORKS,
                   "Random-weight network to time (when no --model): MobileNetV1 (--alpha), VGG16-bn, the "
                   "CIFAR ResNet-56, the ImageNet ResNet-18, or keras.applications' MobileNetV2 (--alpha), "
                   "MobileNetV3Small / Large, EfficientNetB0 (their classifier and squeeze-and-excitation convs "
-                  "stay dense), InceptionV3 and Xception (>= 75 and 71 pixels), ResNet50 and DenseNet121 "
-                  "(concatenated layers).")
+                  "stay dense), InceptionV3 and Xception (>= 75 and 71 pixels; its separable convs stay dense), "
+                  "ResNet50 and DenseNet121 (concatenated layers).")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV1 / V2 width multiplier (when no --model).")
 flags.DEFINE_integer("calibration_images", 64,
                      "CIFAR-10 training images from which --policy=auto picks each layer's computation "
