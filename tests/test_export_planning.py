@@ -190,6 +190,23 @@ def test_a_chain_whose_every_reader_puts_it_back_pays_by_its_own_saving_only(joi
         assert export.op_names(flatbuffer).count("TOPK_V2") == len(expected)
 
 
+def _pooled_residual(pool):
+    """A reader of conv1: a gated 1x1 conv (it reads conv1 compact) and a residual Add (it puts conv1 back), after `pool`."""
+    def reader(x, first):
+        x = pool(x)
+        return keras.layers.Add()([x, keras.layers.Conv2D(64, 1, name="conv2")(x)])
+    return reader
+
+
+def test_a_chain_that_saves_nothing_itself_is_not_put_back_at_full_size(cifar_images):
+    """conv1, 3x3 on a 56x56 dense input, computes every filter, then selects: compact, it saves only what its
+    readers do. With an Add putting its whole output back (Xception's stem conv), `auto` masks it instead; after
+    a max pooling (ResNet-18's stem) the Add puts back a quarter of it, and it stays compact."""
+    for pool, compact in ((lambda x: x, False), (keras.layers.MaxPooling2D(), True)):
+        model, calibration = _chain_model(cifar_images, _pooled_residual(pool), keep=0.3, filters=64, size=56)
+        assert export.compacted_layers(model, calibration, static_gates=False) == (["conv1"] if compact else [])
+
+
 def test_a_chain_read_through_a_global_pooling_puts_back_only_the_pooled_values(cifar_images):
     """The 1x1 conv above, read by the classifier through global average pooling (MobileNetV2's Conv_1): only
     144 pooled values are put back, not its 28x28x144 map, so it pays."""
