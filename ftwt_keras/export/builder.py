@@ -138,7 +138,8 @@ class _Builder:
         # STATIC_MIN_DECIDED of their gates (`ftwt_keras.static_gates`): see `static_unit`.
         self.static = _statically_pruned(network) if dynamic and static_gates else {}
         # The regular convs `auto` computes on their active filters only (and those with policy "chain").
-        self.chained = _auto_chained(network, conv_macs, self.capacities, num_threads, self.static, policies)
+        self.chained = (_auto_chained(network, conv_macs, self.capacities, num_threads, self.static, policies)
+                        if dynamic else set())
         self.dead = _dead_filters(network, self.static)
 
     def exact_builder(self):

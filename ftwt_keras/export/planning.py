@@ -268,6 +268,18 @@ def _saved_macs(layer, conv_macs, capacity, input_keep):
     return conv_macs[layer.name] * (1.0 - capacity / layer.conv.filters * input_keep)
 
 
+def _saves_too_little_put_back(layer, read, reading, conv_macs, capacity, input_keep):
+    """Whether every reader of `layer`'s compact output (`read`, a `_Readers`) puts it back, for too little saved.
+
+    `reading`: the gated convs that read a compact input as it is. The
+    rule of `PAYING_MIN_SAVED_MACS_PER_SCATTERED`.
+    """
+    if any(_reads_compact(reader, reading) for reader in read.layers):
+        return False
+    saved = _saved_macs(layer, conv_macs, capacity, input_keep)
+    return saved < PAYING_MIN_SAVED_MACS_PER_SCATTERED * read.elements
+
+
 def _auto_chained(network, conv_macs, capacities, num_threads=1, static=(), policies=None):
     """Names of the regular GatedConvs the export computes on their active filters only (a "chain").
 
@@ -326,15 +338,12 @@ def _auto_chained(network, conv_macs, capacities, num_threads=1, static=(), poli
     chained = set(candidates)
     for name, (input_fraction, forced) in reversed(list(candidates.items())):
         layer, read = network.get_layer(name), readers[name]
-        if forced:
+        if forced or all(_reads_compact(reader, reading) for reader in read.layers):
             continue
-        saved = _saved_macs(layer, conv_macs, capacities[name], input_fraction)
-        scattered = [reader for reader in read.layers if not _reads_compact(reader, reading)]
-        if not scattered:
-            continue
-        if len(scattered) == len(read.layers) and saved < PAYING_MIN_SAVED_MACS_PER_SCATTERED * read.elements:
+        if _saves_too_little_put_back(layer, read, reading, conv_macs, capacities[name], input_fraction):
             chained.discard(name)
-        elif saved == 0 and read.elements == _output_pixels(layer, conv_macs) * layer.conv.filters:
+        elif (_saved_macs(layer, conv_macs, capacities[name], input_fraction) == 0
+              and read.elements == _output_pixels(layer, conv_macs) * layer.conv.filters):
             chained.discard(name)
     return chained
 
@@ -501,10 +510,9 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
         if (_output_pixels(layer, conv_macs) >= AUTO_CHAIN_MID_PIXELS[0]
                 and any(_scatters_into(reader, paying) for reader in read.layers)):
             paying.discard(name)
-        elif not layer.is_depthwise and not any(_reads_compact(reader, paying) for reader in read.layers):
-            saved = _saved_macs(layer, conv_macs, capacities[name], input_keep)
-            if saved < PAYING_MIN_SAVED_MACS_PER_SCATTERED * read.elements:
-                paying.discard(name)
+        elif not layer.is_depthwise and _saves_too_little_put_back(layer, read, paying, conv_macs, capacities[name],
+                                                                   input_keep):
+            paying.discard(name)
     return [layer.name for layer in model.gated_layers if layer.name in paying]
 
 
