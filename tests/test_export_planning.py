@@ -201,8 +201,10 @@ def _pooled_residual(pool):
 def test_a_chain_that_saves_nothing_itself_is_not_put_back_at_full_size(cifar_images):
     """conv1, 3x3 on a 56x56 dense input, computes every filter, then selects: compact, it saves only what its
     readers do. With an Add putting its whole output back (Xception's stem conv), `auto` masks it instead; after
-    a max pooling (ResNet-18's stem) the Add puts back a quarter of it, and it stays compact."""
-    for pool, compact in ((lambda x: x, False), (keras.layers.MaxPooling2D(), True)):
+    a max pooling (ResNet-18's stem) the Add puts back a quarter of it, and it stays compact; after a zero padding
+    it puts back all of it, and more."""
+    for pool, compact in ((lambda x: x, False), (keras.layers.MaxPooling2D(), True),
+                          (keras.layers.ZeroPadding2D(1), False)):
         model, calibration = _chain_model(cifar_images, _pooled_residual(pool), keep=0.3, filters=64, size=56)
         assert export.compacted_layers(model, calibration, static_gates=False) == (["conv1"] if compact else [])
 

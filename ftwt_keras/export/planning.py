@@ -207,6 +207,39 @@ def _gate_readers(network):
     return found
 
 
+class _Channels(NamedTuple):
+    """A tensor that is zero outside the active filters of one gate (`_walk_gated`)."""
+
+    gate: str  # that gated layer's name
+    fraction: float  # the fraction of the tensor's channels expected non-zero (present, where compact)
+    compact: bool  # whether the export carries it with those channels only (a "chain")
+
+
+def _walk_gated(network, on_gated):
+    """Follows the gates' zero channels through `network`, calling `on_gated(layer, source)` on each GatedConv in order.
+
+    `source` is the `_Channels` of the conv's input where a gate's zeros
+    reach it (through layers that keep a zero channel zero, and
+    `ChannelZeroPad`, whose added channels lower the fraction), else None;
+    `on_gated` returns the `_Channels` of the conv's output, or None.
+    """
+    channels = {}  # id(tensor) -> _Channels
+    for node in _graph.model_nodes(network):
+        if node.is_input or node.operation is None:
+            continue
+        layer = node.operation
+        source = channels.get(id(node.input_tensors[0])) if len(node.input_tensors) == 1 else None
+        out = None
+        if isinstance(layer, GatedConv):
+            out = on_gated(layer, source)
+        elif source is not None and _passes_zero_channels(layer):
+            out = source
+        elif source is not None and isinstance(layer, ChannelZeroPad):
+            width = int(node.input_tensors[0].shape[-1])
+            out = source._replace(fraction=source.fraction * width / (width + layer.pad))
+        channels[id(node.outputs[0])] = out
+
+
 def _passes_zero_channels(layer):
     """Whether `layer` keeps an all-zero channel all-zero (so a compact tensor passes it compact)."""
     return isinstance(layer, ZERO_PRESERVING_LAYERS) or (
@@ -312,29 +345,22 @@ def _auto_chained(network, conv_macs, capacities, num_threads=1, static=(), poli
     # Every gated conv reads a compact input as it is (the chain, `gather_inputs`, the static path)
     # unless its policy masks it dense.
     reading = {name for name in readers if policies.get(name, "auto") in ("auto", "chain", "gather_inputs")}
-    present = {}  # id(tensor) -> fraction of its channels a compact tensor carries
     candidates = {}  # name -> (fraction of its input's channels present, policy "chain" forced)
-    for node in _graph.model_nodes(network):
-        if node.is_input or node.operation is None:
-            continue
-        layer = node.operation
-        source = present.get(id(node.input_tensors[0])) if len(node.input_tensors) == 1 else None
-        out = None
-        if isinstance(layer, GatedConv) and layer.name not in static:
-            policy = policies.get(layer.name, "auto")
-            capacity = capacities.get(layer.name)
-            if layer.is_depthwise:
-                out = source if policy in ("auto", "chain") else None  # keeps its input's channels
-            elif capacity is not None and (policy == "chain" or (policy == "auto" and _chains(
-                    layer, conv_macs, capacity, num_threads, layer.name in concatenated))):
-                candidates[layer.name] = (1.0 if source is None else source, policy == "chain")
-                out = capacity / layer.conv.filters
-        elif source is not None and _passes_zero_channels(layer):
-            out = source
-        elif source is not None and isinstance(layer, ChannelZeroPad):
-            width = int(node.input_tensors[0].shape[-1])
-            out = source * width / (width + layer.pad)
-        present[id(node.outputs[0])] = out
+
+    def compacts(layer, source):  # `source`: a compact input's `_Channels`, else None
+        if layer.name in static:
+            return None
+        policy = policies.get(layer.name, "auto")
+        capacity = capacities.get(layer.name)
+        if layer.is_depthwise:
+            return source if policy in ("auto", "chain") else None  # keeps its input's channels
+        if capacity is not None and (policy == "chain" or (policy == "auto" and _chains(
+                layer, conv_macs, capacity, num_threads, layer.name in concatenated))):
+            candidates[layer.name] = (1.0 if source is None else source.fraction, policy == "chain")
+            return _Channels(layer.name, capacity / layer.conv.filters, compact=True)
+        return None
+
+    _walk_gated(network, compacts)
     chained = set(candidates)
     for name, (input_fraction, forced) in reversed(list(candidates.items())):
         layer, read = network.get_layer(name), readers[name]
@@ -343,7 +369,7 @@ def _auto_chained(network, conv_macs, capacities, num_threads=1, static=(), poli
         if _saves_too_little_put_back(layer, read, reading, conv_macs, capacities[name], input_fraction):
             chained.discard(name)
         elif (_saved_macs(layer, conv_macs, capacities[name], input_fraction) == 0
-              and read.elements == _output_pixels(layer, conv_macs) * layer.conv.filters):
+              and read.elements >= _output_pixels(layer, conv_macs) * layer.conv.filters):
             chained.discard(name)
     return chained
 
@@ -458,43 +484,28 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
     static = _statically_pruned(network) if static_gates else {}
     readers = _gate_readers(network)
     concatenated = _concatenated(readers)
-    # id(tensor) -> (gated layer, expected fraction of non-zero channels, compact)
-    # for a tensor that is zero outside the active filters of that gate;
-    # compact: `auto` carries it with only those channels (a "chain").
-    sources = {}
     paying = set()
     chained = []  # (name, fraction of its input's channels present) of the gates `auto` computes compactly, in order
-    for node in _graph.model_nodes(network):
-        if node.is_input or node.operation is None:
-            continue
-        layer = node.operation
-        source = sources.get(id(node.input_tensors[0])) if len(node.input_tensors) == 1 else None
-        compact_input = source is not None and source[2]
-        out = None
-        if isinstance(layer, GatedConv) and layer.name in static:
-            pass  # pruned at export: its output's channels are fixed, nothing to gather per image
-        elif isinstance(layer, GatedConv):
-            chains = not layer.is_depthwise and _chains(layer, conv_macs, capacities[layer.name], num_threads,
-                                                        layer.name in concatenated)
-            if (layer.is_depthwise and compact_input  # (the chain's map: a strided conv's input may be padded)
-                    and _output_pixels(network.get_layer(source[0]), conv_macs) > PAYING_MAX_DEPTHWISE_CHAIN_PIXELS):
-                paying.discard(source[0])  # the chain does not pay here: neither gate does
-            elif chains or (layer.is_depthwise and compact_input):
-                paying.add(layer.name)  # computes only its active filters / its input's channels
-                out = (layer.name, keeps[layer.name], True)
-            else:
-                if (not compact_input and source is not None and source[1] <= _input_cutoff(num_threads)
-                        and _may_gather_inputs(layer, conv_macs)):
-                    paying.update((source[0], layer.name))
-                out = (layer.name, keeps[layer.name], False)
-        elif source is not None and _passes_zero_channels(layer):
-            out = source
-        elif source is not None and isinstance(layer, ChannelZeroPad):
-            width = int(node.input_tensors[0].shape[-1])
-            out = (source[0], source[1] * width / (width + layer.pad), source[2])
-        if isinstance(layer, GatedConv) and out is not None and out[2]:
-            chained.append((layer.name, source[1] if compact_input else 1.0))
-        sources[id(node.outputs[0])] = out
+
+    def pays(layer, source):  # `source`: the `_Channels` of the input where a gate zeroes it, else None
+        if layer.name in static:
+            return None  # pruned at export: its output's channels are fixed, nothing to gather per image
+        compact_input = source is not None and source.compact
+        if (layer.is_depthwise and compact_input  # (the chain's map: a strided conv's input may be padded)
+                and _output_pixels(network.get_layer(source.gate), conv_macs) > PAYING_MAX_DEPTHWISE_CHAIN_PIXELS):
+            paying.discard(source.gate)  # the chain does not pay here: neither gate does
+            return None
+        if (layer.is_depthwise and compact_input) or (not layer.is_depthwise and _chains(
+                layer, conv_macs, capacities[layer.name], num_threads, layer.name in concatenated)):
+            paying.add(layer.name)  # computes only its active filters / its input's channels
+            chained.append((layer.name, source.fraction if compact_input else 1.0))
+            return _Channels(layer.name, keeps[layer.name], compact=True)
+        if (not compact_input and source is not None and source.fraction <= _input_cutoff(num_threads)
+                and _may_gather_inputs(layer, conv_macs)):
+            paying.update((source.gate, layer.name))
+        return _Channels(layer.name, keeps[layer.name], compact=False)
+
+    _walk_gated(network, pays)
     # A chain on a map of AUTO_CHAIN_MID_PIXELS or more whose compact output a k x k conv left
     # ungated puts back to full width (in the network gated at the paying layers) saves less
     # than that costs: InceptionV3-224's 64 -> 96 3x3 branch convs on 25x25 maps, keep 0.5,
