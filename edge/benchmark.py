@@ -7,9 +7,9 @@
 Mode "cifar": MobileNetV1 (--network: VGG16-bn, ResNet-56 or ResNet-18; or
 --model, a trained FTWT .keras) on >= 200 real CIFAR-10 test images at 32x32. Without
 --model the gates are untrained, so masks are drawn at random at each --keeps
-ratio per layer (said in the output). Mode "imagenet": --network at 224x224, 1000 classes, random weights and
-batch-norm statistics (no ImageNet weights exist here), masks drawn at each
---keeps ratio per layer, timed on CIFAR-10 test images resized to 224.
+ratio per layer (said in the output). Mode "imagenet": --network at 224x224 (--imagenet_size), 1000 classes,
+random weights and batch-norm statistics (no ImageNet weights exist here), masks drawn at each
+--keeps ratio per layer, timed on CIFAR-10 test images resized to that size.
 
 Each invoke is timed alone (batch 1, XNNPACK on, after warm-up), the models
 alternating image by image (with --loops N, N such loops, each with fresh
@@ -85,6 +85,10 @@ flags.DEFINE_enum("network", "mobilenet_v1", NETWORKS,
                   "MobileNetV3Small / Large, EfficientNetB0 (their classifier and squeeze-and-excitation convs "
                   "stay dense), InceptionV3 and Xception (>= 75 and 71 pixels; its separable convs stay dense), "
                   "ResNet50 and DenseNet121 (concatenated layers).")
+flags.DEFINE_integer("imagenet_size", 224,
+                     "Mode imagenet: the input size (InceptionV3 and Xception take 299x299 as trained on ImageNet).")
+flags.register_validator("imagenet_size", lambda size: size > 32,
+                         message="--imagenet_size must be larger than 32 (32x32 is --mode=cifar).")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV1 / V2 width multiplier (when no --model).")
 flags.DEFINE_integer("calibration_images", 64,
                      "CIFAR-10 training images from which --policy=auto picks each layer's computation "
@@ -560,7 +564,8 @@ def main(argv):
     from ftwt_keras.export import tflite
 
     measure = _per_layer if FLAGS.per_layer else _run_mode
-    resolutions = [size for size, mode in ((32, "cifar"), (224, "imagenet")) if FLAGS.mode in (mode, "both")]
+    sizes = ((32, "cifar"), (FLAGS.imagenet_size, "imagenet"))
+    resolutions = [size for size, mode in sizes if FLAGS.mode in (mode, "both")]
     try:
         _policy()  # refuses a bad value before any conversion
         results = [measure(size, _cifar_images(f"test[:{FLAGS.num_images}]", size=size), _calibration(size),

@@ -287,6 +287,13 @@ def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((tmp_path / "v3.json").read_text())["rows"]
     assert rows[0]["model"] == "mobilenet_v3_small" and rows[0]["gates"] == 34 and rows[0]["dynamic_ms"] > 0
+    # Mode imagenet at a size of its own (InceptionV3 and Xception take 299x299), 1000 classes.
+    result = run("--mode=imagenet", "--imagenet_size=40", "--capped_ratio=0", f"--output={tmp_path / 'in.json'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "in.json").read_text())["rows"]
+    assert [row["resolution"] for row in rows] == [40] and rows[0]["dynamic_ms"] > 0
+    bad = run("--mode=imagenet", "--imagenet_size=32")
+    assert bad.returncode != 0 and "--imagenet_size must be larger than 32" in bad.stderr
 
 
 def test_capacity_overflow_benchmark_counts_images_beyond_capacities(tmp_path, cifar_images):
