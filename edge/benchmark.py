@@ -413,8 +413,9 @@ def plot_speedups(rows, path):
     """Draws measured (1 and 2 threads) and ideal speed-up against FLOPs reduction, one panel per resolution.
 
     Rows with `lean_*` fields (and at least one paying gate) add the network
-    gated only where gates pay, 1 thread, as open squares; rows with
-    `capped_*` fields the capped model, 1 thread, as open triangles.
+    gated only where gates pay, with the fewest threads timed (1, unless
+    --threads left it out), as open squares; rows with `capped_*` fields the
+    capped model, likewise, as open triangles.
     """
     import matplotlib
 
@@ -423,6 +424,7 @@ def plot_speedups(rows, path):
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     resolutions = sorted({row["resolution"] for row in rows}, reverse=True)
+    fewest = min(row["threads"] for row in rows)
     fig, axes = plt.subplots(1, len(resolutions), figsize=(6.5 * len(resolutions), 4.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, resolution in zip(axes[0], resolutions):
@@ -436,16 +438,16 @@ def plot_speedups(rows, path):
                 ax.plot([100 * x for x, _ in points], [y for _, y in points], marker="o", color=color,
                         linestyle="-" if threads == 1 else ":", label=f"{kind}, {threads} thread(s)")
             lean = sorted((row["lean_flops_reduction"], row["lean_speedup"]) for row in runs
-                          if row["threads"] == 1 and row.get("lean_gates"))
+                          if row["threads"] == fewest and row.get("lean_gates"))
             if lean:
                 ax.plot([100 * x for x, _ in lean], [y for _, y in lean], marker="s", linestyle="none", color=color,
-                        markerfacecolor="none", label=f"{kind}, gated only where gates pay, 1 thread")
+                        markerfacecolor="none", label=f"{kind}, gated only where gates pay, {_threads(fewest)}")
             capped = sorted((row["capped_flops_reduction"], row["capped_speedup"], row["capped_ratio"]) for row in runs
-                            if row["threads"] == 1 and "capped_speedup" in row)
+                            if row["threads"] == fewest and "capped_speedup" in row)
             if capped:
                 ax.plot([100 * x for x, _, _ in capped], [y for _, y, _ in capped], marker="^", linestyle="none",
                         color=color, markerfacecolor="none",
-                        label=f"{kind}, gates capped at {capped[0][2]:g}x the mean count, 1 thread")
+                        label=f"{kind}, gates capped at {capped[0][2]:g}x the mean count, {_threads(fewest)}")
             ideal = sorted({(row["flops_reduction"], row["ideal_speedup"]) for row in runs})
             ax.plot([100 * x for x, _ in ideal], [y for _, y in ideal], linestyle="--", color=color, alpha=0.5,
                     label=f"{kind}: ideal (dense / executed MACs)")
@@ -470,6 +472,10 @@ def plot_speedups(rows, path):
     return path
 
 
+def _threads(count):
+    return f"{count} thread" + ("s" if count > 1 else "")
+
+
 def _capacity_rule(rule):
     """A --drawn_capacities value in words."""
     return "binomial spread" if rule == "binomial" else f"{float(rule):g}x the count"
@@ -478,43 +484,58 @@ def _capacity_rule(rule):
 def markdown_tables(rows):
     """The rows as two Markdown tables: every export timed, and the network gated only where gates pay.
 
-    One line per model and keep ratio: 1-thread times, with the 2-thread
-    speed-up beside them. The second table holds only rows with `lean_*`
-    fields (runs with calibration images).
+    One line per model and keep ratio: times with the fewest threads timed
+    (1, unless --threads left it out), with the speed-up at the next thread
+    count beside them. The second table holds only rows with `lean_*`
+    fields (runs with calibration images). A line timed only with more
+    threads (rows of several runs put together) stays in the JSON alone.
     """
+    counts = sorted({row["threads"] for row in rows})
+    fewest, more = counts[0], (counts[1] if len(counts) > 1 else None)
     lines = {}
     for row in rows:
         rank = row.get("predictor_rank")
         key = (-row["resolution"], rank is not None, rank or 0, row["model"], row["keep"])
         lines.setdefault(key, {})[row["threads"]] = row
     capped = any("capped_ms" in row for row in rows)
+    speedups = f"speed-up, {_threads(fewest)} (ideal) |" + (f" speed-up, {_threads(more)} |" if more else "")
     main = ["| resolution | predictors | keep | FLOPs reduction | dense | dense + predictors | masked dense | "
-            "dynamic | speed-up, 1 thread (ideal) | speed-up, 2 threads |" + (" capped gates, 1 / 2 threads |" if capped else ""),
-            "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if capped else "")]
+            f"dynamic | {speedups}"
+            + (f" capped gates, {fewest} / {more} threads |" if capped and more else
+               f" capped gates, {_threads(fewest)} |" if capped else "")]
     lean = ["| resolution | predictors | keep | gates kept | FLOPs reduction | dense | gated at those layers only | "
-            "speed-up, 1 thread (ideal) | speed-up, 2 threads | all gates, 1 thread |", "|---|---|---|---|---|---|---|---|---|---|"]
+            f"{speedups} all gates, {_threads(fewest)} |"]
+    main.append("|---" * (main[0].count("|") - 1) + "|")
+    lean.append("|---" * (lean[0].count("|") - 1) + "|")
+
     def speedup_of(row, field):  # "-" where that thread count was not timed, or had no such export
         return "-" if row is None or field not in row else f"{row[field]:.2f}x"
 
     for key in sorted(lines):
         by_threads = lines[key]
-        one = by_threads.get(1) or by_threads[min(by_threads)]
-        two = by_threads.get(2)
+        one = by_threads.get(fewest)
+        if one is None:
+            continue
+        two = by_threads.get(more)
+        beside = f" {speedup_of(two, 'speedup')} |" if more else ""
         rank = one.get("predictor_rank")
         network = one["model"].split("_rank")[0]
         where = f"{one['resolution']}x{one['resolution']}" + ("" if network.startswith("mobilenet_v1") else f", {network}")
         head = f"| {where} | {'full' if rank is None else f'rank {rank}'} | {one['keep']:.2f} |"
+        capped_cell = ""
+        if "capped_ms" in one:
+            capped_cell = (f" {one['capped_ms']:.2f} ms: {one['capped_speedup']:.2f}x"
+                           + (f" / {speedup_of(two, 'capped_speedup')}" if more else "") + " |")
+        elif capped:
+            capped_cell = " - |"
         main.append(f"{head} {100 * one['flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
                     f"{one['predictors_ms']:.2f} ms | {one['masked_dense_ms']:.2f} ms | {one['dynamic_ms']:.2f} ms | "
-                    f"{one['speedup']:.2f}x ({one['ideal_speedup']:.2f}x) | "
-                    f"{speedup_of(two, 'speedup')} |"
-                    + (f" {one['capped_ms']:.2f} ms: {one['capped_speedup']:.2f}x / {speedup_of(two, 'capped_speedup')} |"
-                       if "capped_ms" in one else (" - |" if capped else "")))
+                    f"{one['speedup']:.2f}x ({one['ideal_speedup']:.2f}x) |{beside}{capped_cell}")
         if "lean_ms" in one:
             lean.append(f"{head} {one['lean_gates']} of {one.get('gates', '?')} | "
                         f"{100 * one['lean_flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
-                        f"{one['lean_ms']:.2f} ms | {one['lean_speedup']:.2f}x ({one['lean_ideal_speedup']:.2f}x) | "
-                        f"{speedup_of(two, 'lean_speedup')} | {one['speedup']:.2f}x |")
+                        f"{one['lean_ms']:.2f} ms | {one['lean_speedup']:.2f}x ({one['lean_ideal_speedup']:.2f}x) |"
+                        + (f" {speedup_of(two, 'lean_speedup')} |" if more else "") + f" {one['speedup']:.2f}x |")
     tables = "\n".join(main) + "\n"
     rules = sorted({row["drawn_capacities"] for row in rows if row.get("drawn_capacities")})
     if rules:

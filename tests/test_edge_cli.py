@@ -254,6 +254,12 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
     assert any(table.startswith("Capped gates:") and "1.1x" in table for table in tables)
     lean = tables[-1].splitlines()
     assert lean[2:] == ["| 224x224 | full | 0.10 | 20 of 27 | 80.0% | 10.00 ms | 5.00 ms | 2.00x (5.00x) | 1.00x | 1.70x |"]
+    # Rows timed with 2 threads only (--threads=2): the tables say so, in both tables.
+    only_two = tmp_path / "two.json"
+    only_two.write_text(json.dumps({"rows": [row for row in rows if row["threads"] == 2]}))
+    assert run(f"--output={only_two}").returncode == 0
+    two = (tmp_path / "two.md").read_text()
+    assert "1 thread" not in two and two.count("speed-up, 2 threads (ideal) |") == 2 and "all gates, 2 threads" in two
     missing = run(f"--output={tmp_path / 'none.json'}")
     assert missing.returncode != 0 and "--plot_only needs" in missing.stderr
 
