@@ -100,6 +100,10 @@ flags.DEFINE_string("drawn_capacities", "1.26",
                     "gave the demo model's gates, with no overflow on the 10,000 test images: "
                     "benchmarks/capacity_overflow.py; 1: no margin). 'binomial': the capacities calibration "
                     "would give if each filter were on independently with its layer's keep ratio.")
+flags.DEFINE_enum("lean_plan", "rules", ["rules", "measured"],
+                  "Where the network gated only where gates pay keeps its gates: 'rules' (`paying_gates`, cutoffs "
+                  "measured on one x86 CPU) or 'measured' (`measured_paying_gates`: those, fewer until it times no "
+                  "slower than dense on this machine, on the first 64 timed images, 2 loops).")
 flags.DEFINE_float("capped_ratio", 1.1,
                    "Also time the model with the convs the export compacts capped at this many times their mean "
                    "count (ftwt_keras.cap_gates; drawn masks: the count); 0: not. 1.1 cost the demo model no top-1 "
@@ -220,6 +224,7 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
         }
         if "lean" in median:
             row.update(
+                lean_plan=FLAGS.lean_plan,
                 lean_gates=extra["lean_gates"],
                 lean_ms=round(median["lean"], 3),
                 lean_speedup=round(median["dense"] / median["lean"], 3),
@@ -273,10 +278,17 @@ def _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads
                                          num_threads=threads)}
     extra = {"convert_seconds": time.time() - start}
     if calibration is not None:
-        paying = tflite.paying_gates(model, calibration=calibrated, num_threads=threads,  # the export's capacities
-                                     static_gates=static)
-        # Layers pruned by their weights pay too (for every image): they stay gated.
-        kept_gates = set(paying) | set(tflite.statically_pruned_layers(model) if static else [])
+        if FLAGS.lean_plan == "measured":
+            plan = tflite.measured_paying_gates(model, calibrated, sample, num_threads=threads, static_gates=static,
+                                                loops=2, warmup=FLAGS.warmup)
+            print(f"{'':>16} measured plan ({threads} thread(s)), gates kept: ms against dense's: "
+                  + ", ".join(f"{count}: {ms:.2f} / {dense_ms:.2f}" for count, ms, dense_ms in plan.tried), flush=True)
+            kept_gates = set(plan.gates)  # static ones included
+        else:
+            paying = tflite.paying_gates(model, calibration=calibrated, num_threads=threads,  # the export's capacities
+                                         static_gates=static)
+            # Layers pruned by their weights pay too (for every image): they stay gated.
+            kept_gates = set(paying) | set(tflite.statically_pruned_layers(model) if static else [])
         lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in kept_gates])
         extra.update(lean_gates=len(kept_gates),
                      lean_executed=float(np.mean(flops.dynamic_macs(lean, sample, batch_size=16))))
@@ -551,7 +563,9 @@ def markdown_tables(rows):
                    "their mean count (`ftwt_keras.cap_gates`; another model) and compute exactly that, with no "
                    "fallback.\n")
     if len(lean) > 2:
-        tables += "\nGated only at the layers that pay (`paying_gates`; another model, see `ungate`):\n\n"
+        measured = any(row.get("lean_plan") == "measured" for row in rows)
+        plan = "`measured_paying_gates`: timed no slower than dense here" if measured else "`paying_gates`"
+        tables += f"\nGated only at the layers that pay ({plan}; another model, see `ungate`):\n\n"
         tables += "\n".join(lean) + "\n"
     return tables
 

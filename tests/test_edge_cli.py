@@ -286,6 +286,12 @@ def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path
     assert rows[0]["loops"] == 2 and "the median over 2 side-by-side loops" in tables
     assert rows[0]["capped_ratio"] == 1.2 and rows[0]["capped_gates"] == 14 and rows[0]["capped_ms"] > 0
     assert rows[0]["capped_flops_reduction"] == rows[0]["flops_reduction"]  # drawn masks: the caps never bind
+    # The network gated where gates pay, by timing here (at 32x32 none pays: the dense model).
+    result = run("--lean_plan=measured", "--capped_ratio=0", f"--output={tmp_path / 'measured.json'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "measured.json").read_text())["rows"]
+    assert rows[0]["lean_plan"] == "measured" and rows[0]["lean_gates"] == 0
+    assert "`measured_paying_gates`" in (tmp_path / "measured.md").read_text()
     bad = run("--drawn_capacities=0.5")
     assert bad.returncode != 0 and "--drawn_capacities takes 'binomial' or a number >= 1" in bad.stderr
     # A keras.applications network: squeeze-and-excitation and classifier convs dense, the 34 others gated.

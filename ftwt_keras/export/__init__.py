@@ -4,14 +4,16 @@
 flatbuffer that computes only each image's active filters (needs TensorFlow).
 Its parts: `checks` (what the exporter accepts), `calibration` (keep ratios
 and capacities from images), `planning` (which layers compute compactly,
-which gates pay), `builder` (the TensorFlow graph), `runtime` (running and
-timing a `.tflite`) and `drawn_masks` (stand-ins for trained masks).
+which gates pay), `measured` (which gates pay, by timing on this machine),
+`builder` (the TensorFlow graph), `runtime` (running and timing a `.tflite`)
+and `drawn_masks` (stand-ins for trained masks).
 """
 
 from ftwt_keras.export.tflite import (
     CAPACITY_STDS,
     Calibration,
     ExportError,
+    TimedPlan,
     calibrate,
     cap_compacted_gates,
     check_ftwt_model,
@@ -23,6 +25,7 @@ from ftwt_keras.export.tflite import (
     layer_times,
     load_calibration_images,
     load_ftwt_model,
+    measured_paying_gates,
     op_names,
     paying_gates,
     randomize_batch_norm,
@@ -38,6 +41,7 @@ __all__ = [
     "CAPACITY_STDS",
     "Calibration",
     "ExportError",
+    "TimedPlan",
     "calibrate",
     "cap_compacted_gates",
     "check_ftwt_model",
@@ -49,6 +53,7 @@ __all__ = [
     "layer_times",
     "load_calibration_images",
     "load_ftwt_model",
+    "measured_paying_gates",
     "op_names",
     "paying_gates",
     "randomize_batch_norm",

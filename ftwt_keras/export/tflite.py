@@ -44,8 +44,8 @@ The package's modules: `checks` (what the exporter accepts), `calibration`
 which gates pay), `builder` (the TensorFlow graph), `folding` (a conv and its
 batch norm as one kernel and bias), `compact` (activations carried with some
 channels only, and gate masks), `runtime` (running and
-timing a `.tflite`), `drawn_masks` (stand-ins for trained masks in
-benchmarks), and this module: conversion, which re-exports the public names
+timing a `.tflite`), `measured` (which gates pay, by timing), `drawn_masks`
+(stand-ins for trained masks in benchmarks), and this module: conversion, which re-exports the public names
 of the others.
 """
 
@@ -95,6 +95,7 @@ from ftwt_keras.export.planning import (
     paying_gates,
     statically_pruned_layers,
 )
+from ftwt_keras.export.measured import TimedPlan, measured_paying_gates
 from ftwt_keras.export.runtime import interpreter, loop_medians, loop_times, run, time_invokes, time_side_by_side
 
 
@@ -331,6 +332,7 @@ __all__ = [
     "POLICIES",
     "STATIC_MIN_DECIDED",
     "SUPPORTED_LAYERS",
+    "TimedPlan",
     "calibrate",
     "cap_compacted_gates",
     "check_ftwt_model",
@@ -345,6 +347,7 @@ __all__ = [
     "load_ftwt_model",
     "loop_medians",
     "loop_times",
+    "measured_paying_gates",
     "op_names",
     "parse_policy",
     "paying_gates",
