@@ -122,7 +122,9 @@ def _skipped_work(model, calibration, policy):
             f"The other {len(rest) if len(rest) > 1 else 'one'} compute{'' if len(rest) > 1 else 's'} every filter, "
             f"then mask{'' if len(rest) > 1 else 's'} it: each adds its mask predictor, so this "
             f".tflite runs slower than --dense at those layers. A model gated only where gates pay (recipes: "
-            f"--gate_only_paying) measured never slower than dense on x86 (edge/README.md, 'Which gates pay')."
+            f"--gate_only_paying) measured never slower than dense on the x86 CPU those rules come from; on "
+            f"another, time it (export.measured_paying_gates, or benchmark_model on the device: edge/README.md, "
+            f"'Which gates pay')."
         )
     return "\n".join(lines)
 

@@ -2,12 +2,12 @@
 
 `paying_gates` decides by cutoffs measured on one x86 CPU (an AMD EPYC with
 1 MB of L2 per core); another CPU moves them. On an Intel Xeon with 2 MB of L2
-per core, where XNNPACK's dense convs ran 1.4x faster, MobileNetV1-224 gated
+per core, where XNNPACK's dense convs ran up to 1.4x faster, MobileNetV1-224 gated
 where those cutoffs say ran at 0.92x of dense at keep 0.5, and DenseNet121-224
 at 0.97x at keep 0.3 (2026-12-05, README "Edge export"). Here the network
 gated at those layers is timed against the dense one where it will run, and
 gates are left out, those whose masks remove the fewest multiply-adds
-first, until it is no slower.
+first, until it is faster.
 """
 
 from typing import NamedTuple
@@ -31,7 +31,7 @@ class TimedPlan(NamedTuple):
 
 def measured_paying_gates(model, calibration, images, num_threads=1, static_gates=True, loops=3, warmup=10,
                           margin=0.01, drop_divisor=4, timer=None):
-    """The gates of `paying_gates`, fewer until the network gated at them is no slower than dense here.
+    """The gates of `paying_gates`, fewer until the network gated at them times faster than dense here.
 
     Converts the dense network once, then repeatedly: the layers
     `paying_gates` picks (and, with `static_gates`, those pruned by their

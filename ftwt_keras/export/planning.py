@@ -3,7 +3,9 @@
 The rules of policy `"auto"` (cutoffs measured on x86 XNNPACK, each with its
 measurement beside it), the per-layer policies `convert` takes, and what they
 imply before any conversion: `paying_gates`, `compacted_layers`,
-`statically_pruned_layers`, and `cap_compacted_gates`.
+`statically_pruned_layers`, and `cap_compacted_gates`. Every cutoff was timed
+on one 2-core AMD EPYC (1 MB of L2 per core); another CPU moves them
+(`ftwt_keras.export.measured` checks a plan by timing where it runs).
 """
 
 from typing import NamedTuple
