@@ -101,7 +101,7 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
             break
         gated = gating.ungate(current, [layer.name for layer in current.gated_layers if layer.name not in kept])
         flatbuffer = convert(gated, calibration=calibration, static_gates=static_gates, num_threads=num_threads)
-        for check in range(2):  # a pass is timed again: a slow spell of the host can even both out
+        for _ in range(2):  # a pass is timed again: a slow spell of the host can even both out
             times = timer({"dense": dense, "gated": flatbuffer})
             dense_ms = times["dense"]
             tried.append((len(kept), times["gated"], dense_ms))
