@@ -40,9 +40,9 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
     `paying_gates`), its export (`convert` with `calibration`), both timed
     side by side on `images` (`loop_medians`: the median over `loops` loops).
     It is kept when it runs at least `margin` faster than dense, twice in a
-    row: once, a slow spell of the host made both take 17.4 ms (10.6 ms
-    the step before) and let pass a network that ran at 0.93x of dense
-    when timed afterwards. Where it is not, the paying regular convs whose
+    row: once, a slow spell of the host made both take 17.4 ms (the gated
+    networks of the steps before took 10.6-10.9 ms) and let pass a network
+    that ran at 0.93x of dense when timed afterwards. Where it is not, the paying regular convs whose
     masks remove the fewest multiply-adds (dense MACs x (1 - keep ratio)), a
     quarter of them (`drop_divisor`; at least one), are ungated for good,
     `paying_gates` asked again (a depthwise conv chained to one stops paying
