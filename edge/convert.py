@@ -9,7 +9,8 @@ than emit Flex ops). Input: raw RGB pixels (1, H, W, 3) float32; output: logits.
 It then says which gated layers skip work in that export: those its
 predictors' weights prune and, with --calibration, those computing fewer
 filters on the calibration images (`ftwt_keras.export.paying_gates`); every
-other gate only adds its predictor. See edge/README.md.
+other gate only adds its predictor. With --time (and --calibration) it times
+the written model against the dense one on this machine. See edge/README.md.
 """
 
 import os
@@ -69,6 +70,13 @@ flags.DEFINE_integer(
     "computes fewer layers compactly. Exact at any thread count.",
 )
 flags.register_validator("threads", lambda value: value >= 1, message="--threads must be >= 1.")
+flags.DEFINE_bool(
+    "time",
+    False,
+    "Dynamic export with --calibration only: then time the written .tflite against the --dense export of the same "
+    "weights on the calibration images, side by side on this machine with --threads (3 loops, each invoke alone), "
+    "and print both: whether the gates pay here. On a phone, benchmark_model answers that (edge/README.md).",
+)
 
 
 def main(argv):
@@ -76,6 +84,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.model or not FLAGS.output:
         raise app.UsageError("Both --model and --output are required.")
+    if FLAGS.time and (FLAGS.dense or not FLAGS.calibration):
+        raise app.UsageError("--time times the dynamic export on the --calibration images: pass --calibration, "
+                             "without --dense.")
     from ftwt_keras.export import tflite
 
     try:
@@ -92,13 +103,31 @@ def main(argv):
         print(f"error: {error}", file=sys.stderr)
         return 1
     with open(path, "rb") as file:
-        names = tflite.op_names(file.read())
+        flatbuffer = file.read()
+    names = tflite.op_names(flatbuffer)
     kind = "dense" if FLAGS.dense else "dynamic (gathered)"
     print(f"Wrote {kind} model to {path} ({os.path.getsize(path) / 1e6:.2f} MB, {len(names)} ops: "
           f"{', '.join(sorted(set(names)))}).")
     if not FLAGS.dense:
         print(_skipped_work(model, calibration, policy))
+    if FLAGS.time:
+        print(_timed_here(model, flatbuffer, images))
     return 0
+
+
+def _timed_here(model, flatbuffer, images, loops=3):
+    """The written export and the dense one timed side by side on `images` here: one line."""
+    import numpy as np
+
+    from ftwt_keras.export import tflite
+
+    dense = tflite.convert(model, dynamic=False)
+    medians = tflite.loop_medians({"dense": dense, "dynamic": flatbuffer}, images, loops, FLAGS.threads)
+    dense_ms, dynamic_ms = (float(np.median(medians[name])) for name in ("dense", "dynamic"))
+    verdict = "faster than" if dynamic_ms < dense_ms else "no faster than"
+    return (f"Timed here ({FLAGS.threads} thread{'s' if FLAGS.threads > 1 else ''}, {len(images)} calibration images "
+            f"x {loops} loops, medians): dense {dense_ms:.2f} ms, this .tflite {dynamic_ms:.2f} ms "
+            f"({dense_ms / dynamic_ms:.2f}x), {verdict} dense on this machine.")
 
 
 def _skipped_work(model, calibration, policy):
@@ -122,9 +151,9 @@ def _skipped_work(model, calibration, policy):
             f"The other {len(rest) if len(rest) > 1 else 'one'} compute{'' if len(rest) > 1 else 's'} every filter, "
             f"then mask{'' if len(rest) > 1 else 's'} it: each adds its mask predictor, so this "
             f".tflite runs slower than --dense at those layers. A model gated only where gates pay (recipes: "
-            f"--gate_only_paying) measured never slower than dense on the x86 CPU those rules come from; on "
-            f"another, time it (export.measured_paying_gates, or benchmark_model on the device: edge/README.md, "
-            f"'Which gates pay')."
+            f"--gate_only_paying, with --paying_plan=timed chosen by timing on the machine that runs the recipe) "
+            f"measured never slower than dense on the x86 CPU the rules come from; --time times this .tflite here, "
+            f"benchmark_model on a phone (edge/README.md, 'Which gates pay')."
         )
     return "\n".join(lines)
 

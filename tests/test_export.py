@@ -456,6 +456,15 @@ def test_dense_policy_and_set_keep_ratio(cifar_images):
     policy = {layer.name: "dense" for layer in model.gated_layers[::2]}
     policy.update({layer.name: "inputs<0.6" for layer in model.gated_layers[1::4]})
     assert_same_logits(export.convert(model, policy=policy), model, cifar_images[:4])
+    keeps = {layer.name: 0.25 if index % 2 else 1.0 for index, layer in enumerate(model.gated_layers)}
+    masks = fk.flops.gate_masks_of(export.set_keep_ratio(model, keeps), cifar_images[:2])
+    for layer in model.gated_layers:  # one keep ratio per layer
+        assert float(np.mean(np.asarray(masks[layer.name]))) == pytest.approx(keeps[layer.name], abs=0.05)
+    first = model.gated_layers[0].name
+    with pytest.raises(export.ExportError, match=rf"no keep ratio for the gated layers \['{first}'\]"):
+        export.set_keep_ratio(model, {name: keep for name, keep in keeps.items() if name != first})
+    with pytest.raises(export.ExportError, match=rf"must be in \(0, 1\]; got 0.0 for '{first}'"):
+        export.set_keep_ratio(model, dict(keeps, **{first: 0.0}))
 
 
 def test_export_file_round_trip(tmp_path, cifar_images):

@@ -80,12 +80,13 @@ def test_calibration_on_targets_says_before_training_which_gates_will_pay(cifar_
     from ftwt_keras.recipes import common
 
     config = {"threshold": 0.3, "target": "uniform", "gate_only_paying": True}
-    assert common.paying_layers(config, fk.models.vgg16_bn(), cifar_images[:16]) == [f"conv{i}" for i in range(2, 8)]
+    assert common.paying_layers(config, fk.models.vgg16_bn(), cifar_images[:16]) == (
+        [f"conv{i}" for i in range(2, 8)], None)
     # ... for 2 interpreter threads (--edge_threads=2): capacities of 0.3 of the filters still pay.
-    assert common.paying_layers(dict(config, edge_threads=2), fk.models.vgg16_bn(), cifar_images[:16]) == [
-        f"conv{i}" for i in range(2, 8)]
+    assert common.paying_layers(dict(config, edge_threads=2), fk.models.vgg16_bn(), cifar_images[:16]) == (
+        [f"conv{i}" for i in range(2, 8)], None)
     assert common.paying_layers(dict(config, threshold=0.5, edge_threads=2), fk.models.vgg16_bn(),
-                                cifar_images[:16]) == []
+                                cifar_images[:16]) == ([], None)
     common.check_some_gate_can_pay(dict(config, model="vgg16_bn", image_size=32, num_classes=10))
     with pytest.raises(ValueError, match="no gate of mobilenet_v1 at 32x32 can pay in the edge export"):
         common.check_some_gate_can_pay(dict(config, model="mobilenet_v1", alpha=1.0, image_size=32, num_classes=10))

@@ -138,6 +138,9 @@ def test_recipe_help_and_bad_flags():
                           "--gate_only_paying"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "no gate of mobilenet_v1 at 32x32 can pay in the edge export" in bad.stderr
     assert "Epoch 1/" not in bad.stdout + bad.stderr  # refused before any training
+    bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.vgg_cifar", "--paying_plan=timed"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode != 0 and "--paying_plan=timed chooses the convs of --gate_only_paying" in bad.stderr
 
 
 def test_recipe_gates_only_where_gates_pay_in_the_export(tmp_path):
@@ -164,6 +167,54 @@ def test_recipe_gates_only_where_gates_pay_in_the_export(tmp_path):
     assert f"Gated only the {len(planned)} convs whose gates pay in the edge export" in result.stdout
     config = {"edge_threads": 1, "threshold": 0.3}
     assert common.plan_report(planned, results["paying_gates"], config) in result.stdout
+
+
+def test_timed_paying_plan_keeps_what_times_faster_and_a_resumed_run_reuses_it(tmp_path, cifar_images):
+    """--paying_plan=timed: the rules' convs, fewer until the gated network times faster; written once per folder."""
+    import tensorflow as tf
+
+    from ftwt_keras.export import tflite
+
+    # Untrained (its targets at r still keep few filters), small: conv1 (16M multiply-adds) and conv2 (33M) pay.
+    inputs = keras.Input((28, 28, 3))
+    x = keras.layers.Conv2D(48, 3, padding="same", name="conv0")(inputs)
+    x = keras.layers.Conv2D(48, 3, padding="same", activation="relu", name="conv1")(x)
+    x = keras.layers.Conv2D(96, 3, padding="same", activation="relu", name="conv2")(x)
+    baseline = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x)))
+    images = np.asarray(keras.ops.image.resize(cifar_images, (28, 28)))
+    estimate = tf.data.Dataset.from_tensor_slices((images, np.zeros(len(images), "int64"))).batch(16)
+    config = {"threshold": 0.3, "target": "uniform", "edge_threads": 1, "output_dir": str(tmp_path)}
+    rules, plan = common.paying_layers(dict(config, paying_plan="rules"), baseline, estimate)
+    assert plan is None and rules == ["conv1", "conv2"]  # test_recipe_gates_only_where_gates_pay_in_the_export
+
+    timed = dict(config, paying_plan="timed")
+    spells = iter([11.0, 9.0, 9.0])  # slower with every rule's conv gated, faster after the first drop
+
+    def timer(flatbuffers):
+        assert tflite.op_names(flatbuffers["dense"]).count("CONV_2D") == 3  # the dense network, every time
+        return {"dense": 10.0, "gated": next(spells)}
+
+    names, record = common.planned_layers(timed, baseline, estimate, timer=timer)
+    assert names == ["conv2"] and record["gates"] == names  # conv1's mask removes fewer multiply-adds
+    assert record["by"] == "timed" and (record["dense_ms"], record["gated_ms"]) == (10.0, 9.0)
+    assert [step["gates"] for step in record["tried"]] == [len(rules), len(names), len(names)]
+    assert json.loads((tmp_path / "paying_plan.json").read_text()) == record
+
+    def untimed(flatbuffers):
+        raise AssertionError("a resumed run times again")
+
+    assert common.planned_layers(timed, baseline, estimate, timer=untimed) == (names, record)
+    faster = lambda flatbuffers: {"dense": 10.0, "gated": 8.0}  # noqa: E731
+    every, plan = common.paying_layers(timed, baseline, images, timer=faster)  # an array of images will do
+    assert every == rules and plan.tried == [(2, 8.0, 10.0), (2, 8.0, 10.0)]
+    with pytest.raises(ValueError, match="holds a --paying_plan=timed plan for --edge_threads=1, not the "
+                                         "--paying_plan=rules --edge_threads=1 asked for"):
+        common.planned_layers(dict(config, paying_plan="rules"), baseline, estimate)
+    assert common.timed_plan_report(record) == (
+        "Timed on this machine: gated at 1 conv 9.00 ms against dense 10.00 ms (1.11x, masks drawn "
+        "at the targets' keep ratios; 3 timings).")
+    assert common.timed_plan_report(dict(record, gates=[], gated_ms=None)) == (
+        "Timed on this machine: no network gated at the paying convs ran faster than dense (10.00 ms, 3 timings).")
 
 
 def test_plan_report_names_the_planned_gates_that_do_not_pay():

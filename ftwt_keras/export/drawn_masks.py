@@ -17,13 +17,27 @@ def set_keep_ratio(model, keep, seed=0):
     For benchmarks of untrained models: each predictor's kernel is zeroed and
     its bias set to +50 for `round(keep * filters)` (at least 1) randomly
     drawn filters and -50 for the others, so every image gets the same masks.
+
+    Args:
+        model: an `ftwt_keras.FTWTModel` (changed in place and returned).
+        keep: the fraction in (0, 1] for every gate, or `{gated layer name:
+            fraction}` naming each gated layer (e.g. the `keep_ratios` of a
+            `Calibration` on the gates' targets: masks as sparse as training
+            will aim at, layer by layer).
+        seed: for the drawn filters.
     """
-    if not 0.0 < keep <= 1.0:
-        raise ExportError(f"`keep` must be in (0, 1]; got {keep}.")
+    names = [layer.name for layer in model.gated_layers]
+    keeps = dict(keep) if isinstance(keep, dict) else {name: keep for name in names}
+    missing = [name for name in names if name not in keeps]
+    if missing:
+        raise ExportError(f"`keep` has no keep ratio for the gated layers {missing}: name every gated layer.")
+    for name in names:
+        if not 0.0 < keeps[name] <= 1.0:
+            raise ExportError(f"`keep` must be in (0, 1]; got {keeps[name]} for '{name}'.")
     rng = np.random.default_rng(seed)
     for layer in model.gated_layers:
         units = layer.filters
-        count = max(1, int(round(keep * units)))
+        count = max(1, int(round(keeps[layer.name] * units)))
         bias = np.full(units, -50.0, np.float32)
         bias[rng.choice(units, count, replace=False)] = 50.0
         layer.predictor.kernel.assign(np.zeros(layer.predictor.kernel.shape, np.float32))

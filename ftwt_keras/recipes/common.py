@@ -10,7 +10,8 @@ checkpoints every epoch (`keras.callbacks.BackupAndRestore`), so re-running the
 same command after a kill resumes where it stopped; a finished stage is
 skipped. Outputs in `--output_dir`: `baseline.keras`, `model.keras`
 (`model_capped.keras` with `--cap_ratio`, `model_frozen.keras` with
-`--freeze_agreement`), `results.json`, TensorBoard logs under `logs/`, and each
+`--freeze_agreement`), `results.json`, `paying_plan.json` with `--gate_only_paying` (the
+convs it gates, reused by a resumed run), TensorBoard logs under `logs/`, and each
 stage's training time summed over the runs that resumed it
 (`baseline_seconds.json`, `ftwt_seconds.json`, `capped_seconds.json`, `frozen_seconds.json`).
 """
@@ -75,6 +76,15 @@ def define_flags(**defaults):
                       "every other gate would only add its predictor to the .tflite, so that the model is never "
                       "slower than dense there (not in the paper). Fails before training where no conv can pay, "
                       "e.g. MobileNetV1 at 32x32.")
+    flags.DEFINE_enum("paying_plan", default("paying_plan", "rules"), ["rules", "timed"],
+                      "With --gate_only_paying, how the paying convs are chosen: 'rules' (the export's cutoffs, "
+                      "measured on one x86 CPU: ftwt_keras.export.paying_gates) or 'timed' (those, fewer until the "
+                      "network gated at them, with masks drawn at the targets' keep ratios, times faster than dense "
+                      "on this machine: ftwt_keras.export.measured_paying_gates; run it on the CPU the .tflite "
+                      "will run on). A resumed run reuses the plan in paying_plan.json.")
+    flags.register_multi_flags_validator(
+        ["paying_plan", "gate_only_paying"], lambda v: v["paying_plan"] == "rules" or v["gate_only_paying"],
+        message="--paying_plan=timed chooses the convs of --gate_only_paying: pass both.")
     flags.DEFINE_integer("edge_threads", default("edge_threads", 1),
                          "With --gate_only_paying: the interpreter threads the .tflite will run with (export it "
                          "with edge/convert.py --threads to match); with more, fewer gates pay.")
@@ -222,7 +232,7 @@ _RECIPE_FLAGS = (
     "baseline_epochs baseline_lr baseline_milestones epochs lr milestones gate_lr weight_decay threshold "
     "mode joint_gradient_scale target pooling use_softmax predictor_rank gate_loss_weight cooldown "
     "threshold_ramp_epochs distillation_weight distillation_temperature ungated_layers warmup_steps estimate_images "
-    "gate_only_paying edge_threads "
+    "gate_only_paying paying_plan edge_threads "
     "cap_ratio cap_epochs cap_lr freeze_agreement freeze_epochs freeze_lr seed verbose"
 ).split()
 
@@ -389,21 +399,93 @@ def check_some_gate_can_pay(config):
         )
 
 
-def paying_layers(config, baseline, estimate, candidates=None):
+TIMED_PLAN_IMAGES = 32  # training images each timing of `--paying_plan=timed` runs over (per loop)
+
+
+def paying_layers(config, baseline, estimate, candidates=None, timer=None):
     """`--gate_only_paying`: the convs of `baseline` whose gates will pay in the export, from its targets at r.
 
     Gates `baseline` at the run's threshold and target rule (the convs
     `candidates` selects, as `gate`'s `layers_to_gate`), calibrates on the
-    targets of the `estimate` images and returns `paying_gates`' names.
+    targets of the `estimate` images and takes `paying_gates`' names. With
+    `--paying_plan=timed`, those are the start of `measured_paying_gates`,
+    which times the network gated at them, with masks drawn at each layer's
+    mean target keep ratio, against the dense one on this machine.
+
+    Args:
+        config: the run's flags.
+        baseline: the trained dense model.
+        estimate: the `--estimate_images` training images (a batched dataset
+            of (image, label), or an array of images).
+        candidates: as `gate`'s `layers_to_gate`.
+        timer: for tests, as `measured_paying_gates`'.
+
+    Returns:
+        `(names, plan)`: the convs to gate, and the `TimedPlan` (None with `rules`).
     """
+    import numpy as np
+
     import ftwt_keras as fk
     from ftwt_keras.export import tflite
 
     gated = fk.gate(baseline, threshold=config["threshold"], target=config["target"], layers_to_gate=candidates)
     calibration = tflite.calibrate(gated, estimate, targets=True)
+    threads = config.get("edge_threads", 1)
     # The plan is about the gates training will give: not about what the initial weights happen to decide.
-    return tflite.paying_gates(gated, calibration=calibration, num_threads=config.get("edge_threads", 1),
-                               static_gates=False)
+    rules = tflite.paying_gates(gated, calibration=calibration, num_threads=threads, static_gates=False)
+    if config.get("paying_plan", "rules") != "timed" or not rules:
+        return rules, None
+    drawn = tflite.set_keep_ratio(gated, calibration.keep_ratios)
+    if isinstance(estimate, np.ndarray):
+        images = estimate[:TIMED_PLAN_IMAGES]
+    else:
+        images = np.asarray(next(iter(_first_images(estimate, TIMED_PLAN_IMAGES, TIMED_PLAN_IMAGES)))[0])
+    plan = tflite.measured_paying_gates(drawn, calibration, images, num_threads=threads, static_gates=False,
+                                        timer=timer)
+    return plan.gates, plan
+
+
+def planned_layers(config, baseline, estimate, candidates=None, timer=None):
+    """`paying_layers`, once per output folder: a resumed run reads `paying_plan.json` (a timed plan varies).
+
+    Returns:
+        `(names, record)`: the convs to gate and what `paying_plan.json` holds
+        (`rules` or `timed`, the names, and a timed plan's times in ms).
+    """
+    path = os.path.join(config["output_dir"], "paying_plan.json")
+    if os.path.exists(path):
+        with open(path) as file:
+            record = json.load(file)
+        wanted = (config.get("paying_plan", "rules"), config.get("edge_threads", 1))
+        if (record["by"], record["edge_threads"]) != wanted:
+            raise ValueError(
+                f"{path} holds a --paying_plan={record['by']} plan for --edge_threads={record['edge_threads']}, "
+                f"not the --paying_plan={wanted[0]} --edge_threads={wanted[1]} asked for: the model of this "
+                "--output_dir was (or is being) trained with that plan. Use another --output_dir.")
+        logging.info("Reusing the --gate_only_paying plan in %s", path)
+        return record["gates"], record
+    names, plan = paying_layers(config, baseline, estimate, candidates, timer)
+    record = {"by": config.get("paying_plan", "rules"), "edge_threads": config.get("edge_threads", 1),
+              "gates": names}
+    if plan is not None:
+        record.update(dense_ms=plan.dense_ms, gated_ms=plan.gated_ms,
+                      tried=[{"gates": count, "gated_ms": gated, "dense_ms": dense}
+                             for count, gated, dense in plan.tried])
+    with open(path, "w") as file:
+        json.dump(record, file, indent=2)
+    return names, record
+
+
+def timed_plan_report(record):
+    """The summary line on a `--paying_plan=timed` plan (`planned_layers`' record)."""
+    steps = len(record["tried"])
+    if not record["gates"]:
+        return (f"Timed on this machine: no network gated at the paying convs ran faster than dense "
+                f"({record['dense_ms']:.2f} ms, {steps} timings).")
+    count = len(record["gates"])
+    return (f"Timed on this machine: gated at {count} conv{'s' if count > 1 else ''} {record['gated_ms']:.2f} ms "
+            f"against dense {record['dense_ms']:.2f} ms ({record['dense_ms'] / record['gated_ms']:.2f}x, masks "
+            f"drawn at the targets' keep ratios; {steps} timings).")
 
 
 def train_ftwt(config, baseline, train, test, gated_layers=None):
@@ -613,12 +695,16 @@ def run(config=None):
     gated_layers = layers_to_gate(config, baseline)
     planned = None
     if config.get("gate_only_paying"):
-        planned = paying_layers(config, baseline, estimate_data, gated_layers)
+        planned, plan_record = planned_layers(config, baseline, estimate_data, gated_layers)
         if not planned:
+            timed = plan_record["by"] == "timed" and plan_record.get("tried")
             raise ValueError(
                 f"--gate_only_paying: at r={config['threshold']:g} the baseline's targets keep too many filters for "
-                "any gate to pay in the edge export (ftwt_keras.export.paying_gates); a lower --threshold prunes "
-                "more. Nothing was gated or trained."
+                + ("any gate to pay on this machine (the network gated at the convs ftwt_keras.export.paying_gates "
+                   "picks, and at fewer of them, timed no faster than dense; "
+                   f"{os.path.join(config['output_dir'], 'paying_plan.json')}; delete it to time again)" if timed else
+                   "any gate to pay in the edge export (ftwt_keras.export.paying_gates)")
+                + "; a lower --threshold prunes more. Nothing was gated or trained."
             )
         logging.info("Gating only the %d convs whose gates pay in the edge export: %s", len(planned), planned)
         gated_layers = lambda layer, names=frozenset(planned): layer.name in names  # noqa: E731
@@ -650,7 +736,7 @@ def run(config=None):
         # The test-set targets' own reduction (see FTWTModel): drift vs predictor error.
         "target_flops_reduction": float(metrics["target_flops_reduction"]),
         "test_images": int(macs.shape[0]),
-        **({"planned_paying_gates": planned} if planned else {}),
+        **({"planned_paying_gates": planned, "paying_plan": plan_record} if planned else {}),
         "baseline_train_seconds": round(baseline_time, 1),
         "ftwt_train_seconds": round(ftwt_time, 1),
         "config": {k: v for k, v in config.items() if k != "verbose"},
@@ -664,6 +750,8 @@ def run(config=None):
     )
     calibration_images = estimate_data  # training images, not augmented (`_datasets`)
     if planned:
+        if plan_record["by"] == "timed":
+            summary += "\n" + timed_plan_report(plan_record)
         # The predictors keep somewhat more filters than their targets: check the plan on the trained masks.
         results["paying_gates"] = _paying_gates(config, model, calibration_images)
         summary += "\n" + plan_report(planned, results["paying_gates"], config)
