@@ -174,6 +174,20 @@ def test_a_chain_whose_output_an_ungated_3x3_conv_puts_back_does_not_pay(kernel,
     assert export.paying_gates(model, calibration=calibration, static_gates=False) == (["conv1"] if pays else [])
 
 
+def test_a_chain_read_by_a_gated_conv_that_masks_it_dense_is_put_back(cifar_images):
+    """conv1 (1x1, 144 -> 144 on 28x28) saves ~90 multiply-adds per element of its output: compact, it pays
+    where gated conv2 reads it as it is (`auto`, `gather`); where conv2's policy masks it dense, conv2 puts it
+    back to full width first, and conv1's chain does not pay: `auto` masks it too. The export is exact either
+    way."""
+    reader = keras.layers.Conv2D(144, 1, name="conv2")
+    model, calibration = _chain_model(cifar_images, lambda x, first: reader(x), keep=0.3, kernel=1, filters=144)
+    assert export.compacted_layers(model, calibration, static_gates=False) == ["conv1", "conv2"]
+    assert export.compacted_layers(model, calibration, policy={"conv2": "gather"}, static_gates=False) == ["conv1"]
+    assert export.compacted_layers(model, calibration, policy={"conv2": "dense"}, static_gates=False) == []
+    flatbuffer = export.convert(model, calibration=calibration, policy={"conv2": "dense"}, static_gates=False)
+    assert "TOPK_V2" not in export.op_names(flatbuffer)
+
+
 @pytest.mark.parametrize("join", [keras.layers.Add, keras.layers.Concatenate])
 def test_a_chain_whose_every_reader_puts_it_back_pays_by_its_own_saving_only(join, cifar_images):
     """A residual Add or a concatenation puts conv1's compact output back to full width, so its chain pays only

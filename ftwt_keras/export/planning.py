@@ -269,16 +269,22 @@ def _scatters_into(reader, paying):
     return isinstance(reader, keras.layers.Conv2D) and tuple(reader.kernel_size) != (1, 1)
 
 
-def _reads_compact(reader, paying):
+def _reads_compact(reader, paying, putting_back=()):
     """Whether `reader` takes a compact input as it is in a network gated at `paying` (no channel put back).
 
-    A gated conv that pays, a plain 1x1 stride-1 conv (its kernel rows of the
-    present channels) and layers passing zero channels do; an `Add`, a
-    `Concatenate`, any other conv and the model's output (`None`) do not.
+    A gated conv in `paying`, a plain 1x1 stride-1 conv (its kernel rows of
+    the present channels) and layers passing zero channels do; an `Add`, a
+    `Concatenate`, any other conv and the model's output (`None`) do not. A
+    gated conv outside `paying` is a plain conv (the network gated at
+    `paying` only) unless named in `putting_back`: gated convs that put a
+    compact input back to full width first (masked dense, pruned by their
+    weights: `_reads_compact_under`).
     """
     if isinstance(reader, GatedConv):
         if reader.name in paying:
             return True
+        if reader.name in putting_back:
+            return False
         reader = reader.conv
     return reader is not None and (_is_plain_pointwise(reader) or _passes_zero_channels(reader)
                                    or isinstance(reader, ChannelZeroPad))
@@ -303,13 +309,14 @@ def _saved_macs(layer, conv_macs, capacity, input_keep):
     return conv_macs[layer.name] * (1.0 - capacity / layer.conv.filters * input_keep)
 
 
-def _saves_too_little_put_back(layer, read, reading, conv_macs, capacity, input_keep):
+def _saves_too_little_put_back(layer, read, reading, conv_macs, capacity, input_keep, putting_back=()):
     """Whether every reader of `layer`'s compact output (`read`, a `_Readers`) puts it back, for too little saved.
 
-    `reading`: the gated convs that read a compact input as it is. The
-    rule of `PAYING_MIN_SAVED_MACS_PER_SCATTERED`.
+    `reading`, `putting_back`: the gated convs that read a compact input as
+    it is and those that put it back, as `_reads_compact`'s. The rule of
+    `PAYING_MIN_SAVED_MACS_PER_SCATTERED`.
     """
-    if any(_reads_compact(reader, reading) for reader in read.layers):
+    if any(_reads_compact(reader, reading, putting_back) for reader in read.layers):
         return False
     saved = _saved_macs(layer, conv_macs, capacity, input_keep)
     return saved < PAYING_MIN_SAVED_MACS_PER_SCATTERED * read.elements
@@ -344,9 +351,9 @@ def _auto_chained(network, conv_macs, capacities, num_threads=1, static=(), poli
     policies = policies or {}
     readers = _gate_readers(network)
     concatenated = _concatenated(readers)
-    # Every gated conv reads a compact input as it is (the chain, `gather_inputs`, the static path)
-    # unless its policy masks it dense.
-    reading = {name for name in readers if policies.get(name, "auto") in ("auto", "chain", "gather_inputs")}
+    gated = [layer for layer in network.layers if isinstance(layer, GatedConv)]
+    reading = {layer.name for layer in gated if _reads_compact_under(layer, policies.get(layer.name, "auto"), static)}
+    putting_back = {layer.name for layer in gated} - reading
     candidates = {}  # name -> (fraction of its input's channels present, policy "chain" forced)
 
     def compacts(layer, source):  # `source`: a compact input's `_Channels`, else None
@@ -366,14 +373,31 @@ def _auto_chained(network, conv_macs, capacities, num_threads=1, static=(), poli
     chained = set(candidates)
     for name, (input_fraction, forced) in reversed(list(candidates.items())):
         layer, read = network.get_layer(name), readers[name]
-        if forced or all(_reads_compact(reader, reading) for reader in read.layers):
+        if forced or all(_reads_compact(reader, reading, putting_back) for reader in read.layers):
             continue
-        if _saves_too_little_put_back(layer, read, reading, conv_macs, capacities[name], input_fraction):
+        if _saves_too_little_put_back(layer, read, reading, conv_macs, capacities[name], input_fraction,
+                                      putting_back):
             chained.discard(name)
         elif (_saved_macs(layer, conv_macs, capacities[name], input_fraction) == 0
               and read.elements >= _output_pixels(layer, conv_macs) * layer.conv.filters):
             chained.discard(name)
     return chained
+
+
+def _reads_compact_under(layer, policy, static=()):
+    """Whether gated `layer` reads a per-image compact input as it is under export `policy` (`_Builder._gated`).
+
+    Not when pruned by its weights (`static`: its kernel is cut to static
+    channels only) or masked dense (`"dense"`): both put the channels back
+    first; a depthwise conv only when it chains (`"auto"`, `"chain"`); a
+    regular one otherwise (the chain, `gather`, `gather_inputs`, a cutoff's
+    gathering branch).
+    """
+    if layer.name in static:
+        return False
+    if layer.is_depthwise:
+        return policy in ("auto", "chain")
+    return policy != "dense"
 
 
 def _input_cutoff(num_threads):
@@ -524,7 +548,7 @@ def paying_gates(model, calibration_images=None, calibration=None, num_threads=1
                 and any(_scatters_into(reader, paying) for reader in read.layers)):
             paying.discard(name)
         elif not layer.is_depthwise and _saves_too_little_put_back(layer, read, paying, conv_macs, capacities[name],
-                                                                   input_keep):
+                                                                   input_keep, putting_back=static):
             paying.discard(name)
     return [layer.name for layer in model.gated_layers if layer.name in paying]
 
