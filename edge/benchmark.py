@@ -19,7 +19,8 @@ spread, the measured speed-up and the ideal one (dense MACs / executed MACs,
 predictors included, from ftwt_keras.flops). Two reference exports run in the
 same loop to show where the gap goes: the dense model plus every mask
 predictor, not applied (`predictors_ms`: what the predictors, which every
-exact dynamic export runs, add to the dense model) and every layer masked but
+exact dynamic export runs, add to the dense model, at most: read by nothing on
+the main path, they may run after the last conv, see edge/README.md) and every layer masked but
 computed dense (`masked_dense_ms`). With calibration images (the default) a
 fifth export runs in the loop: the network gated only where the export turns
 masks into skipped work (`ftwt_keras.export.paying_gates`; the other gates
