@@ -286,10 +286,7 @@ def _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads
                   + ", ".join(f"{count}: {ms:.2f} / {dense_ms:.2f}" for count, ms, dense_ms in plan.tried), flush=True)
             kept_gates = set(plan.gates)  # static ones included
         else:
-            paying = tflite.paying_gates(model, calibration=calibrated, num_threads=threads,  # the export's capacities
-                                         static_gates=static)
-            # Layers pruned by their weights pay too (for every image): they stay gated.
-            kept_gates = set(paying) | set(tflite.statically_pruned_layers(model) if static else [])
+            kept_gates = set(tflite.kept_gates(model, calibrated, threads, static))  # the export's capacities
         lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in kept_gates])
         extra.update(lean_gates=len(kept_gates),
                      lean_executed=float(np.mean(flops.dynamic_macs(lean, sample, batch_size=16))))

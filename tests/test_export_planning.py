@@ -251,6 +251,9 @@ def test_paying_gates_leave_out_layers_pruned_by_their_weights(cifar_images):
     # conv6 reads conv5's channels as fixed at export, and pays for conv7, which reads only its active ones.
     assert export.paying_gates(model, calibration=calibration) == ["conv6", "conv7"]
     assert export.paying_gates(model, calibration=calibration, static_gates=False) == ["conv4", "conv5", "conv6", "conv7"]
+    # The network gated only where gates pay keeps conv5's gates too: they skip its off filters on every image.
+    assert export.kept_gates(model, calibration) == ["conv5", "conv6", "conv7"]
+    assert export.kept_gates(model, calibration, static_gates=False) == ["conv4", "conv5", "conv6", "conv7"]
 
 def test_layers_pruned_by_their_weights_are_neither_compacted_nor_capped(cifar_images):
     """The static path takes a layer whose weights decide its gates: no capacity, no cap (which would undecide them)."""

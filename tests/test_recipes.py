@@ -170,7 +170,7 @@ def test_recipe_gates_only_where_gates_pay_in_the_export(tmp_path):
 
 
 def test_timed_paying_plan_keeps_what_times_faster_and_a_resumed_run_reuses_it(tmp_path, cifar_images):
-    """--paying_plan=timed: the rules' convs, fewer until the gated network times faster; written once per folder."""
+    """--paying_plan=timed: the rules' convs, fewer until the gated network times faster; one plan per folder and flags."""
     import tensorflow as tf
 
     from ftwt_keras.export import tflite
@@ -196,20 +196,26 @@ def test_timed_paying_plan_keeps_what_times_faster_and_a_resumed_run_reuses_it(t
 
     names, record = common.planned_layers(timed, baseline, estimate, timer=timer)
     assert names == ["conv2"] and record["gates"] == names  # conv1's mask removes fewer multiply-adds
-    assert record["by"] == "timed" and (record["dense_ms"], record["gated_ms"]) == (10.0, 9.0)
+    assert record["flags"] == {"paying_plan": "timed", "edge_threads": 1, "threshold": 0.3, "target": "uniform",
+                               "ungated_layers": []}
+    assert (record["dense_ms"], record["gated_ms"]) == (10.0, 9.0)
     assert [step["gates"] for step in record["tried"]] == [len(rules), len(names), len(names)]
     assert json.loads((tmp_path / "paying_plan.json").read_text()) == record
 
     def untimed(flatbuffers):
         raise AssertionError("a resumed run times again")
 
+    def faster(flatbuffers):
+        return {"dense": 10.0, "gated": 8.0}
+
     assert common.planned_layers(timed, baseline, estimate, timer=untimed) == (names, record)
-    faster = lambda flatbuffers: {"dense": 10.0, "gated": 8.0}  # noqa: E731
+    # Other flags before FTWT training started in the folder: planned again; after: refused.
+    assert common.planned_layers(dict(timed, threshold=0.2), baseline, estimate, timer=faster)[0] == rules
+    (tmp_path / "backup_ftwt").mkdir()
+    with pytest.raises(ValueError, match=r"made for --threshold=0.2 \(asked: 0.3\), and FTWT training in"):
+        common.planned_layers(timed, baseline, estimate, timer=untimed)
     every, plan = common.paying_layers(timed, baseline, images, timer=faster)  # an array of images will do
     assert every == rules and plan.tried == [(2, 8.0, 10.0), (2, 8.0, 10.0)]
-    with pytest.raises(ValueError, match="holds a --paying_plan=timed plan for --edge_threads=1, not the "
-                                         "--paying_plan=rules --edge_threads=1 asked for"):
-        common.planned_layers(dict(config, paying_plan="rules"), baseline, estimate)
     assert common.timed_plan_report(record) == (
         "Timed on this machine: gated at 1 conv 9.00 ms against dense 10.00 ms (1.11x, masks drawn "
         "at the targets' keep ratios; 3 timings).")

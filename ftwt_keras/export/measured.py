@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ftwt_keras.export.checks import ExportError, _check_threads, check_ftwt_model
-from ftwt_keras.export.planning import _conv_macs, paying_gates, statically_pruned_layers
+from ftwt_keras.export.planning import _conv_macs, kept_gates, paying_gates
 from ftwt_keras.export.runtime import loop_medians
 from ftwt_keras.training import FTWTModel
 
@@ -34,8 +34,8 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
     """The gates of `paying_gates`, fewer until the network gated at them times faster than dense here.
 
     Converts the dense network once, then repeatedly: the layers
-    `paying_gates` picks (and, with `static_gates`, those pruned by their
-    weights, as `paying_gates` says they pay), the network gated at those
+    `kept_gates` picks (`paying_gates`' and, with `static_gates`, those
+    pruned by their weights), the network gated at those
     only (`ftwt_keras.ungate` of the others; another model, as for
     `paying_gates`), its export (`convert` with `calibration`), both timed
     side by side on `images` (`loop_medians`: the median over `loops` loops).
@@ -95,8 +95,7 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
     dense = convert(model, dynamic=False)
     dense_ms, tried, current = None, [], model
     while isinstance(current, FTWTModel):  # `ungate` of its last gate gives a plain model
-        paying = paying_gates(current, calibration=calibration, num_threads=num_threads, static_gates=static_gates)
-        kept = set(paying) | set(statically_pruned_layers(current) if static_gates else ())
+        kept = set(kept_gates(current, calibration, num_threads, static_gates))
         if not kept:
             break
         gated = gating.ungate(current, [layer.name for layer in current.gated_layers if layer.name not in kept])
@@ -111,6 +110,7 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
             return TimedPlan([layer.name for layer in model.gated_layers if layer.name in kept], dense_ms,
                              times["gated"], tried)
         macs = _conv_macs(current)
+        paying = paying_gates(current, calibration=calibration, num_threads=num_threads, static_gates=static_gates)
         droppable = sorted((layer.name for layer in current.gated_layers
                             if layer.name in paying and not layer.is_depthwise),
                            key=lambda name: macs[name] * (1.0 - calibration.keep_ratios[name]))

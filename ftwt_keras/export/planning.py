@@ -585,6 +585,29 @@ def statically_pruned_layers(model):
     return [layer.name for layer in model.gated_layers if layer.name in pruned]
 
 
+def kept_gates(model, calibration, num_threads=1, static_gates=True):
+    """The gates a network gated only where gates pay keeps: `paying_gates`, and those pruned by their weights.
+
+    A layer the export prunes by its predictors' weights
+    (`statically_pruned_layers`, with `static_gates`) skips its off filters
+    on every image, so its gates pay too, though not per image; `ungate`
+    the others for that network (`edge/benchmark.py`'s "lean" export; the
+    start of `measured_paying_gates`).
+
+    Args:
+        model: an `ftwt_keras.FTWTModel`.
+        calibration: the `Calibration` the export will use.
+        num_threads, static_gates: as `paying_gates`'.
+
+    Returns:
+        Names of gated layers, in the network's order.
+    """
+    kept = set(paying_gates(model, calibration=calibration, num_threads=num_threads, static_gates=static_gates))
+    if static_gates:
+        kept.update(statically_pruned_layers(model))
+    return [layer.name for layer in model.gated_layers if layer.name in kept]
+
+
 def compacted_layers(model, calibration=None, policy="auto", num_threads=1, static_gates=True):
     """The gated regular convs that the export computes on a static capacity (their active filters only).
 

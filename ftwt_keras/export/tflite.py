@@ -92,6 +92,7 @@ from ftwt_keras.export.planning import (
     cap_compacted_gates,
     compacted_layers,
     parse_policy,
+    kept_gates,
     paying_gates,
     statically_pruned_layers,
 )
@@ -342,6 +343,7 @@ __all__ = [
     "fold_batch_norm",
     "gate_counts",
     "interpreter",
+    "kept_gates",
     "layer_times",
     "load_calibration_images",
     "load_ftwt_model",

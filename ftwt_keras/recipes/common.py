@@ -448,25 +448,34 @@ def paying_layers(config, baseline, estimate, candidates=None, timer=None):
 def planned_layers(config, baseline, estimate, candidates=None, timer=None):
     """`paying_layers`, once per output folder: a resumed run reads `paying_plan.json` (a timed plan varies).
 
+    A plan made for other flags (`--paying_plan`, `--edge_threads`,
+    `--threshold`, `--target`, `--ungated_layers`) is made again while FTWT
+    training has not started in the folder, and refused once it has.
+
     Returns:
         `(names, record)`: the convs to gate and what `paying_plan.json` holds
-        (`rules` or `timed`, the names, and a timed plan's times in ms).
+        (the flags it was made for, the names, and a timed plan's times in ms).
     """
-    path = os.path.join(config["output_dir"], "paying_plan.json")
+    out = config["output_dir"]
+    path = os.path.join(out, "paying_plan.json")
+    flags_asked = {"paying_plan": config.get("paying_plan", "rules"), "edge_threads": config.get("edge_threads", 1),
+                   "threshold": config["threshold"], "target": config["target"],
+                   "ungated_layers": list(config.get("ungated_layers") or [])}
     if os.path.exists(path):
         with open(path) as file:
             record = json.load(file)
-        wanted = (config.get("paying_plan", "rules"), config.get("edge_threads", 1))
-        if (record["by"], record["edge_threads"]) != wanted:
-            raise ValueError(
-                f"{path} holds a --paying_plan={record['by']} plan for --edge_threads={record['edge_threads']}, "
-                f"not the --paying_plan={wanted[0]} --edge_threads={wanted[1]} asked for: the model of this "
-                "--output_dir was (or is being) trained with that plan. Use another --output_dir.")
-        logging.info("Reusing the --gate_only_paying plan in %s", path)
-        return record["gates"], record
+        if record.get("flags") == flags_asked:
+            logging.info("Reusing the --gate_only_paying plan in %s", path)
+            return record["gates"], record
+        made_for = record.get("flags", {})
+        differing = ", ".join(f"--{name}={made_for.get(name)!r} (asked: {value!r})"
+                              for name, value in flags_asked.items() if made_for.get(name) != value)
+        if any(os.path.exists(os.path.join(out, name)) for name in ("model.keras", "backup_ftwt")):
+            raise ValueError(f"{path} holds the --gate_only_paying plan made for {differing}, and FTWT training in "
+                             f"{out} started with it. Use another --output_dir for these flags.")
+        logging.info("Planning again: %s was made for %s", path, differing)
     names, plan = paying_layers(config, baseline, estimate, candidates, timer)
-    record = {"by": config.get("paying_plan", "rules"), "edge_threads": config.get("edge_threads", 1),
-              "gates": names}
+    record = {"flags": flags_asked, "gates": names}
     if plan is not None:
         record.update(dense_ms=plan.dense_ms, gated_ms=plan.gated_ms,
                       tried=[{"gates": count, "gated_ms": gated, "dense_ms": dense}
@@ -697,12 +706,12 @@ def run(config=None):
     if config.get("gate_only_paying"):
         planned, plan_record = planned_layers(config, baseline, estimate_data, gated_layers)
         if not planned:
-            timed = plan_record["by"] == "timed" and plan_record.get("tried")
+            timed = plan_record.get("tried")
             raise ValueError(
                 f"--gate_only_paying: at r={config['threshold']:g} the baseline's targets keep too many filters for "
                 + ("any gate to pay on this machine (the network gated at the convs ftwt_keras.export.paying_gates "
                    "picks, and at fewer of them, timed no faster than dense; "
-                   f"{os.path.join(config['output_dir'], 'paying_plan.json')}; delete it to time again)" if timed else
+                   f"{os.path.join(config['output_dir'], 'paying_plan.json')}: delete it to time again)" if timed else
                    "any gate to pay in the edge export (ftwt_keras.export.paying_gates)")
                 + "; a lower --threshold prunes more. Nothing was gated or trained."
             )
@@ -750,7 +759,7 @@ def run(config=None):
     )
     calibration_images = estimate_data  # training images, not augmented (`_datasets`)
     if planned:
-        if plan_record["by"] == "timed":
+        if plan_record.get("tried"):
             summary += "\n" + timed_plan_report(plan_record)
         # The predictors keep somewhat more filters than their targets: check the plan on the trained masks.
         results["paying_gates"] = _paying_gates(config, model, calibration_images)
