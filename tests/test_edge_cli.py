@@ -63,7 +63,7 @@ def run_benchmark(script, *flags):
     )
 
 
-@pytest.mark.parametrize("script", ["convert.py", "benchmark.py"])
+@pytest.mark.parametrize("script", ["convert.py", "benchmark.py", "candidates.py"])
 def test_cli_help(script):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "edge", script), "--help"],

@@ -45,6 +45,46 @@ def set_keep_ratio(model, keep, seed=0):
     return model
 
 
+def drawn_at_targets(baseline, images, threshold, seed=0, **gate_options):
+    """`baseline` gated at `threshold`, its masks drawn at each gate's mean target keep ratio: a stand-in to time.
+
+    Before any FTWT training there are no trained masks to time. This gates
+    `baseline` (`ftwt_keras.gate(baseline, threshold, **gate_options)`: pass
+    the `target`, `layers_to_gate` and predictor options training will use,
+    since the predictors' cost counts), calibrates on the gates' training
+    targets over `images` (`calibrate(..., targets=True)`: each layer's mean
+    keep ratio, and capacities for its images' counts) and draws each
+    gate's fixed mask at its layer's ratio (`set_keep_ratio`). The
+    predictors then keep somewhat more filters than their targets, as the
+    FLOPs estimate says.
+
+    >>> import ftwt_keras as fk, numpy as np
+    >>> from ftwt_keras.export import drawn_at_targets
+    >>> images = np.random.uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    >>> model, calibration = drawn_at_targets(fk.models.vgg16_bn(), images, 0.3, target="uniform")
+    >>> round(calibration.keep_ratios["conv2"], 2)
+    0.31
+
+    Args:
+        baseline: a plain Keras model (the dense network to gate).
+        images: raw images like those the model will see (an array, or an
+            iterable of batches).
+        threshold: r, as `gate`'s.
+        seed: for the drawn filters.
+        **gate_options: the other arguments of `ftwt_keras.gate`.
+
+    Returns:
+        `(model, calibration)`: the gated `FTWTModel` with drawn masks and the
+        targets' `Calibration`.
+    """
+    from ftwt_keras import gating
+    from ftwt_keras.export.calibration import calibrate
+
+    model = gating.gate(baseline, threshold=threshold, **gate_options)
+    calibration = calibrate(model, images, targets=True)
+    return set_keep_ratio(model, calibration.keep_ratios, seed=seed), calibration
+
+
 def randomize_batch_norm(model, seed=0):
     """Gives every BatchNormalization layer of a plain Keras `model` random statistics and affine terms.
 

@@ -80,7 +80,6 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
     Returns:
         A `TimedPlan`.
     """
-    from ftwt_keras import gating
     from ftwt_keras.export.tflite import convert
 
     check_ftwt_model(model)
@@ -93,12 +92,8 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
             return {name: float(np.median(values)) for name, values in medians.items()}
 
     dense = convert(model, dynamic=False)
-    dense_ms, tried, current = None, [], model
-    while isinstance(current, FTWTModel):  # `ungate` of its last gate gives a plain model
-        kept = set(kept_gates(current, calibration, num_threads, static_gates))
-        if not kept:
-            break
-        gated = gating.ungate(current, [layer.name for layer in current.gated_layers if layer.name not in kept])
+    dense_ms, tried = None, []
+    for kept, gated in gate_candidates(model, calibration, num_threads, static_gates, drop_divisor):
         flatbuffer = convert(gated, calibration=calibration, static_gates=static_gates, num_threads=num_threads)
         for _ in range(2):  # a pass is timed again: a slow spell of the host can even both out
             times = timer({"dense": dense, "gated": flatbuffer})
@@ -107,16 +102,43 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
             if times["gated"] > (1.0 - margin) * dense_ms:
                 break
         else:
-            return TimedPlan([layer.name for layer in model.gated_layers if layer.name in kept], dense_ms,
-                             times["gated"], tried)
+            return TimedPlan(kept, dense_ms, times["gated"], tried)
+    if dense_ms is None:
+        dense_ms = timer({"dense": dense})["dense"]
+    return TimedPlan([], dense_ms, None, tried)
+
+
+def gate_candidates(model, calibration, num_threads=1, static_gates=True, drop_divisor=4):
+    """The networks `measured_paying_gates` times, in its order, without timing them.
+
+    First `model` gated at `kept_gates` only; then, again and again, the
+    paying regular convs whose masks remove the fewest multiply-adds (dense
+    MACs x (1 - keep ratio)), a `drop_divisor`-th of them (at least one),
+    ungated for good and `kept_gates` asked again, until no gate is left.
+    Each network gates a subset of the one before. Where no Python runs (a
+    phone), export them and time them there (`edge/candidates.py`).
+
+    Args:
+        model, calibration, num_threads, static_gates, drop_divisor: as
+            `measured_paying_gates`'.
+
+    Yields:
+        `(names, network)`: the gated layers kept, in the network's order,
+        and the model gated at those only (`ftwt_keras.ungate` of the others).
+    """
+    from ftwt_keras import gating
+
+    current = model
+    while isinstance(current, FTWTModel):  # `ungate` of its last gate gives a plain model
+        kept = kept_gates(current, calibration, num_threads, static_gates)
+        if not kept:
+            return
+        yield kept, gating.ungate(current, [layer.name for layer in current.gated_layers if layer.name not in kept])
         macs = _conv_macs(current)
         paying = paying_gates(current, calibration=calibration, num_threads=num_threads, static_gates=static_gates)
         droppable = sorted((layer.name for layer in current.gated_layers
                             if layer.name in paying and not layer.is_depthwise),
                            key=lambda name: macs[name] * (1.0 - calibration.keep_ratios[name]))
         if not droppable:
-            break
+            return
         current = gating.ungate(current, droppable[: max(1, len(droppable) // drop_divisor)])
-    if dense_ms is None:
-        dense_ms = timer({"dense": dense})["dense"]
-    return TimedPlan([], dense_ms, None, tried)

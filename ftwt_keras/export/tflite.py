@@ -73,7 +73,8 @@ from ftwt_keras.export.checks import (
     check_ftwt_model,
     load_ftwt_model,
 )
-from ftwt_keras.export.drawn_masks import randomize_batch_norm, set_keep_ratio
+from ftwt_keras.export.candidates import benchmark_model_ms, export_candidates, pick_candidate, read_manifest
+from ftwt_keras.export.drawn_masks import drawn_at_targets, randomize_batch_norm, set_keep_ratio
 from ftwt_keras.export.planning import (
     AUTO_CHAIN_CUTOFF,
     AUTO_CHAIN_CUTOFF_MID,
@@ -96,7 +97,7 @@ from ftwt_keras.export.planning import (
     paying_gates,
     statically_pruned_layers,
 )
-from ftwt_keras.export.measured import TimedPlan, measured_paying_gates
+from ftwt_keras.export.measured import TimedPlan, gate_candidates, measured_paying_gates
 from ftwt_keras.export.runtime import interpreter, loop_medians, loop_times, run, time_invokes, time_side_by_side
 
 
@@ -334,13 +335,17 @@ __all__ = [
     "STATIC_MIN_DECIDED",
     "SUPPORTED_LAYERS",
     "TimedPlan",
+    "benchmark_model_ms",
     "calibrate",
     "cap_compacted_gates",
     "check_ftwt_model",
     "compacted_layers",
     "convert",
+    "drawn_at_targets",
+    "export_candidates",
     "export_file",
     "fold_batch_norm",
+    "gate_candidates",
     "gate_counts",
     "interpreter",
     "kept_gates",
@@ -353,7 +358,9 @@ __all__ = [
     "op_names",
     "parse_policy",
     "paying_gates",
+    "pick_candidate",
     "randomize_batch_norm",
+    "read_manifest",
     "run",
     "save",
     "set_keep_ratio",

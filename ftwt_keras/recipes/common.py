@@ -405,12 +405,14 @@ TIMED_PLAN_IMAGES = 32  # training images each timing of `--paying_plan=timed` r
 def paying_layers(config, baseline, estimate, candidates=None, timer=None):
     """`--gate_only_paying`: the convs of `baseline` whose gates will pay in the export, from its targets at r.
 
-    Gates `baseline` at the run's threshold and target rule (the convs
-    `candidates` selects, as `gate`'s `layers_to_gate`), calibrates on the
-    targets of the `estimate` images and takes `paying_gates`' names. With
+    Gates `baseline` as training will (the run's threshold, target rule and
+    predictors; the convs `candidates` selects, as `gate`'s
+    `layers_to_gate`), calibrates on the targets of the `estimate` images
+    with masks drawn at each layer's mean target keep ratio
+    (`export.drawn_at_targets`) and takes `paying_gates`' names. With
     `--paying_plan=timed`, those are the start of `measured_paying_gates`,
-    which times the network gated at them, with masks drawn at each layer's
-    mean target keep ratio, against the dense one on this machine.
+    which times that network gated at them against the dense one on this
+    machine.
 
     Args:
         config: the run's flags.
@@ -425,17 +427,18 @@ def paying_layers(config, baseline, estimate, candidates=None, timer=None):
     """
     import numpy as np
 
-    import ftwt_keras as fk
     from ftwt_keras.export import tflite
 
-    gated = fk.gate(baseline, threshold=config["threshold"], target=config["target"], layers_to_gate=candidates)
-    calibration = tflite.calibrate(gated, estimate, targets=True)
+    # Gated as training will gate it (the predictors' cost counts in the timing), masks drawn at the targets.
+    drawn, calibration = tflite.drawn_at_targets(
+        baseline, estimate, config["threshold"], target=config["target"], layers_to_gate=candidates,
+        pooling=config.get("pooling", "avg"), use_softmax=config.get("use_softmax", True),
+        predictor_rank=config.get("predictor_rank"))
     threads = config.get("edge_threads", 1)
     # The plan is about the gates training will give: not about what the initial weights happen to decide.
-    rules = tflite.paying_gates(gated, calibration=calibration, num_threads=threads, static_gates=False)
+    rules = tflite.paying_gates(drawn, calibration=calibration, num_threads=threads, static_gates=False)
     if config.get("paying_plan", "rules") != "timed" or not rules:
         return rules, None
-    drawn = tflite.set_keep_ratio(gated, calibration.keep_ratios)
     if isinstance(estimate, np.ndarray):
         images = estimate[:TIMED_PLAN_IMAGES]
     else:

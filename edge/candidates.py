@@ -1,0 +1,121 @@
+"""Choose the gates to train by timing candidate networks on the device (a phone runs no Python).
+
+    # 1. Before FTWT training: candidates from the dense baseline at r, masks drawn at its targets.
+    python edge/candidates.py --baseline runs/x/baseline.keras --threshold 0.5 --target uniform \\
+        --predictor_rank 16 --calibration cifar10:train[:256] --output_dir candidates
+    # 2. On the phone: one benchmark_model run per file, each output saved as <file>.log (edge/README.md).
+    # 3. The fastest candidate that beats dense, and the --ungated_layers that train it:
+    python edge/candidates.py --pick candidates
+
+Step 1 writes dense.tflite, gated_<i>.tflite (the network gated only where
+gates pay, `ftwt_keras.export.paying_gates`, then fewer and fewer gates:
+`ftwt_keras.export.gate_candidates`) and candidates.json, and prints the
+adb commands that time them. Step 3 reads <file>.log next to each file.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("baseline", None, "Step 1: the dense baseline (.keras) FTWT training will gate.")
+flags.DEFINE_float("threshold", None, "Step 1: r, the heatmap-mass fraction training will use.")
+flags.DEFINE_enum("target", "uniform", ["mass", "uniform"], "Step 1: the target rule training will use.")
+flags.DEFINE_integer("predictor_rank", None, "Step 1: the predictor rank training will use (default: full).")
+flags.DEFINE_list("ungated_layers", [], "Step 1: conv layers training will leave dense (names or patterns).")
+flags.DEFINE_string("calibration", None, "Step 1: training images, a .npy file (N, H, W, 3) or NAME:SPLIT "
+                    "(e.g. cifar10:train[:256]): the targets' keep ratios and capacities.")
+flags.DEFINE_string("output_dir", None, "Step 1: where to write the .tflite files and candidates.json.")
+flags.DEFINE_integer("threads", 1, "Step 1: the interpreter threads the device will run with.")
+flags.register_validator("threads", lambda value: value >= 1, message="--threads must be >= 1.")
+flags.DEFINE_string("pick", None, "Step 3: a folder of step 1, with one benchmark_model output per file "
+                    "as <file>.log (e.g. gated_0.tflite.log).")
+flags.DEFINE_float("margin", 0.01, "Step 3: how much faster than dense a candidate must be (fraction of its time).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if bool(FLAGS.pick) == bool(FLAGS.baseline):
+        raise app.UsageError("Pass --baseline (with --threshold, --calibration, --output_dir) to write candidates, "
+                             "or --pick DIR to choose from their times.")
+    from ftwt_keras.export import tflite
+
+    try:
+        if FLAGS.pick:
+            print(_pick(FLAGS.pick))
+            return 0
+        if FLAGS.threshold is None or not FLAGS.calibration or not FLAGS.output_dir:
+            raise app.UsageError("--baseline needs --threshold, --calibration and --output_dir.")
+        _write(tflite)
+    except tflite.ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write(tflite):
+    import keras
+
+    from ftwt_keras import gating
+    from ftwt_keras.training import FTWTModel
+
+    if not os.path.exists(FLAGS.baseline):
+        raise tflite.ExportError(f"No model file at {FLAGS.baseline}.")
+    baseline = keras.saving.load_model(FLAGS.baseline)
+    if isinstance(baseline, FTWTModel):
+        raise tflite.ExportError(f"{FLAGS.baseline} is an FTWT model: pass the dense baseline it was gated from "
+                                 "(the recipes' baseline.keras); its candidates are gated at --threshold here.")
+    images = tflite.load_calibration_images(FLAGS.calibration)
+    layers = gating.layers_except(baseline, FLAGS.ungated_layers) if FLAGS.ungated_layers else None
+    model, calibration = tflite.drawn_at_targets(baseline, images, FLAGS.threshold, target=FLAGS.target,
+                                                 layers_to_gate=layers, predictor_rank=FLAGS.predictor_rank)
+    manifest = tflite.export_candidates(model, calibration, FLAGS.output_dir, num_threads=FLAGS.threads)
+    files = [manifest["dense"]] + [entry["file"] for entry in manifest["candidates"]]
+    print(f"Wrote {len(files)} models to {FLAGS.output_dir} (masks drawn at the targets of r={FLAGS.threshold:g}):")
+    for entry in manifest["candidates"]:
+        print(f"  {entry['file']}: gated at {', '.join(entry['gates'])} ({len(entry['gates'])} of "
+              f"{len(model.gated_layers)} gated convs)")
+    if not manifest["candidates"]:
+        print("  (no gate pays at this r by the export's rules: train at a lower r, or not for speed)")
+    print("Time each on the device, one benchmark_model run per file, its output saved as <file>.log:")
+    print(f"  adb push {FLAGS.output_dir} /data/local/tmp/candidates")
+    print(f"  for f in {' '.join(files)}; do adb shell /data/local/tmp/benchmark_model "
+          f"--graph=/data/local/tmp/candidates/$f --num_threads={FLAGS.threads} --use_xnnpack=true "
+          f"--num_runs=200 --warmup_runs=20 > {FLAGS.output_dir}/$f.log 2>&1; done")
+    print(f"  python edge/candidates.py --pick {FLAGS.output_dir}")
+
+
+def _pick(folder):
+    from ftwt_keras.export import tflite
+
+    manifest = tflite.read_manifest(folder)
+    times = {}
+    for file in [manifest["dense"]] + [entry["file"] for entry in manifest["candidates"]]:
+        log = os.path.join(folder, f"{file}.log")
+        if os.path.exists(log):
+            with open(log) as handle:
+                try:
+                    times[file] = tflite.benchmark_model_ms(handle.read())
+                except tflite.ExportError as error:
+                    raise tflite.ExportError(f"{log}: {error}") from None
+    lines = [f"  {file}: {ms:.2f} ms" for file, ms in times.items()]
+    chosen = tflite.pick_candidate(manifest, times, margin=FLAGS.margin)
+    if chosen is None:
+        verdict = (f"No candidate ran at least {100 * FLAGS.margin:g}% faster than dense: on this device, train "
+                   "without gates for speed (or at a lower r and time again).")
+    else:
+        train = (f"the recipe's flags plus --ungated_layers={','.join(chosen['ungated_layers'])} (added to any it "
+                 "had)" if chosen["ungated_layers"] else "the recipe's flags as they are")
+        gates = len(chosen["gates"])
+        verdict = (f"{chosen['file']} ({gates} gate{'s' if gates > 1 else ''}) ran at {times[manifest['dense']] / chosen['ms']:.2f}x "
+                   f"of dense. To train it: {train}, without --gate_only_paying.")
+    return "\n".join(["Times on the device (benchmark_model, mean):", *lines, verdict])
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,103 @@
+"""Which gates pay on a device that runs no Python: candidate networks to time there, and the choice from the times.
+
+`measured_paying_gates` times its candidate networks where it runs. A phone
+runs `benchmark_model`, not Python: `export_candidates` writes the same
+candidates (`gate_candidates`) and the dense network as `.tflite` files with
+a manifest, `benchmark_model_ms` reads the time out of `benchmark_model`'s
+output for each, and `pick_candidate` takes the fastest that beats dense.
+Before training, the candidates are the dense baseline gated at r with masks
+drawn at its targets (`drawn_at_targets`); the pick's `ungated_layers` are
+then what the recipes' `--ungated_layers` takes.
+"""
+
+import json
+import os
+import re
+
+from ftwt_keras.export.checks import ExportError, _check_threads, check_ftwt_model
+from ftwt_keras.export.measured import gate_candidates
+
+MANIFEST = "candidates.json"
+_AVERAGE = re.compile(r"Inference timings in us: .*Inference \(avg\): ([0-9.eE+-]+)")
+
+
+def export_candidates(model, calibration, output_dir, num_threads=1, static_gates=False, drop_divisor=4):
+    """Writes `model`'s `gate_candidates` and its dense network as `.tflite` files, and their manifest.
+
+    Files: `dense.tflite`, `gated_<i>.tflite` for the i-th candidate (each
+    gating a subset of the one before), and `candidates.json`: `{"threads",
+    "dense", "candidates": [{"file", "gates", "ungated_layers"}]}`, where
+    `ungated_layers` are `model`'s gated layers that the candidate leaves
+    dense. Time each file where the model will run (`benchmark_model`, see
+    edge/README.md) and pass the times to `pick_candidate`.
+
+    Args:
+        model: an `ftwt_keras.FTWTModel`, e.g. from `drawn_at_targets`.
+        calibration: the `Calibration` the exports use.
+        output_dir: where to write (created if missing).
+        num_threads: the interpreter threads the device will run with.
+        static_gates, drop_divisor: as `measured_paying_gates`' (drawn masks:
+            `static_gates=False`).
+
+    Returns:
+        The manifest (a dict, as written).
+    """
+    from ftwt_keras.export.tflite import convert, save
+
+    check_ftwt_model(model)
+    _check_threads(num_threads)
+    if calibration is None:
+        raise ExportError("`export_candidates` needs the `calibration` the exports will use.")
+    os.makedirs(output_dir, exist_ok=True)
+    save(convert(model, dynamic=False), os.path.join(output_dir, "dense.tflite"))
+    names = [layer.name for layer in model.gated_layers]
+    candidates = []
+    for index, (kept, network) in enumerate(gate_candidates(model, calibration, num_threads, static_gates,
+                                                            drop_divisor)):
+        file = f"gated_{index}.tflite"
+        save(convert(network, calibration=calibration, static_gates=static_gates, num_threads=num_threads),
+             os.path.join(output_dir, file))
+        candidates.append({"file": file, "gates": kept, "ungated_layers": [n for n in names if n not in kept]})
+    manifest = {"threads": num_threads, "dense": "dense.tflite", "candidates": candidates}
+    with open(os.path.join(output_dir, MANIFEST), "w") as file:
+        json.dump(manifest, file, indent=2)
+    return manifest
+
+
+def read_manifest(output_dir):
+    """The manifest `export_candidates` wrote in `output_dir`."""
+    path = os.path.join(output_dir, MANIFEST)
+    if not os.path.exists(path):
+        raise ExportError(f"No {MANIFEST} in {output_dir}: write the candidates first (edge/candidates.py --model ...).")
+    with open(path) as file:
+        return json.load(file)
+
+
+def benchmark_model_ms(text):
+    """The mean inference time, in ms, that LiteRT's `benchmark_model` printed in `text` (its output)."""
+    found = _AVERAGE.findall(text)
+    if not found:
+        raise ExportError("No 'Inference timings in us: ... Inference (avg): N' line in this benchmark_model output: "
+                          "save the whole output of one benchmark_model run per file.")
+    return float(found[-1]) / 1e3
+
+
+def pick_candidate(manifest, times_ms, margin=0.01):
+    """The fastest candidate at least `margin` faster than dense, from `{file: ms}`; None when none is.
+
+    Args:
+        manifest: `export_candidates`' (or `read_manifest`).
+        times_ms: each file's time on the device, the dense one's included
+            (candidates without a time are skipped).
+        margin: how much faster than dense (a fraction of its time).
+
+    Returns:
+        The candidate's manifest entry with its `ms` added, or None: ship
+        the dense model.
+    """
+    if manifest["dense"] not in times_ms:
+        raise ExportError(f"No time for the dense model ({manifest['dense']}): every candidate is judged against it.")
+    dense_ms = times_ms[manifest["dense"]]
+    timed = [dict(entry, ms=times_ms[entry["file"]]) for entry in manifest["candidates"] if entry["file"] in times_ms]
+    faster = [entry for entry in timed if entry["ms"] <= (1.0 - margin) * dense_ms]
+    return min(faster, key=lambda entry: entry["ms"]) if faster else None
