@@ -24,7 +24,8 @@ from absl import app, flags  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("baseline", None, "Step 1: the dense baseline (.keras) FTWT training will gate.")
 flags.DEFINE_float("threshold", None, "Step 1: r, the heatmap-mass fraction training will use.")
-flags.DEFINE_enum("target", "uniform", ["mass", "uniform"], "Step 1: the target rule training will use.")
+flags.DEFINE_enum("target", "mass", ["mass", "uniform"],
+                  "Step 1: the target rule training will use (ftwt_keras.gate's default: mass).")
 flags.DEFINE_integer("predictor_rank", None, "Step 1: the predictor rank training will use (default: full).")
 flags.DEFINE_list("ungated_layers", [], "Step 1: conv layers training will leave dense (names or patterns).")
 flags.DEFINE_string("calibration", None, "Step 1: training images, a .npy file (N, H, W, 3) or NAME:SPLIT "
@@ -112,8 +113,9 @@ def _pick(folder):
         train = (f"the recipe's flags plus --ungated_layers={','.join(chosen['ungated_layers'])} (added to any it "
                  "had)" if chosen["ungated_layers"] else "the recipe's flags as they are")
         gates = len(chosen["gates"])
-        verdict = (f"{chosen['file']} ({gates} gate{'s' if gates > 1 else ''}) ran at {times[manifest['dense']] / chosen['ms']:.2f}x "
-                   f"of dense. To train it: {train}, without --gate_only_paying.")
+        speedup = times[manifest["dense"]] / chosen["ms"]
+        verdict = (f"{chosen['file']} ({gates} gate{'s' if gates > 1 else ''}) ran at {speedup:.2f}x of dense. "
+                   f"To train it: {train}, without --gate_only_paying.")
     return "\n".join(["Times on the device (benchmark_model, mean):", *lines, verdict])
 
 

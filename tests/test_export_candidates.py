@@ -64,7 +64,7 @@ def test_candidates_cli_writes_the_networks_to_time_and_picks_from_their_times(t
                               capture_output=True, text=True, timeout=300,
                               env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
-    result = cli(f"--baseline={path}", "--threshold=0.3", f"--calibration={tmp_path / 'calibration.npy'}",
+    result = cli(f"--baseline={path}", "--threshold=0.3", "--target=uniform", f"--calibration={tmp_path / 'calibration.npy'}",
                  f"--output_dir={out}")
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((out / "candidates.json").read_text())

@@ -68,7 +68,7 @@ def read_manifest(output_dir):
     """The manifest `export_candidates` wrote in `output_dir`."""
     path = os.path.join(output_dir, MANIFEST)
     if not os.path.exists(path):
-        raise ExportError(f"No {MANIFEST} in {output_dir}: write the candidates first (edge/candidates.py --model ...).")
+        raise ExportError(f"No {MANIFEST} in {output_dir}: write the candidates first (edge/candidates.py --baseline ...).")
     with open(path) as file:
         return json.load(file)
 
