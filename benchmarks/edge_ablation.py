@@ -48,8 +48,6 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.drawn_capacities < 1.0:
         raise app.UsageError(f"--drawn_capacities must be >= 1; got {FLAGS.drawn_capacities}.")
-    import numpy as np
-
     import ftwt_keras as fk
     from _export_ablations import ablated_exports
     from ftwt_keras import data
@@ -73,8 +71,7 @@ def main(argv):
     calibration = tflite.calibrate(model, calibration_images).with_capacity_ratio(model, capacity_ratio)
     flatbuffers = {"dense": tflite.convert(model, dynamic=False), "auto": tflite.convert(model, calibration=calibration, static_gates=False)}
     flatbuffers.update(ablated_exports(model, unshifted, calibration=calibration, static_gates=False))
-    medians = tflite.loop_medians(flatbuffers, images, FLAGS.repeats)
-    medians = {name: float(np.median(values)) for name, values in medians.items()}
+    medians = tflite.median_ms(flatbuffers, images, FLAGS.repeats)
     print(f"MobileNetV1-{size}, {'full' if rank is None else f'rank {rank}'} predictors, keep {FLAGS.keep}, "
           f"{'caps' if FLAGS.capped_ratio else 'capacities'} {capacity_ratio:g}x the count, 1 thread, "
           f"{FLAGS.num_images} images x {FLAGS.repeats}:")

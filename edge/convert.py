@@ -117,13 +117,11 @@ def main(argv):
 
 def _timed_here(model, flatbuffer, images, loops=3):
     """The written export and the dense one timed side by side on `images` here: one line."""
-    import numpy as np
-
     from ftwt_keras.export import tflite
 
     dense = tflite.convert(model, dynamic=False)
-    medians = tflite.loop_medians({"dense": dense, "dynamic": flatbuffer}, images, loops, FLAGS.threads)
-    dense_ms, dynamic_ms = (float(np.median(medians[name])) for name in ("dense", "dynamic"))
+    medians = tflite.median_ms({"dense": dense, "dynamic": flatbuffer}, images, loops, FLAGS.threads)
+    dense_ms, dynamic_ms = medians["dense"], medians["dynamic"]
     verdict = "faster than" if dynamic_ms < dense_ms else "no faster than"
     return (f"Timed here ({FLAGS.threads} thread{'s' if FLAGS.threads > 1 else ''}, {len(images)} calibration images "
             f"x {loops} loops, medians): dense {dense_ms:.2f} ms, this .tflite {dynamic_ms:.2f} ms "

@@ -12,11 +12,9 @@ first, until it is faster.
 
 from typing import NamedTuple
 
-import numpy as np
-
 from ftwt_keras.export.checks import ExportError, _check_threads, check_ftwt_model
 from ftwt_keras.export.planning import _conv_macs, kept_gates, paying_gates
-from ftwt_keras.export.runtime import loop_medians
+from ftwt_keras.export.runtime import median_ms
 from ftwt_keras.training import FTWTModel
 
 
@@ -38,7 +36,7 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
     pruned by their weights), the network gated at those
     only (`ftwt_keras.ungate` of the others; another model, as for
     `paying_gates`), its export (`convert` with `calibration`), both timed
-    side by side on `images` (`loop_medians`: the median over `loops` loops).
+    side by side on `images` (`median_ms`: the median over `loops` loops).
     It is kept when it runs at least `margin` faster than dense, twice in a
     row: once, a slow spell of the host made both take 17.4 ms (the gated
     networks of the steps before took 10.6-10.9 ms) and let pass a network
@@ -68,14 +66,14 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
         num_threads: the interpreter threads the `.tflite` will run with.
         static_gates: as `convert`'s (False for masks the weights fix by
             construction, `set_keep_ratio`).
-        loops, warmup: as `loop_medians`.
+        loops, warmup: as `median_ms`' `repeats` and `warmup`.
         margin: how much faster than dense (a fraction of its time) the gated
             network must time to be kept.
         drop_divisor: each slower step ungates 1 / this of the paying regular
             convs (1: all at once; a large value: one at a time, the finest
             choice and the most steps).
         timer: a function of `{"dense": flatbuffer, "gated": flatbuffer}`
-            returning `{name: ms}`; default: `loop_medians` on `images`.
+            returning `{name: ms}`; default: `median_ms` on `images`.
 
     Returns:
         A `TimedPlan`.
@@ -88,8 +86,7 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
         raise ExportError("`measured_paying_gates` needs the `calibration` the export will use.")
     if timer is None:
         def timer(flatbuffers):
-            medians = loop_medians(flatbuffers, images, loops, num_threads, warmup)
-            return {name: float(np.median(values)) for name, values in medians.items()}
+            return median_ms(flatbuffers, images, loops, num_threads, warmup)
 
     dense = convert(model, dynamic=False)
     dense_ms, tried = None, []

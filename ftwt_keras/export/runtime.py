@@ -92,6 +92,12 @@ def loop_medians(flatbuffers, images, repeats, num_threads=1, warmup=10):
             for name, loops in loop_times(flatbuffers, images, repeats, num_threads, warmup).items()}
 
 
+def median_ms(flatbuffers, images, repeats, num_threads=1, warmup=10):
+    """`{name: ms}`: the median over `repeats` side-by-side loops of each loop's median (`loop_medians`)."""
+    return {name: float(np.median(values))
+            for name, values in loop_medians(flatbuffers, images, repeats, num_threads, warmup).items()}
+
+
 def run(flatbuffer_or_interpreter, images, num_threads=1):
     """Runs a batch-1 .tflite model on each image of `images` (N, H, W, C); returns (N, classes)."""
     runner = flatbuffer_or_interpreter

@@ -98,7 +98,15 @@ from ftwt_keras.export.planning import (
     statically_pruned_layers,
 )
 from ftwt_keras.export.measured import TimedPlan, gate_candidates, measured_paying_gates
-from ftwt_keras.export.runtime import interpreter, loop_medians, loop_times, run, time_invokes, time_side_by_side
+from ftwt_keras.export.runtime import (
+    interpreter,
+    loop_medians,
+    loop_times,
+    median_ms,
+    run,
+    time_invokes,
+    time_side_by_side,
+)
 
 
 def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None, stop_at=None,
@@ -355,6 +363,7 @@ __all__ = [
     "loop_medians",
     "loop_times",
     "measured_paying_gates",
+    "median_ms",
     "op_names",
     "parse_policy",
     "paying_gates",
