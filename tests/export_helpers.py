@@ -26,6 +26,16 @@ def _statistics_images():
         return np.random.default_rng(0).uniform(0, 255, (32 + NUM_IMAGES, 32, 32, 3)).astype(np.float32)
 
 
+def two_paying_convs():
+    """A small plain network at 28x28 whose conv1 (3x3, 48 -> 48: 16.3M multiply-adds) and conv2 (48 -> 96: 32.5M)
+    compute only their active filters at a low keep ratio (conv0, from 3 channels, is too small to)."""
+    inputs = keras.Input((28, 28, 3))
+    x = keras.layers.Conv2D(48, 3, padding="same", name="conv0")(inputs)
+    x = keras.layers.Conv2D(48, 3, padding="same", activation="relu", name="conv1")(x)
+    x = keras.layers.Conv2D(96, 3, padding="same", activation="relu", name="conv2")(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x)))
+
+
 def _threshold_in_a_gap(values, off_fraction):
     """A threshold near the `off_fraction` quantile of `values`, midway in the widest nearby gap.
 

@@ -14,6 +14,8 @@ pytest.importorskip("ai_edge_litert")
 
 from ftwt_keras.export import tflite as export  # noqa: E402
 
+from export_helpers import two_paying_convs  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -23,15 +25,6 @@ def _log(microseconds):
             f"INFO: Inference timings in us: Init: 5685, First inference: 18535, Warmup (avg): 14462.3, "
             f"Inference (avg): {microseconds}\n"
             "INFO: Memory footprint delta from the start of the tool (MB): init=4.5 overall=9.1\n")
-
-
-def _baseline():
-    """Untrained, small, at 28x28: its targets at r = 0.3 make conv1 (16M multiply-adds) and conv2 (33M) pay."""
-    inputs = keras.Input((28, 28, 3))
-    x = keras.layers.Conv2D(48, 3, padding="same", name="conv0")(inputs)
-    x = keras.layers.Conv2D(48, 3, padding="same", activation="relu", name="conv1")(x)
-    x = keras.layers.Conv2D(96, 3, padding="same", activation="relu", name="conv2")(x)
-    return keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x)))
 
 
 def test_benchmark_model_output_and_the_pick():
@@ -54,7 +47,7 @@ def test_candidates_cli_writes_the_networks_to_time_and_picks_from_their_times(t
     """edge/candidates.py: the baseline gated at r with drawn masks, at the paying convs and then fewer; each file
     runs; then, from benchmark_model's outputs, the fastest that beats dense and the --ungated_layers to train it."""
     path = str(tmp_path / "baseline.keras")
-    _baseline().save(path)
+    two_paying_convs().save(path)
     images = np.asarray(keras.ops.image.resize(cifar_images[:8], (28, 28)))
     np.save(tmp_path / "calibration.npy", images)
     out = tmp_path / "candidates"

@@ -10,15 +10,12 @@ pytest.importorskip("ai_edge_litert")
 import ftwt_keras as fk  # noqa: E402
 from ftwt_keras.export import tflite as export  # noqa: E402
 
+from export_helpers import two_paying_convs  # noqa: E402
+
 
 def _two_chains(cifar_images):
-    """conv1 (3x3, 48 -> 48 on 28x28: 16.3M MACs) into conv2 (48 -> 96: 32.5M), both compact at keep 0.3."""
-    inputs = keras.Input((28, 28, 3))
-    x = keras.layers.Conv2D(48, 3, padding="same", name="conv0")(inputs)
-    x = keras.layers.Conv2D(48, 3, padding="same", name="conv1")(x)
-    x = keras.layers.Conv2D(96, 3, padding="same", name="conv2")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    model = export.set_keep_ratio(fk.gate(keras.Model(inputs, keras.layers.Dense(10)(x))), 0.3)
+    """`two_paying_convs` gated, masks drawn at keep 0.3: conv1 and conv2 compact."""
+    model = export.set_keep_ratio(fk.gate(two_paying_convs()), 0.3)
     images = np.asarray(keras.ops.image.resize(cifar_images[:4], (28, 28)))
     return model, export.calibrate(model, images).with_capacity_ratio(model, 1.26), images
 

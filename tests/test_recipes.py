@@ -175,12 +175,9 @@ def test_timed_paying_plan_keeps_what_times_faster_and_a_resumed_run_reuses_it(t
 
     from ftwt_keras.export import tflite
 
-    # Untrained (its targets at r still keep few filters), small: conv1 (16M multiply-adds) and conv2 (33M) pay.
-    inputs = keras.Input((28, 28, 3))
-    x = keras.layers.Conv2D(48, 3, padding="same", name="conv0")(inputs)
-    x = keras.layers.Conv2D(48, 3, padding="same", activation="relu", name="conv1")(x)
-    x = keras.layers.Conv2D(96, 3, padding="same", activation="relu", name="conv2")(x)
-    baseline = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x)))
+    from export_helpers import two_paying_convs
+
+    baseline = two_paying_convs()  # untrained: its targets at r still keep few filters; conv1 and conv2 pay
     images = np.asarray(keras.ops.image.resize(cifar_images, (28, 28)))
     estimate = tf.data.Dataset.from_tensor_slices((images, np.zeros(len(images), "int64"))).batch(16)
     config = {"threshold": 0.3, "target": "uniform", "edge_threads": 1, "output_dir": str(tmp_path)}
