@@ -1,12 +1,13 @@
 import keras
 import numpy as np
 import pytest
+from conftest import small_resnet
 
 import ftwt_keras as fk
 
 
 def _model(threshold=1.0):
-    model = fk.gate(fk.models.mobilenet_v1(alpha=0.25), threshold=threshold)
+    model = fk.gate(small_resnet(), threshold=threshold)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -340,7 +340,8 @@ def test_layers_with_all_gates_off_or_on(cifar_images):
     for on in (True, False):
         force_gates(model, on)
         for static in (False, True):
-            for policy in ("gather", "auto", "chain"):
+            # Pruned statically, every layer is a plain unit whatever the policy: one policy suffices.
+            for policy in ("gather", "auto", "chain") if not static else ("auto",):
                 assert_same_logits(export.convert(model, policy=policy, static_gates=static), model, cifar_images[:4])
             chain = export.convert(model, policy="chain", calibration_images=cifar_images[:4], static_gates=static)
             assert_same_logits(chain, model, cifar_images[:4])
