@@ -222,6 +222,7 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
             "predictor_rank": model.gated_layers[-1].predictor_rank,
             "gates": len(model.gated_layers),
             "masks": keep_label if keep_label == "predicted" else f"random, keep {keep_label} per layer",
+            "cpu": tflite.cpu_name(),
         }
         if "lean" in median:
             row.update(
@@ -551,6 +552,9 @@ def markdown_tables(rows):
     if rules:
         tables = (f"Drawn masks, capacities of the compact layers (`--drawn_capacities`, the margin real masks, "
                   f"which vary by image, need): {' / '.join(_capacity_rule(rule) for rule in rules)}.\n\n" + tables)
+    cpus = sorted({row["cpu"] for row in rows if row.get("cpu")})
+    if cpus:
+        tables = f"Timed on: {' / '.join(cpus)} (LiteRT, XNNPACK on, batch 1).\n\n" + tables
     loops = sorted({row.get("loops", 1) for row in rows} - {1})
     if loops:
         tables = (f"Each time: the median over {' / '.join(map(str, loops))} side-by-side loops of each loop's median "

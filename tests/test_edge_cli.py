@@ -294,6 +294,7 @@ def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path
     tables = (tmp_path / "latency.md").read_text()
     assert "capacities of the compact layers" in tables and "Capped gates" in tables
     assert rows[0]["loops"] == 2 and "the median over 2 side-by-side loops" in tables
+    assert rows[0]["cpu"] == export.cpu_name() and f"Timed on: {rows[0]['cpu']} (LiteRT" in tables
     assert rows[0]["capped_ratio"] == 1.2 and rows[0]["capped_gates"] == 14 and rows[0]["capped_ms"] > 0
     assert rows[0]["capped_flops_reduction"] == rows[0]["flops_reduction"]  # drawn masks: the caps never bind
     # The network gated where gates pay, by timing here (at 32x32 none pays: the dense model).

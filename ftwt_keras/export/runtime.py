@@ -98,6 +98,28 @@ def median_ms(flatbuffers, images, repeats, num_threads=1, warmup=10):
             for name, values in loop_medians(flatbuffers, images, repeats, num_threads, warmup).items()}
 
 
+def cpu_name():
+    """The CPU timings come from, e.g. "AMD EPYC 7B13, 2 cores": recorded beside every measured row.
+
+    Another CPU moves every cutoff of the export (see `planning`), so a time
+    without its CPU cannot be compared. Linux's /proc/cpuinfo model name,
+    else `platform.processor()` or the machine type; cores as the OS counts them.
+
+    >>> "cores" in cpu_name()
+    True
+    """
+    import platform
+
+    name = None
+    try:
+        with open("/proc/cpuinfo") as file:
+            name = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), None)
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    return f"{name}, {os.cpu_count()} cores"
+
+
 def run(flatbuffer_or_interpreter, images, num_threads=1):
     """Runs a batch-1 .tflite model on each image of `images` (N, H, W, C); returns (N, classes)."""
     runner = flatbuffer_or_interpreter

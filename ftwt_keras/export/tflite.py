@@ -99,6 +99,7 @@ from ftwt_keras.export.planning import (
 )
 from ftwt_keras.export.measured import TimedPlan, gate_candidates, measured_paying_gates
 from ftwt_keras.export.runtime import (
+    cpu_name,
     interpreter,
     loop_medians,
     loop_times,
@@ -349,6 +350,7 @@ __all__ = [
     "check_ftwt_model",
     "compacted_layers",
     "convert",
+    "cpu_name",
     "drawn_at_targets",
     "export_candidates",
     "export_file",
