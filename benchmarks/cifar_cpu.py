@@ -459,7 +459,8 @@ def time_tflite(model, dynamic, images):
     flatbuffers = {"dense": tflite.convert(model, dynamic=False), "dynamic": dynamic}
     logging.info("Timing dense and dynamic .tflite on %d test images", len(images))
     median_ms = _median_ms_side_by_side(flatbuffers, images)
-    return {"tflite_dense_ms": np.array(median_ms["dense"]), "tflite_dynamic_ms": np.array(median_ms["dynamic"])}
+    return {"tflite_dense_ms": np.array(median_ms["dense"]), "tflite_dynamic_ms": np.array(median_ms["dynamic"]),
+            "tflite_cpu": np.array(tflite.cpu_name())}
 
 
 def _median_ms_side_by_side(flatbuffers, images):
@@ -500,6 +501,7 @@ def analyze_static(model, baseline, run_dir, config, train_seconds):
                      FLAGS.tflite_images)
         median_ms = _median_ms_side_by_side(flatbuffers, images[: FLAGS.tflite_images])
         out["tflite_baseline_ms"], out["tflite_ms"] = median_ms["baseline"], median_ms["static"]
+        out["tflite_cpu"] = tflite.cpu_name()
     with open(os.path.join(run_dir, STATIC_FILE), "w") as file:
         json.dump(out, file, indent=1)
     return out
@@ -585,6 +587,7 @@ def collect():
             "tflite_speedup": None,
             "tflite_dense_ms": None,
             "tflite_dynamic_ms": None,
+            "tflite_cpu": None,
             "ideal_speedup": dense / float(np.mean(analysis["macs_clean"])),
             "flops_reduction_noise": 1.0 - float(np.mean(analysis["macs_noise"])) / dense,
             "flops_reduction_blur": 1.0 - float(np.mean(analysis["macs_blur"])) / dense,
@@ -620,6 +623,8 @@ def collect():
             row["tflite_dense_ms"] = float(analysis["tflite_dense_ms"])
             row["tflite_dynamic_ms"] = float(analysis["tflite_dynamic_ms"])
             row["tflite_speedup"] = row["tflite_dense_ms"] / row["tflite_dynamic_ms"]
+            if "tflite_cpu" in analysis:  # the CPU they were timed on (not in analyses timed before 2026-12-06)
+                row["tflite_cpu"] = str(analysis["tflite_cpu"])
         rows.append((row, analysis))
     return rows
 
@@ -645,6 +650,7 @@ def collect_static():
             "tflite_baseline_ms": result["tflite_baseline_ms"],
             "tflite_ms": result["tflite_ms"],
             "tflite_speedup": result["tflite_baseline_ms"] / result["tflite_ms"] if timed else None,
+            "tflite_cpu": result.get("tflite_cpu"),
             "train_seconds": result["train_seconds"],
             "seed": result["config"]["seed"],
         })

@@ -199,7 +199,8 @@ def main(argv):
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         values = medians[row["agreement"]]
-        row.update(threads=FLAGS.threads, dense_ms=dense_ms, dynamic_ms=float(np.median(values)),
+        row.update(threads=FLAGS.threads, cpu=tflite.cpu_name(), dense_ms=dense_ms,
+                   dynamic_ms=float(np.median(values)),
                    speedup=float(np.median([d / v for d, v in zip(medians["dense"], values)])))
         accuracy = (f"{100 * row['top1']:.2f}% | {100 * row['same_top1_as_trained']:.2f}%"
                     if "top1" in row else "- | -")

@@ -11,6 +11,7 @@ import pytest
 
 import ftwt_keras as fk
 from conftest import benchmark_script
+from ftwt_keras.export import cpu_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "cifar_cpu.py")
@@ -41,6 +42,7 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
         assert row["flops_reduction"] <= 1.0 and row["target_flops_reduction"] <= 1.0 and row["test_images"] == 64
         assert row["tflite_dense_ms"] > 0 and row["tflite_dynamic_ms"] > 0
         assert row["tflite_speedup"] == pytest.approx(row["tflite_dense_ms"] / row["tflite_dynamic_ms"])
+        assert row["tflite_cpu"] == cpu_name()
     analysis = np.load(tmp_path / "runs" / "r0.9_decoupled_uniform" / "analysis.npz")
     assert analysis["macs_clean"].shape == (64,) and analysis["macs_noise"].shape == (64,)
     right = analysis["baseline_correct_clean"]
@@ -89,6 +91,7 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
     assert (static["macs"], static["baseline_macs"]) == (macs[0.2], macs[0.25])
     assert static["flops_reduction"] == pytest.approx(1 - macs[0.2] / macs[0.25])
     assert static["tflite_speedup"] == pytest.approx(static["tflite_baseline_ms"] / static["tflite_ms"])
+    assert static["tflite_cpu"] == cpu_name()
     assert 0.0 <= static["accuracy"] <= 1.0 and static["train_seconds"] > 0
     assert "| dense x0.2 from scratch | 2 |" in table
     pytest.importorskip("matplotlib")

@@ -224,7 +224,7 @@ def test_frozen_gates_benchmark_reports_accuracy_exactness_and_times(tmp_path):
     import subprocess
     import sys
 
-    from ftwt_keras.export import planning
+    from ftwt_keras.export import cpu_name, planning
 
     model = fk.gate(fk.models.mobilenet_v1(alpha=0.25), use_softmax=False)
     _set_biases(model, np.random.default_rng(1).uniform(0, 255, (16, 32, 32, 3)).astype("float32"))
@@ -245,6 +245,7 @@ def test_frozen_gates_benchmark_reports_accuracy_exactness_and_times(tmp_path):
     rows = json.load(open(results))["rows"]
     assert [row["agreement"] for row in rows] == ["none", "1", "0.5"]
     assert all(row["resolution"] == 64 and row["export_max_difference"] <= 1e-3 for row in rows)
+    assert all(row["cpu"] == cpu_name() for row in rows)  # the CPU the times come from
     assert rows[-1]["decided"] == 1.0 and rows[0]["same_top1_as_trained"] == 1.0
     # Cutoff 0 sends every layer down the static path, decided gates or not, and it stays exact.
     layers = len(model.gated_layers)
