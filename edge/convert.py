@@ -123,7 +123,8 @@ def _timed_here(model, flatbuffer, images, loops=3):
     medians = tflite.median_ms({"dense": dense, "dynamic": flatbuffer}, images, loops, FLAGS.threads)
     dense_ms, dynamic_ms = medians["dense"], medians["dynamic"]
     verdict = "faster than" if dynamic_ms < dense_ms else "no faster than"
-    return (f"Timed here ({FLAGS.threads} thread{'s' if FLAGS.threads > 1 else ''}, {len(images)} calibration images "
+    return (f"Timed here ({tflite.cpu_name()}; {FLAGS.threads} thread{'s' if FLAGS.threads > 1 else ''}, "
+            f"{len(images)} calibration images "
             f"x {loops} loops, medians): dense {dense_ms:.2f} ms, this .tflite {dynamic_ms:.2f} ms "
             f"({dense_ms / dynamic_ms:.2f}x), {verdict} dense on this machine.")
 

@@ -195,7 +195,7 @@ def test_timed_paying_plan_keeps_what_times_faster_and_a_resumed_run_reuses_it(t
     assert names == ["conv2"] and record["gates"] == names  # conv1's mask removes fewer multiply-adds
     assert record["flags"] == {"paying_plan": "timed", "edge_threads": 1, "threshold": 0.3, "target": "uniform",
                                "ungated_layers": []}
-    assert (record["dense_ms"], record["gated_ms"]) == (10.0, 9.0)
+    assert (record["dense_ms"], record["gated_ms"]) == (10.0, 9.0) and record["cpu"] == tflite.cpu_name()
     assert [step["gates"] for step in record["tried"]] == [len(rules), len(names), len(names)]
     assert json.loads((tmp_path / "paying_plan.json").read_text()) == record
 
@@ -214,9 +214,9 @@ def test_timed_paying_plan_keeps_what_times_faster_and_a_resumed_run_reuses_it(t
     every, plan = common.paying_layers(timed, baseline, images, timer=faster)  # an array of images will do
     assert every == rules and plan.tried == [(2, 8.0, 10.0), (2, 8.0, 10.0)]
     assert common.timed_plan_report(record) == (
-        "Timed on this machine: gated at 1 conv 9.00 ms against dense 10.00 ms (1.11x, masks drawn "
+        f"Timed on this machine ({tflite.cpu_name()}): gated at 1 conv 9.00 ms against dense 10.00 ms (1.11x, masks drawn "
         "at the targets' keep ratios; 3 timings).")
-    assert common.timed_plan_report(dict(record, gates=[], gated_ms=None)) == (
+    assert common.timed_plan_report(dict(record, gates=[], gated_ms=None, cpu=None)) == (  # plans made before 12-06
         "Timed on this machine: no network gated at the paying convs ran faster than dense (10.00 ms, 3 timings).")
 
 

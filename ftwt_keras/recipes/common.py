@@ -480,7 +480,9 @@ def planned_layers(config, baseline, estimate, candidates=None, timer=None):
     names, plan = paying_layers(config, baseline, estimate, candidates, timer)
     record = {"flags": flags_asked, "gates": names}
     if plan is not None:
-        record.update(dense_ms=plan.dense_ms, gated_ms=plan.gated_ms,
+        from ftwt_keras.export import cpu_name
+
+        record.update(cpu=cpu_name(), dense_ms=plan.dense_ms, gated_ms=plan.gated_ms,
                       tried=[{"gates": count, "gated_ms": gated, "dense_ms": dense}
                              for count, gated, dense in plan.tried])
     with open(path, "w") as file:
@@ -491,11 +493,12 @@ def planned_layers(config, baseline, estimate, candidates=None, timer=None):
 def timed_plan_report(record):
     """The summary line on a `--paying_plan=timed` plan (`planned_layers`' record)."""
     steps = len(record["tried"])
+    where = f"Timed on this machine ({record['cpu']})" if record.get("cpu") else "Timed on this machine"
     if not record["gates"]:
-        return (f"Timed on this machine: no network gated at the paying convs ran faster than dense "
+        return (f"{where}: no network gated at the paying convs ran faster than dense "
                 f"({record['dense_ms']:.2f} ms, {steps} timings).")
     count = len(record["gates"])
-    return (f"Timed on this machine: gated at {count} conv{'s' if count > 1 else ''} {record['gated_ms']:.2f} ms "
+    return (f"{where}: gated at {count} conv{'s' if count > 1 else ''} {record['gated_ms']:.2f} ms "
             f"against dense {record['dense_ms']:.2f} ms ({record['dense_ms'] / record['gated_ms']:.2f}x, masks "
             f"drawn at the targets' keep ratios; {steps} timings).")
 
