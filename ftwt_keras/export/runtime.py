@@ -1,6 +1,7 @@
 """Running and timing `.tflite` models with LiteRT (XNNPACK on), batch 1."""
 
 import os
+import platform
 
 import numpy as np
 
@@ -99,7 +100,7 @@ def median_ms(flatbuffers, images, repeats, num_threads=1, warmup=10):
 
 
 def cpu_name():
-    """The CPU timings come from, e.g. "AMD EPYC 7B13, 2 cores": recorded beside every measured row.
+    """The CPU timings come from, e.g. "Intel(R) Xeon(R) Processor, 2 cores": recorded beside measured rows.
 
     Another CPU moves every cutoff of the export (see `planning`), so a time
     without its CPU cannot be compared. Linux's /proc/cpuinfo model name,
@@ -108,8 +109,6 @@ def cpu_name():
     >>> "cores" in cpu_name()
     True
     """
-    import platform
-
     name = None
     try:
         with open("/proc/cpuinfo") as file:
