@@ -50,6 +50,29 @@ def test_measured_plan_leaves_out_the_smallest_saving_until_no_slower(cifar_imag
         (2, 9.0), (2, 11.0), (1, 9.0), (1, 9.0)]
 
 
+def test_a_timing_in_a_slow_spell_of_the_host_is_taken_again(cifar_images):
+    """Dense more than 15% slower than the fastest dense so far: a spell, which need not slow both models alike."""
+    model, calibration, images = _two_chains(cifar_images)
+
+    def scripted(*timings):  # (dense ms, gated ms) of each timing in turn
+        timings = iter(timings)
+        return lambda flatbuffers: dict(zip(("dense", "gated"), next(timings)))
+
+    # Both timings of the one-gate network in a spell that favours it: without the guard it would be kept.
+    spell = [(10.0, 11.0), (14.0, 9.0), (14.0, 9.0), (10.0, 11.0)]
+    plan = export.measured_paying_gates(model, calibration, images, static_gates=False, timer=scripted(*spell))
+    assert plan.gates == [] and plan.tried == [(2, 11.0, 10.0), (1, 9.0, 14.0), (1, 9.0, 14.0), (1, 11.0, 10.0)]
+    plan = export.measured_paying_gates(model, calibration, images, static_gates=False, timer=scripted(*spell),
+                                        spell_retries=0)
+    assert plan.gates == ["conv2"] and plan.tried == [(2, 11.0, 10.0), (1, 9.0, 14.0), (1, 9.0, 14.0)]
+    # A spell that outlasts the retries is taken as it is; one within 15% is no spell.
+    plan = export.measured_paying_gates(model, calibration, images, static_gates=False, timer=scripted(
+        (10.0, 11.0), (14.0, 9.0), (14.0, 9.0), (14.0, 9.0), (11.4, 9.0)))
+    assert plan.gates == ["conv2"] and [dense for _, _, dense in plan.tried] == [10.0, 14.0, 14.0, 14.0, 11.4]
+    with pytest.raises(ValueError, match="spell_retries"):
+        export.measured_paying_gates(model, calibration, images, spell_retries=-1)
+
+
 def test_measured_plan_times_on_this_machine(cifar_images):
     """With its own timer: the dense and gated exports timed side by side; what it keeps ran no slower."""
     model, calibration, images = _two_chains(cifar_images)
