@@ -41,22 +41,24 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
     It is kept when it runs at least `margin` faster than dense, twice in a
     row: once, a slow spell of the host made both take 17.4 ms (the gated
     networks of the steps before took 10.6-10.9 ms) and let pass a network
-    that ran at 0.93x of dense when timed afterwards. A timing whose dense
-    model runs more than `spell` slower than the fastest dense time of the
-    plan so far is taken in a slow spell of the host and timed again (up to
-    `spell_retries` times, then taken as it is): a spell does not slow both
-    models alike. With 2 threads on a 2-core host, one that took the second
-    core away cost the dense model (both threads in XNNPACK) more than the
-    gated one (builtin ops on one thread): a network passed twice there
-    (9.76 / 10.47 ms, 9.38 / 10.08; dense 7.1-7.5 ms before) and ran at 0.96x
-    of dense afterwards (2026-12-06, README "Another CPU"). Where it is not, the paying regular convs whose
+    that ran at 0.93x of dense when timed afterwards. Where it is not, the
+    paying regular convs whose
     masks remove the fewest multiply-adds (dense MACs x (1 - keep ratio)), a
     quarter of them (`drop_divisor`; at least one), are ungated for good,
     `paying_gates` asked again (a depthwise conv chained to one stops paying
     with it), and so on, down to no gate. Each step costs a conversion and
     2 x `loops` x len(`images`) invokes (MobileNetV1-224: ~7 s); one step
-    where the cutoffs fit the machine. The times are this machine's: run it
-    where the model will run, or take its answer as a sketch of that.
+    where the cutoffs fit the machine. A timing whose dense model runs more
+    than `spell` slower than the fastest dense time of the plan so far is
+    taken in a slow spell of the host and timed again (up to `spell_retries`
+    times, then taken as it is): a spell does not slow both models alike.
+    With 2 threads on a 2-core host, one that took the second core away cost
+    the dense model (both threads in XNNPACK) more than the gated one
+    (builtin ops on one thread): a network passed twice there (9.76 / 10.47
+    ms, 9.38 / 10.08; dense 7.1-7.5 ms before) and ran at 0.96x of dense
+    afterwards (2026-12-06, README "Another CPU"). The times are this
+    machine's: run it where the model will run, or take its answer as a
+    sketch of that.
 
     >>> import ftwt_keras as fk, numpy as np
     >>> from ftwt_keras.export import calibrate, measured_paying_gates, set_keep_ratio
