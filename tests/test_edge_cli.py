@@ -130,7 +130,8 @@ def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
     out = convert("--nostatic_gates", "--time")
     assert f"6 of 13 compute fewer filters on the calibration images: {paying}." in out
     assert "The other 7 compute every filter" in out
-    timed = re.search(re.escape(f"Timed here ({export.cpu_name()}; ") + r"1 thread, 4 calibration images x 3 loops, medians\): dense ([0-9.]+) ms, this "
+    timed = re.search(re.escape(f"Timed here ({export.cpu_name()}; ")
+                      + r"1 thread, 4 calibration images x 3 loops, medians\): dense ([0-9.]+) ms, this "
                       r"\.tflite ([0-9.]+) ms \(([0-9.]+)x\), (no )?faster than dense on this machine\.", out)
     assert timed, out
     dense_ms, dynamic_ms, speedup = (float(value) for value in timed.groups()[:3])
