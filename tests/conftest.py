@@ -1,12 +1,17 @@
 import importlib
+import json
 import os
+import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
 import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Real CIFAR-10 test images the export tests run on (`cifar_images`).
 NUM_IMAGES = 24
@@ -54,11 +59,66 @@ def small_resnet(name="small_resnet"):
 
 def benchmark_script(name):
     """The module of `benchmarks/<name>.py` (the benchmarks are scripts, not a package)."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
         return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+# Run by `refusals` in its subprocess: argv[1] the app (module or script), argv[2] the dotted name of its
+# absl `main` in it, argv[3] a JSON list of flag lists, argv[4] where the answers go.
+_ASK_APP = """
+import contextlib, functools, importlib, importlib.util, io, json, sys
+from absl import flags
+target, main_name, argvs, answers = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+if target.endswith(".py"):
+    spec = importlib.util.spec_from_file_location("app_under_test", target)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+else:
+    module = importlib.import_module(target)
+main = functools.reduce(getattr, main_name.split("."), module)
+said = []
+for argv in argvs:
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            flags.FLAGS([target, *argv])
+            status = main([target])  # app.run exits with it
+        said.append(f"exit status {status}: {printed.getvalue()}" if status else None)
+    except (Exception, SystemExit) as error:
+        said.append(str(error))
+    finally:
+        flags.FLAGS.unparse_flags()
+with open(answers, "w") as file:
+    json.dump(said, file)
+"""
+
+
+def refusals(app, *argvs, main="main"):
+    """What the absl app `app` says to each of `argvs` (lists of flags), all asked in one subprocess.
+
+    `app`: a module name (`ftwt_keras.recipes.mobilenet_cifar`) or a script's path; `main`: the dotted
+    name of the function its `app.run` calls. For each argv the flags are parsed and `main` called as
+    `app.run` does, and the refusal kept: a flag validator's or `main`'s error message (or, where `main`
+    returns a non-zero exit status, what it printed to stderr), or None where the app ran without
+    refusing. One TensorFlow import for all of them, not one per refusal (~6 s each); tests keep one
+    plain run of each app for its `app.run` wiring.
+
+    Returns:
+        `(messages, completed)`: one message per argv, and the `subprocess.CompletedProcess`.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        answers = os.path.join(folder, "refusals.json")
+        completed = subprocess.run(
+            [sys.executable, "-c", _ASK_APP, app, main, json.dumps([list(argv) for argv in argvs]), answers],
+            capture_output=True, text=True, timeout=600, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        with open(answers) as file:
+            return json.load(file), completed
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ pytest.importorskip("ai_edge_litert")
 import ftwt_keras as fk  # noqa: E402
 from ftwt_keras.export import tflite as export  # noqa: E402
 
-from conftest import benchmark_script  # noqa: E402
+from conftest import benchmark_script, refusals  # noqa: E402
 from export_helpers import (  # noqa: E402
     BUILDERS,
     assert_same_logits,
@@ -101,10 +101,12 @@ def test_convert_cli_prunes_decided_gates_unless_told_not_to(tmp_path, cifar_ima
         assert_same_logits(flatbuffer, model, cifar_images[:8])
         softmaxes[flag] = export.op_names(flatbuffer).count("SOFTMAX")
     assert softmaxes == {"--static_gates": len(model.gated_layers) - 1, "--nostatic_gates": len(model.gated_layers)}
-    bad = convert("--static_gates", "--threads=0")
-    assert bad.returncode != 0 and "--threads must be >= 1" in bad.stderr
-    bad = convert("--dense", "--calibration=imagenet")
-    assert bad.returncode != 0 and "NAME:SPLIT" in bad.stderr  # a bad --calibration is refused with --dense too
+    said, _ = refusals(os.path.join(ROOT, "edge", "convert.py"),
+                       (f"--model={path}", f"--output={tmp_path / 'bad.tflite'}", "--threads=0"),
+                       (f"--model={path}", f"--output={tmp_path / 'bad.tflite'}", "--dense", "--calibration=imagenet"))
+    assert "--threads must be >= 1" in said[0]
+    assert "NAME:SPLIT" in said[1]  # a bad --calibration is refused with --dense too
+    assert not (tmp_path / "bad.tflite").exists()
 
 
 def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
@@ -304,8 +306,6 @@ def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path
     rows = json.loads((tmp_path / "measured.json").read_text())["rows"]
     assert rows[0]["lean_plan"] == "measured" and rows[0]["lean_gates"] == 0
     assert "`measured_paying_gates`" in (tmp_path / "measured.md").read_text()
-    bad = run("--drawn_capacities=0.5")
-    assert bad.returncode != 0 and "--drawn_capacities takes 'binomial' or a number >= 1" in bad.stderr
     # A keras.applications network: squeeze-and-excitation and classifier convs dense, the 34 others gated.
     result = run("--network=mobilenet_v3_small", "--policy=chain", f"--output={tmp_path / 'v3.json'}")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -316,8 +316,12 @@ def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((tmp_path / "in.json").read_text())["rows"]
     assert [row["resolution"] for row in rows] == [40] and rows[0]["dynamic_ms"] > 0
-    bad = run("--mode=imagenet", "--imagenet_size=32")
-    assert bad.returncode != 0 and "--imagenet_size must be larger than 32" in bad.stderr
+    common = ("--alpha=0.25", "--keeps=0.3", "--threads=1", "--num_images=3", f"--output={tmp_path / 'bad.json'}")
+    said, _ = refusals(os.path.join(ROOT, "edge", "benchmark.py"), (*common, "--drawn_capacities=0.5"),
+                       (*common, "--mode=imagenet", "--imagenet_size=32"))
+    assert "--drawn_capacities takes 'binomial' or a number >= 1" in said[0]
+    assert "--imagenet_size must be larger than 32" in said[1]
+    assert not (tmp_path / "bad.json").exists()
 
 
 def test_capacity_overflow_benchmark_counts_images_beyond_capacities(tmp_path, cifar_images):

@@ -23,6 +23,7 @@ from export_helpers import (  # noqa: E402
     assert_same_logits,
     depthwise_input_widths,
     perturb,
+    short_mobilenet,
 )
 
 
@@ -322,7 +323,7 @@ def test_dense_export_is_the_plain_model(cifar_images):
 
 def test_layers_with_all_gates_off_or_on(cifar_images):
     """Whole layers switched off (empty tensors downstream) or on still convert and run exactly."""
-    model = perturb(fk.gate(fk.models.mobilenet_v1(alpha=0.25)), seed=1)
+    model = perturb(fk.gate(short_mobilenet(blocks=6)), seed=1)
     layers = {layer.name: layer for layer in model.gated_layers}
 
     def force(layer, on):

@@ -201,6 +201,9 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     concrete = serve.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], serve)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    # No converter environment and model hash in the file: the runtime never reads them, and writing
+    # them unpacks and repacks the whole flatbuffer in Python (~10% of converting MobileNetV1 x0.25).
+    converter.exclude_conversion_metadata = True
     try:
         flatbuffer = converter.convert()
     except Exception as error:
