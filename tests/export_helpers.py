@@ -1,7 +1,6 @@
 """Shared helpers of the export tests: real images, networks whose masks and logits follow the image, checks."""
 
 import functools
-import importlib
 
 import keras
 import numpy as np
@@ -140,22 +139,6 @@ def assert_depthwise_convs_chain(flatbuffer, model):
     widths = depthwise_input_widths(flatbuffer)
     assert len(widths) == len(dense_widths)
     assert all(width < dense for width, dense in zip(widths[1:], dense_widths[1:])), (widths, dense_widths)
-
-
-def short_mobilenet(blocks=6, alpha=0.25):
-    """MobileNetV1 x`alpha` on CIFAR cut after its first `blocks` depthwise-separable blocks (same layers,
-    names and padding), then pool and "logits": its export paths at about half the conversion time."""
-    from ftwt_keras.models import _blocks
-
-    layout = importlib.import_module("ftwt_keras.models.mobilenet_v1").BLOCKS  # the package exports the function
-    inputs = keras.Input((32, 32, 3), name="images")
-    x = _blocks.pixel_normalization(*_blocks.default_normalization((32, 32, 3)))(inputs)
-    x = _blocks.conv_bn(x, int(32 * alpha), 3, 1, name="conv1")
-    for index, (filters, stride) in enumerate(layout[:blocks], start=1):
-        x = _blocks.conv_bn(x, None, 3, stride, name=f"block{index}_dw", depthwise=True)
-        x = _blocks.conv_bn(x, int(filters * alpha), 1, 1, name=f"block{index}_pw")
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name=f"mobilenet_v1_{blocks}_blocks")
 
 
 BUILDERS = {

@@ -14,7 +14,7 @@ from ftwt_keras.export import builder as export_builder  # noqa: E402
 from ftwt_keras.export import calibration as export_calibration  # noqa: E402
 from ftwt_keras.export import tflite as export  # noqa: E402
 
-from conftest import force_gates  # noqa: E402
+from conftest import force_gates, short_mobilenet  # noqa: E402
 from export_helpers import (  # noqa: E402
     BUILDERS,
     GATE_OPTIONS,
@@ -23,7 +23,6 @@ from export_helpers import (  # noqa: E402
     assert_same_logits,
     depthwise_input_widths,
     perturb,
-    short_mobilenet,
 )
 
 

@@ -2,10 +2,11 @@ import keras
 import numpy as np
 
 import ftwt_keras as fk
+from conftest import short_mobilenet
 
 
 def test_gated_model_round_trips_without_custom_objects(tmp_path, images):
-    model = fk.gate(fk.models.mobilenet_v1(alpha=0.25), threshold=0.93, mode="joint", pooling="max",
+    model = fk.gate(short_mobilenet(blocks=3), threshold=0.93, mode="joint", pooling="max",
                     predictor_rank=8)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
@@ -33,8 +34,8 @@ def test_gated_model_round_trips_without_custom_objects(tmp_path, images):
 
 
 def test_a_distilling_model_saves_without_its_teacher(tmp_path, images):
-    teacher = fk.models.mobilenet_v1(alpha=0.25)
-    model = fk.gate(fk.models.mobilenet_v1(alpha=0.25), threshold=0.93)
+    teacher = short_mobilenet(blocks=3)
+    model = fk.gate(short_mobilenet(blocks=3), threshold=0.93)
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   teacher=teacher)
     model.fit(images, np.arange(8) % 10, batch_size=4, epochs=1, verbose=0)
