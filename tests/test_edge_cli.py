@@ -317,9 +317,9 @@ def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((tmp_path / "in.json").read_text())["rows"]
     assert [row["resolution"] for row in rows] == [40] and rows[0]["dynamic_ms"] > 0
-    common = ("--alpha=0.25", "--keeps=0.3", "--threads=1", "--num_images=3", f"--output={tmp_path / 'bad.json'}")
-    said, _ = refusals(os.path.join(ROOT, "edge", "benchmark.py"), (*common, "--drawn_capacities=0.5"),
-                       (*common, "--mode=imagenet", "--imagenet_size=32"))
+    shared = ("--alpha=0.25", "--keeps=0.3", "--threads=1", "--num_images=3", f"--output={tmp_path / 'bad.json'}")
+    said, _ = refusals(os.path.join(ROOT, "edge", "benchmark.py"), (*shared, "--drawn_capacities=0.5"),
+                       (*shared, "--mode=imagenet", "--imagenet_size=32"))
     assert "--drawn_capacities takes 'binomial' or a number >= 1" in said[0]
     assert "--imagenet_size must be larger than 32" in said[1]
     assert not (tmp_path / "bad.json").exists()
