@@ -21,15 +21,9 @@ def ablated_exports(model, unshifted, **convert_kwargs):
 
     def constant_logits(builder, layer, x):
         bias = tf.constant(builder.predictors[layer.name][2][None])
-        # Keeps the input in the graph, read where the predictor reads it: reading `x.values` instead
-        # would keep alive the mask multiplies that the predictors let the converter drop (the
-        # deferred masks of `Compact.scaled`), and charge them to the predictors.
-        values = x.values
-        if layer.predictor.input_padding is None and x.scaled is not None:
-            values = x.scaled[0]
-        elif layer.predictor.input_padding is not None and x.unpadded is not None:
-            values = x.unpadded[0]
-        return bias + 0.0 * tf.reduce_sum(values[:, :1, :1, :1])
+        # Masks from a run-time value, so that the converter keeps their gathers and top-k: it drops
+        # the product with 0 (and with it the read of the input) only after it would have folded them.
+        return bias + 0.0 * tf.reduce_sum(x.values[:, :1, :1, :1])
 
     def first_channels(builder, unit, mask, capacity):
         if unit.layer.capacity is None or unit.layer.capacity > capacity:  # the flags `top_channels` raises
