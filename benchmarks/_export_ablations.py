@@ -5,7 +5,10 @@ def ablated_exports(model, unshifted, **convert_kwargs):
     """Exports of the compact path with one part cut out: {name: flatbuffer}.
 
     `model`'s `convert(model, **convert_kwargs)` with `no_predictors` (constant
-    logits instead of the mask predictors), `static_weights` (capacity slots
+    logits instead of the mask predictors), `constant_masks` (the same masks as
+    constants of the graph: the converter folds every gather, top-k and index,
+    leaving the statically pruned network with the same executed MACs, so
+    `auto`'s time minus its time is all the per-image machinery costs), `static_weights` (capacity slots
     fixed to the first channels, so the converter folds every weight gather
     into constants), `static_depthwise` (compact depthwise convs with constant
     filters, which XNNPACK runs instead of the builtin kernel), and
@@ -24,6 +27,9 @@ def ablated_exports(model, unshifted, **convert_kwargs):
         # Masks from a run-time value, so that the converter keeps their gathers and top-k: it drops
         # the product with 0 (and with it the read of the input) only after it would have folded them.
         return bias + 0.0 * tf.reduce_sum(x.values[:, :1, :1, :1])
+
+    def constant_masks(builder, layer, x):
+        return tf.constant(builder.predictors[layer.name][2][None])  # nothing run-time: all of it folds
 
     def first_channels(builder, unit, mask, capacity):
         if unit.layer.capacity is None or unit.layer.capacity > capacity:  # the flags `top_channels` raises
@@ -45,6 +51,7 @@ def ablated_exports(model, unshifted, **convert_kwargs):
 
     patches = {
         "no_predictors": ("predictor_logits", constant_logits),
+        "constant_masks": ("predictor_logits", constant_masks),
         "static_weights": ("top_channels", first_channels),
         "static_depthwise": ("chained_depthwise", constant_filters),
     }

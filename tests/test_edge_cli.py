@@ -207,6 +207,11 @@ def test_export_ablations_cut_what_they_name(cifar_images):
     exports["chain"] = export.convert(model, policy="chain", calibration=calibration, static_gates=False)
     ops = {name: collections.Counter(export.op_names(flatbuffer)) for name, flatbuffer in exports.items()}
     assert ops["chain"]["SOFTMAX"] > 0 and ops["no_predictors"]["SOFTMAX"] == 0
+    assert ops["no_predictors"]["TOPK_V2"] == ops["chain"]["TOPK_V2"] > 0  # its masks are still run-time values
+    # Constant masks: every index folded, and with it the weight gathers (a statically pruned network);
+    # gathers of activation channels by constant indices are left.
+    assert not {"SOFTMAX", "TOPK_V2", "SCATTER_ND"} & set(ops["constant_masks"])
+    assert ops["constant_masks"]["GATHER"] < ops["no_predictors"]["GATHER"] / 2
     assert ops["chain"]["TOPK_V2"] > 0 and ops["static_weights"]["TOPK_V2"] == 0
     assert ops["no_constants"]["FULLY_CONNECTED"] < ops["chain"]["FULLY_CONNECTED"]  # no uniform channels' matvecs
     filters_constant = _depthwise_filters_constant(exports["chain"])
@@ -223,7 +228,7 @@ def test_whole_network_ablation_benchmark_runs(cifar_images):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "rank 8 predictors, keep 0.3, caps 1x the count, 1 thread, 3 images x 1:" in result.stdout
-    for name in ("no_predictors", "static_weights", "static_depthwise", "no_constants"):
+    for name in ("no_predictors", "constant_masks", "static_weights", "static_depthwise", "no_constants"):
         assert re.search(rf"^  {name} +[0-9.]+ ms .*that part costs [-+][0-9.]+ ms", result.stdout, re.M), result.stdout
 
 
