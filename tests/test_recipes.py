@@ -248,7 +248,10 @@ def _image_folder(root, per_class, low, high, seed=0):
 
 
 def test_imagenet_recipe_runs_every_stage_on_an_image_folder(tmp_path):
-    """resnet_imagenet end to end (ResNet-18 at 64x64) on a folder dataset, caps and frozen gates included."""
+    """resnet_imagenet end to end (ResNet-18 at 64x64) on a folder dataset, caps and frozen gates included.
+
+    Their fine-tuning epochs are left out: test_recipe_runs_both_stages_and_resumes trains those.
+    """
     folder = tmp_path / "images"
     _image_folder(folder / "train", 12, 0, 127)
     _image_folder(folder / "test", 6, 128, 255, seed=1)
@@ -256,13 +259,13 @@ def test_imagenet_recipe_runs_every_stage_on_an_image_folder(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "ftwt_keras.recipes.resnet_imagenet", f"--dataset={folder}", f"--output_dir={out}",
          "--model=resnet18", "--image_size=64", "--batch_size=8", "--baseline_epochs=1", "--epochs=1",
-         "--estimate_images=16", "--warmup_steps=1", "--cap_ratio=1.1", "--cap_epochs=1",
-         "--freeze_agreement=0.9", "--freeze_epochs=1"],
+         "--estimate_images=16", "--warmup_steps=1", "--cap_ratio=1.1", "--freeze_agreement=0.9"],
         capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["test_images"] == 18 and results["config"]["model"] == "resnet18"
     assert 0.0 <= results["accuracy"] <= 1.0 and "capped" in results and "frozen" in results
+    assert results["capped"]["fine_tune_epochs"] == results["frozen"]["fine_tune_epochs"] == 0
     for name in ("baseline.keras", "model.keras", "model_capped.keras", "model_frozen.keras"):
         model = keras.saving.load_model(out / name)
         network = model.network if isinstance(model, fk.FTWTModel) else model
