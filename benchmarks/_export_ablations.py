@@ -6,9 +6,10 @@ def ablated_exports(model, unshifted, **convert_kwargs):
 
     `model`'s `convert(model, **convert_kwargs)` with `no_predictors` (constant
     logits instead of the mask predictors), `constant_masks` (the same masks as
-    constants of the graph: the converter folds every gather, top-k and index,
-    leaving the statically pruned network with the same executed MACs, so
-    `auto`'s time minus its time is all the per-image machinery costs), `static_weights` (capacity slots
+    constants of the graph: the converter folds every top-k, index and weight
+    gather, leaving the statically pruned network with the same executed MACs,
+    so `auto`'s time minus its time is what deciding per image costs),
+    `static_weights` (capacity slots
     fixed to the first channels, so the converter folds every weight gather
     into constants), `static_depthwise` (compact depthwise convs with constant
     filters, which XNNPACK runs instead of the builtin kernel), and

@@ -10,10 +10,10 @@ MobileNetV1 (x --alpha) at --resolution with random weights and batch-norm stati
 margin real masks need, see `edge/benchmark.py`). Side by side, alternating
 image by image on CIFAR-10 test images resized to --resolution, 1 thread:
 `dense`, the `auto` export, and `auto` with one part of the compact path cut
-out (`_export_ablations.ablated_exports`): `no_predictors`, `constant_masks` (the
-masks as constants: the statically pruned network with the same MACs, every
-gather folded; what is left of `auto`'s time is the per-image machinery), `static_weights` (no
-weight gathers or top-k), `static_depthwise` (the compact depthwise convs with
+out (`_export_ablations.ablated_exports`): `no_predictors`, `constant_masks`
+(the masks as constants: every top-k, index and weight gather folded, the
+statically pruned network with the same MACs; what it saves is what deciding
+per image costs), `static_weights` (no weight gathers or top-k), `static_depthwise` (the compact depthwise convs with
 constant filters, on XNNPACK instead of the builtin kernel) and
 `no_constants` (batch-norm shifts 0). Each ablation computes something else
 than the model: its time, subtracted from `auto`'s, is what that part costs.
