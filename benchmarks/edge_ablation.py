@@ -13,8 +13,9 @@ image by image on CIFAR-10 test images resized to --resolution, 1 thread:
 out (`_export_ablations.ablated_exports`): `no_predictors`, `constant_masks`
 (the masks as constants: every top-k, index and weight gather folded, the
 statically pruned network with the same MACs; what it saves is what deciding
-per image costs), `static_weights` (no weight gathers or top-k), `static_depthwise` (the compact depthwise convs with
-constant filters, on XNNPACK instead of the builtin kernel) and
+per image costs), `static_weights` (no weight gathers or top-k),
+`static_depthwise` (the compact depthwise convs with constant filters, on
+XNNPACK instead of the builtin kernel) and
 `no_constants` (batch-norm shifts 0). Each ablation computes something else
 than the model: its time, subtracted from `auto`'s, is what that part costs.
 Medians over --repeats loops. With --capped_ratio, the convs the export
