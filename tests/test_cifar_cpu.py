@@ -162,7 +162,9 @@ def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):
 
     # Refused, before anything trains: a finished run under other settings (it is never silently reused),
     # a reused baseline trained with other settings than the rows would record, baselines that are not one.
-    without = lambda runs_args, prefix: [a for a in runs_args if not a.startswith(prefix)]  # noqa: E731
+    def without(flags, prefix):
+        return [flag for flag in flags if not flag.startswith(prefix)]
+
     other_baseline = without(from_model, "--baseline_model")
     expected = [
         ((*without(args, "--epochs"), "--epochs=2"),
