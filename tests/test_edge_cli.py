@@ -101,9 +101,9 @@ def test_convert_cli_prunes_decided_gates_unless_told_not_to(tmp_path, cifar_ima
         assert_same_logits(flatbuffer, model, cifar_images[:8])
         softmaxes[flag] = export.op_names(flatbuffer).count("SOFTMAX")
     assert softmaxes == {"--static_gates": len(model.gated_layers) - 1, "--nostatic_gates": len(model.gated_layers)}
-    said, _ = refusals(os.path.join(ROOT, "edge", "convert.py"),
-                       (f"--model={path}", f"--output={tmp_path / 'bad.tflite'}", "--threads=0"),
-                       (f"--model={path}", f"--output={tmp_path / 'bad.tflite'}", "--dense", "--calibration=imagenet"))
+    shared = (f"--model={path}", f"--output={tmp_path / 'bad.tflite'}")
+    said, _ = refusals(os.path.join(ROOT, "edge", "convert.py"), (*shared, "--threads=0"),
+                       (*shared, "--dense", "--calibration=imagenet"))
     assert "--threads must be >= 1" in said[0]
     assert "NAME:SPLIT" in said[1]  # a bad --calibration is refused with --dense too
     assert not (tmp_path / "bad.tflite").exists()
@@ -139,10 +139,10 @@ def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
     dense_ms, dynamic_ms, speedup = (float(value) for value in timed.groups()[:3])
     assert dense_ms > 0 and dynamic_ms > 0 and speedup == pytest.approx(dense_ms / dynamic_ms, abs=0.01)
     assert (timed.group(4) is None) == (dynamic_ms < dense_ms)
+    shared = (f"--model={path}", f"--output={tmp_path / 'x.tflite'}", "--time")
     said, _ = refusals(  # --time times the dynamic export on calibration images only
-        os.path.join(ROOT, "edge", "convert.py"), (f"--model={path}", f"--output={tmp_path / 'x.tflite'}", "--time"),
-        (f"--model={path}", f"--output={tmp_path / 'x.tflite'}", f"--calibration={tmp_path / 'calibration.npy'}",
-         "--time", "--dense"))
+        os.path.join(ROOT, "edge", "convert.py"), shared,
+        (*shared, f"--calibration={tmp_path / 'calibration.npy'}", "--dense"))
     assert all("--time times the dynamic export on the --calibration images" in answer for answer in said), said
     out = convert()  # with static pruning every layer is pruned
     assert "13 of 13 gated layers pruned by their predictors' weights" in out and "The other" not in out

@@ -42,9 +42,9 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
     row: once, a slow spell of the host made both take 17.4 ms (the gated
     networks of the steps before took 10.6-10.9 ms) and let pass a network
     that ran at 0.93x of dense when timed afterwards. Where it is not, the
-    paying regular convs whose
-    masks remove the fewest multiply-adds (dense MACs x (1 - keep ratio)), a
-    quarter of them (`drop_divisor`; at least one), are ungated for good,
+    paying regular convs whose masks remove the fewest multiply-adds (dense
+    MACs x (1 - keep ratio)), a quarter of them (`drop_divisor`; at least
+    one), are ungated for good,
     `paying_gates` asked again (a depthwise conv chained to one stops paying
     with it), and so on, down to no gate. Each step costs a conversion and
     2 x `loops` x len(`images`) invokes (MobileNetV1-224: ~7 s); one step
@@ -110,7 +110,7 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
 
     def timed_outside_spells(count, flatbuffers):
         # The fastest dense time so far (a timing taken again in a spell was slower, never the fastest).
-        fastest = min((dense for _, _, dense in tried), default=None)
+        fastest = min((ms for _, _, ms in tried), default=None)
         for _ in range(spell_retries + 1):
             times = timer(flatbuffers)
             tried.append((count, times["gated"], times["dense"]))
