@@ -73,6 +73,18 @@ def short_mobilenet(blocks=6, alpha=0.25):
     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name=f"mobilenet_v1_{blocks}_blocks")
 
 
+def run_python(*args, timeout=600):
+    """`python *args` in a subprocess from the checkout's root, this checkout importable, TF's C++ logs quiet.
+
+    `args`: a script's path and its flags, `-m module ...` or `-c code ...`. Returns the
+    `subprocess.CompletedProcess`, stdout and stderr captured as text.
+    """
+    return subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
 def benchmark_script(name):
     """The module of `benchmarks/<name>.py` (the benchmarks are scripts, not a package)."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -127,11 +139,7 @@ def refusals(app, *argvs, main="main"):
     """
     with tempfile.TemporaryDirectory() as folder:
         answers = os.path.join(folder, "refusals.json")
-        completed = subprocess.run(
-            [sys.executable, "-c", _ASK_APP, app, main, json.dumps([list(argv) for argv in argvs]), answers],
-            capture_output=True, text=True, timeout=600, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )
+        completed = run_python("-c", _ASK_APP, app, main, json.dumps([list(argv) for argv in argvs]), answers)
         assert completed.returncode == 0, completed.stderr[-3000:]
         with open(answers) as file:
             return json.load(file), completed

@@ -2,27 +2,22 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
 import ftwt_keras as fk
-from conftest import benchmark_script, refusals
+from conftest import ROOT, benchmark_script, refusals, run_python
 from ftwt_keras.export import cpu_name
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "cifar_cpu.py")
 
 pytest.importorskip("ai_edge_litert")
 
 
 def _run(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env,
-                          timeout=900, cwd=ROOT)
+    return run_python(SCRIPT, *args, timeout=900)
 
 
 def test_protocol_writes_rows_table_and_plots_and_resumes(tmp_path):

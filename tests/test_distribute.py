@@ -1,7 +1,6 @@
-import os
-import subprocess
-import sys
 import textwrap
+
+from conftest import run_python
 
 SCRIPT = textwrap.dedent(
     """
@@ -35,7 +34,6 @@ SCRIPT = textwrap.dedent(
 
 
 def test_fit_under_mirrored_strategy_with_two_cpu_replicas():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    result = run_python("-c", SCRIPT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK" in result.stdout

@@ -4,8 +4,6 @@ import collections
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,14 +14,12 @@ pytest.importorskip("ai_edge_litert")
 import ftwt_keras as fk  # noqa: E402
 from ftwt_keras.export import tflite as export  # noqa: E402
 
-from conftest import benchmark_script, refusals  # noqa: E402
+from conftest import ROOT, benchmark_script, refusals, run_python  # noqa: E402
 from export_helpers import (  # noqa: E402
     BUILDERS,
     assert_same_logits,
     perturb,
 )
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _saved_with_first_layer_decided(tmp_path):
@@ -54,24 +50,12 @@ def _depthwise_filters_constant(flatbuffer):
 
 def run_benchmark(script, *flags):
     """Runs `benchmarks/<script>` with `flags` in a subprocess (this checkout on its path)."""
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", script), *flags],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    return run_python(os.path.join(ROOT, "benchmarks", script), *flags)
 
 
 @pytest.mark.parametrize("script", ["convert.py", "benchmark.py", "candidates.py"])
 def test_cli_help(script):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "edge", script), "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    result = run_python(os.path.join(ROOT, "edge", script), "--help", timeout=120)
     # absl prints the help and exits (with status 1 in absl-py 2.x).
     assert result.returncode in (0, 1), result.stderr[-2000:]
     assert "--output" in result.stdout and "Traceback" not in result.stderr
@@ -83,12 +67,8 @@ def test_convert_cli_prunes_decided_gates_unless_told_not_to(tmp_path, cifar_ima
     softmaxes = {}
 
     def convert(flag, *more):
-        return subprocess.run(
-            [sys.executable, os.path.join(ROOT, "edge", "convert.py"), f"--model={path}",
-             f"--output={tmp_path / f'{flag}.tflite'}", flag, *more],
-            capture_output=True, text=True, timeout=300,
-            env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )
+        return run_python(os.path.join(ROOT, "edge", "convert.py"), f"--model={path}",
+                          f"--output={tmp_path / f'{flag}.tflite'}", flag, *more, timeout=300)
 
     gated, first = len(model.gated_layers), model.gated_layers[0].name
     for flag, more, pruned in (("--static_gates", (), f"1 of {gated} gated layers pruned by their predictors' "
@@ -117,12 +97,9 @@ def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
     np.save(tmp_path / "calibration.npy", cifar_images[:4])
 
     def convert(*flags):
-        result = subprocess.run(
-            [sys.executable, os.path.join(ROOT, "edge", "convert.py"), f"--model={path}",
-             f"--output={tmp_path / 'vgg.tflite'}", f"--calibration={tmp_path / 'calibration.npy'}", *flags],
-            capture_output=True, text=True, timeout=300,
-            env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )
+        result = run_python(os.path.join(ROOT, "edge", "convert.py"), f"--model={path}",
+                            f"--output={tmp_path / 'vgg.tflite'}", f"--calibration={tmp_path / 'calibration.npy'}",
+                            *flags, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         return result.stdout
 
@@ -151,11 +128,8 @@ def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
 
 def test_static_gates_benchmark_reports_decided_gates_exactness_and_times(tmp_path):
     _, path = _saved_with_first_layer_decided(tmp_path)
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "static_gates.py"), f"--model={path}", "--num_images=8",
-         "--repeats=1", "--calibration_images=4"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    result = run_benchmark("static_gates.py", f"--model={path}", "--num_images=8", "--repeats=1",
+                           "--calibration_images=4")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "layers entirely." in result.stdout and "| conv1 | 8 | 4 | 4 | 0 |" in result.stdout, result.stdout
     for name in ("static", "per_image"):
@@ -166,14 +140,8 @@ def test_static_gates_benchmark_reports_decided_gates_exactness_and_times(tmp_pa
 
 def test_stage_benchmark_times_every_export():
     """benchmarks/edge_stages.py end to end on a tiny stage, ablations included."""
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "edge_stages.py"), "--stages=8x32", "--keeps=0.3",
-         "--blocks=1", "--num_inputs=4", "--repeats=1", "--predictor_rank=8", "--ablate"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    result = run_benchmark("edge_stages.py", "--stages=8x32", "--keeps=0.3", "--blocks=1", "--num_inputs=4",
+                           "--repeats=1", "--predictor_rank=8", "--ablate")
     assert result.returncode == 0, result.stderr[-2000:]
     line = [line for line in result.stdout.splitlines() if "keep 0.3" in line]
     assert len(line) == 1, result.stdout
@@ -221,11 +189,8 @@ def test_export_ablations_cut_what_they_name(cifar_images):
 
 def test_whole_network_ablation_benchmark_runs(cifar_images):
     """benchmarks/edge_ablation.py end to end on a tiny MobileNetV1 at 32x32."""
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "edge_ablation.py"), "--resolution=32", "--alpha=0.25",
-         "--predictor_rank=8", "--num_images=3", "--calibration_images=4", "--repeats=1", "--capped_ratio=1.0"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    result = run_benchmark("edge_ablation.py", "--resolution=32", "--alpha=0.25", "--predictor_rank=8",
+                           "--num_images=3", "--calibration_images=4", "--repeats=1", "--capped_ratio=1.0")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "rank 8 predictors, keep 0.3, caps 1x the count, 1 thread, 3 images x 1:" in result.stdout
     for name in ("no_predictors", "constant_masks", "static_weights", "static_depthwise", "no_constants"):
@@ -254,10 +219,7 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
     output.write_text(json.dumps({"rows": rows}))
 
     def run(*flags):
-        return subprocess.run(
-            [sys.executable, os.path.join(ROOT, "edge", "benchmark.py"), "--plot_only", *flags],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT},
-        )
+        return run_python(os.path.join(ROOT, "edge", "benchmark.py"), "--plot_only", *flags, timeout=120)
 
     result = run(f"--output={output}")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -287,12 +249,9 @@ def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path
     """edge/benchmark.py end to end on a tiny MobileNetV1: rows, tables and the --drawn_capacities rule."""
 
     def run(*flags):
-        return subprocess.run(
-            [sys.executable, os.path.join(ROOT, "edge", "benchmark.py"), "--mode=cifar", "--alpha=0.25",
-             "--keeps=0.3", "--threads=1", "--num_images=3", "--warmup=1", "--calibration_images=4",
-             f"--output={tmp_path / 'latency.json'}", f"--tflite_dir={tmp_path}", *flags],
-            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT},
-        )
+        return run_python(os.path.join(ROOT, "edge", "benchmark.py"), "--mode=cifar", "--alpha=0.25",
+                          "--keeps=0.3", "--threads=1", "--num_images=3", "--warmup=1", "--calibration_images=4",
+                          f"--output={tmp_path / 'latency.json'}", f"--tflite_dir={tmp_path}", *flags)
 
     # Every layer compact (`auto` compacts nothing at 32x32): the convs also timed capped at 1.2x the count.
     result = run("--drawn_capacities=binomial", "--policy=chain", "--capped_ratio=1.2", "--loops=2")

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -14,9 +12,8 @@ pytest.importorskip("ai_edge_litert")
 
 from ftwt_keras.export import tflite as export  # noqa: E402
 
+from conftest import ROOT, run_python  # noqa: E402
 from export_helpers import two_paying_convs  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _log(microseconds):
@@ -53,9 +50,7 @@ def test_candidates_cli_writes_the_networks_to_time_and_picks_from_their_times(t
     out = tmp_path / "candidates"
 
     def cli(*flags):
-        return subprocess.run([sys.executable, os.path.join(ROOT, "edge", "candidates.py"), *flags],
-                              capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        return run_python(os.path.join(ROOT, "edge", "candidates.py"), *flags, timeout=300)
 
     result = cli(f"--baseline={path}", "--threshold=0.3", "--target=uniform", f"--calibration={tmp_path / 'calibration.npy'}",
                  f"--output_dir={out}")

@@ -1,13 +1,10 @@
 """benchmarks/export_exactness.py: pooling the .tflite-vs-Keras checks of several runs."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
-from conftest import benchmark_script
+from conftest import ROOT, benchmark_script, run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "export_exactness.py")
 
 
@@ -40,11 +37,9 @@ def test_cli_pools_the_runs_folders_and_refuses_empty_ones(tmp_path):
         os.makedirs(tmp_path / folder / "r0.9_decoupled")
         np.savez(tmp_path / folder / "r0.9_decoupled" / "analysis.npz", **_check(errors, [True, True], [0.4, 1e-6]))
     os.makedirs(tmp_path / "seed0" / "static_x0.2")  # controls have no .tflite check: not pooled
-    run = subprocess.run([sys.executable, SCRIPT, f"--runs={tmp_path / 'seed0'},{tmp_path / 'seed1'}"],
-                         capture_output=True, text=True, cwd=ROOT)
+    run = run_python(SCRIPT, f"--runs={tmp_path / 'seed0'},{tmp_path / 'seed1'}")
     assert run.returncode == 0, run.stderr
     assert "2 models, 4 image-model pairs" in run.stdout
     assert "beyond 0.001: 1 (0.20%)" in run.stdout
-    empty = subprocess.run([sys.executable, SCRIPT, f"--runs={tmp_path / 'none'}"], capture_output=True, text=True,
-                           cwd=ROOT)
+    empty = run_python(SCRIPT, f"--runs={tmp_path / 'none'}")
     assert empty.returncode != 0 and "No r*/analysis.npz under" in empty.stderr

@@ -219,25 +219,18 @@ def test_a_network_frozen_at_one_half_exports_without_predictors():
 def test_frozen_gates_benchmark_reports_accuracy_exactness_and_times(tmp_path):
     """benchmarks/frozen_gates.py end to end on an untrained MobileNetV1 x0.25, timed at 64x64."""
     import json
-    import os
     import re
-    import subprocess
-    import sys
 
+    from conftest import run_python
     from ftwt_keras.export import cpu_name, planning
 
     model = fk.gate(fk.models.mobilenet_v1(alpha=0.25), use_softmax=False)
     _set_biases(model, np.random.default_rng(1).uniform(0, 255, (16, 32, 32, 3)).astype("float32"))
     path, results = str(tmp_path / "model.keras"), str(tmp_path / "rows.json")
     model.save(path)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(
-        [sys.executable, os.path.join(root, "benchmarks", "frozen_gates.py"), f"--model={path}",
-         "--agreements=none,1.0,0.5", "--calibration_images=16", "--accuracy_images=16", "--check_images=4",
-         "--timed_images=4", "--repeats=1", "--resolution=64", "--static_min_decided=0", f"--results={results}"],
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    result = run_python("benchmarks/frozen_gates.py", f"--model={path}", "--agreements=none,1.0,0.5",
+                        "--calibration_images=16", "--accuracy_images=16", "--check_images=4", "--timed_images=4",
+                        "--repeats=1", "--resolution=64", "--static_min_decided=0", f"--results={results}")
     assert result.returncode == 0, result.stderr[-2000:]
     for agreement in ("none", "1", "0.5"):
         assert re.search(rf"^\| {agreement} \| [0-9.]+% \| [0-9.]+% \| [0-9.]+% \| -?[0-9.]+% \(-?[0-9.]+%\) \| [0-9.e-]+, 100.0% "

@@ -2,32 +2,28 @@ import csv
 import json
 import math
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
 import ftwt_keras as fk  # registers the layers for load_model
-from conftest import refusals
+from conftest import refusals, run_python
 from ftwt_keras.recipes import common
 
 
-def _run(args, env):
-    return subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.mobilenet_cifar", *args],
-                          capture_output=True, text=True, env=env, timeout=900)
+def _run(args):
+    return run_python("-m", "ftwt_keras.recipes.mobilenet_cifar", *args, timeout=900)
 
 
 def test_recipe_runs_both_stages_and_resumes(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     out = tmp_path / "run"
     args = [f"--output_dir={out}", "--alpha=0.25", "--train_take=256", "--test_take=256",
             "--baseline_epochs=1", "--epochs=2", "--estimate_images=128", "--batch_size=64",
             "--threshold=0.9", "--warmup_steps=2", "--distillation_weight=0.5",
             "--threshold_ramp_epochs=2", "--ungated_layers=conv1,block1_*", "--cap_ratio=1.1", "--cap_epochs=1",
             "--freeze_agreement=0.9", "--freeze_epochs=1"]
-    result = _run(args, env)
+    result = _run(args)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     for key in ("threshold", "mode", "baseline_accuracy", "accuracy", "flops_reduction",
@@ -85,7 +81,7 @@ def test_recipe_runs_both_stages_and_resumes(tmp_path):
     assert "Fine-tuning with the frozen gates for 1 epochs" in result.stderr
     assert "Gates agreeing on >= 0.9 of the training images frozen" in result.stdout
     # Re-running skips finished stages.
-    again = _run(args, env)
+    again = _run(args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Stage 1 already done" in again.stderr and "Stage 2 already done" in again.stderr
     assert "Stage 3 already done" in again.stderr and "Stage 4 already done" in again.stderr
@@ -110,14 +106,11 @@ def test_stage_clock_adds_to_the_time_of_a_killed_run(tmp_path):
 
 
 def test_recipe_help_and_bad_flags():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.resnet_cifar", "--help"],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = run_python("-m", "ftwt_keras.recipes.resnet_cifar", "--help", timeout=300)
     for flag in ("--threshold:", "--epochs:", "--distillation_weight:", "--threshold_ramp_epochs:",
                  "--freeze_agreement:"):
         assert flag in result.stdout  # the plain --help lists the flags the recipe takes from common
-    bad = subprocess.run([sys.executable, "-m", "ftwt_keras.recipes.vgg_cifar", "--mode=both"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    bad = run_python("-m", "ftwt_keras.recipes.vgg_cifar", "--mode=both", timeout=300)
     assert bad.returncode != 0 and "mode" in bad.stderr  # the app's own report of a bad flag
     expected = {
         "--distillation_weight=1.0": "--distillation_weight must be in [0, 1)",
@@ -140,13 +133,10 @@ def test_recipe_gates_only_where_gates_pay_in_the_export(tmp_path):
     """--gate_only_paying: the convs whose gates the export turns into skipped work, planned before FTWT."""
     from ftwt_keras.export import tflite
 
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "ftwt_keras.recipes.vgg_cifar", f"--output_dir={out}", "--train_take=128",
-         "--test_take=128", "--baseline_epochs=1", "--epochs=1", "--estimate_images=64", "--batch_size=64",
-         "--target=uniform", "--threshold=0.3", "--gate_only_paying"],
-        capture_output=True, text=True, env=env, timeout=900)
+    result = run_python("-m", "ftwt_keras.recipes.vgg_cifar", f"--output_dir={out}", "--train_take=128",
+                        "--test_take=128", "--baseline_epochs=1", "--epochs=1", "--estimate_images=64",
+                        "--batch_size=64", "--target=uniform", "--threshold=0.3", "--gate_only_paying", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     baseline = keras.saving.load_model(out / "baseline.keras")
@@ -256,11 +246,10 @@ def test_imagenet_recipe_runs_every_stage_on_an_image_folder(tmp_path):
     _image_folder(folder / "train", 12, 0, 127)
     _image_folder(folder / "test", 6, 128, 255, seed=1)
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "ftwt_keras.recipes.resnet_imagenet", f"--dataset={folder}", f"--output_dir={out}",
-         "--model=resnet18", "--image_size=64", "--batch_size=8", "--baseline_epochs=1", "--epochs=1",
-         "--estimate_images=16", "--warmup_steps=1", "--cap_ratio=1.1", "--freeze_agreement=0.9"],
-        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=900)
+    result = run_python("-m", "ftwt_keras.recipes.resnet_imagenet", f"--dataset={folder}", f"--output_dir={out}",
+                        "--model=resnet18", "--image_size=64", "--batch_size=8", "--baseline_epochs=1", "--epochs=1",
+                        "--estimate_images=16", "--warmup_steps=1", "--cap_ratio=1.1", "--freeze_agreement=0.9",
+                        timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["test_images"] == 18 and results["config"]["model"] == "resnet18"

@@ -1,12 +1,10 @@
 """benchmarks/reduction_drift.py end to end on real CIFAR-10 test images."""
 
 import os
-import subprocess
-import sys
 
 import ftwt_keras as fk
+from conftest import ROOT, run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "reduction_drift.py")
 
 
@@ -14,12 +12,8 @@ def test_drift_table_of_a_freshly_gated_model(tmp_path):
     base = fk.models.mobilenet_v1(alpha=0.25)
     base.save(tmp_path / "base.keras")
     fk.gate(base, threshold=0.8).save(tmp_path / "gated.keras")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, SCRIPT, f"--baseline={tmp_path / 'base.keras'}",
-         f"--models={tmp_path / 'gated.keras'}", "--test_images=64"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
-    )
+    result = run_python(SCRIPT, f"--baseline={tmp_path / 'base.keras'}", f"--models={tmp_path / 'gated.keras'}",
+                        "--test_images=64")
     assert result.returncode == 0, result.stderr[-3000:]
     row = [line for line in result.stdout.splitlines() if "gated.keras" in line]
     assert len(row) == 1, result.stdout
