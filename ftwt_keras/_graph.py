@@ -85,3 +85,37 @@ def consumers(model, nodes):
         if id(producer) in readers:
             readers[id(producer)].append(None)  # read by the model's output
     return readers
+
+
+def in_float32(model):
+    """`model`, or a float32 copy of it where any layer computes in another dtype.
+
+    A model built under a mixed-precision policy (`mixed_float16`,
+    `mixed_bfloat16`) keeps float32 weights but computes in 16 bits; the copy
+    has the same layers, names and weights with every dtype policy, nested
+    layers' included, set to float32.
+    """
+    config = model.get_config()
+    float32_config = _with_float32_policies(config)
+    if float32_config == config:
+        return model
+    copy = model.__class__.from_config(float32_config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _with_float32_policies(config):
+    """`config` with each serialized `DTypePolicy` under a "dtype" key replaced by "float32"."""
+    if isinstance(config, dict):
+        return {
+            key: "float32" if key == "dtype" and _is_dtype_policy(value) else _with_float32_policies(value)
+            for key, value in config.items()
+        }
+    if isinstance(config, (list, tuple)):
+        return type(config)(_with_float32_policies(value) for value in config)
+    return config
+
+
+def _is_dtype_policy(value):
+    return (isinstance(value, dict) and "DTypePolicy" in str(value.get("class_name"))
+            and value.get("config", {}).get("name") != "float32")

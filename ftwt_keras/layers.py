@@ -29,6 +29,15 @@ RELU_LIKE = ("relu", "relu6")
 OFF_SHIFT = 1e30
 
 
+def off_shift(dtype):
+    """`OFF_SHIFT` in `dtype`: float16's largest finite value (65504) where 1e30 would be infinite.
+
+    An infinite shift would turn the on filters' `0 * shift` into NaN. 65504
+    still switches a float16 filter off: no float16 pre-activation is larger.
+    """
+    return 65504.0 if keras.backend.standardize_dtype(dtype) == "float16" else OFF_SHIFT
+
+
 def global_pool(inputs, pooling="avg"):
     """`(batch, height, width, channels)` -> `(batch, channels)`, by `"avg"` or `"max"`.
 
@@ -543,7 +552,8 @@ class GatedConv(keras.layers.Layer):
         if not self._masks_through_shift:
             return outputs * mask[:, None, None, :] if apply_masks else outputs
         if apply_masks:
-            pre_activation = pre_activation + ((mask - 1.0) * OFF_SHIFT)[:, None, None, :]
+            shift = off_shift(pre_activation.dtype)
+            pre_activation = pre_activation + ((mask - 1.0) * shift)[:, None, None, :]
         return ops.cast(self.activation(pre_activation), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

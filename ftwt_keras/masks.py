@@ -39,6 +39,16 @@ def filter_scores(activations):
     )
 
 
+def _float32_scores(activations):
+    """`filter_scores` in float32, where the targets' rules compute.
+
+    Under mixed precision the activations are float16 or bfloat16: a float16
+    sum of a layer's scores can overflow (65504), and bfloat16's 8-bit
+    mantissa would move the cumulative sum's crossing.
+    """
+    return ops.cast(filter_scores(activations), "float32")
+
+
 def check_threshold(threshold, name="threshold"):
     """Raises a `ValueError` unless `0 < threshold <= 1`."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
@@ -76,7 +86,7 @@ def mass_mask(activations, threshold):
         threshold: float in (0, 1], the fraction of heatmap mass to keep.
 
     Returns:
-        Float tensor `(batch, channels)` of 0.0 / 1.0.
+        float32 tensor `(batch, channels)` of 0.0 / 1.0 (whatever the activations' dtype).
 
     Example:
 
@@ -86,7 +96,7 @@ def mass_mask(activations, threshold):
     [[1.0, 1.0, 0.0, 0.0]]
     """
     threshold = check_threshold(threshold)
-    scores = filter_scores(activations)
+    scores = _float32_scores(activations)
     dtype = scores.dtype
     total = ops.sum(scores, axis=-1, keepdims=True)
     has_mass = total > 0
@@ -180,7 +190,7 @@ def uniform_mask(activations, prune_ratio):
         prune_ratio: float in [0, 1), the fraction of filters to drop.
 
     Returns:
-        Float tensor `(batch, channels)` of 0.0 / 1.0.
+        float32 tensor `(batch, channels)` of 0.0 / 1.0 (whatever the activations' dtype).
 
     Example:
 
@@ -196,7 +206,7 @@ def uniform_mask(activations, prune_ratio):
             f"`prune_ratio` must be in [0, 1) (the fraction of filters to "
             f"drop); got {prune_ratio}."
         )
-    scores = filter_scores(activations)
+    scores = _float32_scores(activations)
     channels = scores.shape[-1]
     num_pruned = int(float(prune_ratio) * channels)
     alive = scores > DEAD_FILTER_TOLERANCE

@@ -45,13 +45,17 @@ def gate_objectives(records, all_ones=False):
                 "run the forward pass inside record_gates(targets=True)."
             )
     # All layers side by side, so the loss is a handful of ops, not a handful
-    # per layer (per-op overhead dominates small CPU train steps).
-    logits = ops.concatenate([record.logits for record in records], axis=-1)
-    decisions = ops.concatenate([record.mask for record in records], axis=-1)
+    # per layer (per-op overhead dominates small CPU train steps). In float32,
+    # as Keras computes losses, whatever the layers' mixed-precision dtype.
+    def side_by_side(tensors):
+        return ops.cast(ops.concatenate(tensors, axis=-1), "float32")
+
+    logits = side_by_side([record.logits for record in records])
+    decisions = side_by_side([record.mask for record in records])
     if all_ones:
         targets = ops.ones_like(logits)
     else:
-        targets = ops.concatenate([record.target for record in records], axis=-1)
+        targets = side_by_side([record.target for record in records])
     layers = len(records)
     bce = ops.binary_crossentropy(targets, logits, from_logits=True)
     loss = ops.sum(ops.mean(bce, axis=0)) / layers
@@ -93,6 +97,20 @@ def distillation_loss(teacher_logits, student_logits, temperature=4.0):
     teacher_log_probs = ops.stop_gradient(teacher_log_probs)
     kl = ops.sum(ops.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
     return ops.mean(kl) * temperature**2
+
+
+def _loss_scaled_together(optimizer, gate_optimizer):
+    """Both optimizers in a `LossScaleOptimizer` where either is one, else both as they are.
+
+    Keras wraps the compiled optimizer under the `mixed_float16` policy. The
+    predictors' gradients come from the same scaled loss as the backbone's and
+    need the same unscaling and overflow check
+    (`FTWTModel._gradients_for_loss_scaling`).
+    """
+    wrapper = keras.optimizers.LossScaleOptimizer
+    if not isinstance(optimizer, wrapper) and not isinstance(gate_optimizer, wrapper):
+        return optimizer, gate_optimizer
+    return tuple(o if isinstance(o, wrapper) else wrapper(o) for o in (optimizer, gate_optimizer))
 
 
 def _num_replicas():
@@ -270,6 +288,11 @@ class FTWTModel(keras.Model):
                 weight decay 5e-4, steps x0.1).
             gate_optimizer: predictor optimizer; default SGD(0.1,
                 momentum=0.9) as in the paper. Must be a different object.
+                Under loss scaling (the `mixed_float16` policy, which makes
+                Keras wrap `optimizer`, or a `LossScaleOptimizer` passed for
+                either) both are `LossScaleOptimizer`s: the one scaled
+                backward pass feeds both, and a step with any non-finite
+                gradient is skipped by both.
             teacher: optional frozen model giving logits for the same
                 inputs, typically the dense baseline the gated model came
                 from. The backbone then learns from
@@ -294,7 +317,7 @@ class FTWTModel(keras.Model):
                 "`gate_optimizer` must be a different optimizer object than "
                 "`optimizer`: each keeps its own state for its own variables."
             )
-        self.gate_optimizer = gate_optimizer
+        self.optimizer, self.gate_optimizer = _loss_scaled_together(self.optimizer, gate_optimizer)
         if self.built:
             # Build each optimizer on its own variables now, so Keras does not
             # build the backbone optimizer over the predictors too.
@@ -425,6 +448,7 @@ class FTWTModel(keras.Model):
             )
             loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(loss, backbone + predictors)
+        gradients = self._gradients_for_loss_scaling(gradients, len(backbone))
         if backbone:
             self.optimizer.apply_gradients(zip(gradients[: len(backbone)], backbone))
         if predictors:
@@ -435,6 +459,22 @@ class FTWTModel(keras.Model):
             for tracker in (self.gate_loss_tracker, self.gate_accuracy_tracker, self.target_flops_reduction_tracker):
                 logs.pop(tracker.name, None)
         return logs
+
+    def _gradients_for_loss_scaling(self, gradients, num_backbone):
+        """Under loss scaling (mixed_float16), one backward pass feeding two `LossScaleOptimizer`s.
+
+        The loss was scaled by the backbone optimizer's scale: the predictors'
+        gradients are rescaled to the gate optimizer's. Where any gradient is
+        not finite, every one is made NaN, so that both optimizers skip the
+        step and halve their scale together (each alone checks only its own).
+        """
+        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            return gradients
+        finite = ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in gradients if g is not None]))
+        poison = ops.where(finite, 1.0, float("nan"))
+        rescale = poison * self.gate_optimizer.dynamic_scale / self.optimizer.dynamic_scale
+        return [None if g is None else g * factor
+                for g, factor in zip(gradients, [poison] * num_backbone + [rescale] * (len(gradients) - num_backbone))]
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

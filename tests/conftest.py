@@ -20,8 +20,13 @@ NUM_IMAGES = 24
 def force_gates(model, on):
     """Sets every predictor so that all its gates are on (or off) for any input."""
     for layer in model.gated_layers:
-        layer.predictor.kernel.assign(np.zeros(layer.predictor.kernel.shape, "float32"))
-        layer.predictor.bias.assign(np.full(layer.predictor.bias.shape, 50.0 if on else -50.0, "float32"))
+        force_gates_of(layer, on)
+
+
+def force_gates_of(layer, on):
+    """Sets the predictor of GatedConv `layer` so that all its gates are on (or off) for any input."""
+    layer.predictor.kernel.assign(np.zeros(layer.predictor.kernel.shape, "float32"))
+    layer.predictor.bias.assign(np.full(layer.predictor.bias.shape, 50.0 if on else -50.0, "float32"))
 
 
 def randomize_weights(layer, rng):

@@ -320,6 +320,26 @@ def test_dense_export_is_the_plain_model(cifar_images):
     np.testing.assert_allclose(export.run(flatbuffer, cifar_images[:8]), expected, atol=1e-4 * np.ptp(expected))
 
 
+def test_a_network_built_in_mixed_precision_exports_its_weights_in_float32(cifar_images):
+    """A model trained under `mixed_float16` is exported as the same weights computing in float32."""
+    from ftwt_keras import _graph
+
+    reference = perturb(fk.gate(short_mobilenet(blocks=3)), seed=1)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = fk.gate(short_mobilenet(blocks=3))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.set_weights(reference.get_weights())
+    assert model.gated_layers[0].compute_dtype == "float16"
+    float32_network = _graph.in_float32(model.network)
+    assert {layer.compute_dtype for layer in float32_network.layers} == {"float32"}
+    assert [layer.name for layer in float32_network.layers] == [layer.name for layer in model.network.layers]
+    assert _graph.in_float32(reference.network) is reference.network  # already float32: no copy
+    flatbuffer = export.convert(model, calibration_images=cifar_images[:8])
+    assert_same_logits(flatbuffer, reference, cifar_images)
+
+
 def test_layers_with_all_gates_off_or_on(cifar_images):
     """Whole layers switched off (empty tensors downstream) or on still convert and run exactly."""
     model = perturb(fk.gate(short_mobilenet(blocks=6)), seed=1)

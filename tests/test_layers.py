@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import randomize_weights
+from conftest import force_gates_of, randomize_weights
 from ftwt_keras import normalization
 from ftwt_keras.layers import GatedConv, MaskPredictor, record_gates
 
@@ -211,3 +211,21 @@ def test_unsupported_convs_are_refused_with_their_name():
         GatedConv(keras.layers.Conv2D(4, 3), threshold=1.5)
     with pytest.raises(ValueError, match="mode"):
         GatedConv(keras.layers.Conv2D(4, 3), mode="both")
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_float16_units_switch_gates_off_without_nan(on, images):
+    """The pre-activation shift that switches a filter off stays finite in float16 (mixed_float16)."""
+    layer = GatedConv(keras.layers.Conv2D(6, 3, padding="same"), keras.layers.BatchNormalization(),
+                      activation="relu", dtype="mixed_float16")
+    layer.build(images.shape)
+    assert layer._masks_through_shift and layer.compute_dtype == "float16"
+    force_gates_of(layer, on)
+    out = np.asarray(layer(images / 255.0, training=True)).astype("float32")
+    assert np.all(np.isfinite(out))
+    if on:
+        dense = np.asarray(layer.dense_outputs(images / 255.0, training=True), "float32")
+        np.testing.assert_allclose(out, dense, rtol=1e-2, atol=2e-3)  # float16 rounding
+        assert out.max() > 0
+    else:
+        assert np.all(out == 0)

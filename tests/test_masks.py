@@ -138,3 +138,18 @@ def test_mass_mask_matches_the_sorting_rule_on_wide_layers(channels, threshold):
         undecided = np.abs(margins) < 1e-6
         np.testing.assert_array_equal(got[~undecided], expected[~undecided])
         assert undecided.mean() < 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_targets_of_mixed_precision_activations_are_computed_in_float32(dtype):
+    import ml_dtypes  # installed with TensorFlow (and JAX)
+
+    # 256 filters of scores near 600: their float16 sum (~150,000) overflows 65504, and bfloat16's
+    # 8-bit mantissa cannot tell their shares apart.
+    scores = np.random.default_rng(0).uniform(500, 700, (4, 256)).astype(getattr(ml_dtypes, dtype, dtype))
+    exact = scores.astype("float32")
+    for got, expected in ((masks.mass_mask(scores, 0.5), masks.mass_mask(exact, 0.5)),
+                          (masks.uniform_mask(scores, 0.5), masks.uniform_mask(exact, 0.5))):
+        assert got.dtype == "float32"
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    assert 0.3 < np.asarray(masks.mass_mask(scores, 0.5)).mean() < 0.6

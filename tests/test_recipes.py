@@ -238,7 +238,8 @@ def _image_folder(root, per_class, low, high, seed=0):
 
 
 def test_imagenet_recipe_runs_every_stage_on_an_image_folder(tmp_path):
-    """resnet_imagenet end to end (ResNet-18 at 64x64) on a folder dataset, caps and frozen gates included.
+    """resnet_imagenet end to end (ResNet-18 at 64x64) on a folder dataset, caps and frozen gates included,
+    in mixed precision.
 
     Their fine-tuning epochs are left out: test_recipe_runs_both_stages_and_resumes trains those.
     """
@@ -249,7 +250,7 @@ def test_imagenet_recipe_runs_every_stage_on_an_image_folder(tmp_path):
     result = run_python("-m", "ftwt_keras.recipes.resnet_imagenet", f"--dataset={folder}", f"--output_dir={out}",
                         "--model=resnet18", "--image_size=64", "--batch_size=8", "--baseline_epochs=1", "--epochs=1",
                         "--estimate_images=16", "--warmup_steps=1", "--cap_ratio=1.1", "--freeze_agreement=0.9",
-                        timeout=900)
+                        "--dtype_policy=mixed_bfloat16", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["test_images"] == 18 and results["config"]["model"] == "resnet18"
@@ -259,7 +260,12 @@ def test_imagenet_recipe_runs_every_stage_on_an_image_folder(tmp_path):
         model = keras.saving.load_model(out / name)
         network = model.network if isinstance(model, fk.FTWTModel) else model
         assert network.outputs[0].shape[-1] == 3 and network.inputs[0].shape[1:] == (64, 64, 3), name
-    assert len(keras.saving.load_model(out / "model.keras").gated_layers) == 20  # 17 convs + 3 projections
+    gated = keras.saving.load_model(out / "model.keras")
+    assert len(gated.gated_layers) == 20  # 17 convs + 3 projections
+    # Trained in mixed precision (bfloat16 activations, float32 weights), and saved so.
+    assert results["config"]["dtype_policy"] == "mixed_bfloat16"
+    assert {layer.compute_dtype for layer in gated.gated_layers} == {"bfloat16"}
+    assert {v.dtype for v in gated.weights} == {"float32"}
 
 
 def test_recipes_estimate_and_calibrate_on_training_images_of_an_image_folder(tmp_path):

@@ -184,7 +184,8 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     if with_predictors and dynamic:
         raise ExportError("`with_predictors=True` needs `dynamic=False` (the dynamic export runs them anyway).")
     tf = _tf()
-    network = _graph.as_functional(model.network)
+    # The export computes in float32, also for a network trained in mixed precision.
+    network = _graph.in_float32(_graph.as_functional(model.network))
     policies = _policies(model, policy)
     calibration = _calibration_of(model, calibration_images, calibration, capacity_stds, needed=dynamic)
     conv_macs = _conv_macs(model)

@@ -115,6 +115,10 @@ def define_flags(**defaults):
     flags.register_validator("freeze_epochs", lambda value: value >= 0, message="--freeze_epochs must be >= 0.")
     flags.DEFINE_float("freeze_lr", default("freeze_lr", None),
                        "Backbone learning rate of the --freeze_epochs (default: the FTWT schedule's last one).")
+    flags.DEFINE_enum("dtype_policy", default("dtype_policy", "float32"), ["float32", "mixed_bfloat16", "mixed_float16"],
+                      "Keras dtype policy of the models built (keras.mixed_precision): mixed_* trains with 16-bit "
+                      "activations and float32 weights, for accelerators with 16-bit units; mixed_float16 adds loss "
+                      "scaling. A --baseline or a resumed stage keeps the policy it was saved with.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 1 progress bar, 2 one line per epoch.")
 
@@ -233,7 +237,7 @@ _RECIPE_FLAGS = (
     "mode joint_gradient_scale target pooling use_softmax predictor_rank gate_loss_weight cooldown "
     "threshold_ramp_epochs distillation_weight distillation_temperature ungated_layers warmup_steps estimate_images "
     "gate_only_paying paying_plan edge_threads "
-    "cap_ratio cap_epochs cap_lr freeze_agreement freeze_epochs freeze_lr seed verbose"
+    "cap_ratio cap_epochs cap_lr freeze_agreement freeze_epochs freeze_lr dtype_policy seed verbose"
 ).split()
 
 
@@ -702,6 +706,7 @@ def run(config=None):
     check_some_gate_can_pay(config)
     os.makedirs(config["output_dir"], exist_ok=True)
     keras.utils.set_random_seed(config["seed"])
+    keras.mixed_precision.set_global_policy(config.get("dtype_policy", "float32"))
     train, test, estimate_data = _datasets(config)
 
     baseline, baseline_time = train_baseline(config, train, test)
