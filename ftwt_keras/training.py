@@ -278,6 +278,41 @@ class FTWTModel(keras.Model):
                 "Resize the images, or rebuild the model for this input shape."
             )
 
+    # -- export --------------------------------------------------------------
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+        """`keras.Model.export`; `format="litert"` writes FTWT's own `.tflite`.
+
+        `"litert"`: `ftwt_keras.export.export_file(self, filepath, **kwargs)`,
+        the batch-1 export that computes only each image's active filters
+        with builtin ops (`kwargs`: its `policy`, `calibration_images`,
+        `num_threads`, ...; needs TensorFlow). Keras's own LiteRT conversion
+        would compute every filter and then mask it. Other formats go to
+        Keras's exporters, which compute every filter and apply the masks
+        (the model's logits), with the network's input as the default
+        signature (a model that was never called has none of its own).
+
+        Example:
+
+        >>> import ftwt_keras as fk
+        >>> model = fk.gate(fk.models.mobilenet_v1(alpha=0.25))
+        >>> model.export("/tmp/ftwt_mobilenet.tflite", format="litert")  # doctest: +SKIP
+        """
+        if format == "litert":
+            if input_signature is not None:
+                raise ValueError(
+                    "FTWT's .tflite takes the network's own input at batch size 1: leave `input_signature` out "
+                    "(rebuild the network for another input size)."
+                )
+            from ftwt_keras.export import tflite
+
+            path = tflite.export_file(self, filepath, **kwargs)
+            if verbose is not False:
+                print(f"Saved the FTWT .tflite (active filters only, batch 1) at '{path}'.")
+            return path
+        if input_signature is None:
+            input_signature = [keras.InputSpec(shape=spec.shape, dtype=spec.dtype) for spec in self.network.inputs]
+        return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
+
     # -- compile / serialization -------------------------------------------
     def compile(self, optimizer="rmsprop", gate_optimizer=None, teacher=None, distillation_temperature=4.0,
                 student_loss_weight=0.5, **kwargs):

@@ -340,6 +340,23 @@ def test_a_network_built_in_mixed_precision_exports_its_weights_in_float32(cifar
     assert_same_logits(flatbuffer, reference, cifar_images)
 
 
+def test_model_export_writes_ftwt_tflite_for_litert_and_keras_formats_otherwise(tmp_path, cifar_images):
+    """`FTWTModel.export`: "litert" is the active-filters export; a SavedModel needs no call first."""
+    import tensorflow as tf
+
+    model = perturb(fk.gate(short_mobilenet(blocks=3)), seed=1)
+    path = model.export(tmp_path / "model.tflite", format="litert", policy="gather", verbose=False)
+    flatbuffer = open(path, "rb").read()
+    assert "GATHER" in export.op_names(flatbuffer)  # not Keras's conversion, which computes every filter
+    assert_same_logits(flatbuffer, model, cifar_images)
+    with pytest.raises(ValueError, match="input_signature"):
+        model.export(tmp_path / "other.tflite", format="litert", input_signature=[tf.TensorSpec((2, 32, 32, 3))])
+    model.export(tmp_path / "saved", verbose=False)  # never called: Keras alone would refuse
+    saved = tf.saved_model.load(str(tmp_path / "saved"))
+    served = saved.serve(cifar_images[:4]).numpy()
+    np.testing.assert_allclose(served, model.predict(cifar_images[:4], verbose=0), rtol=1e-5, atol=1e-5)
+
+
 def test_layers_with_all_gates_off_or_on(cifar_images):
     """Whole layers switched off (empty tensors downstream) or on still convert and run exactly."""
     model = perturb(fk.gate(short_mobilenet(blocks=6)), seed=1)
