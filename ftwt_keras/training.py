@@ -92,8 +92,9 @@ def distillation_loss(teacher_logits, student_logits, temperature=4.0):
     >>> float(distillation_loss(logits, logits))
     0.0
     """
-    teacher_log_probs = ops.log_softmax(ops.convert_to_tensor(teacher_logits) / temperature, axis=-1)
-    student_log_probs = ops.log_softmax(ops.convert_to_tensor(student_logits) / temperature, axis=-1)
+    # In float32, as Keras computes losses, also for 16-bit logits (mixed precision).
+    teacher_log_probs = ops.log_softmax(ops.cast(teacher_logits, "float32") / temperature, axis=-1)
+    student_log_probs = ops.log_softmax(ops.cast(student_logits, "float32") / temperature, axis=-1)
     teacher_log_probs = ops.stop_gradient(teacher_log_probs)
     kl = ops.sum(ops.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
     return ops.mean(kl) * temperature**2

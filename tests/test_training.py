@@ -489,3 +489,13 @@ def test_a_non_finite_gradient_on_one_side_skips_both_optimizers():
     for overflow in ([np.ones(3, "float32"), np.array([1.0, np.inf], "float32")],
                      [np.array([np.nan, 1.0, 1.0], "float32"), np.ones(2, "float32")]):
         assert all(np.isnan(np.asarray(g)).all() for g in model._gradients_for_loss_scaling(overflow, 1))
+
+
+def test_distillation_loss_of_16_bit_logits_is_computed_in_float32():
+    rng = np.random.default_rng(0)
+    teacher, student = (rng.normal(0, 3, (4, 10)).astype("float32") for _ in range(2))
+    exact = float(distillation_loss(teacher, student))
+    low = distillation_loss(teacher.astype("float16"), student.astype("float16"))
+    assert low.dtype == "float32"
+    # float16 rounds the logits themselves (~1e-3 of them); a float16 softmax would add its own error.
+    assert float(low) == pytest.approx(exact, rel=2e-3)
