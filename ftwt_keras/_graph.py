@@ -117,5 +117,6 @@ def _with_float32_policies(config):
 
 
 def _is_dtype_policy(value):
-    return (isinstance(value, dict) and "DTypePolicy" in str(value.get("class_name"))
+    """A serialized floating-point policy other than float32 (quantized ones stay as they are)."""
+    return (isinstance(value, dict) and value.get("class_name") in ("DTypePolicy", "FloatDTypePolicy")
             and value.get("config", {}).get("name") != "float32")

@@ -509,8 +509,8 @@ class FTWTModel(keras.Model):
         finite = ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in gradients if g is not None]))
         poison = ops.where(finite, 1.0, float("nan"))
         rescale = poison * self.gate_optimizer.dynamic_scale / self.optimizer.dynamic_scale
-        return [None if g is None else g * factor
-                for g, factor in zip(gradients, [poison] * num_backbone + [rescale] * (len(gradients) - num_backbone))]
+        factors = [poison] * num_backbone + [rescale] * (len(gradients) - num_backbone)
+        return [None if g is None else g * factor for g, factor in zip(gradients, factors)]
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
