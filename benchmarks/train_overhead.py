@@ -18,6 +18,11 @@ prints the speed-up of the fused kernel for each.
 `train_gates=False`, as `GateCooldown` runs the epochs after it turns the gate
 loss off (no targets, no gate loss, predictors frozen).
 
+`--dtype_policies=float32,mixed_bfloat16` times every step once per Keras
+dtype policy, side by side (the models built under it: 16-bit activations,
+float32 weights; oneDNN runs bfloat16 convs on AMX / AVX512-BF16 where the CPU
+has them), and prints each policy's speed-up over the first.
+
 `--profile_steps=N` then runs N more steps of each under the TensorFlow
 profiler and prints where the time goes: CPU milliseconds per step by op type
 (op times summed over threads), plain vs FTWT, largest differences first.
@@ -44,6 +49,8 @@ flags.DEFINE_enum("batch_norm", "fused", ["fused", "keras", "both"],
 flags.DEFINE_bool("after_cooldown", False,
                   "Also time the FTWT step as it runs after GateCooldown (`train_gates=False`).")
 flags.DEFINE_bool("jit_compile", False, "Compile both train steps with XLA (`compile(jit_compile=True)`).")
+flags.DEFINE_list("dtype_policies", ["float32"],
+                  "Keras dtype policies to time side by side (float32, mixed_bfloat16, mixed_float16).")
 FLAGS = flags.FLAGS
 
 
@@ -143,10 +150,18 @@ def main(argv):
         return model
 
     kernels = ("keras", "fused") if FLAGS.batch_norm == "both" else (FLAGS.batch_norm,)
+    policies = FLAGS.dtype_policies
+    settings = [(kernel, policy) for policy in policies for kernel in kernels]
+
+    def suffix_of(kernel, policy):
+        return (f" ({kernel} BN)" if len(kernels) > 1 else "") + (f" [{policy}]" if len(policies) > 1 else "")
+
     models, iterators = {}, {}
-    for kernel in kernels:
-        suffix = f" ({kernel} BN)" if len(kernels) > 1 else ""
-        # The kernel is chosen when the step is traced: build, compile and warm up inside.
+    for kernel, policy in settings:
+        suffix = suffix_of(kernel, policy)
+        # The kernel is chosen when the step is traced, the policy when the layers are built: build,
+        # compile and warm up inside both.
+        keras.mixed_precision.set_global_policy(policy)
         with fk.normalization.fused_kernel(kernel == "fused"):
             plain = _build()
             plain.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss(), metrics=["accuracy"],
@@ -163,6 +178,7 @@ def main(argv):
                 for _ in range(2):
                     _step_seconds(model, iterators[name])
                 models[name] = model
+        keras.mixed_precision.set_global_policy("float32")
     seconds = {name: [] for name in models}
     for step in range(FLAGS.steps):
         for name, model in models.items():
@@ -179,8 +195,8 @@ def main(argv):
         return (float(np.median(seconds[slow]) / np.median(seconds[fast])),
                 float(np.median(np.array(seconds[slow]) / np.array(seconds[fast]))))
 
-    for kernel in kernels:
-        suffix = f" ({kernel} BN)" if len(kernels) > 1 else ""
+    for kernel, policy in settings:
+        suffix = suffix_of(kernel, policy)
         plain_ips, ftwt_ips = (FLAGS.batch_size / float(np.median(seconds[k + suffix])) for k in ("plain", "ftwt"))
         print(f"plain train step{suffix}: {plain_ips:.0f} images/s (median of {FLAGS.steps} steps)")
         print(f"FTWT  train step{suffix}: {ftwt_ips:.0f} images/s ({FLAGS.mode}, r={FLAGS.threshold:g})")
@@ -196,8 +212,16 @@ def main(argv):
                   f"(ratios of medians; paired: {ftwt_paired:.2f}x, {plain_paired:.2f}x)")
     if len(kernels) > 1:
         for step in ("plain", "ftwt"):
-            print("{} step, fused BN / Keras BN: {:.2f}x (ratio of medians), {:.2f}x (paired)".format(
-                step, *ratio(f"{step} (keras BN)", f"{step} (fused BN)")))
+            for policy in policies:
+                print("{} step{}, fused BN / Keras BN: {:.2f}x (ratio of medians), {:.2f}x (paired)".format(
+                    step, f" [{policy}]" if len(policies) > 1 else "",
+                    *ratio(f"{step}{suffix_of('keras', policy)}", f"{step}{suffix_of('fused', policy)}")))
+    for policy in policies[1:]:
+        for kernel in kernels:
+            for step in ("plain", "ftwt"):
+                print("{} step{}, {} / {}: {:.2f}x (ratio of medians), {:.2f}x (paired)".format(
+                    step, f" ({kernel} BN)" if len(kernels) > 1 else "", policy, policies[0],
+                    *ratio(f"{step}{suffix_of(kernel, policies[0])}", f"{step}{suffix_of(kernel, policy)}")))
     if FLAGS.profile_steps:
         _print_profile([(name, models[name]) for name in models], iterators)
 
