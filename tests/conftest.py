@@ -1,3 +1,4 @@
+import contextlib
 import importlib
 import json
 import os
@@ -15,6 +16,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Real CIFAR-10 test images the export tests run on (`cifar_images`).
 NUM_IMAGES = 24
+
+
+@contextlib.contextmanager
+def global_dtype_policy(name):
+    """Keras's global dtype policy set to `name` inside (layers built there take it), restored after."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def force_gates(model, on):

@@ -14,7 +14,7 @@ from ftwt_keras.export import builder as export_builder  # noqa: E402
 from ftwt_keras.export import calibration as export_calibration  # noqa: E402
 from ftwt_keras.export import tflite as export  # noqa: E402
 
-from conftest import force_gates, short_mobilenet  # noqa: E402
+from conftest import force_gates, global_dtype_policy, short_mobilenet  # noqa: E402
 from export_helpers import (  # noqa: E402
     BUILDERS,
     GATE_OPTIONS,
@@ -325,11 +325,8 @@ def test_a_network_built_in_mixed_precision_exports_its_weights_in_float32(cifar
     from ftwt_keras import _graph
 
     reference = perturb(fk.gate(short_mobilenet(blocks=3)), seed=1)
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with global_dtype_policy("mixed_float16"):
         model = fk.gate(short_mobilenet(blocks=3))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     model.set_weights(reference.get_weights())
     assert model.gated_layers[0].compute_dtype == "float16"
     float32_network = _graph.in_float32(model.network)

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import force_gates, small_resnet
+from conftest import force_gates, global_dtype_policy, small_resnet
 
 import ftwt_keras as fk
 from ftwt_keras.layers import record_gates
@@ -441,11 +441,8 @@ def _sgd_step_deltas(model, images, labels):
 def test_mixed_float16_scales_the_loss_for_both_optimizers_and_steps_like_float32(images):
     labels = np.arange(8) % 10
     reference = fk.gate(small_resnet(), threshold=0.9)
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with global_dtype_policy("mixed_float16"):
         mixed = fk.gate(small_resnet(), threshold=0.9)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     mixed.set_weights(reference.get_weights())
     for model in (reference, mixed):
         model.compile(optimizer=keras.optimizers.SGD(0.01), gate_optimizer=keras.optimizers.SGD(0.1),
@@ -474,11 +471,8 @@ def test_mixed_float16_scales_the_loss_for_both_optimizers_and_steps_like_float3
 
 
 def test_a_non_finite_gradient_on_one_side_skips_both_optimizers():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with global_dtype_policy("mixed_float16"):
         model = fk.gate(small_resnet(), threshold=0.9)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     model.compile(optimizer="sgd", gate_optimizer="sgd", loss="sparse_categorical_crossentropy")
     model.optimizer.dynamic_scale.assign(4.0)
     model.gate_optimizer.dynamic_scale.assign(8.0)
