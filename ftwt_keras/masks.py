@@ -10,6 +10,7 @@ shape `(batch, channels)` holding 0.0 and 1.0. They are written in `keras.ops`
 and run on any Keras backend.
 """
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -135,9 +136,10 @@ def _mass_prefix(normalized, threshold):
 
     Sums are taken in another order than a sequential cumsum, so a decision
     can differ from it only where the cumulative sum is within float rounding
-    (~1e-7) of `threshold + DEAD_FILTER_TOLERANCE`. The top-k's k depends on
-    the data: fine in TensorFlow graphs and in eager mode, not under `jax.jit`
-    (a static shape would be needed there).
+    (~1e-7) of `threshold + DEAD_FILTER_TOLERANCE`. The top-k's k is the
+    largest crossing level's size, known only at run time; under XLA, whose
+    shapes must be static, it is every filter (see `_static_shapes_required`),
+    which gives the same decisions.
     """
     levels = MASS_LEVELS
     batch = ops.shape(normalized)[0]
@@ -165,7 +167,10 @@ def _mass_prefix(normalized, threshold):
     # Rows with fewer candidates than k get padding in their top k: the
     # `values >= 0` below keeps it off even where rounding lets the cumulative
     # sum of the whole crossing level stay under the threshold.
-    k = ops.maximum(ops.max(ops.sum(ops.cast(in_cut, "int32"), axis=-1)), 1)
+    if _static_shapes_required():
+        k = channels  # the candidates first, then the -1 padding: the same prefix
+    else:
+        k = ops.maximum(ops.max(ops.sum(ops.cast(in_cut, "int32"), axis=-1)), 1)
     values, order = ops.top_k(ops.where(in_cut, normalized, -ops.ones_like(normalized)), k=k)
     cumulative = mass_above_cut + ops.cumsum(ops.maximum(values, 0.0), axis=-1)
     kept = ops.logical_and(values >= 0, cumulative - threshold <= DEAD_FILTER_TOLERANCE)
@@ -176,6 +181,32 @@ def _mass_prefix(normalized, threshold):
         (batch, channels),
     )
     return ops.logical_or(level > cut, kept_in_cut > 0)
+
+
+def _static_shapes_required():
+    """True while tracing for XLA, which needs every shape before it runs.
+
+    That is `jax.jit` on the JAX backend and `jit_compile=True` on the
+    TensorFlow one, which Keras picks by default on a GPU
+    (`compile(jit_compile="auto")`). `jax.jit` refuses a top-k whose k is
+    a run-time value; TensorFlow 2.21's XLA bridge accepted it, silently,
+    and its mass targets differed from the graph's on 1-16% of a batch's
+    decisions (the most where scores tie).
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return True
+    if backend != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        return False
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # moved in a later TensorFlow: the static path is right everywhere, only slower
+        return True
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def uniform_mask(activations, prune_ratio):

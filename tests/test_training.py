@@ -381,6 +381,11 @@ model = keras.saving.load_model(sys.argv[1])
 images = np.load(sys.argv[2])
 np.save(sys.argv[3], model.predict(images, verbose=0))
 np.save(sys.argv[4], fk.flops.dynamic_macs(model, images))
+targets = lambda scores: fk.masks.mass_mask(scores, 0.5)
+if keras.backend.backend() == "jax":
+    import jax
+    targets = jax.jit(targets)  # static shapes only
+np.save(sys.argv[5], keras.ops.convert_to_numpy(targets(images.reshape(len(images), -1))))
 model.compile(optimizer="sgd", gate_optimizer="sgd",
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 try:
@@ -392,7 +397,8 @@ except NotImplementedError as error:
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_a_saved_model_predicts_the_same_on_another_backend(backend, tmp_path, images):
-    """The layers are keras.ops only: a model trained and saved on TensorFlow runs on JAX and PyTorch.
+    """The layers are keras.ops only: a model trained and saved on TensorFlow runs on JAX and PyTorch
+    (and the mass targets compile with jax.jit).
 
     Neither is a dependency: the check runs where this interpreter has the
     backend, or where FTWT_<BACKEND>_PYTHON names a Python that has it and
@@ -413,7 +419,7 @@ def test_a_saved_model_predicts_the_same_on_another_backend(backend, tmp_path, i
     path, data = tmp_path / "m.keras", tmp_path / "x.npy"
     model.save(path)
     np.save(data, images)
-    outputs = [tmp_path / "logits.npy", tmp_path / "macs.npy"]
+    outputs = [tmp_path / "logits.npy", tmp_path / "macs.npy", tmp_path / "targets.npy"]
     result = subprocess.run(
         [python or sys.executable, "-c", _ON_ANOTHER_BACKEND, str(path), str(data), *map(str, outputs)],
         capture_output=True, text=True, timeout=300,
@@ -425,6 +431,8 @@ def test_a_saved_model_predicts_the_same_on_another_backend(backend, tmp_path, i
     assert len(set(macs.tolist())) > 1  # the masks differ by image
     np.testing.assert_allclose(np.load(outputs[0]), expected, atol=1e-4 * np.ptp(expected))
     np.testing.assert_array_equal(np.load(outputs[1]), macs)
+    # The mass targets (pixels as scores: many ties), compiled with jax.jit on JAX.
+    np.testing.assert_array_equal(np.load(outputs[2]), fk.masks.mass_mask(images.reshape(len(images), -1), 0.5))
     assert "FTWTModel.fit needs the TensorFlow backend" in result.stdout
 
 
@@ -437,6 +445,27 @@ def _sgd_step_deltas(model, images, labels):
     split = len(model.backbone_variables)
     return np.concatenate(deltas[:split]), np.concatenate(deltas[split:])
 
+
+def test_an_xla_compiled_step_trains_as_the_graph_one(images):
+    """`compile(jit_compile="auto")` is XLA on a GPU: the same targets, losses and updates as without it."""
+    labels = np.arange(8) % 10
+    reference = fk.gate(small_resnet(), threshold=0.9)  # mass targets: their top-k once needed a static k
+    results = []
+    for jit_compile in (False, True):
+        model = fk.gate(small_resnet(), threshold=0.9)
+        model.set_weights(reference.get_weights())
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                      gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile)
+        logs = [model.train_on_batch(images, labels, return_dict=True) for _ in range(2)]
+        results.append((logs, model.evaluate(images, labels, return_dict=True, verbose=0), model.get_weights()))
+    (graph_logs, graph_eval, graph_weights), (xla_logs, xla_eval, xla_weights) = results
+    for graph, xla in (*zip(graph_logs, xla_logs), (graph_eval, xla_eval)):
+        assert graph.keys() == xla.keys()
+        for name in graph:
+            np.testing.assert_allclose(float(xla[name]), float(graph[name]), rtol=1e-5, atol=1e-6, err_msg=name)
+    for graph, xla in zip(graph_weights, xla_weights):
+        np.testing.assert_allclose(xla, graph, atol=1e-5)
 
 def test_mixed_float16_scales_the_loss_for_both_optimizers_and_steps_like_float32(images):
     labels = np.arange(8) % 10
