@@ -437,6 +437,26 @@ class FTWTModel(keras.Model):
         if all(target is not None for target in targets.values()):  # none during warm-up
             self.target_flops_reduction_tracker.update_state(self._flops_reduction(targets))
 
+    def fit(self, *args, **kwargs):
+        # Keras ends `fit` with `self.optimizer.finalize_variable_values(
+        # self.trainable_weights)`: with `use_ema=True` the backbone optimizer
+        # would write its averages over every trainable weight in turn,
+        # predictors included (a shape error, or silently wrong weights).
+        # Each optimizer finalizes its own variables instead.
+        optimizer = self.optimizer
+        if not isinstance(optimizer, keras.optimizers.Optimizer):
+            return super().fit(*args, **kwargs)
+
+        def finalize_each_on_its_own(_):
+            type(optimizer).finalize_variable_values(optimizer, self.backbone_variables)
+            self.gate_optimizer.finalize_variable_values(self.predictor_variables)
+
+        optimizer.finalize_variable_values = finalize_each_on_its_own
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            del optimizer.finalize_variable_values
+
     def make_train_function(self, force=False):
         _require_tensorflow("fit")
         return super().make_train_function(force)

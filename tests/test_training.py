@@ -467,6 +467,29 @@ def test_an_xla_compiled_step_trains_as_the_graph_one(images):
     for graph, xla in zip(graph_weights, xla_weights):
         np.testing.assert_allclose(xla, graph, atol=1e-5)
 
+def test_fit_with_ema_leaves_each_optimizer_s_average_in_its_own_variables(images):
+    """`use_ema=True`: Keras's `fit` ends by writing the optimizer's averages over the model's
+    trainable weights; each of the two optimizers must write only its own."""
+    labels = np.arange(8) % 10
+    reference = fk.gate(small_resnet(), threshold=0.9)
+
+    def compiled(**ema):
+        model = fk.gate(small_resnet(), threshold=0.9)
+        model.set_weights(reference.get_weights())
+        model.compile(optimizer=keras.optimizers.SGD(0.01, **ema), gate_optimizer=keras.optimizers.SGD(0.1, **ema),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    one_step = compiled()
+    one_step.train_on_batch(images[:4], labels[:4])
+    # An average of momentum 1 holds the weights its first update left (Keras averages with
+    # momentum 0 on the first step): three steps later, those are what `fit` leaves.
+    model = compiled(use_ema=True, ema_momentum=1.0)
+    model.fit(images, labels, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    for name in ("backbone_variables", "predictor_variables"):
+        for got, expected in zip(getattr(model, name), getattr(one_step, name)):
+            np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-6, err_msg=got.path)
+
 def test_mixed_float16_scales_the_loss_for_both_optimizers_and_steps_like_float32(images):
     labels = np.arange(8) % 10
     reference = fk.gate(small_resnet(), threshold=0.9)
