@@ -165,6 +165,14 @@ def mac_terms(model):
     """Lists the `MacTerm`s of every MAC-carrying layer of a functional model."""
     network = _graph.as_functional(_network(model))
     _graph.layer_nodes(network)  # refuses shared layers
+    for tensor in network.inputs:
+        if any(size is None for size in tensor.shape[1:]):
+            raise ValueError(
+                f"Model '{network.name}' takes inputs of shape {tuple(tensor.shape)}: counting its "
+                "multiply-adds (FLOPs reductions, training metrics, estimates) needs every size but "
+                "the batch's. Build it with a fixed input size, e.g. keras.Input((224, 224, 3)); for "
+                "another resolution, build it again at that size and copy the weights (set_weights)."
+            )
     sources = {}
     terms = []
     for node in _graph.model_nodes(network):

@@ -27,6 +27,18 @@ def test_dense_macs_equal_a_hand_count():
     assert flops.count_macs(low_rank, include_predictors=True) == 8608 + predictors
 
 
+
+def test_a_model_of_unknown_input_size_is_refused_with_what_to_do():
+    """A fully convolutional model built on (None, None, 3) gates and predicts, but has no MAC count."""
+    model = fk.gate(fk.models.mobilenet_v1(input_shape=(None, None, 3), alpha=0.25, num_classes=10), threshold=0.9)
+    assert model.predict(np.zeros((1, 32, 32, 3), "float32"), verbose=0).shape == (1, 10)
+    expected = r"inputs of shape \(None, None, None, 3\).*fixed input size, e.g. keras.Input"
+    with pytest.raises(ValueError, match=expected):
+        flops.count_macs(model)
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match=expected):  # its training metrics count MACs
+        model.fit(np.zeros((2, 32, 32, 3), "float32"), np.zeros(2), verbose=0)
+
 def test_zoo_macs_match_the_official_profile():
     # Official FTWT nw_profile (thop) minus what it also counts: the final
     # average pool (1024 adds) and, for VGG, conv bias adds.
