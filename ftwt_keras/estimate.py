@@ -8,7 +8,8 @@ from ftwt_keras.layers import record_gates
 from ftwt_keras.training import FTWTModel
 
 
-def estimate_flops_reduction(model, dataset, threshold, target="mass", max_batches=None, layers_to_gate=None):
+def estimate_flops_reduction(model, dataset, threshold, target="mass", max_batches=None, layers_to_gate=None,
+                             verbose=0):
     """The FLOPs reduction that threshold `r` promises, from the dense baseline.
 
     The paper's claim: the mask predictors learn to reproduce the heatmap-mass
@@ -27,6 +28,8 @@ def estimate_flops_reduction(model, dataset, threshold, target="mass", max_batch
         max_batches: stop after this many batches (None: the whole dataset).
         layers_to_gate: for a plain `model`, the convs `gate()` will gate
             (as its argument); None: every conv.
+        verbose: 0 silent, 1 a progress bar over the batches, 2 one line at
+            the end.
 
     Returns:
         Float in (-inf, 1): 1 - mean executed MACs / dense MACs.
@@ -48,10 +51,10 @@ def estimate_flops_reduction(model, dataset, threshold, target="mass", max_batch
     else:
         gated = gating.gate(model, threshold, target=target, layers_to_gate=layers_to_gate)
     return _target_reduction(gated, dataset, apply_masks=False, threshold=threshold, target=target,
-                             max_batches=max_batches)
+                             max_batches=max_batches, verbose=verbose)
 
 
-def target_flops_reduction(model, dataset, apply_masks=True, max_batches=None):
+def target_flops_reduction(model, dataset, apply_masks=True, max_batches=None, verbose=0):
     """The FLOPs reduction of an FTWT model's own targets, at its thresholds.
 
     What the predictors are being trained toward at this point of training.
@@ -69,6 +72,8 @@ def target_flops_reduction(model, dataset, apply_masks=True, max_batches=None):
             layer seeing the inputs its upstream gates leave (as in training).
             False: targets of the same weights run dense (every filter on).
         max_batches: stop after this many batches (None: the whole dataset).
+        verbose: 0 silent, 1 a progress bar over the batches, 2 one line at
+            the end.
 
     Returns:
         Float: 1 - mean MACs that the target masks execute / dense MACs.
@@ -86,17 +91,15 @@ def target_flops_reduction(model, dataset, apply_masks=True, max_batches=None):
             f"target_flops_reduction needs an FTWTModel; got {type(model).__name__}. For a plain "
             "baseline use estimate_flops_reduction(model, dataset, threshold)."
         )
-    return _target_reduction(model, dataset, apply_masks=apply_masks, max_batches=max_batches)
+    return _target_reduction(model, dataset, apply_masks=apply_masks, max_batches=max_batches, verbose=verbose)
 
 
-def _target_reduction(gated, dataset, apply_masks, threshold=None, target=None, max_batches=None):
+def _target_reduction(gated, dataset, apply_masks, threshold=None, target=None, max_batches=None, verbose=0):
     """Mean reduction of the target masks of `gated` (thresholds/rules: its own when None)."""
     terms = gated.mac_terms
     dense = float(gated.dense_macs)
     executed = []
-    for index, batch in enumerate(flops.image_batches(dataset, 128)):
-        if max_batches is not None and index >= max_batches:
-            break
+    for batch in flops.image_batches(dataset, 128, max_batches=max_batches, verbose=verbose):
         with record_gates(targets=True, apply_masks=apply_masks, threshold=threshold, target=target) as recorder:
             gated.network(batch, training=False)
         targets = {name: r.target for name, r in recorder.by_layer_name().items()}

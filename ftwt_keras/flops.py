@@ -26,6 +26,7 @@ inherit the previous conv's sparsity, and ignores predictors.
 """
 
 import dataclasses
+import itertools
 import math
 from typing import Optional
 
@@ -356,25 +357,52 @@ def keep_ratios(model, images, batch_size=128):
     return {name: float(rates.mean()) for name, rates in firing_rates(model, images, batch_size).items()}
 
 
-def image_batches(images, batch_size):
+def image_batches(images, batch_size, max_batches=None, verbose=0):
     """Yields image batches from an array or from an iterable of batches.
 
     Batches may be `(images, labels[, weights])` tuples or dicts with an
     "image" key; only the images are yielded.
+
+    Args:
+        images: array of images, or an iterable of batches.
+        batch_size: used when `images` is an array.
+        max_batches: stop after this many batches (None: all of them).
+        verbose: 0 silent, 1 a Keras progress bar over the batches, 2 one
+            line at the end (as `model.predict`'s `verbose`).
     """
     if isinstance(images, np.ndarray) or hasattr(images, "shape"):
-        for start in range(0, int(images.shape[0]), batch_size):
-            yield images[start : start + batch_size]
-        return
-    for batch in images:
-        if isinstance(batch, (tuple, list)):
-            batch = batch[0]
-        elif isinstance(batch, dict):
-            batch = batch.get("image", next(iter(batch.values())))
+        total = -(-int(images.shape[0]) // batch_size)
+        batches = (images[start : start + batch_size] for start in range(0, int(images.shape[0]), batch_size))
+    else:
+        try:
+            total = len(images)  # a tf.data.Dataset of unknown or infinite size has none
+        except TypeError:
+            total = None
+        batches = (_images_of(batch) for batch in images)
+    if max_batches is not None:
+        batches = itertools.islice(batches, max_batches)
+        total = max_batches if total is None else min(total, max_batches)
+    progress = keras.utils.Progbar(total, verbose=verbose, unit_name="batch") if verbose else None
+    count = 0
+    for batch in batches:
         yield batch
+        count += 1
+        if progress is not None:
+            progress.update(count)  # finalizes itself on reaching `total`
+    if progress is not None and count != total:
+        progress.target = count  # known now (as Keras's own bar learns a dataset's size)
+        progress.update(count, finalize=True)
 
 
-def dynamic_macs(model, images, batch_size=128):
+def _images_of(batch):
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    if isinstance(batch, dict):
+        return batch.get("image", next(iter(batch.values())))
+    return batch
+
+
+def dynamic_macs(model, images, batch_size=128, verbose=0):
     """MACs actually executed for each image by a gated model, as a numpy array.
 
     Args:
@@ -382,13 +410,14 @@ def dynamic_macs(model, images, batch_size=128):
         images: array of images `(N, H, W, C)`, or an iterable of batches
             (e.g. a `tf.data.Dataset` of `(images, labels)`).
         batch_size: used when `images` is an array.
+        verbose: 0 silent, 1 a progress bar, 2 one line at the end.
 
     Returns:
         `np.ndarray` of shape `(N,)`, predictors included (see module doc).
     """
     terms = mac_terms(model)
     results = []
-    for batch in image_batches(images, batch_size):
+    for batch in image_batches(images, batch_size, verbose=verbose):
         masks = gate_masks_of(model, batch)
         macs = executed_macs(terms, masks, batch_size=int(batch.shape[0]))
         results.append(np.asarray(ops.convert_to_numpy(macs), dtype=np.float64))

@@ -12,6 +12,23 @@ def test_estimate_flops_reduction_from_baseline_targets(images):
         fk.estimate_flops_reduction(base, images, threshold=2.0)
 
 
+
+def test_long_passes_show_keras_progress_when_asked(images, capsys):
+    import tensorflow as tf
+
+    base = fk.models.resnet_cifar(depth=20)
+    batches = tf.data.Dataset.from_tensor_slices((images, images[:, 0, 0, 0])).batch(2)  # 4 batches
+    silent = fk.estimate_flops_reduction(base, batches, threshold=0.9)
+    assert capsys.readouterr().out == ""
+    assert fk.estimate_flops_reduction(base, batches, threshold=0.9, verbose=2, max_batches=10) == silent
+    assert "4/4" in capsys.readouterr().out
+    fk.estimate_flops_reduction(base, batches, threshold=0.9, verbose=2, max_batches=3)
+    assert "3/3" in capsys.readouterr().out
+    fk.target_flops_reduction(fk.gate(base, threshold=0.9), batches.filter(lambda x, y: True), verbose=2)
+    assert "4/4" in capsys.readouterr().out  # a dataset of unknown size: known at its end
+    fk.flops.dynamic_macs(fk.gate(base, threshold=0.9), images, batch_size=3, verbose=2)
+    assert "3/3" in capsys.readouterr().out
+
 def test_estimate_is_the_same_from_the_gated_model_and_changes_nothing(images):
     base = fk.models.mobilenet_v1(alpha=0.25)
     gated = fk.gate(base, threshold=1.0)

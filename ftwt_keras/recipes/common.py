@@ -728,13 +728,14 @@ def run(config=None):
             )
         logging.info("Gating only the %d convs whose gates pay in the edge export: %s", len(planned), planned)
         gated_layers = lambda layer, names=frozenset(planned): layer.name in names  # noqa: E731
+    logging.info("Estimating the FLOPs reduction at r=%g from the baseline's targets", config["threshold"])
     estimated = fk.estimate_flops_reduction(baseline, estimate_data, config["threshold"], config["target"],
-                                            layers_to_gate=gated_layers)
+                                            layers_to_gate=gated_layers, verbose=config["verbose"])
     logging.info("Estimated FLOPs reduction at r=%g before FTWT training: %.4f", config["threshold"], estimated)
 
     model, ftwt_time = train_ftwt(config, baseline, train, test, gated_layers)
     metrics = model.evaluate(test, verbose=0, return_dict=True)
-    macs = fk.flops.dynamic_macs(model, test)
+    macs = fk.flops.dynamic_macs(model, test, verbose=config["verbose"])
     dense = fk.flops.count_macs(model)
     # Gates the predictors' weights alone decide for every image: high for an input-blind
     # predictor; the edge export prunes them statically.
