@@ -486,8 +486,17 @@ class GatedConv(keras.layers.Layer):
         """1.0 where a filter is on: logit > 0 and, with a `capacity`, among the top `capacity` logits."""
         on = logits > 0
         if self.capacity is not None and self.capacity < logits.shape[-1]:
-            kth_largest = ops.top_k(logits, self.capacity, sorted=True)[0][:, -1:]
-            on = ops.logical_and(on, logits >= kth_largest)
+            # The top-k's own indices, not `logits >= k-th largest`: with ties at
+            # the k-th logit (likely in 16-bit logits) that kept more than k.
+            # Among equal logits the lower index comes first (TensorFlow, JAX).
+            top = ops.top_k(logits, self.capacity, sorted=False)[1]
+            rows = ops.broadcast_to(ops.arange(ops.shape(logits)[0], dtype=top.dtype)[:, None], ops.shape(top))
+            in_top = ops.scatter(
+                ops.stack([ops.reshape(rows, (-1,)), ops.reshape(top, (-1,))], axis=-1),
+                ops.ones((ops.shape(top)[0] * self.capacity,), "int32"),
+                ops.shape(logits),
+            )
+            on = ops.logical_and(on, in_top > 0)
         return ops.cast(on, dtype)
 
     def gate_logits(self, inputs):

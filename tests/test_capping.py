@@ -56,6 +56,22 @@ def test_a_capped_gate_keeps_its_largest_logits_among_those_on():
     np.testing.assert_allclose(limited[kept], free[kept], rtol=1e-6)  # ...the others what they did
 
 
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_capped_gate_keeps_exactly_its_capacity_when_logits_tie(dtype):
+    """16-bit logits tie often: the cap still keeps `capacity` filters, the lower index first among equals."""
+    layer = _gated_conv(capacity=3, filters=6)
+    logits = keras.ops.convert_to_tensor(np.array([[2.0, 1.0, 1.0, 1.0, 1.0, -1.0],   # ties at the 3rd logit
+                                                   [1.0, 1.0, 1.0, 1.0, 0.5, 0.5],
+                                                   [0.0, 3.0, -2.0, 3.0, 0.0, 0.0]]), dtype)  # 2 on only
+    mask = np.asarray(layer._mask(logits, "float32"))
+    np.testing.assert_array_equal(mask, [[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0], [0, 1, 0, 1, 0, 0]])
+    # bfloat16 logits of a real predictor: 1024 filters, 8 bits of mantissa.
+    rng = np.random.default_rng(0)
+    drawn = keras.ops.convert_to_tensor(rng.normal(0, 1, (64, 1024)).astype("float32"), dtype)
+    wide = _gated_conv(capacity=100, filters=1024)
+    assert (np.asarray(wide._mask(drawn, "float32")).sum(axis=1) == 100).all()
+
 def test_capacity_is_checked_and_serialized(tmp_path):
     for bad in (0, -2, 2.5, True, "4"):
         with pytest.raises(ValueError, match="capacity"):
