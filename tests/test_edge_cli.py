@@ -121,8 +121,10 @@ def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
         os.path.join(ROOT, "edge", "convert.py"), shared,
         (*shared, f"--calibration={tmp_path / 'calibration.npy'}", "--dense"))
     assert all("--time times the dynamic export on the --calibration images" in answer for answer in said), said
-    out = convert()  # with static pruning every layer is pruned
+    out = convert("--weight_dtype=float16")  # with static pruning every layer is pruned
     assert "13 of 13 gated layers pruned by their predictors' weights" in out and "The other" not in out
+    assert "dynamic (gathered), float16 weights" in out
+    assert "DEQUANTIZE" in export.op_names(open(tmp_path / "vgg.tflite", "rb").read())
     assert "0 of 13 compute fewer filters on the calibration images." in out  # none is compacted per image
 
 
@@ -148,6 +150,20 @@ def test_stage_benchmark_times_every_export():
     for name in ("dense", "masked", "chain", "no_predictors", "static_weights", "static_depthwise", "no_constants"):
         assert f" {name} " in line[0]
 
+
+
+def test_float16_weights_benchmark_halves_the_files_and_times_all_four():
+    """benchmarks/float16_weights.py end to end on a tiny drawn-mask MobileNetV1."""
+    result = run_benchmark("float16_weights.py", "--resolution=32", "--alpha=0.25", "--keeps=0.3", "--num_images=8",
+                           "--calibration_images=4", "--loops=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    sizes = re.findall(r"^  (dense|dynamic) *: +([0-9.]+) MB float32, +([0-9.]+) MB float16 \(([0-9.]+)x\); float16 "
+                       r"logits within .*, same top-1 on [0-9.]+%$", result.stdout, re.M)
+    assert [row[0] for row in sizes] == ["dense", "dynamic"], result.stdout
+    assert all(0.45 < float(row[3]) < 0.6 for row in sizes), result.stdout
+    timed = re.search(r"ms \(median of the loops' medians\): dense float32 [0-9.]+, dynamic float32 [0-9.]+, "
+                      r"dense float16 [0-9.]+, dynamic float16 [0-9.]+$", result.stdout, re.M)
+    assert timed, result.stdout
 
 def test_conv3x3_benchmark_computes_the_dense_convs_active_filters():
     """benchmarks/edge_ops.py --conv3x3: both compact forms give the dense conv's active filters, strided too."""

@@ -521,6 +521,16 @@ def test_export_file_round_trip(tmp_path, cifar_images):
     assert_same_logits(flatbuffer, loaded, cifar_images[:8])
     with pytest.raises(export.ExportError, match=".tflite"):
         export.export_file(path, tmp_path / "resnet.bin")
+    # Weights stored in float16: half the file, dequantized once at load, logits close (not exact).
+    half = open(export.export_file(loaded, tmp_path / "half.tflite", policy="chain", weight_dtype="float16",
+                                   calibration=export.calibrate(loaded, cifar_images[:2], capacity_stds=0)), "rb").read()
+    assert len(half) < 0.6 * len(flatbuffer) and "DEQUANTIZE" in export.op_names(half)
+    expected = np.asarray(loaded.predict(cifar_images[:8], verbose=0))
+    actual = export.run(half, cifar_images[:8])
+    assert 0 < np.abs(actual - expected).max() <= 3e-3 * np.ptp(expected)
+    assert (actual.argmax(1) == expected.argmax(1)).all()
+    with pytest.raises(export.ExportError, match="weight_dtype"):
+        export.convert(loaded, weight_dtype="int8")
 
 
 def _raw_pixels():

@@ -104,6 +104,16 @@ def _check_gated(layer):
         raise ExportError(f"GatedConv '{layer.name}' has padding {conv.padding!r}; use 'same' or 'valid'.")
 
 
+WEIGHT_DTYPES = ("float32", "float16")
+
+
+def _check_weight_dtype(weight_dtype):
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ExportError(
+            f"`weight_dtype` must be one of {WEIGHT_DTYPES} (how the .tflite stores its weights); got {weight_dtype!r}."
+        )
+
+
 def _check_threads(num_threads):
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ExportError(f"`num_threads` must be a positive int (the interpreter's threads); got {num_threads!r}.")

@@ -67,8 +67,10 @@ from ftwt_keras.export.calibration import (
 )
 from ftwt_keras.export.checks import (
     SUPPORTED_LAYERS,
+    WEIGHT_DTYPES,
     ExportError,
     _check_threads,
+    _check_weight_dtype,
     _tf,
     check_ftwt_model,
     load_ftwt_model,
@@ -111,7 +113,7 @@ from ftwt_keras.export.runtime import (
 
 
 def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None, stop_at=None,
-            capacity_stds=None, calibration=None, static_gates=True, num_threads=1):
+            capacity_stds=None, calibration=None, static_gates=True, num_threads=1, weight_dtype="float32"):
     """Converts an FTWT model to a batch-1 TFLite flatbuffer (builtin ops only).
 
     Args:
@@ -169,6 +171,14 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
             not the compact path's builtin kernels, so fewer layers compact
             (`AUTO_MULTITHREAD_CHAIN_CUTOFF`, `..._INPUT_CUTOFF`). The
             export is exact at any thread count; only its speed is tuned.
+        weight_dtype: `"float32"` (default) or `"float16"`: the weights
+            stored in half precision, a file of about half the size (LiteRT's
+            float16 quantization). The interpreter dequantizes them once, when
+            it prepares the model, and computes in float32 at the same speed.
+            Close, not exact: besides float16's rounding of each weight, a
+            gate whose logit lies near 0 can flip (`make demo`'s model, 1,000
+            test images: median 4e-4 of the logit range, top-1 changed on
+            0.5%; `benchmarks/float16_weights.py`).
 
     Returns:
         The `.tflite` model as bytes. Input: raw RGB pixels `(1, H, W, 3)`
@@ -181,6 +191,7 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     """
     check_ftwt_model(model)
     _check_threads(num_threads)
+    _check_weight_dtype(weight_dtype)
     if with_predictors and dynamic:
         raise ExportError("`with_predictors=True` needs `dynamic=False` (the dynamic export runs them anyway).")
     tf = _tf()
@@ -205,6 +216,9 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     # No converter environment and model hash in the file: the runtime never reads them, and writing
     # them unpacks and repacks the whole flatbuffer in Python (~10% of converting MobileNetV1 x0.25).
     converter.exclude_conversion_metadata = True
+    if weight_dtype == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
     try:
         flatbuffer = converter.convert()
     except Exception as error:
@@ -307,7 +321,7 @@ def save(flatbuffer, path):
 
 
 def export_file(model, output_path, dynamic=True, policy="auto", calibration_images=None, capacity_stds=None,
-                static_gates=True, num_threads=1, calibration=None):
+                static_gates=True, num_threads=1, calibration=None, weight_dtype="float32"):
     """Writes the `.tflite` export of an FTWT model to `output_path`; returns the path.
 
     Args:
@@ -315,7 +329,7 @@ def export_file(model, output_path, dynamic=True, policy="auto", calibration_ima
             (loaded with `load_ftwt_model`).
         output_path: where to write; must end with `.tflite`.
         dynamic, policy, calibration_images, capacity_stds, static_gates,
-            num_threads, calibration: as in `convert`.
+            num_threads, calibration, weight_dtype: as in `convert`.
     """
     output_path = os.fspath(output_path)
     if not output_path.endswith(".tflite"):
@@ -324,7 +338,7 @@ def export_file(model, output_path, dynamic=True, policy="auto", calibration_ima
         model = load_ftwt_model(model)
     flatbuffer = convert(model, dynamic=dynamic, policy=policy, calibration_images=calibration_images,
                          capacity_stds=capacity_stds, calibration=calibration, static_gates=static_gates,
-                         num_threads=num_threads)
+                         num_threads=num_threads, weight_dtype=weight_dtype)
     return save(flatbuffer, output_path)
 
 
@@ -346,6 +360,7 @@ __all__ = [
     "FoldedUnit",
     "POLICIES",
     "STATIC_MIN_DECIDED",
+    "WEIGHT_DTYPES",
     "SUPPORTED_LAYERS",
     "TimedPlan",
     "benchmark_model_ms",
