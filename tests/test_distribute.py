@@ -17,8 +17,9 @@ SCRIPT = textwrap.dedent(
                                     keras.layers.BatchNormalization(), keras.layers.ReLU())]
                                 + [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
         model = fk.gate(base, threshold=0.9)
-        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                      gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        # Moving averages: fit ends writing each optimizer's over its own variables, on every replica.
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, use_ema=True),
+                      gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9, use_ema=True),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
     x = np.random.default_rng(0).uniform(0, 255, (32, 32, 32, 3)).astype("float32")
