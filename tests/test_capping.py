@@ -56,7 +56,6 @@ def test_a_capped_gate_keeps_its_largest_logits_among_those_on():
     np.testing.assert_allclose(limited[kept], free[kept], rtol=1e-6)  # ...the others what they did
 
 
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_capped_gate_keeps_exactly_its_capacity_when_logits_tie(dtype):
     """16-bit logits tie often: the cap still keeps `capacity` filters, the lower index first among equals."""

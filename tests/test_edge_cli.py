@@ -151,19 +151,23 @@ def test_stage_benchmark_times_every_export():
         assert f" {name} " in line[0]
 
 
-
-def test_float16_weights_benchmark_halves_the_files_and_times_all_four():
-    """benchmarks/float16_weights.py end to end on a tiny drawn-mask MobileNetV1."""
-    result = run_benchmark("float16_weights.py", "--resolution=32", "--alpha=0.25", "--keeps=0.3", "--num_images=8",
+def test_weight_dtypes_benchmark_shrinks_the_files_and_times_all_six():
+    """benchmarks/weight_dtypes.py end to end on a tiny drawn-mask MobileNetV1."""
+    result = run_benchmark("weight_dtypes.py", "--resolution=32", "--alpha=0.25", "--keeps=0.3", "--num_images=8",
                            "--calibration_images=4", "--loops=1")
     assert result.returncode == 0, result.stderr[-2000:]
-    sizes = re.findall(r"^  (dense|dynamic) *: +([0-9.]+) MB float32, +([0-9.]+) MB float16 \(([0-9.]+)x\); float16 "
-                       r"logits within .*, same top-1 on [0-9.]+%$", result.stdout, re.M)
-    assert [row[0] for row in sizes] == ["dense", "dynamic"], result.stdout
-    assert all(0.45 < float(row[3]) < 0.6 for row in sizes), result.stdout
-    timed = re.search(r"ms \(median of the loops' medians\): dense float32 [0-9.]+, dynamic float32 [0-9.]+, "
-                      r"dense float16 [0-9.]+, dynamic float16 [0-9.]+$", result.stdout, re.M)
+    rows = re.findall(r"^  (dense|dynamic) +(float16|int8) *: +[0-9.]+ MB \(([0-9.]+)x\); logits within .* of "
+                      r"float32's, same top-1 on [0-9.]+%$", result.stdout, re.M)
+    assert [row[:2] for row in rows] == [("dense", "float16"), ("dense", "int8"), ("dynamic", "float16"),
+                                         ("dynamic", "int8")], result.stdout
+    ratios = {row[:2]: float(row[2]) for row in rows}
+    assert all(0.45 < ratios[kind, "float16"] < 0.6 and ratios[kind, "int8"] < ratios[kind, "float16"]
+               for kind in ("dense", "dynamic")), result.stdout
+    timed = re.search(r"ms \(median of the loops' medians\): " + ", ".join(
+        f"{kind} {dtype} [0-9.]+" for dtype in ("float32", "float16", "int8") for kind in ("dense", "dynamic")) + "$",
+        result.stdout, re.M)
     assert timed, result.stdout
+
 
 def test_conv3x3_benchmark_computes_the_dense_convs_active_filters():
     """benchmarks/edge_ops.py --conv3x3: both compact forms give the dense conv's active filters, strided too."""

@@ -12,7 +12,6 @@ def test_estimate_flops_reduction_from_baseline_targets(images):
         fk.estimate_flops_reduction(base, images, threshold=2.0)
 
 
-
 def test_long_passes_show_keras_progress_when_asked(images, capsys):
     import tensorflow as tf
 

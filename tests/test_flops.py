@@ -27,7 +27,6 @@ def test_dense_macs_equal_a_hand_count():
     assert flops.count_macs(low_rank, include_predictors=True) == 8608 + predictors
 
 
-
 def test_a_model_of_unknown_input_size_is_refused_with_what_to_do():
     """A fully convolutional model built on (None, None, 3) gates and predicts, but has no MAC count."""
     model = fk.gate(fk.models.mobilenet_v1(input_shape=(None, None, 3), alpha=0.25, num_classes=10), threshold=0.9)

@@ -104,7 +104,7 @@ def _check_gated(layer):
         raise ExportError(f"GatedConv '{layer.name}' has padding {conv.padding!r}; use 'same' or 'valid'.")
 
 
-WEIGHT_DTYPES = ("float32", "float16")
+WEIGHT_DTYPES = ("float32", "float16", "int8")
 
 
 def _check_weight_dtype(weight_dtype):

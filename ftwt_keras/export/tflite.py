@@ -171,14 +171,18 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
             not the compact path's builtin kernels, so fewer layers compact
             (`AUTO_MULTITHREAD_CHAIN_CUTOFF`, `..._INPUT_CUTOFF`). The
             export is exact at any thread count; only its speed is tuned.
-        weight_dtype: `"float32"` (default) or `"float16"`: the weights
-            stored in half precision, a file of about half the size (LiteRT's
-            float16 quantization). The interpreter dequantizes them once, when
-            it prepares the model, and computes in float32 at the same speed.
-            Close, not exact: besides float16's rounding of each weight, a
-            gate whose logit lies near 0 can flip (`make demo`'s model, 1,000
-            test images: median 4e-4 of the logit range, top-1 changed on
-            0.5%; `benchmarks/float16_weights.py`).
+        weight_dtype: how the file stores the weights. `"float32"`
+            (default): exact. `"float16"`: about half the file (LiteRT's
+            float16 quantization); the interpreter dequantizes them once,
+            when it prepares the model, and computes in float32 at the same
+            speed. `"int8"`: about a quarter to half the file (LiteRT's
+            dynamic-range quantization: int8 weights per channel; convs and
+            matmuls on constant weights quantize their input on the fly, the
+            gathered weights of compact layers are dequantized once). Both
+            are close, not exact: besides the rounding of each weight, a gate
+            whose logit lies near 0 can flip (`make demo`'s model, 2,000 test
+            images: top-1 changed on 0.8% in float16, 3.4% in int8, the
+            accuracy within 0.5 points; `benchmarks/weight_dtypes.py`).
 
     Returns:
         The `.tflite` model as bytes. Input: raw RGB pixels `(1, H, W, 3)`
@@ -216,9 +220,10 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     # No converter environment and model hash in the file: the runtime never reads them, and writing
     # them unpacks and repacks the whole flatbuffer in Python (~10% of converting MobileNetV1 x0.25).
     converter.exclude_conversion_metadata = True
-    if weight_dtype == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
+    if weight_dtype != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # without a dataset: weights only
+        if weight_dtype == "float16":
+            converter.target_spec.supported_types = [tf.float16]
     try:
         flatbuffer = converter.convert()
     except Exception as error:

@@ -1,21 +1,24 @@
-"""The .tflite with float16 weights against float32: file size, logits and latency.
+"""The .tflite with float16 or int8 weights against float32: file size, logits, accuracy and latency.
 
-    python benchmarks/float16_weights.py                       # MobileNetV1-224, drawn masks at keep 0.3 and 0.5
-    python benchmarks/float16_weights.py --model runs/demo/model.keras --resolution=32
+    python benchmarks/weight_dtypes.py                       # MobileNetV1-224, drawn masks at keep 0.3 and 0.5
+    python benchmarks/weight_dtypes.py --model runs/demo/model.keras --num_images=2000
 
-`convert(..., weight_dtype="float16")` stores the weights in half precision
-(LiteRT's float16 quantization); the interpreter dequantizes them once when it
-prepares the model. For the dense and the dynamic export (`auto`, calibrated
-on --calibration_images test images) of each keep ratio this prints both
-files' sizes, how far the float16 logits are from the float32 export's (max
-absolute difference over the logit range, top-1 agreement) on --num_images
-real CIFAR-10 test images, and the four exports timed side by side
-(`export.loop_medians`, XNNPACK, --threads, --loops).
+`convert(..., weight_dtype=...)`: "float16" stores the weights in half
+precision (LiteRT's float16 quantization, dequantized once when the
+interpreter prepares the model), "int8" in 8 bits (LiteRT's dynamic-range
+quantization). For the dense and the dynamic export (`auto`, calibrated on
+--calibration_images test images) of each model this prints each file's size,
+how far the reduced-precision logits are from the float32 export's (max
+absolute difference over the logit range, top-1 agreement) on --num_images real
+CIFAR-10 test images, with --model the top-1 accuracy against their labels,
+and every export timed side by side (`loop_medians`, XNNPACK, --threads,
+--loops).
 
 Without --model: a zoo MobileNetV1 with rank-16 predictors, batch norms
 drawn as the edge benchmark draws them and masks drawn at each keep ratio
 (`export.set_keep_ratio`; capacities 1.26x, every predictor run): no
-trained weights, as in `edge/benchmark.py --mode=imagenet`. With --model: that trained model's own masks (--keeps unused).
+trained weights, as in `edge/benchmark.py --mode=imagenet`, so no accuracy.
+With --model: that trained model's own masks (--keeps unused).
 """
 
 import os
@@ -31,7 +34,7 @@ flags.DEFINE_string("model", None, "A trained FTWT model (.keras) taking CIFAR-1
 flags.DEFINE_integer("resolution", 224, "Input size of the drawn-mask MobileNetV1 (test images resized to it).")
 flags.DEFINE_float("alpha", 1.0, "Width multiplier of the drawn-mask MobileNetV1.")
 flags.DEFINE_list("keeps", ["0.3", "0.5"], "Keep ratios of the drawn masks.")
-flags.DEFINE_integer("num_images", 100, "Real CIFAR-10 test images compared and timed.")
+flags.DEFINE_integer("num_images", 100, "Real CIFAR-10 test images compared (the first 300 of them timed).")
 flags.DEFINE_integer("calibration_images", 32, "Of those, the first ones calibrate the dynamic exports.")
 flags.DEFINE_integer("loops", 3, "Side-by-side timing loops.")
 flags.DEFINE_integer("threads", 1, "Interpreter threads.")
@@ -46,11 +49,8 @@ def main(argv):
     from ftwt_keras import export
     from ftwt_keras.export import tflite
 
-    if FLAGS.model:
-        trained = export.load_ftwt_model(FLAGS.model)
-        size = int(trained.network.inputs[0].shape[1])
-        models = {"trained": trained}
-    else:
+    drawn = not FLAGS.model
+    if drawn:
         size = FLAGS.resolution
         models = {}
         for keep in FLAGS.keeps:
@@ -58,10 +58,13 @@ def main(argv):
             model = fk.gate(base, predictor_rank=16, use_softmax=False)
             export.randomize_batch_norm(model)
             models[f"keep {keep}"] = export.set_keep_ratio(model, float(keep))
-    images = fk.data.cifar_arrays("cifar10", "test", take=FLAGS.num_images, image_size=size)[0]
+    else:
+        trained = export.load_ftwt_model(FLAGS.model)
+        size = int(trained.network.inputs[0].shape[1])
+        models = {"trained": trained}
+    images, labels = fk.data.cifar_arrays("cifar10", "test", take=FLAGS.num_images, image_size=size)
     print(f"{export.cpu_name()}, {FLAGS.threads} thread(s), {len(images)} test images at {size}x{size}, "
           f"TF {__import__('tensorflow').__version__}, Keras {keras.__version__}")
-    drawn = not FLAGS.model
     for name, model in models.items():
         calibration = export.calibrate(model, images[: FLAGS.calibration_images])
         if drawn:  # the same masks on every image: capacities with the edge benchmark's margin
@@ -74,15 +77,21 @@ def main(argv):
                                                          weight_dtype=dtype)
         print(f"\n{name}:")
         for kind in ("dense", "dynamic"):
-            full, half = exports[f"{kind} float32"], exports[f"{kind} float16"]
-            expected, got = export.run(full, images, FLAGS.threads), export.run(half, images, FLAGS.threads)
-            gap = float(np.abs(got - expected).max())
-            spread = float(np.ptp(expected))
-            gap = f"{gap / spread:.1e} of the range" if spread > 0 else f"{gap:.1e} (the logits do not vary)"
-            same = float(np.mean(got.argmax(1) == expected.argmax(1)))
-            print(f"  {kind:7s}: {len(full) / 1e6:6.2f} MB float32, {len(half) / 1e6:6.2f} MB float16 "
-                  f"({len(half) / len(full):.2f}x); float16 logits within {gap}, same top-1 on {100 * same:.1f}%")
-        medians = tflite.median_ms(exports, images, FLAGS.loops, FLAGS.threads)
+            reference = export.run(exports[f"{kind} float32"], images, FLAGS.threads)
+            for dtype in export.WEIGHT_DTYPES:
+                flatbuffer = exports[f"{kind} {dtype}"]
+                logits = reference if dtype == "float32" else export.run(flatbuffer, images, FLAGS.threads)
+                line = f"  {kind:7s} {dtype:7s}: {len(flatbuffer) / 1e6:6.2f} MB"
+                if dtype != "float32":
+                    gap, spread = float(np.abs(logits - reference).max()), float(np.ptp(reference))
+                    gap = f"{gap / spread:.1e} of the range" if spread > 0 else f"{gap:.1e} (the logits do not vary)"
+                    same = float(np.mean(logits.argmax(1) == reference.argmax(1)))
+                    line += (f" ({len(flatbuffer) / len(exports[f'{kind} float32']):.2f}x); logits within {gap} of "
+                             f"float32's, same top-1 on {100 * same:.1f}%")
+                if not drawn:
+                    line += f"; top-1 accuracy {100 * float(np.mean(logits.argmax(1) == labels)):.2f}%"
+                print(line)
+        medians = tflite.median_ms(exports, images[:300], FLAGS.loops, FLAGS.threads)
         print("  ms (median of the loops' medians): " + ", ".join(f"{k} {v:.2f}" for k, v in medians.items()))
 
 
