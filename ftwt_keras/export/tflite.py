@@ -176,9 +176,9 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
             float16 quantization); the interpreter dequantizes them once,
             when it prepares the model, and computes in float32 at the same
             speed. `"int8"`: about a quarter to half the file (LiteRT's
-            dynamic-range quantization: int8 weights per channel; convs and
-            matmuls on constant weights quantize their input on the fly, the
-            gathered weights of compact layers are dequantized once). Both
+            dynamic-range quantization: int8 weights; ops with hybrid kernels
+            quantize their input on the fly, the gathered weights of compact
+            layers are dequantized once). Both
             are close, not exact: besides the rounding of each weight, a gate
             whose logit lies near 0 can flip (`make demo`'s model, 2,000 test
             images: top-1 changed on 0.8% in float16, 3.4% in int8, the
