@@ -186,8 +186,8 @@ def _mass_prefix(normalized, threshold):
 def _static_shapes_required():
     """True while tracing for XLA, which needs every shape before it runs.
 
-    That is `jax.jit` on the JAX backend and `jit_compile=True` on the
-    TensorFlow one, which Keras picks by default on a GPU
+    That is always on the JAX backend (`jax.jit`; its eager ops compile
+    too) and under `jit_compile=True` on the TensorFlow one, which Keras picks by default on a GPU
     (`compile(jit_compile="auto")`). `jax.jit` refuses a top-k whose k is
     a run-time value; TensorFlow 2.21's XLA bridge accepted it, silently,
     and its mass targets differed from the graph's on 1-16% of a batch's
