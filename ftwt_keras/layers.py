@@ -490,12 +490,7 @@ class GatedConv(keras.layers.Layer):
             # the k-th logit (likely in 16-bit logits) that kept more than k.
             # Among equal logits the lower index comes first (TensorFlow, JAX).
             top = ops.top_k(logits, self.capacity, sorted=False)[1]
-            rows = ops.broadcast_to(ops.arange(ops.shape(logits)[0], dtype=top.dtype)[:, None], ops.shape(top))
-            in_top = ops.scatter(
-                ops.stack([ops.reshape(rows, (-1,)), ops.reshape(top, (-1,))], axis=-1),
-                ops.ones((ops.shape(top)[0] * self.capacity,), "int32"),
-                ops.shape(logits),
-            )
+            in_top = masks.scatter_rows(top, ops.ones_like(top), ops.shape(logits))
             on = ops.logical_and(on, in_top > 0)
         return ops.cast(on, dtype)
 

@@ -174,13 +174,21 @@ def _mass_prefix(normalized, threshold):
     values, order = ops.top_k(ops.where(in_cut, normalized, -ops.ones_like(normalized)), k=k)
     cumulative = mass_above_cut + ops.cumsum(ops.maximum(values, 0.0), axis=-1)
     kept = ops.logical_and(values >= 0, cumulative - threshold <= DEAD_FILTER_TOLERANCE)
-    row_ids = ops.broadcast_to(rows, ops.shape(order))
-    kept_in_cut = ops.scatter(
-        ops.stack([ops.reshape(row_ids, (-1,)), ops.reshape(order, (-1,))], axis=-1),
-        ops.reshape(ops.cast(kept, "int32"), (-1,)),
-        (batch, channels),
-    )
+    kept_in_cut = scatter_rows(order, ops.cast(kept, "int32"), (batch, channels))
     return ops.logical_or(level > cut, kept_in_cut > 0)
+
+
+def scatter_rows(indices, updates, shape):
+    """A `shape` = `(batch, channels)` tensor of zeros with `updates[b, j]` at `[b, indices[b, j]]`.
+
+    Each row's `indices` (e.g. a top-k's) must be distinct: repeated ones add up.
+    """
+    rows = ops.broadcast_to(ops.arange(shape[0], dtype=indices.dtype)[:, None], ops.shape(indices))
+    return ops.scatter(
+        ops.stack([ops.reshape(rows, (-1,)), ops.reshape(indices, (-1,))], axis=-1),
+        ops.reshape(updates, (-1,)),
+        shape,
+    )
 
 
 def _static_shapes_required():
@@ -268,4 +276,5 @@ __all__ = [
     "mass_mask",
     "uniform_mask",
     "target_mask",
+    "scatter_rows",
 ]
