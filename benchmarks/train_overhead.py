@@ -153,8 +153,14 @@ def main(argv):
     policies = FLAGS.dtype_policies
     settings = [(kernel, policy) for policy in policies for kernel in kernels]
 
+    def kernel_label(kernel):
+        return f" ({kernel} BN)" if len(kernels) > 1 else ""
+
+    def policy_label(policy):
+        return f" [{policy}]" if len(policies) > 1 else ""
+
     def suffix_of(kernel, policy):
-        return (f" ({kernel} BN)" if len(kernels) > 1 else "") + (f" [{policy}]" if len(policies) > 1 else "")
+        return kernel_label(kernel) + policy_label(policy)
 
     models, iterators = {}, {}
     for kernel, policy in settings:
@@ -214,13 +220,13 @@ def main(argv):
         for step in ("plain", "ftwt"):
             for policy in policies:
                 print("{} step{}, fused BN / Keras BN: {:.2f}x (ratio of medians), {:.2f}x (paired)".format(
-                    step, f" [{policy}]" if len(policies) > 1 else "",
+                    step, policy_label(policy),
                     *ratio(f"{step}{suffix_of('keras', policy)}", f"{step}{suffix_of('fused', policy)}")))
     for policy in policies[1:]:
         for kernel in kernels:
             for step in ("plain", "ftwt"):
                 print("{} step{}, {} / {}: {:.2f}x (ratio of medians), {:.2f}x (paired)".format(
-                    step, f" ({kernel} BN)" if len(kernels) > 1 else "", policy, policies[0],
+                    step, kernel_label(kernel), policy, policies[0],
                     *ratio(f"{step}{suffix_of(kernel, policies[0])}", f"{step}{suffix_of(kernel, policy)}")))
     if FLAGS.profile_steps:
         _print_profile([(name, models[name]) for name in models], iterators)

@@ -44,6 +44,7 @@ def main(argv):
     del argv
     import keras
     import numpy as np
+    import tensorflow as tf
 
     import ftwt_keras as fk
     from ftwt_keras import export
@@ -64,7 +65,7 @@ def main(argv):
         models = {"trained": trained}
     images, labels = fk.data.cifar_arrays("cifar10", "test", take=FLAGS.num_images, image_size=size)
     print(f"{export.cpu_name()}, {FLAGS.threads} thread(s), {len(images)} test images at {size}x{size}, "
-          f"TF {__import__('tensorflow').__version__}, Keras {keras.__version__}")
+          f"TF {tf.__version__}, Keras {keras.__version__}")
     for name, model in models.items():
         calibration = export.calibrate(model, images[: FLAGS.calibration_images])
         if drawn:  # the same masks on every image: capacities with the edge benchmark's margin
