@@ -1,10 +1,8 @@
 """Predicting FTWT's FLOPs reduction before any FTWT training."""
 
 import numpy as np
-from keras import ops
 
 from ftwt_keras import flops, gating
-from ftwt_keras.layers import record_gates
 from ftwt_keras.training import FTWTModel
 
 
@@ -97,16 +95,16 @@ def target_flops_reduction(model, dataset, apply_masks=True, max_batches=None, v
 def _target_reduction(gated, dataset, apply_masks, threshold=None, target=None, max_batches=None, verbose=0):
     """Mean reduction of the target masks of `gated` (thresholds/rules: its own when None)."""
     terms = gated.mac_terms
-    dense = float(gated.dense_macs)
-    executed = []
-    for batch in flops.image_batches(dataset, 128, max_batches=max_batches, verbose=verbose):
-        with record_gates(targets=True, apply_masks=apply_masks, threshold=threshold, target=target) as recorder:
-            gated.network(batch, training=False)
-        targets = {name: r.target for name, r in recorder.by_layer_name().items()}
-        executed.append(ops.convert_to_numpy(flops.executed_macs(terms, targets)))
+
+    def target_macs(records):
+        return flops.executed_macs(terms, {name: record.target for name, record in records.items()})
+
+    executed = list(flops.map_gate_records(gated, dataset, target_macs, targets=True, apply_masks=apply_masks,
+                                           threshold=threshold, target=target, max_batches=max_batches,
+                                           verbose=verbose))
     if not executed:
         raise ValueError("`dataset` is empty: the target reduction needs images.")
-    return float(1.0 - np.concatenate(executed).mean() / dense)
+    return float(1.0 - np.concatenate(executed).mean() / float(gated.dense_macs))
 
 
 __all__ = ["estimate_flops_reduction", "target_flops_reduction"]

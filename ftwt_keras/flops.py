@@ -298,6 +298,10 @@ def gate_masks_of(model, images, training=False, targets=False):
     return {name: record.target if targets else record.mask for name, record in recorder.by_layer_name().items()}
 
 
+def _masks_of(records):
+    return {name: record.mask for name, record in records.items()}
+
+
 def firing_rates(model, images, batch_size=128):
     """Fraction of the images on which each filter of each gated layer fires.
 
@@ -323,11 +327,10 @@ def firing_rates(model, images, batch_size=128):
     (16,)
     """
     fired, images_seen = {}, 0
-    for batch in image_batches(images, batch_size):
-        for name, mask in gate_masks_of(model, batch).items():
-            mask = np.asarray(ops.convert_to_numpy(mask), np.float64)
-            fired[name] = fired.get(name, 0.0) + mask.sum(axis=0)
-        images_seen += int(batch.shape[0])
+    for batch_masks in map_gate_records(model, images, _masks_of, batch_size=batch_size):
+        for name, mask in batch_masks.items():
+            fired[name] = fired.get(name, 0.0) + mask.sum(axis=0, dtype=np.float64)
+        images_seen += len(next(iter(batch_masks.values())))
     if not images_seen:
         raise ValueError("`images` is empty: at least one image is needed to see which filters fire.")
     order = [layer.name for layer in _network(model).layers if layer.name in fired]
@@ -370,18 +373,13 @@ def image_batches(images, batch_size, max_batches=None, verbose=0):
         verbose: 0 silent, 1 a Keras progress bar over the batches, 2 one
             line at the end (as `model.predict`'s `verbose`).
     """
-    if isinstance(images, np.ndarray) or hasattr(images, "shape"):
-        total = -(-int(images.shape[0]) // batch_size)
+    total = _batch_count(images, batch_size, max_batches)
+    if _is_array(images):
         batches = (images[start : start + batch_size] for start in range(0, int(images.shape[0]), batch_size))
     else:
-        try:
-            total = len(images)  # a tf.data.Dataset of unknown or infinite size has none
-        except TypeError:
-            total = None
         batches = (_images_of(batch) for batch in images)
     if max_batches is not None:
         batches = itertools.islice(batches, max_batches)
-        total = max_batches if total is None else min(total, max_batches)
     progress = keras.utils.Progbar(total, verbose=verbose, unit_name="batch") if verbose else None
     count = 0
     for batch in batches:
@@ -392,6 +390,113 @@ def image_batches(images, batch_size, max_batches=None, verbose=0):
     if progress is not None and count != total:
         progress.target = count  # known now (as Keras's own bar learns a dataset's size)
         progress.update(count, finalize=True)
+
+
+def _is_array(images):
+    return isinstance(images, np.ndarray) or hasattr(images, "shape")
+
+
+def _batch_count(images, batch_size, max_batches=None):
+    """How many batches `image_batches` will yield, or None where the iterable does not say."""
+    if _is_array(images):
+        total = -(-int(images.shape[0]) // batch_size)
+    else:
+        try:
+            total = len(images)  # a tf.data.Dataset of unknown or infinite size has none
+        except TypeError:
+            total = None
+    if max_batches is not None:
+        total = max_batches if total is None else min(total, max_batches)
+    return total
+
+
+# Compiling a pass costs about what 4-8 eager batches do (MobileNetV1 at 32x32,
+# batches of 128, 2026-12-06): below that the eager pass is faster.
+COMPILE_FROM_BATCHES = 8
+
+
+class _GatePass(keras.Model):
+    """One forward pass of a gated network inside `record_gates`, returning `summarize(records)`.
+
+    A Keras model only so that `predict_on_batch` compiles it the way `predict`
+    compiles any model (`tf.function` or `jax.jit`, XLA where Keras chooses it).
+    """
+
+    def __init__(self, network, summarize, recording):
+        super().__init__(name=f"{network.name}_gate_pass")
+        self.network = network
+        self._summarize = summarize
+        self._recording = recording
+
+    def call(self, images):
+        with record_gates(**self._recording) as recorder:
+            self.network(images, training=False)
+        return self._summarize(recorder.by_layer_name())
+
+
+def map_gate_records(model, images, summarize, batch_size=128, targets=False, apply_masks=True, threshold=None,
+                     target=None, max_batches=None, verbose=0, run_eagerly=None):
+    """Runs a gated model over `images` and yields, per batch, what `summarize` makes of its gates.
+
+    The loop under `dynamic_macs`, `firing_rates`, `estimate_flops_reduction`
+    and the export's calibration, for any other per-image statistic of the
+    gates. `summarize` runs inside the forward pass, so it is compiled with it.
+
+    Args:
+        model: an `FTWTModel`.
+        images: array `(N, H, W, C)` or an iterable of batches (as
+            `image_batches`).
+        summarize: `summarize({gated layer name: GateRecord})` -> a tensor or
+            a nested structure (dict, list) of tensors whose first axis is
+            the batch's images, computed with `keras.ops`. Each `GateRecord`
+            has the layer's `logits`, `mask` and, with `targets=True`,
+            `target`, each `(batch, filters)`.
+        batch_size: used when `images` is an array.
+        targets, apply_masks, threshold, target: what to record (as
+            `record_gates`): `targets=True, apply_masks=False` reads the
+            training targets of the dense network.
+        max_batches: stop after this many batches (None: all of them).
+        verbose: 0 silent, 1 a progress bar, 2 one line at the end.
+        run_eagerly: None (default) compiles the pass, as `model.predict`
+            does, from `COMPILE_FROM_BATCHES` batches on or for an iterable of
+            unknown length, and runs it eagerly below that, where the trace
+            would cost more than it saves. True / False forces either.
+
+    Yields:
+        The structure `summarize` returns, as numpy arrays, for each batch.
+
+    Example:
+
+    >>> import numpy as np, ftwt_keras as fk
+    >>> from keras import ops
+    >>> model = fk.gate(fk.models.resnet_cifar(depth=20))
+    >>> images = np.zeros((3, 32, 32, 3), "float32")
+    >>> on = lambda records: {name: ops.sum(r.mask, axis=1) for name, r in records.items()}
+    >>> [counts["stage1_block1_conv1"].shape for counts in fk.flops.map_gate_records(model, images, on)]
+    [(3,)]
+    """
+    network = _network(model)
+    if not any(isinstance(layer, GatedConv) for layer in network.layers):
+        raise ValueError(f"'{model.name}' has no gated layer whose gates could be read: gate it first "
+                         "(ftwt_keras.gate(model)).")
+    probe = _GatePass(network, summarize,
+                      dict(targets=targets, apply_masks=apply_masks, threshold=threshold, target=target))
+    if run_eagerly is None:
+        total = _batch_count(images, batch_size, max_batches)
+        run_eagerly = total is not None and total < COMPILE_FROM_BATCHES
+    full_size = None
+    for batch in image_batches(images, batch_size, max_batches=max_batches, verbose=verbose):
+        if run_eagerly:
+            yield keras.tree.map_structure(ops.convert_to_numpy, probe(batch))
+            continue
+        # A compiled pass traces again for each new batch size; the last, partial batch is
+        # padded with copies of its last image instead (each image's gates are its own).
+        batch = np.asarray(batch)
+        size = int(batch.shape[0])
+        full_size = full_size or size
+        if size < full_size:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], full_size - size, axis=0)])
+        yield keras.tree.map_structure(lambda output: np.asarray(output)[:size], probe.predict_on_batch(batch))
 
 
 def _images_of(batch):
@@ -414,13 +519,18 @@ def dynamic_macs(model, images, batch_size=128, verbose=0):
 
     Returns:
         `np.ndarray` of shape `(N,)`, predictors included (see module doc).
+        The pass is compiled from `COMPILE_FROM_BATCHES` batches on (see
+        `map_gate_records`).
     """
     terms = mac_terms(model)
-    results = []
-    for batch in image_batches(images, batch_size, verbose=verbose):
-        masks = gate_masks_of(model, batch)
-        macs = executed_macs(terms, masks, batch_size=int(batch.shape[0]))
-        results.append(np.asarray(ops.convert_to_numpy(macs), dtype=np.float64))
+    if any(term.in_gate or term.out_gate for term in terms):
+        results = map_gate_records(
+            model, images, lambda records: executed_macs(terms, _masks_of(records)),
+            batch_size=batch_size, verbose=verbose)
+    else:  # no gate: every image costs the dense MACs, no need to run the model
+        dense = float(sum(term.dense_macs for term in terms))
+        results = (np.full(int(batch.shape[0]), dense) for batch in image_batches(images, batch_size, verbose=verbose))
+    results = [np.asarray(macs, np.float64) for macs in results]
     if not results:
         raise ValueError("`images` is empty: dynamic_macs needs at least one image.")
     return np.concatenate(results)
@@ -436,4 +546,5 @@ __all__ = [
     "firing_rates",
     "image_batches",
     "keep_ratios",
+    "map_gate_records",
 ]

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from ftwt_keras import flops
-from ftwt_keras.layers import check_built_gated_conv, record_gates
+from ftwt_keras.layers import check_built_gated_conv
 from ftwt_keras.static_gates import StaticGates
 from ftwt_keras.training import FTWTModel
 
@@ -119,15 +119,15 @@ def gate_statistics(model, images, batch_size=128):
         `{gated layer name: (on_rate, median_logit)}`, two float arrays of
         shape `(filters,)`, in the model's layer order.
     """
+    def masks_and_logits(records):
+        return {name: (record.mask, record.logits) for name, record in records.items()}
+
     on_counts, logits, seen = {}, {}, 0
-    for batch in flops.image_batches(images, batch_size):
-        with record_gates() as recorder:
-            model.network(batch, training=False)
-        for name, record in recorder.by_layer_name().items():
-            mask = np.asarray(keras.ops.convert_to_numpy(record.mask), np.float64)
-            on_counts[name] = on_counts.get(name, 0.0) + mask.sum(axis=0)
-            logits.setdefault(name, []).append(np.asarray(keras.ops.convert_to_numpy(record.logits), np.float32))
-        seen += int(batch.shape[0])
+    for batch_gates in flops.map_gate_records(model, images, masks_and_logits, batch_size=batch_size):
+        for name, (mask, batch_logits) in batch_gates.items():
+            on_counts[name] = on_counts.get(name, 0.0) + mask.sum(axis=0, dtype=np.float64)
+            logits.setdefault(name, []).append(np.asarray(batch_logits, np.float32))
+        seen += len(next(iter(batch_gates.values()))[0])
     if not seen:
         raise ValueError("`images` is empty: at least one image is needed to see what the gates decide.")
     order = [layer.name for layer in model.gated_layers if layer.name in on_counts]

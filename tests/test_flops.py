@@ -111,6 +111,46 @@ def test_firing_rates_tell_fixed_filters_from_input_dependent_ones():
         fk.flops.firing_rates(model, images[:0])
 
 
+def test_long_gate_passes_run_compiled_with_the_eager_results(images, monkeypatch):
+    from conftest import randomize_weights, short_mobilenet
+
+    from ftwt_keras.export.calibration import gate_counts
+
+    model = fk.gate(short_mobilenet(blocks=5), threshold=0.8)
+    rng = np.random.default_rng(1)
+    for layer in model.gated_layers:
+        randomize_weights(layer.predictor, rng)  # gates that differ from image to image
+    images = np.concatenate([images, images[:3] * 0.5])  # 11 images: batches of 4, 4 and 3
+
+    def passes():
+        return (flops.dynamic_macs(model, images, batch_size=4), flops.firing_rates(model, images, batch_size=4),
+                fk.target_flops_reduction(model, images, apply_masks=False),
+                gate_counts(model, images, batch_size=4, targets=True))
+
+    compiled_calls, traces = [], []
+    predict_on_batch, call = flops._GatePass.predict_on_batch, flops._GatePass.call
+    monkeypatch.setattr(flops._GatePass, "predict_on_batch",
+                        lambda self, batch: compiled_calls.append(len(batch)) or predict_on_batch(self, batch))
+    monkeypatch.setattr(flops._GatePass, "call", lambda self, batch: traces.append(self) or call(self, batch))
+    macs, rates, reduction, counts = passes()  # 3 batches: eagerly
+    assert not compiled_calls
+    assert 0.05 < rates["block5_pw"].mean() < 0.95 and np.ptp(macs) > 0  # the results depend on the image
+    monkeypatch.setattr(flops, "COMPILE_FROM_BATCHES", 1)
+    traces.clear()
+    compiled = passes()
+    # Compiled, the last batch padded to the first one's size, so that each pass traces once
+    # (target_flops_reduction: one batch of 128).
+    assert compiled_calls == [4] * 6 + [11] + [4] * 3 and len(traces) == len(set(traces)) == 4
+    np.testing.assert_allclose(compiled[0], macs, rtol=1e-6)
+    assert compiled[0].shape == (11,)
+    for name in rates:
+        np.testing.assert_allclose(compiled[1][name], rates[name])
+        np.testing.assert_array_equal(compiled[3][name], counts[name])
+    assert compiled[2] == pytest.approx(reduction, abs=1e-6)
+    with pytest.raises(ValueError, match="no gated layer.*ftwt_keras.gate"):
+        next(flops.map_gate_records(fk.models.mobilenet_v1(alpha=0.25), images, lambda records: records))
+
+
 def _reference_executed_macs(terms, gate_masks):
     """Term by term, as the `MacTerm` docstring states it, in numpy."""
     batch = len(next(iter(gate_masks.values())))

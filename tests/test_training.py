@@ -386,6 +386,9 @@ if keras.backend.backend() == "jax":
     import jax
     targets = jax.jit(targets)  # static shapes only
 np.save(sys.argv[5], keras.ops.convert_to_numpy(targets(images.reshape(len(images), -1))))
+fk.flops.COMPILE_FROM_BATCHES = 1  # the passes over batches compiled (jax.jit on JAX), the last one padded
+np.save(sys.argv[6], fk.flops.dynamic_macs(model, images, batch_size=3))
+np.save(sys.argv[7], fk.target_flops_reduction(model, images, apply_masks=False))
 model.compile(optimizer="sgd", gate_optimizer="sgd",
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 try:
@@ -398,7 +401,7 @@ except NotImplementedError as error:
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_a_saved_model_predicts_the_same_on_another_backend(backend, tmp_path, images):
     """The layers are keras.ops only: a model trained and saved on TensorFlow runs on JAX and PyTorch
-    (and the mass targets compile with jax.jit).
+    (and the mass targets compile with jax.jit, alone and in the compiled passes over batches).
 
     Neither is a dependency: the check runs where this interpreter has the
     backend, or where FTWT_<BACKEND>_PYTHON names a Python that has it and
@@ -419,7 +422,7 @@ def test_a_saved_model_predicts_the_same_on_another_backend(backend, tmp_path, i
     path, data = tmp_path / "m.keras", tmp_path / "x.npy"
     model.save(path)
     np.save(data, images)
-    outputs = [tmp_path / "logits.npy", tmp_path / "macs.npy", tmp_path / "targets.npy"]
+    outputs = [tmp_path / f"{name}.npy" for name in ("logits", "macs", "targets", "compiled_macs", "reduction")]
     result = subprocess.run(
         [python or sys.executable, "-c", _ON_ANOTHER_BACKEND, str(path), str(data), *map(str, outputs)],
         capture_output=True, text=True, timeout=300,
@@ -433,6 +436,9 @@ def test_a_saved_model_predicts_the_same_on_another_backend(backend, tmp_path, i
     np.testing.assert_array_equal(np.load(outputs[1]), macs)
     # The mass targets (pixels as scores: many ties), compiled with jax.jit on JAX.
     np.testing.assert_array_equal(np.load(outputs[2]), fk.masks.mass_mask(images.reshape(len(images), -1), 0.5))
+    np.testing.assert_array_equal(np.load(outputs[3]), macs)
+    assert float(np.load(outputs[4])) == pytest.approx(fk.target_flops_reduction(model, images, apply_masks=False),
+                                                       abs=1e-6)
     assert "FTWTModel.fit needs the TensorFlow backend" in result.stdout
 
 

@@ -10,6 +10,7 @@ import math
 import os
 
 import numpy as np
+from keras import ops
 
 from ftwt_keras import _graph
 from ftwt_keras.export.checks import ExportError
@@ -104,10 +105,14 @@ def gate_counts(model, images, batch_size=32, targets=False):
     """
     from ftwt_keras import flops
 
+    def on_counts(records):
+        return {name: ops.sum(record.target if targets else record.mask, axis=-1) for name, record in records.items()}
+
     counts = {}
-    for batch in flops.image_batches(images, batch_size):
-        for name, mask in flops.gate_masks_of(model, batch, targets=targets).items():
-            counts.setdefault(name, []).append(np.asarray(mask).reshape(len(mask), -1).sum(axis=1))
+    for batch_counts in flops.map_gate_records(model, images, on_counts, batch_size=batch_size, targets=targets,
+                                               apply_masks=not targets):
+        for name, count in batch_counts.items():
+            counts.setdefault(name, []).append(np.rint(count))
     return {name: np.concatenate(parts).astype(np.int64) for name, parts in counts.items()}
 
 
