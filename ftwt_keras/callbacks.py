@@ -174,4 +174,45 @@ class ThresholdScheduler(keras.callbacks.Callback):
             logs["threshold"] = self.model.gated_layers[0].threshold
 
 
-__all__ = ["FlopsLogger", "GateCooldown", "ThresholdScheduler"]
+class SwapEMAWeights(keras.callbacks.SwapEMAWeights):
+    """Keras's `SwapEMAWeights` for an `FTWTModel`: swaps the averages of both optimizers.
+
+    With `use_ema=True`, an optimizer keeps a moving average of the weights it
+    trains, and Keras's callback puts the averages in the model for evaluation
+    (and, with `swap_on_epoch=True`, for the callbacks after it, such as
+    `ModelCheckpoint`). Keras's swaps only `model.optimizer`'s: on an
+    `FTWTModel` the backbone's, so the averaged backbone would be evaluated
+    with the predictors' last weights. This one swaps the averages of each of
+    `optimizer` and `gate_optimizer` that sets `use_ema=True` (on a plain
+    model, `model.optimizer`'s, as Keras's).
+
+    Args:
+        swap_on_epoch: also swap at each epoch's end (and back at the next
+            epoch's start), as Keras's.
+
+    Example:
+
+    >>> swap = SwapEMAWeights(swap_on_epoch=True)  # model.fit(..., callbacks=[swap, ModelCheckpoint(...)])
+    """
+
+    def _apply_to_ema_optimizers(self, tf_fn, backend_fn):
+        # Keras's callback applies `tf_fn` / `backend_fn` to `model.optimizer` (or to each of a
+        # MultiOptimizer's); each acts on that optimizer's own variables and averages.
+        optimizers = [self.model.optimizer, getattr(self.model, "gate_optimizer", None)]
+        optimizers = [getattr(optimizer, "inner_optimizer", optimizer) for optimizer in optimizers if optimizer]
+        averaging = [optimizer for optimizer in optimizers if getattr(optimizer, "use_ema", False)]
+        if not averaging:
+            raise ValueError(
+                f"SwapEMAWeights swaps in the optimizers' moving averages, but no optimizer of '{self.model.name}' "
+                "keeps them: compile it with `use_ema=True` in `optimizer` and / or `gate_optimizer`."
+            )
+        for optimizer in averaging:
+            if not hasattr(optimizer, "_model_variables_moving_average"):
+                raise ValueError(
+                    f"Optimizer '{optimizer.name}' has no moving averages yet: they are made when it is built, "
+                    "by the first training step. Evaluate with SwapEMAWeights after training has begun."
+                )
+            (tf_fn if keras.backend.backend() == "tensorflow" else backend_fn)(optimizer)
+
+
+__all__ = ["FlopsLogger", "GateCooldown", "SwapEMAWeights", "ThresholdScheduler"]

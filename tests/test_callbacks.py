@@ -54,3 +54,57 @@ def test_threshold_scheduler_checks_its_schedule(images):
     with pytest.raises(ValueError, match="schedule\\(0\\)"):
         model.fit(images, np.arange(8) % 10, batch_size=8, epochs=1, verbose=0,
                   callbacks=[fk.callbacks.ThresholdScheduler(lambda epoch: 0.0)])
+
+
+def test_swap_ema_weights_evaluates_with_both_optimizers_averages(images):
+    labels = np.arange(8) % 10
+    reference = fk.gate(small_resnet(), threshold=0.9)
+
+    def compiled(**ema):
+        model = fk.gate(small_resnet(), threshold=0.9)
+        model.set_weights(reference.get_weights())
+        model.compile(optimizer=keras.optimizers.SGD(0.01, **ema), gate_optimizer=keras.optimizers.SGD(0.1, **ema),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    # An average of momentum 1 holds the weights of the first step (Keras averages with momentum 0 on it).
+    one_step = compiled()
+    one_step.train_on_batch(images[:4], labels[:4])
+    averaged = [v.numpy() for v in one_step.backbone_variables + one_step.predictor_variables]
+
+    class Recorder(keras.callbacks.Callback):
+        seen = {}
+
+        def on_test_begin(self, logs=None):
+            self.seen["evaluated"] = [v.numpy() for v in self.model.backbone_variables + self.model.predictor_variables]
+
+        def on_test_end(self, logs=None):
+            self.seen["after"] = [v.numpy() for v in self.model.backbone_variables + self.model.predictor_variables]
+
+    def fit(swap, epochs=1):
+        model = compiled(use_ema=True, ema_momentum=1.0)
+        model.fit(images, labels, batch_size=4, epochs=epochs, shuffle=False, verbose=0,
+                  validation_data=(images, labels), callbacks=[swap, Recorder()])
+        return model
+
+    split = len(fit(fk.callbacks.SwapEMAWeights()).backbone_variables)
+    for got, expected in zip(Recorder.seen["evaluated"], averaged):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    # Swapped back after the evaluation: the weights of the second step, not the averages.
+    assert not np.allclose(Recorder.seen["after"][split], averaged[split])
+    assert not np.allclose(Recorder.seen["after"][0], averaged[0])
+    # Swapped at each epoch's end, and left in the model when training ends.
+    model = fit(fk.callbacks.SwapEMAWeights(swap_on_epoch=True), epochs=2)
+    for got, expected in zip(model.backbone_variables + model.predictor_variables, averaged):
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
+    # Keras's callback swaps the backbone's averages only.
+    fit(keras.callbacks.SwapEMAWeights())
+    np.testing.assert_allclose(Recorder.seen["evaluated"][0], averaged[0], atol=1e-6)
+    assert not np.allclose(Recorder.seen["evaluated"][split], averaged[split])
+
+
+def test_swap_ema_weights_says_when_no_optimizer_averages(images):
+    model = _model()
+    with pytest.raises(ValueError, match="use_ema=True"):
+        model.fit(images, np.arange(8) % 10, batch_size=8, epochs=1, verbose=0, validation_data=(images, np.arange(8) % 10),
+                  callbacks=[fk.callbacks.SwapEMAWeights()])
