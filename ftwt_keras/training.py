@@ -23,12 +23,18 @@ from ftwt_keras import flops
 from ftwt_keras.layers import PACKAGE, GatedConv, record_gates
 
 
-def gate_objectives(records, all_ones=False):
+def gate_objectives(records, all_ones=False, sample_weight=None):
     """Gate loss and gate accuracy over a pass's `GateRecord`s.
 
     Args:
         records: iterable of `GateRecord` holding logits, masks and targets.
         all_ones: train toward "every filter on" (predictor warm-up).
+        sample_weight: optional weights of the images, `(batch,)` (or
+            `(batch, ...)`, averaged per image), as `fit` passes them (and
+            `class_weight` becomes them): each image's BCE is multiplied by
+            its weight before the mean over the batch, as Keras weighs the task
+            loss (`"sum_over_batch_size"`), so an image of weight 0 trains no
+            predictor. The accuracy counts every image.
 
     Returns:
         `(loss, accuracy)` scalars: BCE-with-logits averaged over the batch,
@@ -58,7 +64,12 @@ def gate_objectives(records, all_ones=False):
         targets = side_by_side([record.target for record in records])
     layers = len(records)
     bce = ops.binary_crossentropy(targets, logits, from_logits=True)
-    loss = ops.sum(ops.mean(bce, axis=0)) / layers
+    if sample_weight is None:
+        loss = ops.sum(ops.mean(bce, axis=0)) / layers
+    else:
+        batch = ops.shape(bce)[0]
+        weights = ops.mean(ops.reshape(ops.cast(sample_weight, "float32"), (batch, -1)), axis=1)
+        loss = ops.mean(ops.sum(bce, axis=1) * weights) / layers
     # Each layer's accuracy is a mean over its own filters; then layers weigh equally.
     filter_weights = np.concatenate(
         [np.full(r.logits.shape[-1], 1.0 / (layers * r.logits.shape[-1]), "float32") for r in records]
@@ -483,7 +494,8 @@ class FTWTModel(keras.Model):
             records = recorder.by_layer_name()
             gate_loss = gate_accuracy = None
             if self._train_gates:
-                gate_loss, gate_accuracy = gate_objectives(records.values(), all_ones=self._warming_up)
+                gate_loss, gate_accuracy = gate_objectives(records.values(), all_ones=self._warming_up,
+                                                           sample_weight=sample_weight)
             if self._warming_up:
                 task_loss = ops.zeros(())
                 loss = gate_loss / replicas
@@ -537,7 +549,7 @@ class FTWTModel(keras.Model):
         with record_gates(targets=True) as recorder:
             y_pred = self(x, training=False)
         records = recorder.by_layer_name()
-        gate_loss, gate_accuracy = gate_objectives(records.values())
+        gate_loss, gate_accuracy = gate_objectives(records.values(), sample_weight=sample_weight)
         replicas = _num_replicas()
         task_loss = self._compute_loss(x, y, y_pred, sample_weight, training=False)
         loss = task_loss + self.gate_loss_weight * gate_loss / replicas

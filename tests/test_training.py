@@ -83,6 +83,29 @@ def test_gate_objectives_average_layers_of_different_widths():
     ones = [np.log1p(np.exp(-r.logits.astype("float64"))).mean(axis=0).sum() for r in records]
     np.testing.assert_allclose(float(warm_loss), np.mean(ones), rtol=1e-5)
     np.testing.assert_allclose(float(warm_accuracy), np.mean([r.mask.mean() for r in records]), rtol=1e-5)
+    # Weighted images, as Keras weighs the task loss: each image's BCE times its weight, mean over the batch.
+    weights = np.array([1.0, 0.0, 2.0, 0.5, 1.0], "float32")
+    weighted = [(weights[:, None] * bce_of(r)).mean(axis=0).sum() for r in records]
+    for sample_weight in (weights, weights[:, None], np.repeat(weights[:, None], 3, axis=1)):
+        loss, same_accuracy = gate_objectives(records, sample_weight=sample_weight)
+        np.testing.assert_allclose(float(loss), np.mean(weighted), rtol=1e-5)
+        assert float(same_accuracy) == pytest.approx(float(accuracy))
+
+
+def bce_of(record):
+    probability = 1 / (1 + np.exp(-record.logits.astype("float64")))
+    return -(record.target * np.log(probability) + (1 - record.target) * np.log(1 - probability))
+
+
+def test_images_of_weight_zero_train_no_predictor(images):
+    labels = np.arange(8) % 10
+    model = _compiled("decoupled")
+    before = [v.numpy().copy() for v in model.predictor_variables]
+    model.fit(images, labels, sample_weight=np.zeros(8, "float32"), batch_size=8, epochs=1, verbose=0)
+    for got, expected in zip(model.predictor_variables, before):
+        np.testing.assert_array_equal(got.numpy(), expected)
+    model.fit(images, labels, sample_weight=np.ones(8, "float32"), batch_size=8, epochs=1, verbose=0)
+    assert any(not np.array_equal(got.numpy(), expected) for got, expected in zip(model.predictor_variables, before))
 
 
 def _gate_loss_gradients(model, images, labels):
