@@ -423,7 +423,9 @@ class _GatePass(keras.Model):
     """
 
     def __init__(self, network, summarize, recording):
-        super().__init__(name=f"{network.name}_gate_pass")
+        # float32: images reach the network as they would alone (a model under a mixed
+        # policy would otherwise cast them to its 16-bit compute dtype first).
+        super().__init__(name=f"{network.name}_gate_pass", dtype="float32")
         self.network = network
         self._summarize = summarize
         self._recording = recording
@@ -458,9 +460,11 @@ def map_gate_records(model, images, summarize, batch_size=128, targets=False, ap
         max_batches: stop after this many batches (None: all of them).
         verbose: 0 silent, 1 a progress bar, 2 one line at the end.
         run_eagerly: None (default) compiles the pass, as `model.predict`
-            does, from `COMPILE_FROM_BATCHES` batches on or for an iterable of
-            unknown length, and runs it eagerly below that, where the trace
-            would cost more than it saves. True / False forces either.
+            does, for `COMPILE_FROM_BATCHES` batches or more, and runs it
+            eagerly below that, where the trace would cost more than it
+            saves; an iterable of unknown length runs its first
+            `COMPILE_FROM_BATCHES - 1` batches eagerly and compiles the pass
+            for the rest. True / False forces either.
 
     Yields:
         The structure `summarize` returns, as numpy arrays, for each batch.
@@ -483,10 +487,15 @@ def map_gate_records(model, images, summarize, batch_size=128, targets=False, ap
                       dict(targets=targets, apply_masks=apply_masks, threshold=threshold, target=target))
     if run_eagerly is None:
         total = _batch_count(images, batch_size, max_batches)
-        run_eagerly = total is not None and total < COMPILE_FROM_BATCHES
+        if total is None:  # unknown length: eager until the batches show that compiling pays
+            eager_batches = COMPILE_FROM_BATCHES - 1
+        else:
+            eager_batches = total if total < COMPILE_FROM_BATCHES else 0
+    else:
+        eager_batches = math.inf if run_eagerly else 0
     full_size = None
-    for batch in image_batches(images, batch_size, max_batches=max_batches, verbose=verbose):
-        if run_eagerly:
+    for index, batch in enumerate(image_batches(images, batch_size, max_batches=max_batches, verbose=verbose)):
+        if index < eager_batches:
             yield keras.tree.map_structure(ops.convert_to_numpy, probe(batch))
             continue
         # A compiled pass traces again for each new batch size; the last, partial batch is

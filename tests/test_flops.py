@@ -147,6 +147,12 @@ def test_long_gate_passes_run_compiled_with_the_eager_results(images, monkeypatc
         np.testing.assert_allclose(compiled[1][name], rates[name])
         np.testing.assert_array_equal(compiled[3][name], counts[name])
     assert compiled[2] == pytest.approx(reduction, abs=1e-6)
+    # An iterable of unknown length: eager until COMPILE_FROM_BATCHES - 1 batches have shown it is long.
+    monkeypatch.setattr(flops, "COMPILE_FROM_BATCHES", 3)
+    compiled_calls.clear()
+    unknown = flops.dynamic_macs(model, (images[start : start + 2] for start in range(0, 11, 2)))
+    assert compiled_calls == [2] * 4
+    np.testing.assert_allclose(unknown, macs, rtol=1e-6)
     with pytest.raises(ValueError, match="no gated layer.*ftwt_keras.gate"):
         next(flops.map_gate_records(fk.models.mobilenet_v1(alpha=0.25), images, lambda records: records))
 
