@@ -535,11 +535,19 @@ def test_export_file_round_trip(tmp_path, cifar_images):
     assert len(small) < 0.8 * len(half)
     assert_builtin_only(small)
     assert np.isfinite(export.run(small, cifar_images[:8])).all()
-    dense = export.run(export.convert(loaded, dynamic=False), cifar_images[:8])
+    dense_flatbuffer = export.convert(loaded, dynamic=False)
+    dense = export.run(dense_flatbuffer, cifar_images[:8])
     dense_int8 = export.run(export.convert(loaded, dynamic=False, weight_dtype="int8"), cifar_images[:8])
     assert 0 < np.abs(dense_int8 - dense).max() <= 3e-2 * np.ptp(dense)
     with pytest.raises(export.ExportError, match="weight_dtype"):
         export.convert(loaded, weight_dtype="bfloat16")
+    # What an app feeds and reads (edge/README.md, "In an Android app"), every export alike: one input,
+    # "images", raw pixels (1, H, W, 3) float32; one output, the logits (1, classes) float32.
+    for exported in (flatbuffer, half, small, dense_flatbuffer):
+        runner = export.interpreter(exported)
+        (images,), (logits,) = runner.get_input_details(), runner.get_output_details()
+        assert (images["name"], images["shape"].tolist(), images["dtype"]) == ("images", [1, 32, 32, 3], np.float32)
+        assert (logits["shape"].tolist(), logits["dtype"]) == ([1, 10], np.float32)
 
 
 def _raw_pixels():
