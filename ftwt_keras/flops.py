@@ -545,6 +545,44 @@ def dynamic_macs(model, images, batch_size=128, verbose=0):
     return np.concatenate(results)
 
 
+def macs_and_keep_ratios(model, images, batch_size=128, verbose=0):
+    """`dynamic_macs` and `keep_ratios` of a gated model from one pass over `images`.
+
+    Args:
+        model: an `FTWTModel`.
+        images: array `(N, H, W, C)` or an iterable of batches (as `dynamic_macs`).
+        batch_size: used when `images` is an array.
+        verbose: 0 silent, 1 a progress bar, 2 one line at the end.
+
+    Returns:
+        `(macs, keep_ratios)`: the `(N,)` array of `dynamic_macs` and the
+        `{gated layer name: float}` of `keep_ratios`, in the model's layer order.
+
+    Example:
+
+    >>> import numpy as np, ftwt_keras as fk
+    >>> model = fk.gate(fk.models.resnet_cifar(depth=20))
+    >>> macs, ratios = fk.flops.macs_and_keep_ratios(model, np.zeros((2, 32, 32, 3), "float32"))
+    >>> macs.shape, len(ratios)
+    ((2,), 19)
+    """
+    terms = mac_terms(model)
+
+    def summarize(records):
+        masks = _masks_of(records)
+        return executed_macs(terms, masks), {name: ops.mean(mask, axis=-1) for name, mask in masks.items()}
+
+    macs, kept = [], {}
+    for batch_macs, batch_kept in map_gate_records(model, images, summarize, batch_size=batch_size, verbose=verbose):
+        macs.append(np.asarray(batch_macs, np.float64))
+        for name, fractions in batch_kept.items():
+            kept.setdefault(name, []).append(np.asarray(fractions, np.float64))
+    if not macs:
+        raise ValueError("`images` is empty: at least one image is needed to see what the gates keep.")
+    order = [layer.name for layer in _network(model).layers if layer.name in kept]
+    return np.concatenate(macs), {name: float(np.concatenate(kept[name]).mean()) for name in order}
+
+
 __all__ = [
     "MacTerm",
     "mac_terms",
@@ -555,5 +593,6 @@ __all__ = [
     "firing_rates",
     "image_batches",
     "keep_ratios",
+    "macs_and_keep_ratios",
     "map_gate_records",
 ]

@@ -107,6 +107,9 @@ def test_firing_rates_tell_fixed_filters_from_input_dependent_ones():
     assert list(rates) == [layer.name]
     np.testing.assert_allclose(rates[layer.name], [0.75, 1.0, 0.0])
     assert fk.flops.keep_ratios(model, images)[layer.name] == pytest.approx(1.75 / 3)
+    macs, ratios = fk.flops.macs_and_keep_ratios(model, images, batch_size=3)  # both from one pass
+    np.testing.assert_array_equal(macs, fk.flops.dynamic_macs(model, images))
+    assert ratios == pytest.approx(fk.flops.keep_ratios(model, images))
     with pytest.raises(ValueError, match="empty"):
         fk.flops.firing_rates(model, images[:0])
 

@@ -33,6 +33,10 @@ def test_recipe_runs_both_stages_and_resumes(tmp_path):
     assert (out / "model.keras").exists() and (out / "baseline.keras").exists()
     assert results["config"]["ungated_layers"] == ["conv1", "block1_*"]
     assert len(keras.saving.load_model(out / "model.keras").gated_layers) == 24  # 27 convs, 3 left dense
+    gated_names = [layer.name for layer in keras.saving.load_model(out / "model.keras").gated_layers]
+    for stage in (results, results["capped"], results["frozen"]):  # each model's layer-wise keep ratios
+        assert list(stage["layer_keep_ratios"]) == gated_names
+        assert all(0.0 <= ratio <= 1.0 for ratio in stage["layer_keep_ratios"].values())
     gates = fk.static_gates.static_gates_of(keras.saving.load_model(out / "model.keras")).values()
     decided = sum(g.decided for g in gates) / sum(len(g.always_on) for g in gates)
     assert results["gates_decided_by_weights"] == decided

@@ -676,10 +676,11 @@ def _fine_tuned_results(model, test, dense_macs, epochs, seconds):
 
     import ftwt_keras as fk
 
-    macs = fk.flops.dynamic_macs(model, test)
+    macs, layer_keep_ratios = fk.flops.macs_and_keep_ratios(model, test)
     return {
         "accuracy": float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"]),
         "flops_reduction": float(1.0 - np.mean(macs) / dense_macs),
+        "layer_keep_ratios": layer_keep_ratios,
         "fine_tune_epochs": epochs or 0,
         "train_seconds": round(seconds, 1),
     }
@@ -735,7 +736,7 @@ def run(config=None):
 
     model, ftwt_time = train_ftwt(config, baseline, train, test, gated_layers)
     metrics = model.evaluate(test, verbose=0, return_dict=True)
-    macs = fk.flops.dynamic_macs(model, test, verbose=config["verbose"])
+    macs, layer_keep_ratios = fk.flops.macs_and_keep_ratios(model, test, verbose=config["verbose"])
     dense = fk.flops.count_macs(model)
     # Gates the predictors' weights alone decide for every image: high for an input-blind
     # predictor; the edge export prunes them statically.
@@ -757,6 +758,8 @@ def run(config=None):
         # The test-set targets' own reduction (see FTWTModel): drift vs predictor error.
         "target_flops_reduction": float(metrics["target_flops_reduction"]),
         "test_images": int(macs.shape[0]),
+        # Per gated layer, the mean fraction of its filters kept on a test image (the paper's layer-wise figure).
+        "layer_keep_ratios": layer_keep_ratios,
         **({"planned_paying_gates": planned, "paying_plan": plan_record} if planned else {}),
         "baseline_train_seconds": round(baseline_time, 1),
         "ftwt_train_seconds": round(ftwt_time, 1),
