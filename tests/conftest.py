@@ -74,6 +74,20 @@ def small_resnet(name="small_resnet"):
     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name=name)
 
 
+def sgd_compiled_copy(reference, **optimizer_kwargs):
+    """A gated `small_resnet` (r = 0.9) with the weights of `reference` (one such model), compiled with SGD
+    for both optimizers (0.01 for the backbone, 0.1 for the predictors), each taking `optimizer_kwargs`
+    (e.g. `use_ema=True`): twins that start alike, to compare what training does to each."""
+    import ftwt_keras as fk
+
+    model = fk.gate(small_resnet(), threshold=0.9)
+    model.set_weights(reference.get_weights())
+    model.compile(optimizer=keras.optimizers.SGD(0.01, **optimizer_kwargs),
+                  gate_optimizer=keras.optimizers.SGD(0.1, **optimizer_kwargs),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
 def short_mobilenet(blocks=6, alpha=0.25):
     """MobileNetV1 x`alpha` on CIFAR cut after its first `blocks` depthwise-separable blocks (same layers,
     names and padding), then pool and "logits": its layers at a fraction of its tracing and conversion time."""

@@ -1,7 +1,9 @@
+import functools
+
 import keras
 import numpy as np
 import pytest
-from conftest import small_resnet
+from conftest import sgd_compiled_copy, small_resnet
 
 import ftwt_keras as fk
 
@@ -59,13 +61,7 @@ def test_threshold_scheduler_checks_its_schedule(images):
 def test_swap_ema_weights_evaluates_with_both_optimizers_averages(images):
     labels = np.arange(8) % 10
     reference = fk.gate(small_resnet(), threshold=0.9)
-
-    def compiled(**ema):
-        model = fk.gate(small_resnet(), threshold=0.9)
-        model.set_weights(reference.get_weights())
-        model.compile(optimizer=keras.optimizers.SGD(0.01, **ema), gate_optimizer=keras.optimizers.SGD(0.1, **ema),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        return model
+    compiled = functools.partial(sgd_compiled_copy, reference)
 
     # An average of momentum 1 holds the weights of the first step (Keras averages with momentum 0 on it).
     one_step = compiled()

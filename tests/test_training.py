@@ -1,3 +1,4 @@
+import functools
 import importlib.util
 import os
 import subprocess
@@ -8,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import force_gates, global_dtype_policy, small_resnet
+from conftest import force_gates, global_dtype_policy, sgd_compiled_copy, small_resnet
 
 import ftwt_keras as fk
 from ftwt_keras.layers import record_gates
@@ -501,13 +502,7 @@ def test_fit_with_ema_leaves_each_optimizer_s_average_in_its_own_variables(image
     trainable weights; each of the two optimizers must write only its own."""
     labels = np.arange(8) % 10
     reference = fk.gate(small_resnet(), threshold=0.9)
-
-    def compiled(**ema):
-        model = fk.gate(small_resnet(), threshold=0.9)
-        model.set_weights(reference.get_weights())
-        model.compile(optimizer=keras.optimizers.SGD(0.01, **ema), gate_optimizer=keras.optimizers.SGD(0.1, **ema),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        return model
+    compiled = functools.partial(sgd_compiled_copy, reference)
 
     one_step = compiled()
     one_step.train_on_batch(images[:4], labels[:4])
