@@ -134,6 +134,13 @@ def main(argv):
 
     import ftwt_keras as fk
 
+    # The zoo and Keras check --depth, --alpha and --dtype_policies: their words, before anything is timed.
+    try:
+        _build()
+        for policy in FLAGS.dtype_policies:
+            keras.mixed_precision.Policy(policy)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (FLAGS.batch_size, 32, 32, 3)).astype("float32")
     labels = rng.integers(0, 10, FLAGS.batch_size).astype("int32")
