@@ -29,6 +29,17 @@ flags.DEFINE_float("threshold", 0.9, "Threshold r of the gates and of the estima
 flags.DEFINE_integer("loops", 2, "Side-by-side loops.", lower_bound=1)
 
 
+def _positive_numbers(values):
+    try:
+        return all(float(value) > 0 for value in values)
+    except ValueError:
+        return False
+
+
+flags.register_validator("alphas", _positive_numbers, message="--alphas must be positive width multipliers, e.g. 0.25,1.0.")
+flags.register_validator("threshold", lambda value: 0 < value <= 1, message="--threshold must be in (0, 1].")
+
+
 def main(argv):
     del argv
     import keras

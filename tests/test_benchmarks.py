@@ -27,3 +27,8 @@ def test_train_overhead_refuses_what_the_zoo_or_keras_refuse():
                        ["--model=resnet_cifar", "--depth=20", "--dtype_policies=float32,mixed_float8"])
     assert "`depth` must be one of (20, 32, 44, 56, 110); got 8" in said[0]
     assert "mixed_float8" in said[1]
+
+
+def test_gate_passes_refuses_bad_flags():
+    said, _ = refusals(_script("gate_passes.py"), ["--alphas=0.25,wide"], ["--threshold=1.5"])
+    assert "--alphas must be positive width multipliers" in said[0] and "--threshold must be in (0, 1]" in said[1]
