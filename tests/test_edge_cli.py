@@ -82,11 +82,13 @@ def test_convert_cli_prunes_decided_gates_unless_told_not_to(tmp_path, cifar_ima
         softmaxes[flag] = export.op_names(flatbuffer).count("SOFTMAX")
     assert softmaxes == {"--static_gates": len(model.gated_layers) - 1, "--nostatic_gates": len(model.gated_layers)}
     shared = (f"--model={path}", f"--output={tmp_path / 'bad.tflite'}")
-    said, _ = refusals(os.path.join(ROOT, "edge", "convert.py"), (*shared, "--threads=0"),
-                       (*shared, "--dense", "--calibration=imagenet"))
+    said, asked = refusals(os.path.join(ROOT, "edge", "convert.py"), (*shared, "--threads=0"),
+                           (*shared, "--dense", "--calibration=imagenet"),
+                           (f"--model={path}", f"--output={tmp_path / 'dense.tflite'}", "--dense"))
     assert "--threads must be >= 1" in said[0]
     assert "NAME:SPLIT" in said[1]  # a bad --calibration is refused with --dense too
     assert not (tmp_path / "bad.tflite").exists()
+    assert said[2] is None and "it is the timing reference, not an accurate model" in asked.stdout
 
 
 def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
