@@ -542,12 +542,18 @@ def test_export_file_round_trip(tmp_path, cifar_images):
     with pytest.raises(export.ExportError, match="weight_dtype"):
         export.convert(loaded, weight_dtype="bfloat16")
     # What an app feeds and reads (edge/README.md, "In an Android app"), every export alike: one input,
-    # "images", raw pixels (1, H, W, 3) float32; one output, the logits (1, classes) float32.
-    for exported in (flatbuffer, half, small, dense_flatbuffer):
+    # "images", raw pixels (1, H, W, 3) float32; one output, the logits (1, classes) float32. The files
+    # export_file writes also name them in a signature; convert's bytes do not.
+    for exported, signed in ((flatbuffer, True), (half, True), (small, False), (dense_flatbuffer, False)):
         runner = export.interpreter(exported)
         (images,), (logits,) = runner.get_input_details(), runner.get_output_details()
         assert (images["name"], images["shape"].tolist(), images["dtype"]) == ("images", [1, 32, 32, 3], np.float32)
         assert (logits["shape"].tolist(), logits["dtype"]) == ([1, 10], np.float32)
+        signatures = {export.SIGNATURE_KEY: {"inputs": ["images"], "outputs": ["logits"]}} if signed else {}
+        assert runner.get_signature_list() == signatures
+    by_name = export.interpreter(flatbuffer).get_signature_runner()(images=cifar_images[:1])["logits"]
+    np.testing.assert_array_equal(by_name, export.run(flatbuffer, cifar_images[:1]))
+    assert export.op_names(export.with_signature(small)) == export.op_names(small)
 
 
 def _raw_pixels():

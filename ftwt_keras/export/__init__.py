@@ -14,6 +14,7 @@ from ftwt_keras.export.tflite import (
     CAPACITY_STDS,
     Calibration,
     ExportError,
+    SIGNATURE_KEY,
     WEIGHT_DTYPES,
     TimedPlan,
     benchmark_model_ms,
@@ -45,12 +46,14 @@ from ftwt_keras.export.tflite import (
     statically_pruned_layers,
     time_invokes,
     time_side_by_side,
+    with_signature,
 )
 
 __all__ = [
     "CAPACITY_STDS",
     "Calibration",
     "ExportError",
+    "SIGNATURE_KEY",
     "TimedPlan",
     "WEIGHT_DTYPES",
     "benchmark_model_ms",
@@ -82,4 +85,5 @@ __all__ = [
     "statically_pruned_layers",
     "time_invokes",
     "time_side_by_side",
+    "with_signature",
 ]
