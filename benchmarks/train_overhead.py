@@ -26,6 +26,12 @@ has them), and prints each policy's speed-up over the first.
 `--profile_steps=N` then runs N more steps of each under the TensorFlow
 profiler and prints where the time goes: CPU milliseconds per step by op type
 (op times summed over threads), plain vs FTWT, largest differences first.
+
+Under `KERAS_BACKEND=jax` or `torch` (TensorFlow need not be installed) it
+times the same two steps on that backend, each by `train_on_batch` (on JAX that
+includes handing the variables to the compiled step and back, ~1 ms); batch
+norm is Keras's own there (`--batch_norm` and `--profile_steps` are
+TensorFlow's).
 """
 
 import os
@@ -48,7 +54,8 @@ flags.DEFINE_enum("batch_norm", "fused", ["fused", "keras", "both"],
                   "Batch norm in training: TensorFlow's fused kernel, Keras 3's element-wise ops, or both side by side.")
 flags.DEFINE_bool("after_cooldown", False,
                   "Also time the FTWT step as it runs after GateCooldown (`train_gates=False`).")
-flags.DEFINE_bool("jit_compile", False, "Compile both train steps with XLA (`compile(jit_compile=True)`).")
+flags.DEFINE_bool("jit_compile", False, "Compile both train steps with XLA (`compile(jit_compile=True)`); "
+                  "default Keras's choice (`\"auto\"`: XLA on JAX, and on TensorFlow where it sees a GPU).")
 flags.DEFINE_list("dtype_policies", ["float32"],
                   "Keras dtype policies to time side by side (float32, mixed_bfloat16, mixed_float16).")
 FLAGS = flags.FLAGS
@@ -65,12 +72,20 @@ def _build():
 
 
 def _step_seconds(model, iterator):
-    """Wall time of one train step (waits for its results)."""
+    """Wall time of one train step (waits for its results).
+
+    `iterator`: on TensorFlow an iterator over the dataset, which the compiled
+    step reads itself; on other backends the `(images, labels)` batch.
+    """
+    import keras
     import numpy as np
 
     start = time.perf_counter()
-    logs = model.train_function(iterator)
-    np.asarray(logs["loss"])  # block until the step is done
+    if keras.backend.backend() == "tensorflow":
+        logs = model.train_function(iterator)
+    else:
+        logs = model.train_on_batch(*iterator, return_dict=True)
+    np.asarray(keras.ops.convert_to_numpy(logs["loss"]))  # block until the step is done
     return time.perf_counter() - start
 
 
@@ -130,10 +145,13 @@ def main(argv):
     del argv
     import keras
     import numpy as np
-    import tensorflow as tf
 
     import ftwt_keras as fk
 
+    backend = keras.backend.backend()
+    if backend != "tensorflow" and (FLAGS.batch_norm != "fused" or FLAGS.profile_steps):
+        raise app.UsageError(f"--batch_norm and --profile_steps are TensorFlow's; KERAS_BACKEND={backend} runs "
+                             "Keras's own batch norm and has no TensorFlow profiler. Leave them out.")
     # The zoo and Keras check --depth, --alpha and --dtype_policies: their words, before anything is timed.
     try:
         _build()
@@ -144,7 +162,14 @@ def main(argv):
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (FLAGS.batch_size, 32, 32, 3)).astype("float32")
     labels = rng.integers(0, 10, FLAGS.batch_size).astype("int32")
-    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
+        version = f"oneDNN={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, TF {tf.__version__}"
+    else:
+        dataset = None  # each timed step gets the batch itself
+        version = f"{backend} {__import__(backend).__version__}"
 
     def loss():
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -153,7 +178,7 @@ def main(argv):
         model = fk.gate(_build(), threshold=FLAGS.threshold, mode=FLAGS.mode, predictor_rank=FLAGS.predictor_rank)
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                       gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=loss(), metrics=["accuracy"],
-                      jit_compile=FLAGS.jit_compile)
+                      jit_compile=FLAGS.jit_compile or "auto")
         return model
 
     kernels = ("keras", "fused") if FLAGS.batch_norm == "both" else (FLAGS.batch_norm,)
@@ -178,16 +203,19 @@ def main(argv):
         with fk.normalization.fused_kernel(kernel == "fused"):
             plain = _build()
             plain.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss(), metrics=["accuracy"],
-                          jit_compile=FLAGS.jit_compile)
+                          jit_compile=FLAGS.jit_compile or "auto")
             variants = [("plain" + suffix, plain), ("ftwt" + suffix, ftwt_model())]
             if FLAGS.after_cooldown:
                 cooled = ftwt_model()
                 cooled.train_gates = False
                 variants.append(("ftwt after cooldown" + suffix, cooled))
             for name, model in variants:  # trace and warm up
-                model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
-                model.make_train_function()
-                iterators[name] = iter(dataset)
+                if backend == "tensorflow":
+                    model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
+                    model.make_train_function()
+                    iterators[name] = iter(dataset)
+                else:
+                    iterators[name] = (images, labels)
                 for _ in range(2):
                     _step_seconds(model, iterators[name])
                 models[name] = model
@@ -201,7 +229,7 @@ def main(argv):
             print(f"steps {step - 8}-{step + 1}, img/s: {recent}")
     name = f"{FLAGS.model}" + (f" alpha={FLAGS.alpha:g}" if FLAGS.model == "mobilenet_v1" else "")
     print(f"\n{name}, batch {FLAGS.batch_size}, {os.cpu_count()} CPUs, "
-          f"oneDNN={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, XLA={FLAGS.jit_compile}, TF {tf.__version__}, Keras {keras.__version__}")
+          f"{version}, Keras {keras.__version__}, jit_compile={next(iter(models.values())).jit_compile}")
 
     def ratio(slow, fast):
         """(ratio of medians, median of the paired ratios) of images/s, fast over slow."""

@@ -11,15 +11,16 @@ The FTWT train step runs the gated network once, then applies
 One backward pass of `task_loss + gate_loss_weight * gate_loss` gives both: the
 binary masks carry no gradient, and in `"decoupled"` mode each predictor reads
 a stop-gradient of its input, so the gate loss cannot reach the backbone. In
-`"joint"` mode it does, as in the paper. The loss math is in `keras.ops`; only
-the gradient tape is TensorFlow's.
+`"joint"` mode it does, as in the paper. The loss math is in `keras.ops`; how
+the gradient is taken is the backend's (`_train_steps`: TensorFlow, JAX and
+PyTorch).
 """
 
 import keras
 import numpy as np
 from keras import ops
 
-from ftwt_keras import flops
+from ftwt_keras import _train_steps, flops
 from ftwt_keras.layers import PACKAGE, GatedConv, record_gates
 
 
@@ -133,29 +134,14 @@ def _num_replicas():
     return 1
 
 
-def _require_tensorflow(method):
-    """Raises unless Keras runs on TensorFlow, which FTWTModel's train and test steps are written for.
-
-    JAX's trainer calls them with another signature (a pure function of the
-    state: a TypeError without this check), and on PyTorch they would hand
-    torch tensors to `tf.GradientTape`.
-    """
-    if keras.backend.backend() != "tensorflow":
-        raise NotImplementedError(
-            f"FTWTModel.{method} needs the TensorFlow backend for now (KERAS_BACKEND="
-            f"{keras.backend.backend()}). Train and evaluate with KERAS_BACKEND=tensorflow; the saved "
-            "model then runs `model(x)` and `predict` on any backend."
-        )
-
-
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class FTWTModel(keras.Model):
+class FTWTModel(_train_steps.for_backend(keras.backend.backend()), keras.Model):
     """A gated network plus the FTWT training logic.
 
     Build it with `ftwt_keras.gate(base_model, ...)`, or directly from any
     functional model containing `GatedConv` layers. `model(x)`, `predict` and
-    `evaluate` apply the predicted binary masks. `fit` and `evaluate` need the
-    TensorFlow backend; `model(x)` and `predict` run on any.
+    `evaluate` apply the predicted binary masks. `fit` and `evaluate` run on
+    the TensorFlow, JAX and PyTorch backends.
 
     Args:
         network: a functional Keras model containing `GatedConv` layers.
@@ -437,14 +423,12 @@ class FTWTModel(keras.Model):
         executed = flops.executed_macs(self.mac_terms, gate_masks)
         return 1.0 - executed / float(self.dense_macs)
 
-    def _update_gate_metrics(self, task_loss, gate_loss, gate_accuracy, records):
+    def _update_gate_metrics(self, task_loss, gate_loss, gate_accuracy, gate_masks, targets):
         self.task_loss_tracker.update_state(task_loss)
         if gate_loss is not None:  # None while the gates are not trained
             self.gate_loss_tracker.update_state(gate_loss)
             self.gate_accuracy_tracker.update_state(gate_accuracy)
-        gate_masks = {name: record.mask for name, record in records.items()}
         self.flops_reduction_tracker.update_state(self._flops_reduction(gate_masks))
-        targets = {name: record.target for name, record in records.items()}
         if all(target is not None for target in targets.values()):  # none during warm-up
             self.target_flops_reduction_tracker.update_state(self._flops_reduction(targets))
 
@@ -468,61 +452,77 @@ class FTWTModel(keras.Model):
         finally:
             del optimizer.finalize_variable_values
 
-    def make_train_function(self, force=False):
-        _require_tensorflow("fit")
-        return super().make_train_function(force)
+    # The train and test steps: what they compute, on any backend. How
+    # gradients are taken is the backend's (`_train_steps`).
+    def _backbone_to_train(self):
+        return [] if self._warming_up else self.backbone_variables
 
-    def make_test_function(self, force=False):
-        _require_tensorflow("evaluate")
-        return super().make_test_function(force)
+    def _predictors_to_train(self):
+        return self.predictor_variables if self._train_gates else []
 
-    def train_step(self, data):
-        import tensorflow as tf
-
+    def _variables_to_train(self):
+        """The variables this step updates: the backbone's (`optimizer`), then the predictors' (`gate_optimizer`)."""
         if self.gate_optimizer is None:
             raise ValueError("Call model.compile(...) before fit().")
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        backbone = [] if self._warming_up else self.backbone_variables
-        predictors = self.predictor_variables if self._train_gates else []
+        return self._backbone_to_train() + self._predictors_to_train()
+
+    def _teacher_logits(self, x):
+        if self.teacher is None or self._warming_up:
+            return None
+        return ops.stop_gradient(self.teacher(x, training=False))
+
+    def _forward_and_loss(self, x, y, sample_weight, teacher_logits):
+        """The train step's forward pass and the loss whose gradient trains both optimizers' variables.
+
+        Returns:
+            `(loss, step)`: the loss, scaled where `optimizer` scales it
+            (`mixed_float16`), and a dict of what the metrics need (arrays or
+            None only, so that JAX can carry it out of its gradient function).
+        """
         replicas = _num_replicas()
-        teacher_logits = None
-        if self.teacher is not None and not self._warming_up:
-            teacher_logits = self.teacher(x, training=False)
-        with tf.GradientTape() as tape:
-            with record_gates(targets=self._train_gates and not self._warming_up) as recorder:
-                y_pred = self(x, training=True)
-            records = recorder.by_layer_name()
-            gate_loss = gate_accuracy = None
-            if self._train_gates:
-                gate_loss, gate_accuracy = gate_objectives(records.values(), all_ones=self._warming_up,
-                                                           sample_weight=sample_weight)
-            if self._warming_up:
-                task_loss = ops.zeros(())
-                loss = gate_loss / replicas
-            else:
-                # compute_loss already divides by the number of replicas.
-                task_loss = self._compute_loss(x, y, y_pred, sample_weight, training=True)
-                backbone_loss = task_loss
-                if teacher_logits is not None:
-                    distillation = distillation_loss(teacher_logits, y_pred, self.distillation_temperature)
-                    self.distillation_loss_tracker.update_state(distillation)
-                    backbone_loss = (self.student_loss_weight * task_loss
-                                     + (1.0 - self.student_loss_weight) * distillation / replicas)
-                loss = backbone_loss
-                if gate_loss is not None:
-                    loss = loss + self.gate_loss_weight * gate_loss / replicas
-            self._loss_tracker.update_state(
-                loss * replicas, sample_weight=ops.shape(y_pred)[0]
-            )
-            loss = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(loss, backbone + predictors)
-        gradients = self._gradients_for_loss_scaling(gradients, len(backbone))
+        with record_gates(targets=self._train_gates and not self._warming_up) as recorder:
+            y_pred = self(x, training=True)
+        records = recorder.by_layer_name()
+        gate_loss = gate_accuracy = distillation = None
+        if self._train_gates:
+            gate_loss, gate_accuracy = gate_objectives(records.values(), all_ones=self._warming_up,
+                                                       sample_weight=sample_weight)
+        if self._warming_up:
+            task_loss = ops.zeros(())
+            loss = gate_loss / replicas
+        else:
+            # compute_loss already divides by the number of replicas.
+            task_loss = self._compute_loss(x, y, y_pred, sample_weight, training=True)
+            loss = task_loss
+            if teacher_logits is not None:
+                distillation = distillation_loss(teacher_logits, y_pred, self.distillation_temperature)
+                loss = self.student_loss_weight * task_loss + (1.0 - self.student_loss_weight) * distillation / replicas
+            if gate_loss is not None:
+                loss = loss + self.gate_loss_weight * gate_loss / replicas
+        step = {
+            "y_pred": y_pred, "loss": loss * replicas, "task_loss": task_loss * replicas, "gate_loss": gate_loss,
+            "gate_accuracy": gate_accuracy, "distillation_loss": distillation,
+            "masks": {name: record.mask for name, record in records.items()},
+            "targets": {name: record.target for name, record in records.items()},
+        }
+        return self.optimizer.scale_loss(loss), step
+
+    def _apply_gradients(self, gradients):
+        """Each optimizer applies its part of `gradients` (ordered as `_variables_to_train()`)."""
+        backbone, predictors = self._backbone_to_train(), self._predictors_to_train()
+        gradients = self._gradients_for_loss_scaling(list(gradients), len(backbone))
         if backbone:
             self.optimizer.apply_gradients(zip(gradients[: len(backbone)], backbone))
         if predictors:
             self.gate_optimizer.apply_gradients(zip(gradients[len(backbone) :], predictors))
-        self._update_gate_metrics(task_loss * replicas, gate_loss, gate_accuracy, records)
-        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _update_train_metrics(self, x, y, sample_weight, step):
+        self._loss_tracker.update_state(step["loss"], sample_weight=ops.shape(step["y_pred"])[0])
+        if step["distillation_loss"] is not None:
+            self.distillation_loss_tracker.update_state(step["distillation_loss"])
+        self._update_gate_metrics(step["task_loss"], step["gate_loss"], step["gate_accuracy"], step["masks"],
+                                  step["targets"])
+        logs = self.compute_metrics(x, y, step["y_pred"], sample_weight=sample_weight)
         if not self._train_gates:  # not measured this step: absent rather than a misleading 0
             for tracker in (self.gate_loss_tracker, self.gate_accuracy_tracker, self.target_flops_reduction_tracker):
                 logs.pop(tracker.name, None)
@@ -544,7 +544,7 @@ class FTWTModel(keras.Model):
         factors = [poison] * num_backbone + [rescale] * (len(gradients) - num_backbone)
         return [None if g is None else g * factor for g, factor in zip(gradients, factors)]
 
-    def test_step(self, data):
+    def _evaluate_batch(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with record_gates(targets=True) as recorder:
             y_pred = self(x, training=False)
@@ -554,8 +554,12 @@ class FTWTModel(keras.Model):
         task_loss = self._compute_loss(x, y, y_pred, sample_weight, training=False)
         loss = task_loss + self.gate_loss_weight * gate_loss / replicas
         self._loss_tracker.update_state(loss * replicas, sample_weight=ops.shape(y_pred)[0])
-        self._update_gate_metrics(task_loss * replicas, gate_loss, gate_accuracy, records)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        self._update_gate_metrics(task_loss * replicas, gate_loss, gate_accuracy,
+                                  {name: record.mask for name, record in records.items()},
+                                  {name: record.target for name, record in records.items()})
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs.pop("distillation_loss", None)  # evaluation runs no teacher: absent rather than 0
+        return logs
 
     def warm_up_gates(self, x, steps=500, verbose="auto"):
         """Trains only the predictors toward "every filter on", for `steps` batches.

@@ -1,5 +1,6 @@
 import functools
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -384,17 +385,36 @@ def test_student_loss_weight_one_ignores_the_teacher(images):
         np.testing.assert_allclose(plain, distilled, atol=1e-6)
 
 
-def test_fit_and_evaluate_on_another_backend_say_what_to_do(monkeypatch):
-    """The train/test steps are TensorFlow code: other backends' trainers get a clear error before calling them."""
+def test_fit_and_evaluate_on_a_backend_without_a_trainer_say_what_to_do(images):
+    """The numpy and OpenVINO backends have no Keras trainer: a clear error, not one from inside Keras."""
+    from ftwt_keras import _train_steps
+
     model = _compiled()
-    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    for make, method in ((model.make_train_function, "fit"), (model.make_test_function, "evaluate")):
-        expected = rf"FTWTModel.{method} needs the TensorFlow backend.*KERAS_BACKEND=jax"
-        with pytest.raises(NotImplementedError, match=expected):
-            make()
-    monkeypatch.undo()
-    model.make_train_function()  # on TensorFlow the hooks are Keras's own
-    assert model.train_function is not None
+    steps = _train_steps.for_backend("numpy")
+    for make, method in ((steps.make_train_function, "fit"), (steps.make_test_function, "evaluate")):
+        with pytest.raises(NotImplementedError, match=rf"FTWTModel.{method} runs on the TensorFlow, JAX and PyTorch"):
+            make(model)
+    assert _train_steps.for_backend("tensorflow") in type(model).__mro__
+
+
+def _on_backend(backend, script, *args):
+    """Runs `script` with `args` under KERAS_BACKEND=`backend`; skips where that backend is not installed.
+
+    Neither JAX nor PyTorch is a dependency: the check runs where this
+    interpreter has the backend, or where FTWT_<BACKEND>_PYTHON names a Python
+    that has it and keras (e.g. a separate venv without TensorFlow; it imports
+    ftwt_keras from this checkout), and is skipped otherwise.
+    """
+    python = os.environ.get(f"FTWT_{backend.upper()}_PYTHON")
+    if python is None and importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (not a dependency; install it, or set FTWT_{backend.upper()}_PYTHON)")
+    result = subprocess.run(
+        [python or sys.executable, "-c", script, *map(str, args)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": os.pathsep.join([_REPOSITORY, os.environ.get("PYTHONPATH", "")])},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
 
 
 _REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -413,28 +433,13 @@ np.save(sys.argv[5], keras.ops.convert_to_numpy(targets(images.reshape(len(image
 fk.flops.COMPILE_FROM_BATCHES = 1  # the passes over batches compiled (jax.jit on JAX), the last one padded
 np.save(sys.argv[6], fk.flops.dynamic_macs(model, images, batch_size=3))
 np.save(sys.argv[7], fk.target_flops_reduction(model, images, apply_masks=False))
-model.compile(optimizer="sgd", gate_optimizer="sgd",
-              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-try:
-    model.fit(images, np.zeros(len(images), "int32"), epochs=1, verbose=0)
-except NotImplementedError as error:
-    print(error)
 """
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_a_saved_model_predicts_the_same_on_another_backend(backend, tmp_path, images):
     """The layers are keras.ops only: a model trained and saved on TensorFlow runs on JAX and PyTorch
-    (and the mass targets compile with jax.jit, alone and in the compiled passes over batches).
-
-    Neither is a dependency: the check runs where this interpreter has the
-    backend, or where FTWT_<BACKEND>_PYTHON names a Python that has it and
-    keras (e.g. a separate venv without TensorFlow; it imports ftwt_keras from
-    this checkout), and is skipped otherwise.
-    """
-    python = os.environ.get(f"FTWT_{backend.upper()}_PYTHON")
-    if python is None and importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed (not a dependency; install it, or set FTWT_{backend.upper()}_PYTHON)")
+    (and the mass targets compile with jax.jit, alone and in the compiled passes over batches)."""
     model = fk.gate(fk.models.mobilenet_v1(input_shape=(32, 32, 3), alpha=0.25), threshold=0.9, predictor_rank=4,
                      use_softmax=False)
     rng = np.random.default_rng(0)
@@ -447,12 +452,7 @@ def test_a_saved_model_predicts_the_same_on_another_backend(backend, tmp_path, i
     model.save(path)
     np.save(data, images)
     outputs = [tmp_path / f"{name}.npy" for name in ("logits", "macs", "targets", "compiled_macs", "reduction")]
-    result = subprocess.run(
-        [python or sys.executable, "-c", _ON_ANOTHER_BACKEND, str(path), str(data), *map(str, outputs)],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": os.pathsep.join([_REPOSITORY, os.environ.get("PYTHONPATH", "")])},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    _on_backend(backend, _ON_ANOTHER_BACKEND, path, data, *outputs)
     expected = model.predict(images, verbose=0)
     macs = fk.flops.dynamic_macs(model, images)
     assert len(set(macs.tolist())) > 1  # the masks differ by image
@@ -463,7 +463,82 @@ def test_a_saved_model_predicts_the_same_on_another_backend(backend, tmp_path, i
     np.testing.assert_array_equal(np.load(outputs[3]), macs)
     assert float(np.load(outputs[4])) == pytest.approx(fk.target_flops_reduction(model, images, apply_masks=False),
                                                        abs=1e-6)
-    assert "FTWTModel.fit needs the TensorFlow backend" in result.stdout
+
+
+_TRAIN_ON_ANOTHER_BACKEND = """
+import sys, json, numpy as np, keras
+import ftwt_keras as fk
+model_path, data_path, step_path, logs_path, fit_path = sys.argv[1:]
+data = np.load(data_path)
+images, labels = data["images"], data["labels"]
+
+def compiled(**kwargs):
+    model = keras.saving.load_model(model_path)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"], **kwargs)
+    return model
+
+numpy = keras.ops.convert_to_numpy
+model = compiled()
+before = [numpy(v) for v in model.trainable_weights]
+logs = model.train_on_batch(images, labels, return_dict=True)
+np.savez(step_path, *[numpy(v) - b for v, b in zip(model.trainable_weights, before)],
+         *[numpy(v) for v in model.gate_optimizer.variables])
+json.dump({k: float(v) for k, v in logs.items()}, open(logs_path, "w"))
+
+model = compiled(teacher=keras.saving.load_model(model_path).network)
+def batches():
+    while True:
+        yield images[:4], labels[:4]
+
+model.warm_up_gates(batches(), steps=1, verbose=0)
+history = model.fit(images, labels, batch_size=4, epochs=2, verbose=0, validation_data=(images, labels),
+                    callbacks=[fk.callbacks.GateCooldown(0.5)])
+json.dump({"history": {k: [float(x) for x in v] for k, v in history.history.items()},
+           "iterations": [int(numpy(model.optimizer.iterations)), int(numpy(model.gate_optimizer.iterations))]},
+          open(fit_path, "w"))
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_fit_trains_on_another_backend_as_on_tensorflow(backend, tmp_path, images):
+    """One train step on JAX / PyTorch changes every weight, and the gate optimizer's state, as on TensorFlow
+    (where batch norm trains through the fused kernel; there `normalization.batch_norm`'s keras.ops); `fit`
+    runs there with warm-up, a cooldown, validation and a teacher, and keeps both optimizers' state across steps."""
+    model = fk.gate(fk.models.mobilenet_v1(input_shape=(32, 32, 3), alpha=0.25), threshold=0.7, predictor_rank=4)
+    labels = np.arange(len(images), dtype="int32") % 10
+    path, data = tmp_path / "m.keras", tmp_path / "d.npz"
+    model.save(path)
+    np.savez(data, images=images, labels=labels)
+    step, logs, fitted = tmp_path / "step.npz", tmp_path / "logs.json", tmp_path / "fit.json"
+    _on_backend(backend, _TRAIN_ON_ANOTHER_BACKEND, path, data, step, logs, fitted)
+
+    model = keras.saving.load_model(path)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), gate_optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    before = [w.numpy() for w in model.trainable_weights]
+    expected_logs = model.train_on_batch(images, labels, return_dict=True)
+    expected = [w.numpy() - b for w, b in zip(model.trainable_weights, before)]
+    expected += [np.asarray(v) for v in model.gate_optimizer.variables]
+    got = np.load(step)
+    assert len(got.files) == len(expected)
+    predictors = {id(v) for v in model.predictor_variables}
+    assert any(id(v) in predictors and np.any(d) for v, d in zip(model.trainable_weights, expected))
+    for name, want in zip(got.files, expected):
+        np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-5 + 1e-2 * np.max(np.abs(want)))
+    got_logs = json.loads(logs.read_text())
+    assert got_logs.keys() == expected_logs.keys()
+    for key, value in expected_logs.items():
+        assert got_logs[key] == pytest.approx(float(value), rel=1e-4, abs=1e-6), key
+
+    fit = json.loads(fitted.read_text())
+    # 2 epochs of 2 steps train the backbone; the gates train in the warm-up step and the first epoch only.
+    assert fit["iterations"] == [4, 3]
+    history = fit["history"]
+    assert history["gate_loss_weight"] == [1.0, 0.0]
+    assert {"loss", "gate_loss", "flops_reduction", "distillation_loss", "val_loss", "val_gate_accuracy"} <= history.keys()
+    assert "val_distillation_loss" not in history  # evaluation computes no teacher logits
+    assert all(np.isfinite(v).all() for v in history.values())
 
 
 def _sgd_step_deltas(model, images, labels):
