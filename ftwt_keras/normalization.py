@@ -145,9 +145,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     Same arguments, weights, formula and moving statistics as its base class,
     of which it is a subclass (anything that accepts a Keras batch norm accepts
-    it); only the training step on the TensorFlow backend differs: one fused
-    kernel instead of separate element-wise ops (see `batch_norm`). Everywhere
-    else it is the base class.
+    it); only the training step differs: on the TensorFlow backend one fused
+    kernel instead of separate element-wise ops, elsewhere those ops in an
+    order that keeps float32 gradients accurate (see `batch_norm`). Inference
+    is the base class's.
 
     Example:
 
