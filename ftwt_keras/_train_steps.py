@@ -51,9 +51,10 @@ class TorchSteps:
 class JaxSteps:
     """JAX's trainer calls `train_step(state, data)`, a pure function of the state.
 
-    Its state holds `model.optimizer`'s variables only; `_get_jax_state` and
-    `jax_state_sync` append and write back `gate_optimizer`'s, so that the
-    step receives and returns both (the backbone's first).
+    Its state holds `model.optimizer`'s variables only; `_get_jax_state`,
+    `jax_state_sync` and (under a `keras.distribution`)
+    `_get_state_sharding_spec` append, write back and shard `gate_optimizer`'s
+    too, so that the step receives and returns both (the backbone's first).
     """
 
     def train_step(self, state, data):
@@ -126,13 +127,11 @@ class JaxSteps:
         optimizers = (getattr(self, "optimizer", None), getattr(self, "gate_optimizer", None))
         return [variable for optimizer in optimizers if optimizer is not None for variable in optimizer.variables]
 
-    def make_train_function(self, force=False):
-        if keras.distribution.distribution() is not None:
-            raise NotImplementedError(
-                "FTWTModel.fit does not support a keras.distribution on JAX yet (its state sharding would leave "
-                "out the gate optimizer). Train without one, or on TensorFlow with a tf.distribute strategy."
-            )
-        return super().make_train_function(force)
+    def _get_state_sharding_spec(self):
+        trainable, non_trainable, optimizer, metrics = super()._get_state_sharding_spec()
+        if self.gate_optimizer is not None:
+            optimizer = list(optimizer) + [variable.value.sharding for variable in self.gate_optimizer.variables]
+        return trainable, non_trainable, optimizer, metrics
 
     def _get_jax_state(self, trainable_variables=False, non_trainable_variables=False, optimizer_variables=False,
                        metrics_variables=False, purge_model_variables=False):
