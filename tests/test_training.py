@@ -385,7 +385,7 @@ def test_student_loss_weight_one_ignores_the_teacher(images):
         np.testing.assert_allclose(plain, distilled, atol=1e-6)
 
 
-def test_fit_and_evaluate_on_a_backend_without_a_trainer_say_what_to_do(images):
+def test_fit_and_evaluate_on_a_backend_without_a_trainer_say_what_to_do():
     """The numpy and OpenVINO backends have no Keras trainer: a clear error, not one from inside Keras."""
     from ftwt_keras import _train_steps
 
@@ -487,11 +487,11 @@ np.savez(step_path, *[numpy(v) - b for v, b in zip(model.trainable_weights, befo
          *[numpy(v) for v in model.gate_optimizer.variables])
 json.dump({k: float(v) for k, v in logs.items()}, open(logs_path, "w"))
 
-model = compiled(teacher=keras.saving.load_model(model_path).network)
 def batches():
     while True:
         yield images[:4], labels[:4]
 
+model = compiled(teacher=keras.saving.load_model(model_path).network)
 model.warm_up_gates(batches(), steps=1, verbose=0)
 history = model.fit(images, labels, batch_size=4, epochs=2, verbose=0, validation_data=(images, labels),
                     callbacks=[fk.callbacks.GateCooldown(0.5)])
