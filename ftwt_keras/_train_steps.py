@@ -19,10 +19,10 @@ class TensorFlowSteps:
 
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         teacher_logits = self._teacher_logits(x)
-        variables = self._variables_to_train()
+        backbone, predictors = self._variables_to_train()
         with tf.GradientTape() as tape:
             loss, step = self._forward_and_loss(x, y, sample_weight, teacher_logits)
-        self._apply_gradients(tape.gradient(loss, variables))
+        self._apply_gradients(tape.gradient(loss, backbone + predictors), backbone, predictors)
         return self._update_train_metrics(x, y, sample_weight, step)
 
     def test_step(self, data):
@@ -38,10 +38,10 @@ class TorchSteps:
             teacher_logits = self._teacher_logits(x)
         self.zero_grad()  # torch accumulates gradients in the variables
         loss, step = self._forward_and_loss(x, y, sample_weight, teacher_logits)
-        variables = self._variables_to_train()
+        backbone, predictors = self._variables_to_train()
         loss.backward()
         with torch.no_grad():
-            self._apply_gradients([variable.value.grad for variable in variables])
+            self._apply_gradients([variable.value.grad for variable in backbone + predictors], backbone, predictors)
         return self._update_train_metrics(x, y, sample_weight, step)
 
     def test_step(self, data):
@@ -92,26 +92,24 @@ class JaxSteps:
     def _stateless_apply_gradients(self, trainable, non_trainable, optimizer_values, metrics, gradients):
         """`_apply_gradients` as a function of values: each optimizer's `stateless_apply` on its variables."""
         position = {id(variable): index for index, variable in enumerate(self.trainable_variables)}
-        variables = self._variables_to_train()
+        backbone, predictors = self._variables_to_train()
         with self._stateless_scope((trainable, non_trainable, optimizer_values, metrics)):
             # Loss scaling reads both optimizers' scales.
             gradients = self._gradients_for_loss_scaling(
-                [gradients[position[id(v)]] for v in variables], len(self._backbone_to_train())
+                [gradients[position[id(v)]] for v in backbone + predictors], len(backbone)
             )
         trainable = list(trainable)
         split = len(self.optimizer.variables)
         updated = []
-        start = 0
-        for optimizer, own, values in ((self.optimizer, self._backbone_to_train(), optimizer_values[:split]),
-                                       (self.gate_optimizer, self._predictors_to_train(), optimizer_values[split:])):
+        for optimizer, own, own_gradients, values in (
+            (self.optimizer, backbone, gradients[: len(backbone)], optimizer_values[:split]),
+            (self.gate_optimizer, predictors, gradients[len(backbone) :], optimizer_values[split:]),
+        ):
             if own:
                 indices = [position[id(v)] for v in own]
-                new_values, values = optimizer.stateless_apply(
-                    values, gradients[start : start + len(own)], [trainable[i] for i in indices]
-                )
+                new_values, values = optimizer.stateless_apply(values, own_gradients, [trainable[i] for i in indices])
                 for index, value in zip(indices, new_values):
                     trainable[index] = value
-                start += len(own)
             updated.extend(values)
         return trainable, updated
 

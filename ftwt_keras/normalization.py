@@ -46,16 +46,13 @@ def fused_kernel(enabled=True):
         _fused_kernel_enabled = previous
 
 
-def _fusable(layer, inputs, training):
+def _fusable(layer, inputs):
+    """Whether a training step of `layer` (trainable, no renorm, no synchronized statistics) can run fused."""
     return (
         _fused_kernel_enabled
-        and training
-        and layer.trainable
         and keras.backend.backend() == "tensorflow"
         and len(inputs.shape) == 4
         and layer.axis in (-1, 3, [-1], [3])
-        and not layer.renorm
-        and not layer.synchronized
         and keras.backend.result_type(inputs.dtype, "float32") == "float32"
     )
 
@@ -86,10 +83,10 @@ def batch_norm(layer, inputs, training=None):
     >>> tuple(out.shape)
     (2, 4, 4, 3)
     """
-    if not _fusable(layer, inputs, training):
-        if training and layer.trainable and not layer.renorm and not layer.synchronized:
-            return _centered_training_step(layer, inputs)
+    if not training or not layer.trainable or layer.renorm or layer.synchronized:
         return keras.layers.BatchNormalization.call(layer, inputs, training=training)
+    if not _fusable(layer, inputs):
+        return _centered_training_step(layer, inputs)
     import tensorflow as tf
 
     inputs = tf.cast(inputs, "float32")

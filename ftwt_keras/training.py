@@ -454,17 +454,13 @@ class FTWTModel(_train_steps.for_backend(keras.backend.backend()), keras.Model):
 
     # The train and test steps: what they compute, on any backend. How
     # gradients are taken is the backend's (`_train_steps`).
-    def _backbone_to_train(self):
-        return [] if self._warming_up else self.backbone_variables
-
-    def _predictors_to_train(self):
-        return self.predictor_variables if self._train_gates else []
-
     def _variables_to_train(self):
-        """The variables this step updates: the backbone's (`optimizer`), then the predictors' (`gate_optimizer`)."""
+        """`(backbone, predictors)`: what this step updates through `optimizer` and through `gate_optimizer`."""
         if self.gate_optimizer is None:
             raise ValueError("Call model.compile(...) before fit().")
-        return self._backbone_to_train() + self._predictors_to_train()
+        backbone = [] if self._warming_up else self.backbone_variables
+        predictors = self.predictor_variables if self._train_gates else []
+        return backbone, predictors
 
     def _teacher_logits(self, x):
         if self.teacher is None or self._warming_up:
@@ -507,9 +503,8 @@ class FTWTModel(_train_steps.for_backend(keras.backend.backend()), keras.Model):
         }
         return self.optimizer.scale_loss(loss), step
 
-    def _apply_gradients(self, gradients):
-        """Each optimizer applies its part of `gradients` (ordered as `_variables_to_train()`)."""
-        backbone, predictors = self._backbone_to_train(), self._predictors_to_train()
+    def _apply_gradients(self, gradients, backbone, predictors):
+        """Each optimizer applies its part of `gradients`, those of `backbone + predictors`."""
         gradients = self._gradients_for_loss_scaling(list(gradients), len(backbone))
         if backbone:
             self.optimizer.apply_gradients(zip(gradients[: len(backbone)], backbone))
