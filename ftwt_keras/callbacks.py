@@ -1,5 +1,7 @@
 """Keras callbacks for FTWT training."""
 
+import csv
+import os
 import warnings
 
 import keras
@@ -215,4 +217,58 @@ class SwapEMAWeights(keras.callbacks.SwapEMAWeights):
             (tf_fn if keras.backend.backend() == "tensorflow" else backend_fn)(optimizer)
 
 
-__all__ = ["FlopsLogger", "GateCooldown", "SwapEMAWeights", "ThresholdScheduler"]
+class ResumableCSVLogger(keras.callbacks.CSVLogger):
+    """Keras's `CSVLogger` whose appended rows keep the columns of the file they extend.
+
+    Keras's logger takes its columns from the first epoch it logs and, when
+    appending, writes no header. A run resumed (`BackupAndRestore`) after the
+    logged keys changed, e.g. after `GateCooldown` stopped the gate metrics,
+    then writes its rows under the killed run's header, shifted. This one
+    appends under the existing header: a key the file lacks adds a column
+    (the file is rewritten once, earlier rows "NA"), a column the epoch lacks
+    gets "NA", as Keras's does within one run.
+
+    Args:
+        filename: the CSV file (a local path).
+        separator: the field separator.
+        append: extend an existing file (default True: what resuming needs);
+            False overwrites it, as Keras's.
+
+    Example:
+
+    >>> logger = ResumableCSVLogger("/tmp/history.csv")  # with keras.callbacks.BackupAndRestore(...)
+    """
+
+    def __init__(self, filename, separator=",", append=True):
+        super().__init__(filename, separator=separator, append=append)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._columns = None  # the existing file's, without "epoch"
+        if self.append and not self.append_header:  # a file with a header is there
+            with open(self.filename, newline="") as file:
+                self._columns = next(csv.reader(file, delimiter=self.sep))[1:]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._columns is not None and self.keys is None:
+            added = sorted(set(logs or {}) - set(self._columns))
+            if added:
+                self._add_columns(added)
+            self.keys = list(self._columns)
+        super().on_epoch_end(epoch, logs)
+
+    def _add_columns(self, added):
+        self.csv_file.close()
+        with open(self.filename, newline="") as file:
+            rows = list(csv.DictReader(file, delimiter=self.sep))
+        self._columns += added
+        rewritten = self.filename + ".tmp"
+        with open(rewritten, "w", newline="") as file:
+            writer = csv.DictWriter(file, ["epoch", *self._columns], restval="NA", delimiter=self.sep)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(rewritten, self.filename)  # a kill leaves the old file or the new one, never half of one
+        self.csv_file = open(self.filename, "a", newline="")
+
+
+__all__ = ["FlopsLogger", "GateCooldown", "ResumableCSVLogger", "SwapEMAWeights", "ThresholdScheduler"]

@@ -298,6 +298,11 @@ def gate_masks_of(model, images, training=False, targets=False):
     return {name: record.target if targets else record.mask for name, record in recorder.by_layer_name().items()}
 
 
+def _in_network_order(model, names):
+    """`names` (layer names) in the order of the model's layers: records come per batch in any order."""
+    return [layer.name for layer in _network(model).layers if layer.name in names]
+
+
 def _masks_of(records):
     return {name: record.mask for name, record in records.items()}
 
@@ -333,8 +338,7 @@ def firing_rates(model, images, batch_size=128):
         images_seen += len(next(iter(batch_masks.values())))
     if not images_seen:
         raise ValueError("`images` is empty: at least one image is needed to see which filters fire.")
-    order = [layer.name for layer in _network(model).layers if layer.name in fired]
-    return {name: fired[name] / images_seen for name in order}
+    return {name: fired[name] / images_seen for name in _in_network_order(model, fired)}
 
 
 def keep_ratios(model, images, batch_size=128):
@@ -579,8 +583,8 @@ def macs_and_keep_ratios(model, images, batch_size=128, verbose=0):
             kept.setdefault(name, []).append(np.asarray(fractions, np.float64))
     if not macs:
         raise ValueError("`images` is empty: at least one image is needed to see what the gates keep.")
-    order = [layer.name for layer in _network(model).layers if layer.name in kept]
-    return np.concatenate(macs), {name: float(np.concatenate(kept[name]).mean()) for name in order}
+    return np.concatenate(macs), {name: float(np.concatenate(kept[name]).mean())
+                                  for name in _in_network_order(model, kept)}
 
 
 __all__ = [

@@ -104,3 +104,39 @@ def test_swap_ema_weights_says_when_no_optimizer_averages(images):
     with pytest.raises(ValueError, match="use_ema=True"):
         model.fit(images, np.arange(8) % 10, batch_size=8, epochs=1, verbose=0, validation_data=(images, np.arange(8) % 10),
                   callbacks=[fk.callbacks.SwapEMAWeights()])
+
+
+def _log_epochs(logger, epochs):
+    """Runs `logger` as `fit` would over `epochs`: a list of (epoch, logs)."""
+    logger.set_model(keras.Sequential())
+    logger.on_train_begin()
+    for epoch, logs in epochs:
+        logger.on_epoch_end(epoch, dict(logs))
+    logger.on_train_end()
+
+
+def test_resumable_csv_logger_appends_under_the_columns_of_the_file(tmp_path):
+    import csv
+
+    path = str(tmp_path / "history.csv")
+    gates = {"loss": 3.0, "gate_loss": 2.0, "gate_accuracy": 0.5, "val_loss": 4.0}
+    _log_epochs(fk.callbacks.ResumableCSVLogger(path), [(0, gates), (1, gates)])
+    # A resumed run after the cooldown: the gate metrics are gone from the logs.
+    _log_epochs(fk.callbacks.ResumableCSVLogger(path), [(2, {"loss": 1.0, "val_loss": 1.5})])
+    rows = list(csv.DictReader(open(path, newline="")))
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+    assert rows[2] == {"epoch": "2", "loss": "1.0", "gate_accuracy": "NA", "gate_loss": "NA", "val_loss": "1.5"}
+    # A key the file lacks adds a column; the rows before it get "NA".
+    _log_epochs(fk.callbacks.ResumableCSVLogger(path), [(3, {"loss": 0.5, "val_loss": 0.7, "lr": 0.1})])
+    rows = list(csv.DictReader(open(path, newline="")))
+    assert [row["lr"] for row in rows] == ["NA", "NA", "NA", "0.1"]
+    assert [row["val_loss"] for row in rows] == ["4.0", "4.0", "1.5", "0.7"]
+    assert [row["gate_loss"] for row in rows] == ["2.0", "2.0", "NA", "NA"]
+    # Keras's own logger shifts the resumed row under the old header, which is what this one is for.
+    keras_path = str(tmp_path / "keras.csv")
+    _log_epochs(keras.callbacks.CSVLogger(keras_path, append=True), [(0, gates)])
+    _log_epochs(keras.callbacks.CSVLogger(keras_path, append=True), [(1, {"loss": 1.0, "val_loss": 1.5})])
+    assert list(csv.DictReader(open(keras_path, newline="")))[1]["gate_accuracy"] == "1.0"  # the loss, shifted
+    # append=False overwrites, as Keras's (which adds val_ columns to logs without any).
+    _log_epochs(fk.callbacks.ResumableCSVLogger(path, append=False), [(0, {"loss": 9.0})])
+    assert list(csv.DictReader(open(path, newline=""))) == [{"epoch": "0", "loss": "9.0", "val_loss": "NA"}]

@@ -288,11 +288,13 @@ def _first_images(dataset, count, batch_size=128):
 def _callbacks(config, stage, extra=()):
     import keras
 
+    import ftwt_keras as fk
+
     out = config["output_dir"]
     return [
         *extra,
         keras.callbacks.BackupAndRestore(os.path.join(out, f"backup_{stage}")),
-        keras.callbacks.CSVLogger(os.path.join(out, f"{stage}_history.csv"), append=True),
+        fk.callbacks.ResumableCSVLogger(os.path.join(out, f"{stage}_history.csv")),
         keras.callbacks.TensorBoard(os.path.join(out, "logs", stage)),
     ]
 
