@@ -264,7 +264,10 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
         self._columns += added
         rewritten = self.filename + ".tmp"
         with open(rewritten, "w", newline="") as file:
-            writer = csv.DictWriter(file, ["epoch", *self._columns], restval="NA", delimiter=self.sep)
+            # A row longer than its header (Keras's logger wrote such rows on a resume) is cut to the
+            # header's columns rather than stopping the training.
+            writer = csv.DictWriter(file, ["epoch", *self._columns], restval="NA", extrasaction="ignore",
+                                    delimiter=self.sep)
             writer.writeheader()
             writer.writerows(rows)
         os.replace(rewritten, self.filename)  # a kill leaves the old file or the new one, never half of one

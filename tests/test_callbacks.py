@@ -137,6 +137,12 @@ def test_resumable_csv_logger_appends_under_the_columns_of_the_file(tmp_path):
     _log_epochs(keras.callbacks.CSVLogger(keras_path, append=True), [(0, gates)])
     _log_epochs(keras.callbacks.CSVLogger(keras_path, append=True), [(1, {"loss": 1.0, "val_loss": 1.5})])
     assert list(csv.DictReader(open(keras_path, newline="")))[1]["gate_accuracy"] == "1.0"  # the loss, shifted
+    # Resuming onto a file Keras's logger wrote a row longer than its header into still logs.
+    longer = str(tmp_path / "longer.csv")
+    _log_epochs(keras.callbacks.CSVLogger(longer, append=True), [(0, {"loss": 1.0, "val_loss": 1.5})])
+    _log_epochs(keras.callbacks.CSVLogger(longer, append=True), [(1, gates)])
+    _log_epochs(fk.callbacks.ResumableCSVLogger(longer), [(2, {"loss": 0.5, "val_loss": 0.7, "lr": 0.1})])
+    assert [row["lr"] for row in csv.DictReader(open(longer, newline=""))] == ["NA", "NA", "0.1"]
     # append=False overwrites, as Keras's (which adds val_ columns to logs without any).
     _log_epochs(fk.callbacks.ResumableCSVLogger(path, append=False), [(0, {"loss": 9.0})])
     assert list(csv.DictReader(open(path, newline=""))) == [{"epoch": "0", "loss": "9.0", "val_loss": "NA"}]
