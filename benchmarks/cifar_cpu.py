@@ -394,34 +394,12 @@ def dynamic_flatbuffer(model):
 
 
 def tflite_agreement(model, flatbuffer, images):
-    """Per image: how far the .tflite's logits are from Keras's, and how close its nearest gate is to flipping.
+    """`export.agreement` under the analysis's keys: `tflite_logit_error`, `tflite_same_top1`, `gate_margin`."""
+    from ftwt_keras import export
 
-    Returns `tflite_logit_error` (the largest absolute logit difference, as
-    a fraction of the range of Keras's logits over all `images`),
-    `tflite_same_top1`, and `gate_margin`: the smallest |gate logit| of the
-    image in Keras. A gate whose logit is within float32 rounding of 0 may
-    fire in one and not in the other; that image's logits then differ by
-    more than rounding.
-    """
-    import keras
-    import numpy as np
-
-    import ftwt_keras as fk
-    from ftwt_keras.export import tflite
-
-    expected = model.predict(images, batch_size=250, verbose=0)
-    actual = tflite.run(flatbuffer, images)
-    margins = []
-    for batch in fk.flops.image_batches(images, 250):
-        with fk.record_gates() as recorder:
-            model.network(batch, training=False)
-        logits = [np.abs(keras.ops.convert_to_numpy(record.logits)) for record in recorder.records]
-        margins.append(np.concatenate(logits, axis=1).min(axis=1))
-    return {
-        "tflite_logit_error": np.abs(actual - expected).max(axis=1) / float(expected.max() - expected.min()),
-        "tflite_same_top1": actual.argmax(axis=1) == expected.argmax(axis=1),
-        "gate_margin": np.concatenate(margins),
-    }
+    checked = export.agreement(model, flatbuffer, images)
+    return {"tflite_logit_error": checked["logit_error"], "tflite_same_top1": checked["same_top1"],
+            "gate_margin": checked["gate_margin"]}
 
 
 def export_agreement(analysis, tolerance=1e-3):

@@ -12,7 +12,12 @@ It then says which gated layers skip work in that export: those its
 predictors' weights prune and, with --calibration, those computing fewer
 filters on the calibration images (`ftwt_keras.export.paying_gates`); every
 other gate only adds its predictor. With --time (and --calibration) it times
-the written model against the dense one on this machine. See edge/README.md.
+the written model against the dense one on this machine; with --check it runs
+it beside the Keras model on the images given and says how far they agree.
+See edge/README.md.
+
+    python edge/convert.py --model M.keras --output M.tflite --calibration=cifar10:train[:64] \
+        --check=cifar10:test[:1000] --time
 """
 
 import os
@@ -95,6 +100,14 @@ flags.DEFINE_bool(
     "weights on the calibration images, side by side on this machine with --threads (3 loops, each invoke alone), "
     "and print both: whether the gates pay here. On a phone, benchmark_model answers that (edge/README.md).",
 )
+flags.DEFINE_string(
+    "check",
+    None,
+    "Dynamic export only: images to run the written .tflite on beside the Keras model (a .npy file of raw images "
+    "or NAME:SPLIT, as --calibration; e.g. cifar10:test[:1000]): prints on how many the top-1 agrees and the logits "
+    "lie within 1e-3 of Keras's range (ftwt_keras.export.agreement). Exact in float32 up to gates within float32 "
+    "rounding of 0; --weight_dtype=float16 / int8 move logits further.",
+)
 
 
 def main(argv):
@@ -105,12 +118,16 @@ def main(argv):
     if FLAGS.time and (FLAGS.dense or not FLAGS.calibration):
         raise app.UsageError("--time times the dynamic export on the --calibration images: pass --calibration, "
                              "without --dense.")
+    if FLAGS.check and FLAGS.dense:
+        raise app.UsageError("--check compares the dynamic export with the FTWT model it computes; the --dense export "
+                             "computes another network (every filter, no gates). Leave out --dense.")
     from ftwt_keras.export import tflite
 
     try:
         policy = tflite.parse_policy(FLAGS.policy)
         model = tflite.load_ftwt_model(FLAGS.model)
         calibration = None
+        checked_images = tflite.load_calibration_images(FLAGS.check) if FLAGS.check else None  # read before any work
         if FLAGS.calibration:  # read (and so checked) with --dense too, where it goes unused
             images = tflite.load_calibration_images(FLAGS.calibration)
             if not FLAGS.dense:
@@ -133,6 +150,13 @@ def main(argv):
         print(DENSE_IS_A_REFERENCE)
     else:
         print(_skipped_work(model, calibration, policy))
+    if FLAGS.check:
+        try:
+            checked = tflite.agreement(model, flatbuffer, checked_images, num_threads=FLAGS.threads)
+        except tflite.ExportError as error:
+            print(f"error: --check={FLAGS.check}: {error}", file=sys.stderr)
+            return 1
+        print(f"Checked on {FLAGS.check}. {tflite.agreement_report(checked)}")
     if FLAGS.time:
         print(_timed_here(model, flatbuffer, images))
     return 0

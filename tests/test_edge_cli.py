@@ -130,6 +130,27 @@ def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
     assert "0 of 13 compute fewer filters on the calibration images." in out  # none is compacted per image
 
 
+def test_convert_cli_checks_the_export_against_keras(tmp_path, cifar_images):
+    """--check runs the written .tflite beside the Keras model on the images given (make demo does, on 1,000)."""
+    model = perturb(fk.gate(fk.models.resnet_cifar(depth=20)))  # masks and logits that follow the image
+    path = str(tmp_path / "resnet.keras")
+    model.save(path)
+    np.save(tmp_path / "check.npy", cifar_images)
+    convert = os.path.join(ROOT, "edge", "convert.py")
+    shared = (f"--model={path}", f"--output={tmp_path / 'resnet.tflite'}")
+    result = run_python(convert, *shared, f"--check={tmp_path / 'check.npy'}", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    count = len(cifar_images)
+    assert (f"Checked on {tmp_path / 'check.npy'}. Against Keras on {count} images: the same top-1 on {count}, "
+            f"logits within 0.001 of Keras's logit range on {count}") in result.stdout
+    np.save(tmp_path / "small.npy", cifar_images[:, :16])
+    said, _ = refusals(convert, (*shared, f"--check={tmp_path / 'check.npy'}", "--dense"),
+                       (*shared, f"--check={tmp_path / 'missing.npy'}"), (*shared, f"--check={tmp_path / 'small.npy'}"))
+    assert "--check compares the dynamic export with the FTWT model it computes" in said[0]
+    assert "Image file" in said[1] and "missing.npy' does not exist" in said[1]
+    assert "The images to check must be a non-empty array (N, 32, 32, 3)" in said[2]
+
+
 def test_static_gates_benchmark_reports_decided_gates_exactness_and_times(tmp_path):
     _, path = _saved_with_first_layer_decided(tmp_path)
     result = run_benchmark("static_gates.py", f"--model={path}", "--num_images=8", "--repeats=1",

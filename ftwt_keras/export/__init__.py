@@ -6,17 +6,21 @@ Its parts: `checks` (what the exporter accepts), `calibration` (keep ratios
 and capacities from images), `planning` (which layers compute compactly,
 which gates pay), `measured` (which gates pay, by timing on this machine), `candidates`
 (the same choice timed on a device without Python),
-`builder` (the TensorFlow graph), `runtime` (running and timing a `.tflite`)
+`builder` (the TensorFlow graph), `runtime` (running and timing a `.tflite`),
+`agreement` (a `.tflite` against its Keras model, image by image)
 and `drawn_masks` (stand-ins for trained masks).
 """
 
 from ftwt_keras.export.tflite import (
     CAPACITY_STDS,
+    LOGIT_TOLERANCE,
     Calibration,
     ExportError,
     SIGNATURE_KEY,
     WEIGHT_DTYPES,
     TimedPlan,
+    agreement,
+    agreement_report,
     benchmark_model_ms,
     calibrate,
     cap_compacted_gates,
@@ -52,10 +56,13 @@ from ftwt_keras.export.tflite import (
 __all__ = [
     "CAPACITY_STDS",
     "Calibration",
+    "LOGIT_TOLERANCE",
     "ExportError",
     "SIGNATURE_KEY",
     "TimedPlan",
     "WEIGHT_DTYPES",
+    "agreement",
+    "agreement_report",
     "benchmark_model_ms",
     "calibrate",
     "cap_compacted_gates",

@@ -148,7 +148,7 @@ def calibrate(model, images, batch_size=32, capacity_stds=None, targets=False):
     ['block10_dw', 'block10_pw']
     """
     if isinstance(images, np.ndarray):
-        images = _checked_images(images, _graph.as_functional(model.network))
+        images = checked_images(images, _graph.as_functional(model.network))
     counts = gate_counts(model, images, batch_size, targets=targets)
     filters = _filter_counts(model)
     keep_ratios = {name: float(count.mean() / filters[name]) for name, count in counts.items()}
@@ -189,19 +189,19 @@ def _calibration_of(model, calibration_images, calibration, capacity_stds=None, 
 
 
 def load_calibration_images(spec):
-    """Calibration images from a command-line value: a `.npy` file or `NAME:SPLIT`.
+    """Images from a command-line value (calibration or checking): a `.npy` file or `NAME:SPLIT`.
 
     `NAME:SPLIT` reads a CIFAR split through tfds (e.g. `cifar10:train[:64]`);
     a `.npy` file holds raw images `(N, H, W, C)`.
     """
     if spec.endswith(".npy"):
         if not os.path.exists(spec):
-            raise ExportError(f"Calibration file {spec!r} does not exist.")
+            raise ExportError(f"Image file {spec!r} does not exist.")
         return np.load(spec).astype(np.float32)
     name, _, split = spec.partition(":")
     if name not in ("cifar10", "cifar100") or not split:
         raise ExportError(
-            f"Calibration images {spec!r}: pass a .npy file of raw images (N, H, W, C) or a CIFAR "
+            f"Images {spec!r}: pass a .npy file of raw images (N, H, W, C) or a CIFAR "
             "split as NAME:SPLIT, e.g. cifar10:train[:64]."
         )
     from ftwt_keras import data
@@ -209,12 +209,13 @@ def load_calibration_images(spec):
     return data.cifar_arrays(name, split)[0]
 
 
-def _checked_images(images, network):
+def checked_images(images, network, what="Calibration images"):
+    """`images` as float32, or an `ExportError` naming `what` unless they are a non-empty batch of `network`'s input."""
     images = np.asarray(images, np.float32)
     expected = tuple(int(d) for d in network.inputs[0].shape[1:])
     if images.ndim != 4 or images.shape[1:] != expected or len(images) == 0:
         raise ExportError(
-            f"Calibration images must be a non-empty array (N, {', '.join(map(str, expected))}) of raw "
+            f"{what} must be a non-empty array (N, {', '.join(map(str, expected))}) of raw "
             f"pixels like the model's input; got shape {images.shape}."
         )
     return images

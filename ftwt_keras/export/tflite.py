@@ -44,7 +44,7 @@ The package's modules: `checks` (what the exporter accepts), `calibration`
 which gates pay), `builder` (the TensorFlow graph), `folding` (a conv and its
 batch norm as one kernel and bias), `compact` (activations carried with some
 channels only, and gate masks), `runtime` (running and
-timing a `.tflite`), `measured` (which gates pay, by timing), `drawn_masks`
+timing a `.tflite`), `agreement` (a `.tflite` against its Keras model, image by image), `measured` (which gates pay, by timing), `drawn_masks`
 (stand-ins for trained masks in benchmarks), and this module: conversion, which re-exports the public names
 of the others.
 """
@@ -54,6 +54,7 @@ import os
 import numpy as np
 
 from ftwt_keras import _graph
+from ftwt_keras.export.agreement import LOGIT_TOLERANCE, agreement, agreement_report
 from ftwt_keras.export.builder import _Builder
 from ftwt_keras.export.compact import Compact
 from ftwt_keras.export.folding import FoldedUnit, fold_batch_norm
@@ -400,6 +401,7 @@ __all__ = [
     "AUTO_MULTITHREAD_CHAIN_CUTOFF",
     "AUTO_MULTITHREAD_INPUT_CUTOFF",
     "CAPACITY_STDS",
+    "LOGIT_TOLERANCE",
     "Calibration",
     "Compact",
     "ExportError",
@@ -410,6 +412,8 @@ __all__ = [
     "SUPPORTED_LAYERS",
     "TimedPlan",
     "WEIGHT_DTYPES",
+    "agreement",
+    "agreement_report",
     "benchmark_model_ms",
     "calibrate",
     "cap_compacted_gates",

@@ -1,0 +1,93 @@
+"""How exactly a `.tflite` export reproduces its Keras model, image by image.
+
+A float32 export computes the same function as Keras up to float32 summation
+order. That order can decide a gate whose logit lies within rounding of 0, so
+an image with such a gate may take other filters in the two and its logits
+differ by more than rounding: `agreement` reports each image's nearest gate
+(`gate_margin`) beside its logit difference, so such images can be told apart
+from a wrong export.
+"""
+
+import numpy as np
+
+from ftwt_keras import _graph
+from ftwt_keras.export.calibration import checked_images
+from ftwt_keras.export.runtime import run
+
+# The edge issue's bound on a float32 export's logit difference, as a fraction of the logit range.
+LOGIT_TOLERANCE = 1e-3
+
+
+def agreement(model, flatbuffer, images, num_threads=1, batch_size=250):
+    """Runs `flatbuffer` and `model` on `images` and compares them per image.
+
+    Args:
+        model: the `FTWTModel` the `.tflite` was exported from.
+        flatbuffer: the `.tflite` bytes or path (batch 1, as `convert` writes it).
+        images: `(N, H, W, C)` raw pixels, as the model takes them.
+        num_threads: interpreter threads.
+        batch_size: Keras's batch size.
+
+    Returns:
+        A dict of `(N,)` arrays: `logit_error` (the largest absolute logit
+        difference, as a fraction of the range of Keras's logits over all
+        `images`), `same_top1` (bool) and `gate_margin` (the image's smallest
+        |gate logit| in Keras: how near its nearest gate is to flipping).
+
+    Raises:
+        ExportError: `images` are not a batch of the model's input.
+
+    Example:
+
+    >>> import numpy as np, ftwt_keras as fk
+    >>> from ftwt_keras import export
+    >>> model = fk.gate(fk.models.resnet_cifar(depth=20))
+    >>> images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    >>> checked = export.agreement(model, export.convert(model), images)
+    >>> bool(checked["same_top1"].all()), bool((checked["logit_error"] <= export.LOGIT_TOLERANCE).all())
+    (True, True)
+    """
+    import keras
+
+    from ftwt_keras import flops, layers
+
+    images = checked_images(images, _graph.as_functional(model.network), what="The images to check")
+    expected = model.predict(images, batch_size=batch_size, verbose=0)
+    actual = run(flatbuffer, images, num_threads)
+    margins = []
+    for batch in flops.image_batches(images, batch_size):
+        with layers.record_gates() as recorder:
+            model.network(batch, training=False)
+        logits = [np.abs(keras.ops.convert_to_numpy(record.logits)) for record in recorder.records]
+        margins.append(np.concatenate(logits, axis=1).min(axis=1) if logits else np.full(len(batch), np.inf))
+    logit_range = max(float(expected.max() - expected.min()), np.finfo(np.float32).tiny)
+    return {
+        "logit_error": np.abs(actual - expected).max(axis=1) / logit_range,
+        "same_top1": actual.argmax(axis=1) == expected.argmax(axis=1),
+        "gate_margin": np.concatenate(margins),
+    }
+
+
+def agreement_report(checked, tolerance=LOGIT_TOLERANCE):
+    """One sentence on an `agreement` result: top-1 agreement, logits within `tolerance`, the largest difference.
+
+    Example:
+
+    >>> import numpy as np
+    >>> agreement_report({"logit_error": np.array([1e-7, 2e-3]), "same_top1": np.array([True, True]),
+    ...                   "gate_margin": np.array([0.4, 1e-6])})
+    "Against Keras on 2 images: the same top-1 on 2, logits within 0.001 of Keras's logit range on 1 (largest difference 2.0e-03 of the range); each of the 1 beyond has a gate whose Keras logit is within 1.0e-06 of 0."
+    """
+    error = checked["logit_error"]
+    count = len(error)
+    within = int(np.sum(error <= tolerance))
+    line = (f"Against Keras on {count} images: the same top-1 on {int(np.sum(checked['same_top1']))}, logits "
+            f"within {tolerance:g} of Keras's logit range on {within} (largest difference {float(error.max()):.1e} "
+            "of the range)")
+    if within < count:  # say how near a gate of theirs is to flipping, for telling rounding from an error
+        margin = float(checked["gate_margin"][error > tolerance].max())
+        line += f"; each of the {count - within} beyond has a gate whose Keras logit is within {margin:.1e} of 0"
+    return line + "."
+
+
+__all__ = ["LOGIT_TOLERANCE", "agreement", "agreement_report"]
