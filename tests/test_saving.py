@@ -47,3 +47,53 @@ def test_a_distilling_model_saves_without_its_teacher(tmp_path, images):
     loaded.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                    teacher=teacher)  # distillation goes on once the teacher is given again
     assert "distillation_loss" in loaded.fit(images, np.arange(8) % 10, batch_size=4, verbose=0).history
+
+
+def test_backup_and_restore_resumes_both_optimizers(tmp_path, images):
+    """A fit killed after an epoch and run again with `BackupAndRestore` (as the recipes resume) restarts at the
+    next epoch with the backbone's and the predictors' optimizer states as they were."""
+    labels = np.arange(len(images)) % 10
+    numpy = keras.ops.convert_to_numpy
+
+    def compiled():
+        keras.utils.set_random_seed(0)
+        model = fk.gate(short_mobilenet(), threshold=0.7)
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), gate_optimizer=keras.optimizers.Adam(1e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    class Killed(Exception):
+        pass
+
+    class KillAfterSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise Killed
+
+    killed = compiled()
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    try:
+        killed.fit(images, labels, batch_size=4, epochs=4, verbose=0, callbacks=[backup, KillAfterSecondEpoch()])
+    except Killed:
+        pass
+    states = [[numpy(v) for v in optimizer.variables] for optimizer in (killed.optimizer, killed.gate_optimizer)]
+    assert int(killed.gate_optimizer.iterations) == 4
+
+    resumed_states, epochs = [], []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            epochs.append(epoch)
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if not resumed_states:
+                resumed_states.extend([[numpy(v) for v in optimizer.variables]
+                                       for optimizer in (self.model.optimizer, self.model.gate_optimizer)])
+
+    resumed = compiled()
+    resumed.fit(images, labels, batch_size=4, epochs=4, verbose=0,
+                callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup")), Record()])
+    assert epochs == [2, 3]
+    for before, after in zip(states, resumed_states):  # the backbone's optimizer, then the predictors'
+        assert len(before) == len(after) and all(np.array_equal(b, a) for b, a in zip(before, after))
+    assert int(resumed.optimizer.iterations) == int(resumed.gate_optimizer.iterations) == 8
