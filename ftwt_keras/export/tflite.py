@@ -43,9 +43,10 @@ The package's modules: `checks` (what the exporter accepts), `calibration`
 (keep ratios and capacities from images), `planning` (`"auto"`'s rules and
 which gates pay), `builder` (the TensorFlow graph), `folding` (a conv and its
 batch norm as one kernel and bias), `compact` (activations carried with some
-channels only, and gate masks), `runtime` (running and
-timing a `.tflite`), `agreement` (a `.tflite` against its Keras model, image by image), `measured` (which gates pay, by timing), `drawn_masks`
-(stand-ins for trained masks in benchmarks), and this module: conversion, which re-exports the public names
+channels only, and gate masks), `runtime` (running and timing a `.tflite`),
+`agreement` (a `.tflite` against its Keras model, image by image), `measured`
+(which gates pay, by timing), `drawn_masks` (stand-ins for trained masks in
+benchmarks), and this module: conversion, which re-exports the public names
 of the others.
 """
 
