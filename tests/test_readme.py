@@ -35,5 +35,5 @@ def test_the_use_example_runs(tmp_path, monkeypatch):
         pytest.skip(f"CIFAR-10 is not prepared: {error}")
     finally:
         tf.config.run_functions_eagerly(False)
-    assert (tmp_path / "m.keras").exists()
+    assert (tmp_path / "m.keras").exists() and (tmp_path / "m.tflite").exists()
     assert type(namespace["model"]).__name__ == "FTWTModel"
