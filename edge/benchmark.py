@@ -3,6 +3,8 @@
     python edge/benchmark.py                      # both modes, 1 and 2 threads
     python edge/benchmark.py --mode cifar --model runs/x/ftwt.keras
     python edge/benchmark.py --mode imagenet --per_layer --keeps 0.3 --threads 1   # time per layer
+    python edge/benchmark.py --mode imagenet --device_dir phone    # write the exports for a phone (no timing here)
+    python edge/benchmark.py --device_logs phone --device_name "Pixel 8"   # its benchmark_model outputs -> rows
 
 Mode "cifar": MobileNetV1 (--network: VGG16-bn, ResNet-56 or ResNet-18; or
 --model, a trained FTWT .keras) on >= 200 real CIFAR-10 test images at 32x32. Without
@@ -37,7 +39,9 @@ also another model, whose accuracy cost
 --output as {"rows": [...]}, with the README's tables beside it
 (`<output>.md`) and a chart of measured and ideal speed-up against FLOPs
 reduction (`<output>.png`, needs matplotlib); `--plot_only` rewrites both
-from the JSON.
+from the JSON. With --device_dir the same exports are written for timing on a
+phone instead (LiteRT's benchmark_model over adb: run_on_device.sh beside
+them), and --device_logs turns the outputs it saved into the same rows.
 """
 
 import json
@@ -115,6 +119,16 @@ flags.DEFINE_bool("per_layer", False,
                   "Instead of the latency table: the time of each gated layer, dense and dynamic, from truncated "
                   "exports timed side by side (ftwt_keras.export.layer_times), at the first --keeps value, "
                   "first --threads value, for each mode and predictor rank.")
+flags.DEFINE_string("device_dir", None,
+                    "Time on another device instead of here (a phone: LiteRT's benchmark_model over adb): write every "
+                    "export the rows would time into this folder, with device_rows.json (each row without its times) "
+                    "and run_on_device.sh (the adb commands), and time nothing here. Drawn masks only (benchmark_model "
+                    "feeds random inputs): not with --model, --per_layer or --lean_plan=measured.")
+flags.DEFINE_string("device_logs", None,
+                    "Read back a --device_dir folder after run_on_device.sh saved benchmark_model's output beside each "
+                    "file, and write its rows with the device's times to --output (default there: "
+                    "benchmarks/results/edge_latency_device.json), with the tables and the chart.")
+flags.DEFINE_string("device_name", "the device", "With --device_logs: the device, for the rows and the tables.")
 flags.DEFINE_bool("plot_only", False, "Only rewrite the Markdown tables and redraw the chart from the rows in --output.")
 
 
@@ -194,26 +208,16 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
     rows = []
     for threads in (int(t) for t in FLAGS.threads):
         tuned, extra = _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads, dense_flatbuffer)
+        extra.update(dense_macs=dense_macs, capped_ratio=FLAGS.capped_ratio, lean_plan=FLAGS.lean_plan)
         tflite.save(tuned["dynamic"], os.path.join(
             FLAGS.tflite_dir, f"{label}_{images.shape[1]}_keep{keep_label}_threads{threads}.tflite"))
-        loops = tflite.loop_times({**shared, **tuned}, images, FLAGS.loops, threads, FLAGS.warmup)
-        median = {name: 1e3 * float(np.median([np.median(times) for times in values])) for name, values in loops.items()}
-        spread = {name: 1e3 * float(np.median([np.percentile(times, 75) - np.percentile(times, 25) for times in values]))
-                  for name, values in loops.items()}
-        row = {
+        fields = {
             "model": label,
             "resolution": int(images.shape[1]),
             "keep": round(keep, 3),
             "threads": threads,
             "flops_reduction": round(1.0 - executed / dense_macs, 3),
-            "dense_ms": round(median["dense"], 3),
-            "dynamic_ms": round(median["dynamic"], 3),
-            "speedup": round(median["dense"] / median["dynamic"], 3),
             "ideal_speedup": round(dense_macs / executed, 3),
-            "predictors_ms": round(median["predictors"], 3),
-            "masked_dense_ms": round(median["masked_dense"], 3),
-            "dense_iqr_ms": round(float(spread["dense"]), 3),
-            "dynamic_iqr_ms": round(float(spread["dynamic"]), 3),
             "images": int(len(images)),
             "loops": FLAGS.loops,
             "policy": FLAGS.policy,
@@ -224,38 +228,147 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
             "masks": keep_label if keep_label == "predicted" else f"random, keep {keep_label} per layer",
             "cpu": tflite.cpu_name(),
         }
-        if "lean" in median:
-            row.update(
-                lean_plan=FLAGS.lean_plan,
-                lean_gates=extra["lean_gates"],
-                lean_ms=round(median["lean"], 3),
-                lean_speedup=round(median["dense"] / median["lean"], 3),
-                lean_flops_reduction=round(1.0 - extra["lean_executed"] / dense_macs, 3),
-                lean_ideal_speedup=round(dense_macs / extra["lean_executed"], 3),
-            )
-        if "capped" in median:
-            row.update(
-                capped_ratio=FLAGS.capped_ratio,
-                capped_gates=extra["capped_gates"],
-                capped_ms=round(median["capped"], 3),
-                capped_speedup=round(median["dense"] / median["capped"], 3),
-                capped_flops_reduction=round(1.0 - extra["capped_executed"] / dense_macs, 3),
-            )
+        exports = {**shared, **tuned}
+        if FLAGS.device_dir:
+            rows.append(_written_for_device(fields, extra, exports))
+            print(f"{label:>16} {fields['resolution']:>4} keep={fields['keep']:<5} thr={threads}: "
+                  f"{len(exports)} exports written to {FLAGS.device_dir} [convert {extra['convert_seconds']:.0f}s]",
+                  flush=True)
+            continue
+        loops = tflite.loop_times(exports, images, FLAGS.loops, threads, FLAGS.warmup)
+        median = {name: 1e3 * float(np.median([np.median(times) for times in values])) for name, values in loops.items()}
+        spread = {name: 1e3 * float(np.median([np.percentile(times, 75) - np.percentile(times, 25) for times in values]))
+                  for name, values in loops.items()}
+        row = timed_row(fields, extra, median, spread)
         rows.append(row)
-        print(f"{label:>16} {row['resolution']:>4} keep={row['keep']:<5} thr={threads} "
-              f"FLOPs-{100 * row['flops_reduction']:4.1f}%  dense {row['dense_ms']:7.2f} ms "
-              f"(IQR {row['dense_iqr_ms']:.2f})  dynamic {row['dynamic_ms']:7.2f} ms "
-              f"(IQR {row['dynamic_iqr_ms']:.2f})  speed-up {row['speedup']:.2f}x  "
-              f"ideal {row['ideal_speedup']:.2f}x  | dense+predictors {row['predictors_ms']:.2f} ms  "
-              f"masked dense {row['masked_dense_ms']:.2f} ms  [convert {extra['convert_seconds']:.0f}s]", flush=True)
-        if "lean_ms" in row:
-            print(f"{'':>16} gated only at the {row['lean_gates']} layers that pay (another model): "
-                  f"{row['lean_ms']:.2f} ms, speed-up {row['lean_speedup']:.2f}x, "
-                  f"FLOPs-{100 * row['lean_flops_reduction']:.1f}%, ideal {row['lean_ideal_speedup']:.2f}x", flush=True)
-        if "capped_ms" in row:
-            print(f"{'':>16} the {row['capped_gates']} compacted convs capped at {FLAGS.capped_ratio:g}x their mean "
-                  f"count: {row['capped_ms']:.2f} ms, speed-up {row['capped_speedup']:.2f}x, "
-                  f"FLOPs-{100 * row['capped_flops_reduction']:.1f}%", flush=True)
+        _print_row(row, extra)
+    return rows
+
+
+def timed_row(fields, extra, median, spread=None):
+    """A row of the results: `fields` (what was timed) with the times `median` (`{export: ms}`), their
+    interquartile `spread` (None where unknown: times from `benchmark_model`) and what follows from them."""
+    dense_macs = extra["dense_macs"]
+    row = dict(fields)
+    row.update(
+        dense_ms=round(median["dense"], 3),
+        dynamic_ms=round(median["dynamic"], 3),
+        speedup=round(median["dense"] / median["dynamic"], 3),
+        predictors_ms=round(median["predictors"], 3),
+        masked_dense_ms=round(median["masked_dense"], 3),
+        dense_iqr_ms=None if spread is None else round(float(spread["dense"]), 3),
+        dynamic_iqr_ms=None if spread is None else round(float(spread["dynamic"]), 3),
+    )
+    if "lean" in median:
+        row.update(
+            lean_plan=extra["lean_plan"],
+            lean_gates=extra["lean_gates"],
+            lean_ms=round(median["lean"], 3),
+            lean_speedup=round(median["dense"] / median["lean"], 3),
+            lean_flops_reduction=round(1.0 - extra["lean_executed"] / dense_macs, 3),
+            lean_ideal_speedup=round(dense_macs / extra["lean_executed"], 3),
+        )
+    if "capped" in median:
+        row.update(
+            capped_ratio=extra["capped_ratio"],
+            capped_gates=extra["capped_gates"],
+            capped_ms=round(median["capped"], 3),
+            capped_speedup=round(median["dense"] / median["capped"], 3),
+            capped_flops_reduction=round(1.0 - extra["capped_executed"] / dense_macs, 3),
+        )
+    return row
+
+
+def _print_row(row, extra):
+    spread = "" if row["dense_iqr_ms"] is None else f" (IQR {row['dense_iqr_ms']:.2f})"
+    dynamic_spread = "" if row["dynamic_iqr_ms"] is None else f" (IQR {row['dynamic_iqr_ms']:.2f})"
+    convert = f"  [convert {extra['convert_seconds']:.0f}s]" if "convert_seconds" in extra else ""
+    print(f"{row['model']:>16} {row['resolution']:>4} keep={row['keep']:<5} thr={row['threads']} "
+          f"FLOPs-{100 * row['flops_reduction']:4.1f}%  dense {row['dense_ms']:7.2f} ms{spread}  "
+          f"dynamic {row['dynamic_ms']:7.2f} ms{dynamic_spread}  speed-up {row['speedup']:.2f}x  "
+          f"ideal {row['ideal_speedup']:.2f}x  | dense+predictors {row['predictors_ms']:.2f} ms  "
+          f"masked dense {row['masked_dense_ms']:.2f} ms{convert}", flush=True)
+    if "lean_ms" in row:
+        print(f"{'':>16} gated only at the {row['lean_gates']} layers that pay (another model): "
+              f"{row['lean_ms']:.2f} ms, speed-up {row['lean_speedup']:.2f}x, "
+              f"FLOPs-{100 * row['lean_flops_reduction']:.1f}%, ideal {row['lean_ideal_speedup']:.2f}x", flush=True)
+    if "capped_ms" in row:
+        print(f"{'':>16} the {row['capped_gates']} compacted convs capped at {row['capped_ratio']:g}x their mean "
+              f"count: {row['capped_ms']:.2f} ms, speed-up {row['capped_speedup']:.2f}x, "
+              f"FLOPs-{100 * row['capped_flops_reduction']:.1f}%", flush=True)
+
+
+DEVICE_ROWS = "device_rows.json"  # in a --device_dir folder: each row's fields, exports and files
+DEVICE_SCRIPT = "run_on_device.sh"
+
+
+def _written_for_device(fields, extra, exports):
+    """Writes `exports` into --device_dir (each distinct file once) for timing there; returns the manifest entry."""
+    os.makedirs(FLAGS.device_dir, exist_ok=True)
+    written = _DEVICE_FILES  # bytes -> file name: the dense export is one file for every row
+    files = {}
+    for name, flatbuffer in exports.items():
+        if flatbuffer not in written:
+            written[flatbuffer] = (f"{fields['model']}_{fields['resolution']}_keep{fields['keep']:g}"
+                                   f"_threads{fields['threads']}_{name}.tflite")
+            with open(os.path.join(FLAGS.device_dir, written[flatbuffer]), "wb") as file:
+                file.write(flatbuffer)
+        files[name] = written[flatbuffer]
+    return {"fields": fields, "extra": extra, "files": files}
+
+
+_DEVICE_FILES = {}
+
+
+def device_log_name(file, threads):
+    """Where `benchmark_model`'s output for `file` run with `threads` threads goes, beside it."""
+    return f"{file}.threads{threads}.log"
+
+
+def _write_device_plan(entries):
+    """Writes the --device_dir manifest and the adb script that times every file there; says how to go on."""
+    runs = sorted({(file, entry["fields"]["threads"]) for entry in entries for file in entry["files"].values()})
+    remote = "/data/local/tmp/ftwt"
+    lines = ["#!/bin/sh", "# Times every .tflite of this folder on the phone adb reaches (edge/README.md).",
+             "# Needs LiteRT's benchmark_model pushed to /data/local/tmp/benchmark_model first.",
+             "set -e", 'cd "$(dirname "$0")"', f"adb shell mkdir -p {remote}"]
+    lines += [f"adb push {file} {remote}/{file}" for file in sorted({file for file, _ in runs})]
+    lines += [f"adb shell /data/local/tmp/benchmark_model --graph={remote}/{file} --num_threads={threads} "
+              f"--use_xnnpack=true --warmup_runs={FLAGS.warmup} --num_runs={FLAGS.num_images} "
+              f"> {device_log_name(file, threads)}" for file, threads in runs]
+    script = os.path.join(FLAGS.device_dir, DEVICE_SCRIPT)
+    with open(script, "w") as file:
+        file.write("\n".join(lines) + "\n")
+    os.chmod(script, 0o755)
+    with open(os.path.join(FLAGS.device_dir, DEVICE_ROWS), "w") as file:
+        json.dump({"rows": entries}, file, indent=1)
+    print(f"Wrote {len({file for file, _ in runs})} .tflite files and {DEVICE_ROWS} to {FLAGS.device_dir}, timed "
+          f"nothing here. On the device: sh {script} ({len(runs)} benchmark_model runs, each output saved beside its "
+          f"file), then: python edge/benchmark.py --device_logs={FLAGS.device_dir} --device_name='<the phone>'")
+
+
+def rows_from_device_logs(folder, device_name):
+    """The rows of a --device_dir run with the times `benchmark_model` printed on the device (its logs beside the files)."""
+    from ftwt_keras.export import tflite
+
+    path = os.path.join(folder, DEVICE_ROWS)
+    if not os.path.exists(path):
+        raise tflite.ExportError(f"No {DEVICE_ROWS} in {folder!r}: write the files first (edge/benchmark.py "
+                                 "--device_dir=...).")
+    with open(path) as file:
+        entries = json.load(file)["rows"]
+    rows = []
+    for entry in entries:
+        threads, times = entry["fields"]["threads"], {}
+        for name, file_name in entry["files"].items():
+            log = os.path.join(folder, device_log_name(file_name, threads))
+            if not os.path.exists(log):
+                raise tflite.ExportError(f"No benchmark_model output {log!r}: run {os.path.join(folder, DEVICE_SCRIPT)} "
+                                         "on the device first (it saves each output there).")
+            with open(log) as file:
+                times[name] = tflite.benchmark_model_ms(file.read())
+        fields = dict(entry["fields"], cpu=device_name, images=None, loops=1, timing="benchmark_model (random inputs)")
+        rows.append(timed_row(fields, entry["extra"], times))
     return rows
 
 
@@ -572,9 +685,9 @@ def markdown_tables(rows):
     return tables
 
 
-def _report(rows):
-    """Writes the Markdown tables and the chart beside --output."""
-    stem = os.path.splitext(FLAGS.output)[0]
+def _report(rows, output=None):
+    """Writes the Markdown tables and the chart beside `output` (default --output)."""
+    stem = os.path.splitext(output or FLAGS.output)[0]
     with open(stem + ".md", "w") as file:
         file.write(markdown_tables(rows))
     print(f"Wrote the tables to {stem}.md.")
@@ -593,8 +706,24 @@ def main(argv):
         with open(FLAGS.output) as file:
             _report(json.load(file)["rows"])
         return 0
+    if FLAGS.device_logs:
+        from ftwt_keras.export import tflite
+
+        try:
+            rows = rows_from_device_logs(FLAGS.device_logs, FLAGS.device_name)
+        except tflite.ExportError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        for row in rows:
+            _print_row(row, {})
+        _write_rows(rows, FLAGS.output if FLAGS["output"].present else "benchmarks/results/edge_latency_device.json")
+        return 0
     if FLAGS.num_images < 1:
         raise app.UsageError("--num_images must be positive.")
+    if FLAGS.device_dir and (FLAGS.model or FLAGS.per_layer or FLAGS.lean_plan == "measured"):
+        raise app.UsageError("--device_dir writes exports with drawn masks for benchmark_model, which feeds random "
+                             "inputs and runs no Python: not with --model (masks from the image), --per_layer or "
+                             "--lean_plan=measured (both time here).")
     predictor_ranks = _predictor_ranks()  # refuses a bad list before any conversion
     if FLAGS.drawn_capacities != "binomial":
         _drawn_capacity_ratio()  # likewise
@@ -618,15 +747,24 @@ def main(argv):
             print(f"Wrote the per-layer tables to {path}.")
         return 0
     rows = [row for result in results for row in result]
+    if FLAGS.device_dir:
+        _write_device_plan(rows)
+        return 0
     print("Per-layer times: --per_layer (truncated exports timed side by side); per op: LiteRT's benchmark_model "
           f"with --enable_op_profiling=true on the .tflite files in {FLAGS.tflite_dir} (see edge/README.md).")
-    if FLAGS.output:
-        os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
-        with open(FLAGS.output, "w") as file:
-            json.dump({"rows": rows}, file, indent=1)
-        print(f"Wrote {len(rows)} rows to {FLAGS.output}.")
-        _report(rows)
+    _write_rows(rows, FLAGS.output)
     return 0
+
+
+def _write_rows(rows, output):
+    """The rows as {"rows": [...]} in `output` ('' to skip), with their tables and chart beside it."""
+    if not output:
+        return
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    with open(output, "w") as file:
+        json.dump({"rows": rows}, file, indent=1)
+    print(f"Wrote {len(rows)} rows to {output}.")
+    _report(rows, output)
 
 
 if __name__ == "__main__":

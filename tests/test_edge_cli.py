@@ -288,6 +288,53 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
     assert missing.returncode != 0 and "--plot_only needs" in missing.stderr
 
 
+def test_benchmark_writes_its_exports_for_a_device_and_reads_the_device_times_back(tmp_path, cifar_images):
+    """--device_dir writes every export a row would time, with the adb script; --device_logs turns the saved
+    benchmark_model outputs into rows, tables and chart (here outputs in its format: no phone is at hand)."""
+    script = os.path.join(ROOT, "edge", "benchmark.py")
+    device = tmp_path / "device"
+    result = run_python(script, "--mode=cifar", "--alpha=0.25", "--keeps=0.3", "--threads=1,2", "--num_images=3",
+                        "--calibration_images=4", "--policy=chain", "--capped_ratio=1.2", f"--device_dir={device}",
+                        f"--tflite_dir={tmp_path}", f"--output={tmp_path / 'not_written.json'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (tmp_path / "not_written.json").exists()  # nothing timed here
+    entries = json.loads((device / "device_rows.json").read_text())["rows"]
+    assert [entry["fields"]["threads"] for entry in entries] == [1, 2]
+    assert set(entries[0]["files"]) == {"dense", "predictors", "masked_dense", "dynamic", "lean", "capped"}
+    files = {file for entry in entries for file in entry["files"].values()}
+    assert all((device / file).exists() for file in files)
+    assert entries[0]["files"]["dense"] == entries[1]["files"]["dense"]  # one file, timed with 1 and 2 threads
+    commands = (device / "run_on_device.sh").read_text()
+    for entry in entries:
+        for file in entry["files"].values():
+            threads = entry["fields"]["threads"]
+            assert (f"--graph=/data/local/tmp/ftwt/{file} --num_threads={threads} --use_xnnpack=true"
+                    in commands and f"> {file}.threads{threads}.log" in commands)
+    # The device's outputs: each file's time in us, made up (1000 + its position, x threads).
+    microseconds = {(file, threads): (1000 + 100 * i) * threads for i, file in enumerate(sorted(files)) for threads in (1, 2)}
+    read_back = [script, f"--device_logs={device}", "--device_name=Pixel 8", f"--output={tmp_path / 'phone.json'}"]
+    said, _ = refusals(script, read_back[1:])
+    assert "No benchmark_model output" in said[0] and "run_on_device.sh" in said[0]
+    for (file, threads), us in microseconds.items():
+        (device / f"{file}.threads{threads}.log").write_text(
+            f"INFO: Loaded model {file}\nInference timings in us: Init: 5, First inference: 9, Warmup (avg): 8, "
+            f"Inference (avg): {us}\n")
+    result = run_python(*read_back)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "phone.json").read_text())["rows"]
+    for row, entry in zip(rows, entries):
+        threads, files_of = entry["fields"]["threads"], entry["files"]
+        ms = {name: microseconds[(file, threads)] / 1e3 for name, file in files_of.items()}
+        assert row["dense_ms"] == ms["dense"] and row["dynamic_ms"] == ms["dynamic"]
+        assert row["speedup"] == round(ms["dense"] / ms["dynamic"], 3)
+        assert row["capped_ms"] == ms["capped"] and row["lean_ms"] == ms["lean"]
+        assert row["cpu"] == "Pixel 8" and row["dense_iqr_ms"] is None
+        assert row["flops_reduction"] == entry["fields"]["flops_reduction"] > 0.5
+    assert "Timed on: Pixel 8 (LiteRT" in (tmp_path / "phone.md").read_text()
+    said, _ = refusals(script, ("--mode=cifar", f"--device_dir={device}", "--per_layer"))
+    assert "--device_dir writes exports with drawn masks for benchmark_model" in said[0]
+
+
 def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path, cifar_images):
     """edge/benchmark.py end to end on a tiny MobileNetV1: rows, tables and the --drawn_capacities rule."""
 
