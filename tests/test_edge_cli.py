@@ -145,10 +145,12 @@ def test_convert_cli_checks_the_export_against_keras(tmp_path, cifar_images):
             f"logits within 0.001 of Keras's logit range on {count}") in result.stdout
     np.save(tmp_path / "small.npy", cifar_images[:, :16])
     said, _ = refusals(convert, (*shared, f"--check={tmp_path / 'check.npy'}", "--dense"),
-                       (*shared, f"--check={tmp_path / 'missing.npy'}"), (*shared, f"--check={tmp_path / 'small.npy'}"))
+                       (*shared, f"--check={tmp_path / 'missing.npy'}"),
+                       (f"--model={path}", f"--output={tmp_path / 'x.tflite'}", f"--check={tmp_path / 'small.npy'}"))
     assert "--check compares the dynamic export with the FTWT model it computes" in said[0]
     assert "Image file" in said[1] and "missing.npy' does not exist" in said[1]
-    assert "The images to check must be a non-empty array (N, 32, 32, 3)" in said[2]
+    assert "the images must be a non-empty array (N, 32, 32, 3)" in said[2] and "small.npy" in said[2]
+    assert not (tmp_path / "x.tflite").exists()  # refused before writing
 
 
 def test_static_gates_benchmark_reports_decided_gates_exactness_and_times(tmp_path):

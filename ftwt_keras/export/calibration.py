@@ -188,12 +188,16 @@ def _calibration_of(model, calibration_images, calibration, capacity_stds=None, 
     return calibrate(model, np.asarray(calibration_images, np.float32), capacity_stds=capacity_stds)
 
 
-def load_calibration_images(spec):
+def load_calibration_images(spec, model=None, what="Calibration images"):
     """Images from a command-line value (calibration or checking): a `.npy` file or `NAME:SPLIT`.
 
     `NAME:SPLIT` reads a CIFAR split through tfds (e.g. `cifar10:train[:64]`);
-    a `.npy` file holds raw images `(N, H, W, C)`.
+    a `.npy` file holds raw images `(N, H, W, C)`. With `model` (an
+    `FTWTModel`), an `ExportError` naming `what` unless they are a batch of its input.
     """
+    if model is not None:
+        images = load_calibration_images(spec)
+        return checked_images(images, _graph.as_functional(model.network), what=what)
     if spec.endswith(".npy"):
         if not os.path.exists(spec):
             raise ExportError(f"Image file {spec!r} does not exist.")
