@@ -47,19 +47,17 @@ def agreement(model, flatbuffer, images, num_threads=1, batch_size=250):
     >>> bool(checked["same_top1"].all()), bool((checked["logit_error"] <= export.LOGIT_TOLERANCE).all())
     (True, True)
     """
-    import keras
+    from keras import ops
 
-    from ftwt_keras import flops, layers
+    from ftwt_keras import flops
+
+    def nearest_gate(records):  # each image's smallest |gate logit| over every gated layer
+        return ops.min(ops.concatenate([ops.abs(record.logits) for record in records.values()], axis=1), axis=1)
 
     images = checked_images(images, _graph.as_functional(model.network), what="The images to check")
     expected = model.predict(images, batch_size=batch_size, verbose=0)
     actual = run(flatbuffer, images, num_threads)
-    margins = []
-    for batch in flops.image_batches(images, batch_size):
-        with layers.record_gates() as recorder:
-            model.network(batch, training=False)
-        logits = [np.abs(keras.ops.convert_to_numpy(record.logits)) for record in recorder.records]
-        margins.append(np.concatenate(logits, axis=1).min(axis=1) if logits else np.full(len(batch), np.inf))
+    margins = list(flops.map_gate_records(model, images, nearest_gate, batch_size=batch_size))
     logit_range = max(float(expected.max() - expected.min()), np.finfo(np.float32).tiny)
     return {
         "logit_error": np.abs(actual - expected).max(axis=1) / logit_range,
