@@ -502,6 +502,31 @@ def test_dense_policy_and_set_keep_ratio(cifar_images):
         export.set_keep_ratio(model, dict(keeps, **{first: 0.0}))
 
 
+def test_conversion_gives_the_bytes_of_tf_s_own_freezing_path(monkeypatch):
+    """`convert` skips `from_concrete_functions`'s freezing (its graphs hold constants only) yet gives its bytes.
+
+    Compared on exports without `IF`, whose branch functions TF names afresh on every trace. A
+    traced function that reads a variable takes TF's own path and still converts.
+    """
+    tf = pytest.importorskip("tensorflow")
+    model = perturb(fk.gate(short_mobilenet(blocks=3)), seed=3)
+    options = [dict(policy="gather", static_gates=False), dict(dynamic=False), dict(weight_dtype="int8", static_gates=False)]
+    ours = [export.convert(model, **kwargs) for kwargs in options]
+    monkeypatch.setattr(export, "_converter", lambda tf, function: tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function()], function))
+    assert ours == [export.convert(model, **kwargs) for kwargs in options]
+    assert "WHERE" in export.op_names(ours[0])  # gated, not pruned statically
+    monkeypatch.undo()
+    scale = tf.Variable([[2.0, 3.0]])
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 2), tf.float32)])
+    def scaled(x):
+        return x * scale + tf.constant([[1.0, 0.0]])
+
+    flatbuffer = export._converter(tf, scaled).convert()
+    np.testing.assert_array_equal(export.run(flatbuffer, np.ones((2, 2), np.float32)), [[3.0, 3.0], [3.0, 3.0]])
+
+
 def test_export_file_round_trip(tmp_path, cifar_images):
     model = perturb(fk.gate(fk.models.resnet_cifar(depth=20)), seed=2)
     path = str(tmp_path / "resnet.keras")
