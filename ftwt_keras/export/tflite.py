@@ -246,9 +246,10 @@ def _converter(tf, function):
     """A TFLite converter for the `tf.function` `function`, skipping TF's freezing where it has nothing to do.
 
     `TFLiteConverter.from_concrete_functions` first freezes the function (its
-    variables into constants) by rebuilding the graph op by op in Python: about
-    half of converting the graphs `convert` traces (gated VGG16-BN: 7.2 s with
-    it, 3.7 s without), which hold every weight as a constant already. What they capture are constant tensors only (such as a
+    variables into constants) by rebuilding the graph op by op in Python: a third
+    or more of converting the graphs `convert` traces (`convert` of a gated
+    VGG16-BN: 5.0-6.9 s with it, 3.2-4.1 s without), which hold every weight as
+    a constant already. What they capture are constant tensors only (such as a
     `Normalization` layer's mean); written into the `GraphDef` as `Const` nodes
     here, the graph goes to the same MLIR converter through the `GraphDef`
     entry point and gives the same bytes (tests/test_export.py). A graph that
