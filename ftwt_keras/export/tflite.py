@@ -249,15 +249,15 @@ def _converter(tf, function):
     variables into constants) by rebuilding the graph op by op in Python: a third
     or more of converting the graphs `convert` traces (`convert` of a gated
     VGG16-BN: 5.0-6.9 s with it, 3.2-4.1 s without), which hold every weight as
-    a constant already. What they capture are constant tensors only (such as a
-    `Normalization` layer's mean); written into the `GraphDef` as `Const` nodes
-    here, the graph goes to the same MLIR converter through the `GraphDef`
+    a constant already. All they capture are eager tensors (such as a
+    `Normalization` layer's mean): written into the `GraphDef` as `Const` nodes
+    here, the graph goes to the same MLIR converter through its `GraphDef`
     entry point and gives the same bytes (tests/test_export.py). A graph that
-    captures a variable takes TF's own path.
+    captures anything else (a variable) takes TF's own path.
     """
     concrete = function.get_concrete_function()
     captured = {internal.op.name: external for external, internal in concrete.graph.captures}
-    if any(value.dtype == tf.resource for value in captured.values()):
+    if any(value.dtype == tf.resource or not hasattr(value, "numpy") for value in captured.values()):
         return tf.lite.TFLiteConverter.from_concrete_functions([concrete], function)
     graph_def = concrete.graph.as_graph_def()
     for node in graph_def.node:
