@@ -50,6 +50,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The export is a TensorFlow graph built through Keras layers: Keras runs on TensorFlow here whatever
+# KERAS_BACKEND says (a model saved on any backend loads on it).
+os.environ["KERAS_BACKEND"] = "tensorflow"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402

@@ -130,8 +130,13 @@ def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
     assert "0 of 13 compute fewer filters on the calibration images." in out  # none is compacted per image
 
 
-def test_convert_cli_checks_the_export_against_keras(tmp_path, cifar_images):
-    """--check runs the written .tflite beside the Keras model on the images given (make demo does, on 1,000)."""
+def test_convert_cli_checks_the_export_against_keras(tmp_path, cifar_images, monkeypatch):
+    """--check runs the written .tflite beside the Keras model on the images given (make demo does, on 1,000).
+
+    With KERAS_BACKEND=jax in the environment, as a JAX user's shell has: the CLI runs on TensorFlow
+    anyway (without JAX installed, Keras would not even import).
+    """
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
     model = perturb(fk.gate(fk.models.resnet_cifar(depth=20)))  # masks and logits that follow the image
     path = str(tmp_path / "resnet.keras")
     model.save(path)

@@ -15,6 +15,14 @@ def test_rejects_a_model_that_is_not_ftwt():
         export.convert(fk.models.mobilenet_v1(alpha=0.25))
 
 
+def test_rejects_a_keras_backend_other_than_tensorflow(monkeypatch):
+    """The graph is traced through Keras layers; on JAX they fail on TF tensors with an error naming neither."""
+    model = fk.gate(fk.models.resnet_cifar(depth=20))
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(export.ExportError, match="needs Keras's TensorFlow backend; this process runs 'jax'"):
+        export.convert(model)
+
+
 def test_rejects_missing_and_wrong_files(tmp_path):
     with pytest.raises(export.ExportError, match="does not exist"):
         export.load_ftwt_model(tmp_path / "missing.keras")

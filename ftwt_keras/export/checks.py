@@ -46,6 +46,18 @@ def _tf():
     return tf
 
 
+def _check_backend():
+    """Raises ExportError unless Keras runs on TensorFlow, which the export's graph is built with."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ExportError(
+            f"The .tflite export traces a TensorFlow graph through the model's Keras layers, so it needs Keras's "
+            f"TensorFlow backend; this process runs '{backend}'. Export in a process started with "
+            "KERAS_BACKEND=tensorflow (a model saved as .keras on any backend loads there); edge/convert.py "
+            "runs on TensorFlow whatever KERAS_BACKEND says."
+        )
+
+
 def load_ftwt_model(path):
     """Loads a saved `FTWTModel` (`.keras` file), with errors that say what to do.
 

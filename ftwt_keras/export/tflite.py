@@ -71,6 +71,7 @@ from ftwt_keras.export.checks import (
     SUPPORTED_LAYERS,
     WEIGHT_DTYPES,
     ExportError,
+    _check_backend,
     _check_threads,
     _check_weight_dtype,
     _tf,
@@ -192,9 +193,11 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
         (the first output).
 
     Raises:
-        ExportError: not an FTWT model, an unsupported layer, or the graph
-            would need Flex (Select TF) ops.
+        ExportError: not an FTWT model, an unsupported layer, the graph
+            would need Flex (Select TF) ops, or Keras runs on another backend
+            than TensorFlow.
     """
+    _check_backend()
     check_ftwt_model(model)
     _check_threads(num_threads)
     _check_weight_dtype(weight_dtype)
