@@ -25,6 +25,12 @@ from absl import flags, logging
 FLAGS = flags.FLAGS
 
 
+def _keras_runs_on_tensorflow():
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
 def define_flags(**defaults):
     """Defines the recipe flags; `defaults` override per-recipe default values."""
 
@@ -85,6 +91,10 @@ def define_flags(**defaults):
     flags.register_multi_flags_validator(
         ["paying_plan", "gate_only_paying"], lambda v: v["paying_plan"] == "rules" or v["gate_only_paying"],
         message="--paying_plan=timed chooses the convs of --gate_only_paying: pass both.")
+    flags.register_validator(
+        "paying_plan", lambda value: value != "timed" or _keras_runs_on_tensorflow(),
+        message="--paying_plan=timed times .tflite exports, which need Keras's TensorFlow backend: run it with "
+                "KERAS_BACKEND=tensorflow, or choose by --paying_plan=rules.")
     flags.DEFINE_integer("edge_threads", default("edge_threads", 1),
                          "With --gate_only_paying: the interpreter threads the .tflite will run with (export it "
                          "with edge/convert.py --threads to match); with more, fewer gates pay.")
