@@ -510,7 +510,8 @@ def test_conversion_gives_the_bytes_of_tf_s_own_freezing_path(monkeypatch):
     """
     tf = pytest.importorskip("tensorflow")
     model = perturb(fk.gate(short_mobilenet(blocks=3)), seed=3)
-    options = [dict(policy="gather", static_gates=False), dict(dynamic=False), dict(weight_dtype="int8", static_gates=False)]
+    options = [dict(policy="gather", static_gates=False), dict(dynamic=False),
+               dict(weight_dtype="int8", static_gates=False)]
     ours = [export.convert(model, **kwargs) for kwargs in options]
     monkeypatch.setattr(export, "_converter", lambda tf, function: tf.lite.TFLiteConverter.from_concrete_functions(
         [function.get_concrete_function()], function))
