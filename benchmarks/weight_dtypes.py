@@ -6,8 +6,11 @@
 `convert(..., weight_dtype=...)`: "float16" stores the weights in half
 precision (LiteRT's float16 quantization, dequantized once when the
 interpreter prepares the model), "int8" in 8 bits (LiteRT's dynamic-range
-quantization). For the dense and the dynamic export (`auto`, calibrated on
---calibration_images test images) of each model this prints each file's size,
+quantization), and "int8 full" in 8 bits with int8 activations where LiteRT
+has an int8 kernel (`representative_images=`: full-integer quantization, the
+ranges set on the calibration images). For the dense and the dynamic export
+(`auto`, calibrated on --calibration_images test images) of each model this
+prints each file's size,
 how far the reduced-precision logits are from the float32 export's (max
 absolute difference over the logit range, top-1 agreement) on --num_images real
 CIFAR-10 test images, with --model the top-1 accuracy against their labels,
@@ -38,6 +41,9 @@ flags.DEFINE_integer("num_images", 100, "Real CIFAR-10 test images compared (the
 flags.DEFINE_integer("calibration_images", 32, "Of those, the first ones calibrate the dynamic exports.")
 flags.DEFINE_integer("loops", 3, "Side-by-side timing loops.")
 flags.DEFINE_integer("threads", 1, "Interpreter threads.")
+
+# LiteRT's float16 and int8 (dynamic-range) weights, and full-integer int8 (activations too).
+DTYPES = ("float32", "float16", "int8", "int8 full")
 
 
 def main(argv):
@@ -71,18 +77,20 @@ def main(argv):
         if drawn:  # the same masks on every image: capacities with the edge benchmark's margin
             calibration = calibration.with_capacity_ratio(model, 1.26)
         exports = {}
-        for dtype in export.WEIGHT_DTYPES:
-            exports[f"dense {dtype}"] = export.convert(model, dynamic=False, weight_dtype=dtype)
+        for dtype in DTYPES:
+            options = dict(weight_dtype="int8", representative_images=images[: FLAGS.calibration_images]) if (
+                dtype == "int8 full") else dict(weight_dtype=dtype)
+            exports[f"dense {dtype}"] = export.convert(model, dynamic=False, **options)
             # Drawn masks are decided by the weights: static pruning would make them a static network.
             exports[f"dynamic {dtype}"] = export.convert(model, calibration=calibration, static_gates=not drawn,
-                                                         weight_dtype=dtype)
+                                                         **options)
         print(f"\n{name}:")
         for kind in ("dense", "dynamic"):
             reference = export.run(exports[f"{kind} float32"], images, FLAGS.threads)
-            for dtype in export.WEIGHT_DTYPES:
+            for dtype in DTYPES:
                 flatbuffer = exports[f"{kind} {dtype}"]
                 logits = reference if dtype == "float32" else export.run(flatbuffer, images, FLAGS.threads)
-                line = f"  {kind:7s} {dtype:7s}: {len(flatbuffer) / 1e6:6.2f} MB"
+                line = f"  {kind:7s} {dtype:9s}: {len(flatbuffer) / 1e6:6.2f} MB"
                 if dtype != "float32":
                     gap, spread = float(np.abs(logits - reference).max()), float(np.ptp(reference))
                     gap = f"{gap / spread:.1e} of the range" if spread > 0 else f"{gap:.1e} (the logits do not vary)"

@@ -181,21 +181,22 @@ def test_stage_benchmark_times_every_export():
         assert f" {name} " in line[0]
 
 
-def test_weight_dtypes_benchmark_shrinks_the_files_and_times_all_six():
+def test_weight_dtypes_benchmark_shrinks_the_files_and_times_all_eight():
     """benchmarks/weight_dtypes.py end to end on a tiny drawn-mask MobileNetV1."""
     result = run_benchmark("weight_dtypes.py", "--resolution=32", "--alpha=0.25", "--keeps=0.3", "--num_images=8",
                            "--calibration_images=4", "--loops=1")
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = re.findall(r"^  (dense|dynamic) +(float16|int8) *: +[0-9.]+ MB \(([0-9.]+)x\); logits within .* of "
-                      r"float32's, same top-1 on [0-9.]+%$", result.stdout, re.M)
-    assert [row[:2] for row in rows] == [("dense", "float16"), ("dense", "int8"), ("dynamic", "float16"),
-                                         ("dynamic", "int8")], result.stdout
+    rows = re.findall(r"^  (dense|dynamic) +(float16|int8 full|int8) *: +[0-9.]+ MB \(([0-9.]+)x\); logits within "
+                      r".* of float32's, same top-1 on [0-9.]+%$", result.stdout, re.M)
+    assert [row[:2] for row in rows] == [(kind, dtype) for kind in ("dense", "dynamic")
+                                         for dtype in ("float16", "int8", "int8 full")], result.stdout
     ratios = {row[:2]: float(row[2]) for row in rows}
     assert all(0.45 < ratios[kind, "float16"] < 0.6 and ratios[kind, "int8"] < ratios[kind, "float16"]
                for kind in ("dense", "dynamic")), result.stdout
+    assert ratios["dense", "int8 full"] < 0.5, result.stdout
     timed = re.search(r"ms \(median of the loops' medians\): " + ", ".join(
-        f"{kind} {dtype} [0-9.]+" for dtype in ("float32", "float16", "int8") for kind in ("dense", "dynamic")) + "$",
-        result.stdout, re.M)
+        f"{kind} {dtype} [0-9.]+" for dtype in ("float32", "float16", "int8", "int8 full")
+        for kind in ("dense", "dynamic")) + "$", result.stdout, re.M)
     assert timed, result.stdout
 
 

@@ -567,10 +567,19 @@ def test_export_file_round_trip(tmp_path, cifar_images):
     assert 0 < np.abs(dense_int8 - dense).max() <= 3e-2 * np.ptp(dense)
     with pytest.raises(export.ExportError, match="weight_dtype"):
         export.convert(loaded, weight_dtype="bfloat16")
+    # Full-integer int8 (activations too, their ranges from representative images): float input and output.
+    full = export.convert(loaded, dynamic=False, weight_dtype="int8", representative_images=cifar_images[:8])
+    assert {"QUANTIZE", "DEQUANTIZE"} <= set(export.op_names(full)) and len(full) < 0.35 * len(dense_flatbuffer)
+    assert 0 < np.abs(export.run(full, cifar_images[:8]) - dense).max() <= 0.1 * np.ptp(dense)
+    with pytest.raises(export.ExportError, match="pass them with weight_dtype='int8'"):
+        export.convert(loaded, representative_images=cifar_images[:8])
+    with pytest.raises(export.ExportError, match=r"Representative images must be .*\(N, 32, 32, 3\)"):
+        export.convert(loaded, weight_dtype="int8", representative_images=cifar_images[:2, :16])
     # What an app feeds and reads (edge/README.md, "In an Android app"), every export alike: one input,
     # "images", raw pixels (1, H, W, 3) float32; one output, the logits (1, classes) float32. The files
     # export_file writes also name them in a signature; convert's bytes do not.
-    for exported, signed in ((flatbuffer, True), (half, True), (small, False), (dense_flatbuffer, False)):
+    for exported, signed in ((flatbuffer, True), (half, True), (small, False), (dense_flatbuffer, False),
+                             (full, False)):
         runner = export.interpreter(exported)
         (images,), (logits,) = runner.get_input_details(), runner.get_output_details()
         assert (images["name"], images["shape"].tolist(), images["dtype"]) == ("images", [1, 32, 32, 3], np.float32)

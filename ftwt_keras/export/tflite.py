@@ -64,6 +64,7 @@ from ftwt_keras.export.calibration import (
     Calibration,
     _calibration_of,
     calibrate,
+    checked_images,
     gate_counts,
     load_calibration_images,
 )
@@ -116,7 +117,8 @@ from ftwt_keras.export.runtime import (
 
 
 def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None, stop_at=None,
-            capacity_stds=None, calibration=None, static_gates=True, num_threads=1, weight_dtype="float32"):
+            capacity_stds=None, calibration=None, static_gates=True, num_threads=1, weight_dtype="float32",
+            representative_images=None):
     """Converts an FTWT model to a batch-1 TFLite flatbuffer (builtin ops only).
 
     Args:
@@ -186,6 +188,13 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
             whose logit lies near 0 can flip (`make demo`'s model, 2,000 test
             images: top-1 changed on 0.8% in float16, 3.4% in int8, the
             accuracy within 0.5 points; `benchmarks/weight_dtypes.py`).
+        representative_images: with `weight_dtype="int8"`, `(N, H, W, C)`
+            raw images whose activations set int8 ranges for the activations
+            too: LiteRT's full-integer quantization, int8 kernels wherever
+            LiteRT has one, float32 elsewhere; input and output stay float32.
+            What many phone apps ship as their dense model; the dynamic
+            export's gathers and top-k gain little from it (measured:
+            `benchmarks/weight_dtypes.py`).
 
     Returns:
         The `.tflite` model as bytes. Input: raw RGB pixels `(1, H, W, 3)`
@@ -201,11 +210,16 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     check_ftwt_model(model)
     _check_threads(num_threads)
     _check_weight_dtype(weight_dtype)
+    if representative_images is not None and weight_dtype != "int8":
+        raise ExportError("`representative_images` set the int8 ranges of the activations (full-integer "
+                          f"quantization): pass them with weight_dtype='int8', not {weight_dtype!r}.")
     if with_predictors and dynamic:
         raise ExportError("`with_predictors=True` needs `dynamic=False` (the dynamic export runs them anyway).")
     tf = _tf()
     # The export computes in float32, also for a network trained in mixed precision.
     network = _graph.in_float32(_graph.as_functional(model.network))
+    if representative_images is not None:
+        representative_images = checked_images(representative_images, network, what="Representative images")
     policies = _policies(model, policy)
     calibration = _calibration_of(model, calibration_images, calibration, capacity_stds, needed=dynamic)
     conv_macs = _conv_macs(model)
@@ -228,6 +242,10 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # without a dataset: weights only
         if weight_dtype == "float16":
             converter.target_spec.supported_types = [tf.float16]
+    if representative_images is not None:
+        converter.representative_dataset = lambda: ([image[None]] for image in representative_images)
+        # int8 kernels where LiteRT has them, float32 builtins elsewhere (the masks' CEIL, the top-k, ...).
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
         flatbuffer = converter.convert()
     except Exception as error:
