@@ -90,11 +90,14 @@ flags.register_validator("threads", lambda value: value >= 1, message="--threads
 flags.DEFINE_enum(
     "weight_dtype",
     "float32",
-    ["float32", "float16", "int8"],
+    ["float32", "float16", "int8", "int8_full"],
     "How the .tflite stores its weights: float32 (exact), float16 (half the file: LiteRT's float16 quantization, "
     "dequantized once at load, the same speed) or int8 (a quarter to half the file: LiteRT's dynamic-range "
     "quantization). Both close, not exact: gates whose logit lies near 0 can flip (make demo's model: top-1 "
-    "changed on 0.8% / 3.4% of test images, the accuracy within 0.5 points).",
+    "changed on 0.8% / 3.4% of test images, the accuracy within 0.5 points). int8_full (with --calibration, "
+    "whose images set the activations' ranges): LiteRT's full-integer quantization, int8 activations too; the "
+    "fast dense reference on phones (--dense), while the dynamic export gains nothing from it (README, 'Edge "
+    "export').",
 )
 flags.DEFINE_bool(
     "time",
@@ -121,6 +124,9 @@ def main(argv):
     if FLAGS.time and (FLAGS.dense or not FLAGS.calibration):
         raise app.UsageError("--time times the dynamic export on the --calibration images: pass --calibration, "
                              "without --dense.")
+    if FLAGS.weight_dtype == "int8_full" and not FLAGS.calibration:
+        raise app.UsageError("--weight_dtype=int8_full sets the int8 ranges of the activations on the --calibration "
+                             "images: pass --calibration.")
     if FLAGS.check and FLAGS.dense:
         raise app.UsageError("--check compares the dynamic export with the FTWT model it computes; the --dense export "
                              "computes another network (every filter, no gates). Leave out --dense.")
@@ -139,7 +145,7 @@ def main(argv):
                 calibration = tflite.calibrate(model, images, capacity_stds=FLAGS.capacity_stds)
         path = tflite.export_file(model, FLAGS.output, dynamic=not FLAGS.dense, policy=policy,
                                   calibration=calibration, static_gates=FLAGS.static_gates, num_threads=FLAGS.threads,
-                                  weight_dtype=FLAGS.weight_dtype)
+                                  **_dtype_options(images if FLAGS.calibration else None))
     except tflite.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -147,7 +153,9 @@ def main(argv):
         flatbuffer = file.read()
     names = tflite.op_names(flatbuffer)
     kind = "dense" if FLAGS.dense else "dynamic (gathered)"
-    if FLAGS.weight_dtype != "float32":
+    if FLAGS.weight_dtype == "int8_full":
+        kind += ", full-integer int8"
+    elif FLAGS.weight_dtype != "float32":
         kind += f", {FLAGS.weight_dtype} weights"
     print(f"Wrote {kind} model to {path} ({os.path.getsize(path) / 1e6:.2f} MB, {len(names)} ops: "
           f"{', '.join(sorted(set(names)))}).")
@@ -163,11 +171,18 @@ def main(argv):
     return 0
 
 
+def _dtype_options(images):
+    """`convert`'s arguments for --weight_dtype (int8_full: int8, the activations' ranges set on `images`)."""
+    if FLAGS.weight_dtype == "int8_full":
+        return {"weight_dtype": "int8", "representative_images": images}
+    return {"weight_dtype": FLAGS.weight_dtype}
+
+
 def _timed_here(model, flatbuffer, images, loops=3):
     """The written export and the dense one timed side by side on `images` here: one line."""
     from ftwt_keras.export import tflite
 
-    dense = tflite.convert(model, dynamic=False, weight_dtype=FLAGS.weight_dtype)
+    dense = tflite.convert(model, dynamic=False, **_dtype_options(images))
     medians = tflite.median_ms({"dense": dense, "dynamic": flatbuffer}, images, loops, FLAGS.threads)
     dense_ms, dynamic_ms = medians["dense"], medians["dynamic"]
     verdict = "faster than" if dynamic_ms < dense_ms else "no faster than"

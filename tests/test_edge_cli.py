@@ -148,13 +148,21 @@ def test_convert_cli_checks_the_export_against_keras(tmp_path, cifar_images, mon
     count = len(cifar_images)
     assert (f"Checked on {tmp_path / 'check.npy'}. Against Keras on {count} images: the same top-1 on {count}, "
             f"logits within 0.001 of Keras's logit range on {count}") in result.stdout
+    # The dense reference in full-integer int8, its activations' ranges set on the --calibration images.
+    full = run_python(convert, f"--model={path}", f"--output={tmp_path / 'full.tflite'}", "--dense",
+                      "--weight_dtype=int8_full", f"--calibration={tmp_path / 'check.npy'}", timeout=300)
+    assert full.returncode == 0, full.stderr[-2000:]
+    assert f"Wrote dense, full-integer int8 model to {tmp_path / 'full.tflite'}" in full.stdout
+    assert "QUANTIZE" in export.op_names((tmp_path / "full.tflite").read_bytes())
     np.save(tmp_path / "small.npy", cifar_images[:, :16])
     said, _ = refusals(convert, (*shared, f"--check={tmp_path / 'check.npy'}", "--dense"),
                        (*shared, f"--check={tmp_path / 'missing.npy'}"),
-                       (f"--model={path}", f"--output={tmp_path / 'x.tflite'}", f"--check={tmp_path / 'small.npy'}"))
+                       (f"--model={path}", f"--output={tmp_path / 'x.tflite'}", f"--check={tmp_path / 'small.npy'}"),
+                       (f"--model={path}", f"--output={tmp_path / 'x.tflite'}", "--weight_dtype=int8_full"))
     assert "--check compares the dynamic export with the FTWT model it computes" in said[0]
     assert "Image file" in said[1] and "missing.npy' does not exist" in said[1]
     assert "the images must be a non-empty array (N, 32, 32, 3)" in said[2] and "small.npy" in said[2]
+    assert "--weight_dtype=int8_full sets the int8 ranges of the activations on the --calibration images" in said[3]
     assert not (tmp_path / "x.tflite").exists()  # refused before writing
 
 

@@ -415,7 +415,7 @@ def save(flatbuffer, path):
 
 
 def export_file(model, output_path, dynamic=True, policy="auto", calibration_images=None, capacity_stds=None,
-                static_gates=True, num_threads=1, calibration=None, weight_dtype="float32"):
+                static_gates=True, num_threads=1, calibration=None, weight_dtype="float32", representative_images=None):
     """Writes the `.tflite` export of an FTWT model to `output_path`; returns the path.
 
     The file is `convert`'s flatbuffer `with_signature`: a `serving_default`
@@ -426,7 +426,8 @@ def export_file(model, output_path, dynamic=True, policy="auto", calibration_ima
             (loaded with `load_ftwt_model`).
         output_path: where to write; must end with `.tflite`.
         dynamic, policy, calibration_images, capacity_stds, static_gates,
-            num_threads, calibration, weight_dtype: as in `convert`.
+            num_threads, calibration, weight_dtype, representative_images: as
+            in `convert`.
     """
     output_path = os.fspath(output_path)
     if not output_path.endswith(".tflite"):
@@ -435,7 +436,8 @@ def export_file(model, output_path, dynamic=True, policy="auto", calibration_ima
         model = load_ftwt_model(model)
     flatbuffer = convert(model, dynamic=dynamic, policy=policy, calibration_images=calibration_images,
                          capacity_stds=capacity_stds, calibration=calibration, static_gates=static_gates,
-                         num_threads=num_threads, weight_dtype=weight_dtype)
+                         num_threads=num_threads, weight_dtype=weight_dtype,
+                         representative_images=representative_images)
     return save(with_signature(flatbuffer), output_path)
 
 
