@@ -96,7 +96,7 @@ flags.DEFINE_enum(
     "quantization). Both close, not exact: gates whose logit lies near 0 can flip (make demo's model: top-1 "
     "changed on 0.8% / 3.4% of test images, the accuracy within 0.5 points). int8_full (with --calibration, "
     "whose images set the activations' ranges): LiteRT's full-integer quantization, int8 activations too; the "
-    "fast dense reference on phones (--dense), while the dynamic export gains nothing from it (README, 'Edge "
+    "fast dense reference on phones (--dense); the dynamic export runs several times slower in it (README, 'Edge "
     "export').",
 )
 flags.DEFINE_bool(
