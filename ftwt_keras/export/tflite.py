@@ -193,10 +193,13 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
             too: LiteRT's full-integer quantization, int8 kernels wherever
             LiteRT has one, float32 elsewhere; input and output stay float32.
             What many phone apps ship as their dense model; the dynamic
-            export runs several times slower in it (its gathers, top-k and
-            masks stay float32 between quantize ops; MobileNetV1-224 at keep
-            0.3 on an Intel CPU: 28.7 ms against 8.3 in float32 and the dense
-            full-int8 model's 5.4; `benchmarks/weight_dtypes.py`).
+            export runs several times slower in it (its matmuls with
+            run-time weights get LiteRT's own int8 kernels, not XNNPACK's;
+            MobileNetV1-224 at keep 0.3 on an Intel CPU: 28.7 ms against 8.3
+            in float32 and the dense full-int8 model's 5.4;
+            `benchmarks/weight_dtypes.py`), and the exact fallback for an
+            image beyond a compact layer's capacity stays float32 (LiteRT
+            quantizes no `IF` branch): a larger file than float32's.
 
     Returns:
         The `.tflite` model as bytes. Input: raw RGB pixels `(1, H, W, 3)`
