@@ -35,7 +35,10 @@ compacts: the gated regular convs that the export computes compactly
 (`compacted_layers`) capped at that many times their mean count (`ftwt_keras.cap_gates`), so they compute
 exactly their caps with no overflow check or fallback (`capped_*` fields);
 also another model, whose accuracy cost
-`benchmarks/capped_accuracy.py` measures on a trained one. Rows go to
+`benchmarks/capped_accuracy.py` measures on a trained one. And the dense
+model in LiteRT's full-integer int8 (--int8_reference, on by default:
+`dense_int8_ms`, and the dynamic export's `speedup_vs_int8`), since every
+other export is float32 and an app may ship its dense net in int8. Rows go to
 --output as {"rows": [...]}, with the README's tables beside it
 (`<output>.md`) and a chart of measured and ideal speed-up against FLOPs
 reduction (`<output>.png`, needs matplotlib); `--plot_only` rewrites both
@@ -132,6 +135,11 @@ flags.DEFINE_string("device_logs", None,
                     "file, and write its rows with the device's times to --output (default there: "
                     "benchmarks/results/edge_latency_device.json), with the tables and the chart.")
 flags.DEFINE_string("device_name", "the device", "With --device_logs: the device, for the rows and the tables.")
+flags.DEFINE_bool("int8_reference", True,
+                  "Also time the dense model in LiteRT's full-integer int8 (weights and activations; ranges set on "
+                  "32 CIFAR-10 training images): what many apps ship instead of float32. Every other export is "
+                  "float32, and on x86 the dense int8 model beat them all (README, edge section); "
+                  "--noint8_reference: not.")
 flags.DEFINE_bool("plot_only", False, "Only rewrite the Markdown tables and redraw the chart from the rows in --output.")
 
 
@@ -176,7 +184,18 @@ def _drawn_capacity_ratio():
     return ratio
 
 
-def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
+def _dense_references(model, resolution):
+    """`{"dense": float32}` and, with --int8_reference, `"dense_int8"`: the dense model in full int8."""
+    from ftwt_keras.export import tflite
+
+    references = {"dense": tflite.convert(model, dynamic=False)}
+    if FLAGS.int8_reference:
+        references["dense_int8"] = tflite.convert(model, dynamic=False, weight_dtype="int8",
+                                                  representative_images=_cifar_images("train[:32]", resolution))
+    return references
+
+
+def _measure(label, model, images, keep_label, references, calibration):
     """Times one dynamic configuration against the dense model; returns table rows.
 
     Four exports of the same weights run side by side: the dense model; the
@@ -185,6 +204,8 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
     `dense`); and the dynamic export under test (`--policy`). With
     calibration images a fifth: the network gated only at the layers that
     pay in the export (`paying_gates`; the others `ungate`d: another model).
+    `references` holds the dense model (and with --int8_reference its full-int8
+    export), made once for every row of a network.
     The dynamic, lean and capped exports are made for each thread count timed
     (`convert(num_threads=...)`: with more threads fewer layers compact).
     """
@@ -199,7 +220,7 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
     # not: a static-gate export would prune them away for good; keep every predictor running.
     static = not drawn
     shared = {
-        "dense": dense_flatbuffer,
+        **references,
         "predictors": tflite.convert(model, dynamic=False, with_predictors=True),
         "masked_dense": tflite.convert(model, policy="dense", static_gates=static),
     }
@@ -210,7 +231,8 @@ def _measure(label, model, images, keep_label, dense_flatbuffer, calibration):
     keep = float(np.mean([np.asarray(m).mean() for m in masks.values()]))
     rows = []
     for threads in (int(t) for t in FLAGS.threads):
-        tuned, extra = _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads, dense_flatbuffer)
+        tuned, extra = _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads,
+                                             references["dense"])
         extra.update(dense_macs=dense_macs, capped_ratio=FLAGS.capped_ratio, lean_plan=FLAGS.lean_plan)
         tflite.save(tuned["dynamic"], os.path.join(
             FLAGS.tflite_dir, f"{label}_{images.shape[1]}_keep{keep_label}_threads{threads}.tflite"))
@@ -262,6 +284,9 @@ def timed_row(fields, extra, median, spread=None):
         dense_iqr_ms=None if spread is None else round(float(spread["dense"]), 3),
         dynamic_iqr_ms=None if spread is None else round(float(spread["dynamic"]), 3),
     )
+    if "dense_int8" in median:
+        row.update(dense_int8_ms=round(median["dense_int8"], 3),
+                   speedup_vs_int8=round(median["dense_int8"] / median["dynamic"], 3))
     if "lean" in median:
         row.update(
             lean_plan=extra["lean_plan"],
@@ -291,6 +316,9 @@ def _print_row(row, extra):
           f"dynamic {row['dynamic_ms']:7.2f} ms{dynamic_spread}  speed-up {row['speedup']:.2f}x  "
           f"ideal {row['ideal_speedup']:.2f}x  | dense+predictors {row['predictors_ms']:.2f} ms  "
           f"masked dense {row['masked_dense_ms']:.2f} ms{convert}", flush=True)
+    if "dense_int8_ms" in row:
+        print(f"{'':>16} dense in full int8: {row['dense_int8_ms']:.2f} ms; the dynamic export (float32) runs at "
+              f"{row['speedup_vs_int8']:.2f}x of its speed", flush=True)
     if "lean_ms" in row:
         print(f"{'':>16} gated only at the {row['lean_gates']} layers that pay (another model): "
               f"{row['lean_ms']:.2f} ms, speed-up {row['lean_speedup']:.2f}x, "
@@ -462,23 +490,23 @@ def _run_mode(resolution, images, calibration, predictor_ranks):
     rows = []
     if resolution == 32 and FLAGS.model:
         model = tflite.load_ftwt_model(FLAGS.model)
-        dense = tflite.convert(model, dynamic=False)
+        references = _dense_references(model, resolution)
         print(f"cifar: trained model {FLAGS.model}, masks from its predictors.")
-        return _measure(os.path.basename(FLAGS.model).replace(".keras", ""), model, images, "predicted", dense,
+        return _measure(os.path.basename(FLAGS.model).replace(".keras", ""), model, images, "predicted", references,
                         calibration)
     base = _random_network(resolution)
-    dense = None
+    references = None
     for rank in predictor_ranks:
         label = _network_label() + ("" if rank is None else f"_rank{rank}")
         print(f"{resolution}x{resolution}: {label}, random weights, masks drawn at random at a fixed keep ratio "
               "per layer (not predicted by trained gates).", flush=True)
         model = fk.gate(base, predictor_rank=rank, layers_to_gate=_gateable)
-        if dense is None:  # the same dense network for every predictor rank
-            dense = tflite.convert(model, dynamic=False)
-            tflite.save(dense, os.path.join(FLAGS.tflite_dir, f"{label}_{resolution}_dense.tflite"))
+        if references is None:  # the same dense network for every predictor rank
+            references = _dense_references(model, resolution)
+            tflite.save(references["dense"], os.path.join(FLAGS.tflite_dir, f"{label}_{resolution}_dense.tflite"))
         for keep in FLAGS.keeps:
             tflite.set_keep_ratio(model, float(keep), seed=0)
-            rows += _measure(label, model, images, keep, dense, calibration)
+            rows += _measure(label, model, images, keep, references, calibration)
     return rows
 
 
@@ -625,11 +653,13 @@ def markdown_tables(rows):
         key = (-row["resolution"], rank is not None, rank or 0, row["model"], row["keep"])
         lines.setdefault(key, {})[row["threads"]] = row
     capped = any("capped_ms" in row for row in rows)
+    int8 = any("dense_int8_ms" in row for row in rows)
     speedups = f"speed-up, {_threads(fewest)} (ideal) |" + (f" speed-up, {_threads(more)} |" if more else "")
     main = ["| resolution | predictors | keep | FLOPs reduction | dense | dense + predictors | masked dense | "
             f"dynamic | {speedups}"
             + (f" capped gates, {fewest} / {more} threads |" if capped and more else
-               f" capped gates, {_threads(fewest)} |" if capped else "")]
+               f" capped gates, {_threads(fewest)} |" if capped else "")
+            + (" dense in full int8 (dynamic's speed-up against it) |" if int8 else "")]
     lean = ["| resolution | predictors | keep | gates kept | FLOPs reduction | dense | gated at those layers only | "
             f"{speedups} all gates, {_threads(fewest)} |"]
     main.append("|---" * (main[0].count("|") - 1) + "|")
@@ -655,9 +685,14 @@ def markdown_tables(rows):
                            + (f" / {speedup_of(two, 'capped_speedup')}" if more else "") + " |")
         elif capped:
             capped_cell = " - |"
+        int8_cell = ""
+        if "dense_int8_ms" in one:
+            int8_cell = f" {one['dense_int8_ms']:.2f} ms ({one['speedup_vs_int8']:.2f}x) |"
+        elif int8:
+            int8_cell = " - |"
         main.append(f"{head} {100 * one['flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
                     f"{one['predictors_ms']:.2f} ms | {one['masked_dense_ms']:.2f} ms | {one['dynamic_ms']:.2f} ms | "
-                    f"{one['speedup']:.2f}x ({one['ideal_speedup']:.2f}x) |{beside}{capped_cell}")
+                    f"{one['speedup']:.2f}x ({one['ideal_speedup']:.2f}x) |{beside}{capped_cell}{int8_cell}")
         if "lean_ms" in one:
             lean.append(f"{head} {one['lean_gates']} of {one.get('gates', '?')} | "
                         f"{100 * one['lean_flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
@@ -675,6 +710,9 @@ def markdown_tables(rows):
     if loops:
         tables = (f"Each time: the median over {' / '.join(map(str, loops))} side-by-side loops of each loop's median "
                   "(fresh interpreters per loop, in a rotated order).\n\n" + tables)
+    if int8:
+        tables += ("\nDense in full int8: the dense model in LiteRT's full-integer quantization (int8 weights and "
+                   "activations, ranges from 32 training images); every other column is float32.\n")
     ratios = sorted({row["capped_ratio"] for row in rows if "capped_ratio" in row})
     if ratios:
         tables += (f"\nCapped gates: the convs the export compacts keep at most {' / '.join(f'{r:g}' for r in ratios)}x "

@@ -316,7 +316,8 @@ def test_benchmark_writes_its_exports_for_a_device_and_reads_the_device_times_ba
     assert not (tmp_path / "not_written.json").exists()  # nothing timed here
     entries = json.loads((device / "device_rows.json").read_text())["rows"]
     assert [entry["fields"]["threads"] for entry in entries] == [1, 2]
-    assert set(entries[0]["files"]) == {"dense", "predictors", "masked_dense", "dynamic", "lean", "capped"}
+    assert set(entries[0]["files"]) == {"dense", "dense_int8", "predictors", "masked_dense", "dynamic", "lean",
+                                        "capped"}
     files = {file for entry in entries for file in entry["files"].values()}
     assert all((device / file).exists() for file in files)
     assert entries[0]["files"]["dense"] == entries[1]["files"]["dense"]  # one file, timed with 1 and 2 threads
@@ -345,6 +346,8 @@ def test_benchmark_writes_its_exports_for_a_device_and_reads_the_device_times_ba
         assert row["dense_ms"] == ms["dense"] and row["dynamic_ms"] == ms["dynamic"]
         assert row["speedup"] == round(ms["dense"] / ms["dynamic"], 3)
         assert row["capped_ms"] == ms["capped"] and row["lean_ms"] == ms["lean"]
+        assert row["dense_int8_ms"] == ms["dense_int8"]
+        assert row["speedup_vs_int8"] == round(ms["dense_int8"] / ms["dynamic"], 3)
         assert row["cpu"] == "Pixel 8" and row["dense_iqr_ms"] is None
         assert row["flops_reduction"] == entry["fields"]["flops_reduction"] > 0.5
     assert "Timed on: Pixel 8 (LiteRT" in (tmp_path / "phone.md").read_text()
@@ -370,16 +373,26 @@ def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path
     assert rows[0]["cpu"] == export.cpu_name() and f"Timed on: {rows[0]['cpu']} (LiteRT" in tables
     assert rows[0]["capped_ratio"] == 1.2 and rows[0]["capped_gates"] == 14 and rows[0]["capped_ms"] > 0
     assert rows[0]["capped_flops_reduction"] == rows[0]["flops_reduction"]  # drawn masks: the caps never bind
+    # The dense model in full int8 beside the float32 exports (--int8_reference, the default).
+    assert rows[0]["dense_int8_ms"] > 0
+    assert rows[0]["speedup_vs_int8"] == pytest.approx(rows[0]["dense_int8_ms"] / rows[0]["dynamic_ms"], rel=0.01)
+    header, row = [[cell.strip() for cell in line.strip("|").split("|")]
+                   for line in tables.splitlines() if line.startswith("| ")][:2]
+    assert row[header.index("dense in full int8 (dynamic's speed-up against it)")] == (
+        f"{rows[0]['dense_int8_ms']:.2f} ms ({rows[0]['speedup_vs_int8']:.2f}x)")
+    assert "Dense in full int8" in tables
     # The network gated where gates pay, by timing here (at 32x32 none pays: the dense model).
-    result = run("--lean_plan=measured", "--capped_ratio=0", f"--output={tmp_path / 'measured.json'}")
+    result = run("--lean_plan=measured", "--capped_ratio=0", "--noint8_reference",
+                 f"--output={tmp_path / 'measured.json'}")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((tmp_path / "measured.json").read_text())["rows"]
     assert rows[0]["lean_plan"] == "measured" and rows[0]["lean_gates"] == 0
+    assert "dense_int8_ms" not in rows[0] and "full int8" not in (tmp_path / "measured.md").read_text()
     assert "`measured_paying_gates`" in (tmp_path / "measured.md").read_text()
     # A keras.applications network (squeeze-and-excitation and classifier convs dense, the 34 others gated) in
     # mode imagenet at a size of its own (InceptionV3 and Xception take 299x299), 1000 classes.
     result = run("--network=mobilenet_v3_small", "--policy=chain", "--mode=imagenet", "--imagenet_size=40",
-                 "--capped_ratio=0", f"--output={tmp_path / 'v3.json'}")
+                 "--capped_ratio=0", "--noint8_reference", f"--output={tmp_path / 'v3.json'}")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((tmp_path / "v3.json").read_text())["rows"]
     assert [(row["model"], row["resolution"], row["gates"]) for row in rows] == [("mobilenet_v3_small", 40, 34)]
