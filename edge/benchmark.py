@@ -4,6 +4,7 @@
     python edge/benchmark.py --mode cifar --model runs/x/ftwt.keras
     python edge/benchmark.py --mode imagenet --per_layer --keeps 0.3 --threads 1   # time per layer
     python edge/benchmark.py --mode imagenet --device_dir phone    # write the exports for a phone (no timing here)
+    python edge/benchmark.py --mode cifar --model m.keras --device_dir phone   # ... timed there on real test images
     python edge/benchmark.py --device_logs phone --device_name "Pixel 8"   # its benchmark_model outputs -> rows
 
 Mode "cifar": MobileNetV1 (--network: VGG16-bn, ResNet-56 or ResNet-18; or
@@ -128,8 +129,14 @@ flags.DEFINE_bool("per_layer", False,
 flags.DEFINE_string("device_dir", None,
                     "Time on another device instead of here (a phone: LiteRT's benchmark_model over adb): write every "
                     "export the rows would time into this folder, with device_rows.json (each row without its times) "
-                    "and run_on_device.sh (the adb commands), and time nothing here. Drawn masks only (benchmark_model "
-                    "feeds random inputs): not with --model, --per_layer or --lean_plan=measured.")
+                    "and run_on_device.sh (the adb commands), and time nothing here. Drawn masks are timed on "
+                    "benchmark_model's random inputs (they do not depend on the image); a --model's masks do, so its "
+                    "exports are timed on --device_images real test images written beside them, one benchmark_model "
+                    "run per image. Not with --per_layer or --lean_plan=measured (both time here).")
+flags.DEFINE_integer("device_images", 20,
+                     "With --device_dir and --model: how many of the timed test images the phone times each export on "
+                     "(raw float32 files; each run does --num_images / --device_images invokes, at least 1, after "
+                     "--warmup); a time is the median over the images, its spread their interquartile range.")
 flags.DEFINE_string("device_logs", None,
                     "Read back a --device_dir folder after run_on_device.sh saved benchmark_model's output beside each "
                     "file, and write its rows with the device's times to --output (default there: "
@@ -351,35 +358,80 @@ def _written_for_device(fields, extra, exports):
 _DEVICE_FILES = {}
 
 
-def device_log_name(file, threads):
-    """Where `benchmark_model`'s output for `file` run with `threads` threads goes, beside it."""
-    return f"{file}.threads{threads}.log"
+def device_log_name(file, threads, image=None):
+    """Where `benchmark_model`'s output for `file` run with `threads` threads (on `image`) goes, beside it."""
+    return f"{file}.threads{threads}" + ("" if image is None else f".{os.path.splitext(image)[0]}") + ".log"
+
+
+def _device_images(entries):
+    """Writes the test images that the exports of a trained model's rows are timed on; returns the raw files.
+
+    Its masks depend on the image, so `benchmark_model`'s random inputs would time other masks than real
+    images give: each export is run on each of these instead (--device_images, float32 pixels as the
+    model takes them).
+    """
+    import numpy as np
+
+    sizes = {entry["fields"]["resolution"] for entry in entries if entry["fields"]["masks"] == "predicted"}
+    if not sizes:
+        return []
+    (size,) = sizes  # a trained model takes one size: the cifar mode's
+    names = []
+    for i, image in enumerate(_cifar_images(f"test[:{FLAGS.device_images}]", size=size)):
+        names.append(f"image{i:03d}.raw")
+        np.asarray(image, "<f4").tofile(os.path.join(FLAGS.device_dir, names[-1]))
+    return names
 
 
 def _write_device_plan(entries):
     """Writes the --device_dir manifest and the adb script that times every file there; says how to go on."""
-    runs = sorted({(file, entry["fields"]["threads"]) for entry in entries for file in entry["files"].values()})
+    images = _device_images(entries)
+    runs_per_image = max(1, FLAGS.num_images // max(1, len(images)))
+    for entry in entries:
+        if entry["fields"]["masks"] == "predicted":
+            entry["images"] = images
+            entry["fields"]["timing"] = (f"benchmark_model on {len(images)} real test images, {runs_per_image} "
+                                         "invokes each (the median over the images)")
+        else:
+            entry["fields"]["timing"] = "benchmark_model (random inputs)"
+    runs = sorted({(file, entry["fields"]["threads"], image, entry["fields"]["resolution"])
+                   for entry in entries for file in entry["files"].values()
+                   for image in entry.get("images") or [None]})
     remote = "/data/local/tmp/ftwt"
     lines = ["#!/bin/sh", "# Times every .tflite of this folder on the phone adb reaches (edge/README.md).",
              "# Needs LiteRT's benchmark_model pushed to /data/local/tmp/benchmark_model first.",
              "set -e", 'cd "$(dirname "$0")"', f"adb shell mkdir -p {remote}"]
-    lines += [f"adb push {file} {remote}/{file}" for file in sorted({file for file, _ in runs})]
-    lines += [f"adb shell /data/local/tmp/benchmark_model --graph={remote}/{file} --num_threads={threads} "
-              f"--use_xnnpack=true --warmup_runs={FLAGS.warmup} --num_runs={FLAGS.num_images} "
-              f"> {device_log_name(file, threads)}" for file, threads in runs]
+    lines += [f"adb push {file} {remote}/{file}" for file in sorted({file for file, *_ in runs} | set(images))]
+    for file, threads, image, size in runs:
+        command = (f"adb shell /data/local/tmp/benchmark_model --graph={remote}/{file} --num_threads={threads} "
+                   f"--use_xnnpack=true --warmup_runs={FLAGS.warmup}")
+        if image is None:
+            command += f" --num_runs={FLAGS.num_images}"
+        else:  # the export's input, "images" (`convert`), fed this image's pixels
+            command += (f" --num_runs={runs_per_image} --input_layer=images --input_layer_shape=1,{size},{size},3"
+                        f" --input_layer_value_files=images:{remote}/{image}")
+        lines.append(f"{command} > {device_log_name(file, threads, image)}")
     script = os.path.join(FLAGS.device_dir, DEVICE_SCRIPT)
     with open(script, "w") as file:
         file.write("\n".join(lines) + "\n")
     os.chmod(script, 0o755)
     with open(os.path.join(FLAGS.device_dir, DEVICE_ROWS), "w") as file:
         json.dump({"rows": entries}, file, indent=1)
-    print(f"Wrote {len({file for file, _ in runs})} .tflite files and {DEVICE_ROWS} to {FLAGS.device_dir}, timed "
-          f"nothing here. On the device: sh {script} ({len(runs)} benchmark_model runs, each output saved beside its "
-          f"file), then: python edge/benchmark.py --device_logs={FLAGS.device_dir} --device_name='<the phone>'")
+    print(f"Wrote {len({file for file, *_ in runs})} .tflite files"
+          + (f", {len(images)} test images" if images else "")
+          + f" and {DEVICE_ROWS} to {FLAGS.device_dir}, timed nothing here. On the device: sh {script} ({len(runs)} "
+          "benchmark_model runs, each output saved beside its file), then: python edge/benchmark.py "
+          f"--device_logs={FLAGS.device_dir} --device_name='<the phone>'")
 
 
 def rows_from_device_logs(folder, device_name):
-    """The rows of a --device_dir run with the times `benchmark_model` printed on the device (its logs beside the files)."""
+    """The rows of a --device_dir run with the times `benchmark_model` printed on the device (its logs beside the files).
+
+    A row timed on real images (a trained model's) takes each export's median over them, and their
+    interquartile range as its spread.
+    """
+    import numpy as np
+
     from ftwt_keras.export import tflite
 
     path = os.path.join(folder, DEVICE_ROWS)
@@ -390,16 +442,23 @@ def rows_from_device_logs(folder, device_name):
         entries = json.load(file)["rows"]
     rows = []
     for entry in entries:
-        threads, times = entry["fields"]["threads"], {}
+        threads, times, spread = entry["fields"]["threads"], {}, {}
         for name, file_name in entry["files"].items():
-            log = os.path.join(folder, device_log_name(file_name, threads))
-            if not os.path.exists(log):
-                raise tflite.ExportError(f"No benchmark_model output {log!r}: run {os.path.join(folder, DEVICE_SCRIPT)} "
-                                         "on the device first (it saves each output there).")
-            with open(log) as file:
-                times[name] = tflite.benchmark_model_ms(file.read())
-        fields = dict(entry["fields"], cpu=device_name, images=None, loops=1, timing="benchmark_model (random inputs)")
-        rows.append(timed_row(fields, entry["extra"], times))
+            per_image = []
+            for image in entry.get("images") or [None]:
+                log = os.path.join(folder, device_log_name(file_name, threads, image))
+                if not os.path.exists(log):
+                    raise tflite.ExportError(f"No benchmark_model output {log!r}: run "
+                                             f"{os.path.join(folder, DEVICE_SCRIPT)} on the device first (it saves "
+                                             "each output there).")
+                with open(log) as file:
+                    per_image.append(tflite.benchmark_model_ms(file.read()))
+            times[name] = float(np.median(per_image))
+            spread[name] = float(np.percentile(per_image, 75) - np.percentile(per_image, 25))
+        timing = entry["fields"].get("timing", "benchmark_model (random inputs)")
+        fields = dict(entry["fields"], cpu=device_name, images=len(entry.get("images") or []) or None, loops=1,
+                      timing=timing)
+        rows.append(timed_row(fields, entry["extra"], times, spread if entry.get("images") else None))
     return rows
 
 
@@ -761,10 +820,12 @@ def main(argv):
         return 0
     if FLAGS.num_images < 1:
         raise app.UsageError("--num_images must be positive.")
-    if FLAGS.device_dir and (FLAGS.model or FLAGS.per_layer or FLAGS.lean_plan == "measured"):
-        raise app.UsageError("--device_dir writes exports with drawn masks for benchmark_model, which feeds random "
-                             "inputs and runs no Python: not with --model (masks from the image), --per_layer or "
-                             "--lean_plan=measured (both time here).")
+    if FLAGS.device_dir and (FLAGS.per_layer or FLAGS.lean_plan == "measured"):
+        raise app.UsageError("--device_dir writes exports for benchmark_model, which runs no Python: not with "
+                             "--per_layer or --lean_plan=measured (both time here).")
+    if FLAGS.device_dir and FLAGS.model and not 1 <= FLAGS.device_images <= FLAGS.num_images:
+        raise app.UsageError(f"--device_images must be between 1 and --num_images ({FLAGS.num_images}); got "
+                             f"{FLAGS.device_images}.")
     predictor_ranks = _predictor_ranks()  # refuses a bad list before any conversion
     if FLAGS.drawn_capacities != "binomial":
         _drawn_capacity_ratio()  # likewise

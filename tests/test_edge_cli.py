@@ -332,7 +332,7 @@ def test_benchmark_writes_its_exports_for_a_device_and_reads_the_device_times_ba
     read_back = [script, f"--device_logs={device}", "--device_name=Pixel 8", f"--output={tmp_path / 'phone.json'}"]
     said, _ = refusals(script, read_back[1:], ("--mode=cifar", f"--device_dir={device}", "--per_layer"))
     assert "No benchmark_model output" in said[0] and "run_on_device.sh" in said[0]
-    assert "--device_dir writes exports with drawn masks for benchmark_model" in said[1]
+    assert "--device_dir writes exports for benchmark_model, which runs no Python: not with --per_layer" in said[1]
     for (file, threads), us in microseconds.items():
         (device / f"{file}.threads{threads}.log").write_text(
             f"INFO: Loaded model {file}\nInference timings in us: Init: 5, First inference: 9, Warmup (avg): 8, "
@@ -351,6 +351,49 @@ def test_benchmark_writes_its_exports_for_a_device_and_reads_the_device_times_ba
         assert row["cpu"] == "Pixel 8" and row["dense_iqr_ms"] is None
         assert row["flops_reduction"] == entry["fields"]["flops_reduction"] > 0.5
     assert "Timed on: Pixel 8 (LiteRT" in (tmp_path / "phone.md").read_text()
+
+
+def test_benchmark_times_a_trained_model_on_the_device_on_real_images(tmp_path, cifar_images):
+    """A trained model's masks depend on the image: --device_dir writes real test images and times each export on
+    each (benchmark_model fed their pixels); --device_logs takes the median over the images and their spread."""
+    _, path = _saved_with_first_layer_decided(tmp_path)
+    script = os.path.join(ROOT, "edge", "benchmark.py")
+    device = tmp_path / "device"
+    result = run_python(script, "--mode=cifar", f"--model={path}", "--threads=1", "--num_images=6",
+                        "--device_images=3", "--calibration_images=4", "--capped_ratio=0", "--noint8_reference",
+                        f"--device_dir={device}", f"--tflite_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (entry,) = json.loads((device / "device_rows.json").read_text())["rows"]
+    images = ["image000.raw", "image001.raw", "image002.raw"]
+    assert entry["images"] == images and entry["fields"]["masks"] == "predicted"
+    for i, image in enumerate(images):  # the first test images, as the model takes them
+        np.testing.assert_array_equal(np.fromfile(device / image, "<f4").reshape(32, 32, 3), cifar_images[i])
+    commands = (device / "run_on_device.sh").read_text()
+    assert "adb push image002.raw /data/local/tmp/ftwt/image002.raw" in commands
+    for file in entry["files"].values():
+        # the export's input is the "images" the commands name
+        assert export.interpreter(str(device / file)).get_input_details()[0]["name"] == "images"
+        for image in images:
+            assert (f"--graph=/data/local/tmp/ftwt/{file} --num_threads=1 --use_xnnpack=true --warmup_runs=20 "
+                    "--num_runs=2 --input_layer=images --input_layer_shape=1,32,32,3 "
+                    f"--input_layer_value_files=images:/data/local/tmp/ftwt/{image} > "
+                    f"{file}.threads1.{image[:-4]}.log") in commands
+    # Made-up outputs: per file, the three images take 1, 2 and 6 ms (x the file's position).
+    for position, file in enumerate(sorted(set(entry["files"].values())), start=1):
+        for us, image in zip((1000, 2000, 6000), images):
+            (device / f"{file}.threads1.{image[:-4]}.log").write_text(
+                f"Inference timings in us: Init: 5, First inference: 9, Warmup (avg): 8, Inference (avg): {us * position}\n")
+    result = run_python(script, f"--device_logs={device}", "--device_name=Pixel 8", f"--output={tmp_path / 'p.json'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "p.json").read_text())["rows"]
+    position = {file: i for i, file in enumerate(sorted(set(entry["files"].values())), start=1)}
+    assert row["dense_ms"] == 2.0 * position[entry["files"]["dense"]]  # the median image
+    assert row["dense_iqr_ms"] == 2.5 * position[entry["files"]["dense"]]  # (2 + 6) / 2 - (1 + 2) / 2
+    assert row["dynamic_ms"] == 2.0 * position[entry["files"]["dynamic"]] and row["images"] == 3
+    assert row["timing"] == "benchmark_model on 3 real test images, 2 invokes each (the median over the images)"
+    said, _ = refusals(script, ("--mode=cifar", f"--model={path}", "--num_images=6", "--device_images=7",
+                                f"--device_dir={tmp_path / 'none'}"))
+    assert "--device_images must be between 1 and --num_images (6); got 7" in said[0]
 
 
 def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path, cifar_images):
