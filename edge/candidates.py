@@ -7,10 +7,12 @@
     # 3. The fastest candidate that beats dense, and the --ungated_layers that train it:
     python edge/candidates.py --pick candidates
 
-Step 1 writes dense.tflite, gated_<i>.tflite (the network gated only where
-gates pay, `ftwt_keras.export.paying_gates`, then fewer and fewer gates:
-`ftwt_keras.export.gate_candidates`) and candidates.json, and prints the
-adb commands that time them. Step 3 reads <file>.log next to each file.
+Step 1 writes dense.tflite, dense_int8.tflite (the dense network in
+full-integer int8, --int8_reference), gated_<i>.tflite (the network gated
+only where gates pay, `ftwt_keras.export.paying_gates`, then fewer and fewer
+gates: `ftwt_keras.export.gate_candidates`) and candidates.json, and prints the
+adb commands that time them. Step 3 reads <file>.log next to each file and
+says whether the pick also beats the dense int8 model.
 """
 
 import os
@@ -36,6 +38,10 @@ flags.DEFINE_string("calibration", None, "Step 1: training images, a .npy file (
 flags.DEFINE_string("output_dir", None, "Step 1: where to write the .tflite files and candidates.json.")
 flags.DEFINE_integer("threads", 1, "Step 1: the interpreter threads the device will run with.")
 flags.register_validator("threads", lambda value: value >= 1, message="--threads must be >= 1.")
+flags.DEFINE_bool("int8_reference", True,
+                  "Step 1: also write dense_int8.tflite, the dense network in full-integer int8 (ranges from the "
+                  "--calibration images): every candidate is float32, and an app may ship int8 instead; step 3 "
+                  "says how the pick compares with it.")
 flags.DEFINE_string("pick", None, "Step 3: a folder of step 1, with one benchmark_model output per file "
                     "as <file>.log (e.g. gated_0.tflite.log).")
 flags.DEFINE_float("margin", 0.01, "Step 3: how much faster than dense a candidate must be (fraction of its time).")
@@ -78,8 +84,9 @@ def _write(tflite):
     layers = gating.layers_except(baseline, FLAGS.ungated_layers) if FLAGS.ungated_layers else None
     model, calibration = tflite.drawn_at_targets(baseline, images, FLAGS.threshold, target=FLAGS.target,
                                                  layers_to_gate=layers, predictor_rank=FLAGS.predictor_rank)
-    manifest = tflite.export_candidates(model, calibration, FLAGS.output_dir, num_threads=FLAGS.threads)
-    files = [manifest["dense"]] + [entry["file"] for entry in manifest["candidates"]]
+    manifest = tflite.export_candidates(model, calibration, FLAGS.output_dir, num_threads=FLAGS.threads,
+                                        int8_images=images if FLAGS.int8_reference else None)
+    files = _files(manifest)
     print(f"Wrote {len(files)} models to {FLAGS.output_dir} (masks drawn at the targets of r={FLAGS.threshold:g}):")
     for entry in manifest["candidates"]:
         print(f"  {entry['file']}: gated at {', '.join(entry['gates'])} ({len(entry['gates'])} of "
@@ -94,12 +101,18 @@ def _write(tflite):
     print(f"  python edge/candidates.py --pick {FLAGS.output_dir}")
 
 
+def _files(manifest):
+    """Every file of a candidates folder: the dense references first."""
+    references = [manifest["dense"]] + ([manifest["dense_int8"]] if "dense_int8" in manifest else [])
+    return references + [entry["file"] for entry in manifest["candidates"]]
+
+
 def _pick(folder):
     from ftwt_keras.export import tflite
 
     manifest = tflite.read_manifest(folder)
     times = {}
-    for file in [manifest["dense"]] + [entry["file"] for entry in manifest["candidates"]]:
+    for file in _files(manifest):
         log = os.path.join(folder, f"{file}.log")
         if os.path.exists(log):
             with open(log) as handle:
@@ -119,6 +132,17 @@ def _pick(folder):
         speedup = times[manifest["dense"]] / chosen["ms"]
         verdict = (f"{chosen['file']} ({gates} gate{'s' if gates > 1 else ''}) ran at {speedup:.2f}x of dense. "
                    f"To train it: {train}, without --gate_only_paying.")
+    int8_ms = times.get(manifest.get("dense_int8"))
+    if int8_ms is not None:
+        best = chosen["ms"] if chosen is not None else times[manifest["dense"]]
+        what = chosen["file"] if chosen is not None else "the float32 dense model"
+        if int8_ms < best:
+            verdict += (f"\nBut the dense model in full int8 ({manifest['dense_int8']}, {int8_ms:.2f} ms) ran faster "
+                        f"than {what} ({best:.2f} ms): an app that can ship int8 gains no speed from gates here "
+                        "(the exports are float32).")
+        else:
+            verdict += (f"\n{what} also beat the dense model in full int8 ({manifest['dense_int8']}, "
+                        f"{int8_ms:.2f} ms) at {int8_ms / best:.2f}x.")
     return "\n".join(["Times on the device (benchmark_model, mean):", *lines, verdict])
 
 

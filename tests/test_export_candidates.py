@@ -59,20 +59,28 @@ def test_candidates_cli_writes_the_networks_to_time_and_picks_from_their_times(t
     assert [entry["gates"] for entry in manifest["candidates"]] == [["conv1", "conv2"], ["conv2"]]
     assert [entry["ungated_layers"] for entry in manifest["candidates"]] == [["conv0"], ["conv0", "conv1"]]
     assert "gated_1.tflite: gated at conv2 (1 of 3 gated convs)" in result.stdout
-    assert "for f in dense.tflite gated_0.tflite gated_1.tflite; do adb shell" in result.stdout
+    assert "for f in dense.tflite dense_int8.tflite gated_0.tflite gated_1.tflite; do adb shell" in result.stdout
+    assert manifest["dense_int8"] == "dense_int8.tflite"  # the dense network in full int8, to time beside them
+    assert "QUANTIZE" in export.op_names((out / "dense_int8.tflite").read_bytes())
     for entry in manifest["candidates"]:  # each file runs the network gated at its convs, with the drawn masks
         flatbuffer = (out / entry["file"]).read_bytes()
         assert export.op_names(flatbuffer).count("TOPK_V2") == len(entry["gates"])  # each one compact
         assert export.run(flatbuffer, images[:2]).shape == (2, 10)
     assert export.op_names((out / "dense.tflite").read_bytes()).count("TOPK_V2") == 0
 
-    for file, microseconds in (("dense.tflite", 10000), ("gated_0.tflite", 11000), ("gated_1.tflite", 9000)):
+    for file, microseconds in (("dense.tflite", 10000), ("gated_0.tflite", 11000), ("gated_1.tflite", 9000),
+                               ("dense_int8.tflite", 4500)):
         (out / f"{file}.log").write_text(_log(microseconds))
     result = cli(f"--pick={out}")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "  gated_1.tflite: 9.00 ms" in result.stdout
+    assert "  gated_1.tflite: 9.00 ms" in result.stdout and "  dense_int8.tflite: 4.50 ms" in result.stdout
     assert ("gated_1.tflite (1 gate) ran at 1.11x of dense. To train it: the recipe's flags plus "
             "--ungated_layers=conv0,conv1 (added to any it had), without --gate_only_paying.") in result.stdout
+    assert ("But the dense model in full int8 (dense_int8.tflite, 4.50 ms) ran faster than gated_1.tflite "
+            "(9.00 ms)") in result.stdout
+    (out / "dense_int8.tflite.log").write_text(_log(9900))
+    result = cli(f"--pick={out}")
+    assert "gated_1.tflite also beat the dense model in full int8 (dense_int8.tflite, 9.90 ms) at 1.10x." in result.stdout
     (out / "dense.tflite.log").write_text("INFO: Loaded model\n")
     bad = cli(f"--pick={out}")
     assert bad.returncode == 1 and "dense.tflite.log: No 'Inference timings in us" in bad.stderr

@@ -21,7 +21,8 @@ MANIFEST = "candidates.json"
 _AVERAGE = re.compile(r"Inference timings in us: .*Inference \(avg\): ([0-9.eE+-]+)")
 
 
-def export_candidates(model, calibration, output_dir, num_threads=1, static_gates=False, drop_divisor=4):
+def export_candidates(model, calibration, output_dir, num_threads=1, static_gates=False, drop_divisor=4,
+                      int8_images=None):
     """Writes `model`'s `gate_candidates` and its dense network as `.tflite` files, and their manifest.
 
     Files: `dense.tflite`, `gated_<i>.tflite` for the i-th candidate (each
@@ -29,7 +30,10 @@ def export_candidates(model, calibration, output_dir, num_threads=1, static_gate
     "dense", "candidates": [{"file", "gates", "ungated_layers"}]}`, where
     `ungated_layers` are `model`'s gated layers that the candidate leaves
     dense. Time each file where the model will run (`benchmark_model`, see
-    edge/README.md) and pass the times to `pick_candidate`.
+    edge/README.md) and pass the times to `pick_candidate`. With
+    `int8_images`, also `dense_int8.tflite` (manifest key `"dense_int8"`): the
+    dense network in full-integer int8, what an app may ship instead of any
+    float32 export, to time beside them.
 
     Args:
         model: an `ftwt_keras.FTWTModel`, e.g. from `drawn_at_targets`.
@@ -38,6 +42,9 @@ def export_candidates(model, calibration, output_dir, num_threads=1, static_gate
         num_threads: the interpreter threads the device will run with.
         static_gates, drop_divisor: as `measured_paying_gates`' (drawn masks:
             `static_gates=False`).
+        int8_images: `(N, H, W, C)` raw images that set the int8 ranges of
+            `dense_int8.tflite` (`convert`'s `representative_images`); None:
+            no such file.
 
     Returns:
         The manifest (a dict, as written).
@@ -50,6 +57,11 @@ def export_candidates(model, calibration, output_dir, num_threads=1, static_gate
         raise ExportError("`export_candidates` needs the `calibration` the exports will use.")
     os.makedirs(output_dir, exist_ok=True)
     save(convert(model, dynamic=False), os.path.join(output_dir, "dense.tflite"))
+    manifest = {"threads": num_threads, "dense": "dense.tflite"}
+    if int8_images is not None:
+        save(convert(model, dynamic=False, weight_dtype="int8", representative_images=int8_images),
+             os.path.join(output_dir, "dense_int8.tflite"))
+        manifest["dense_int8"] = "dense_int8.tflite"
     names = [layer.name for layer in model.gated_layers]
     candidates = []
     for index, (kept, network) in enumerate(gate_candidates(model, calibration, num_threads, static_gates,
@@ -58,7 +70,7 @@ def export_candidates(model, calibration, output_dir, num_threads=1, static_gate
         save(convert(network, calibration=calibration, static_gates=static_gates, num_threads=num_threads),
              os.path.join(output_dir, file))
         candidates.append({"file": file, "gates": kept, "ungated_layers": [n for n in names if n not in kept]})
-    manifest = {"threads": num_threads, "dense": "dense.tflite", "candidates": candidates}
+    manifest["candidates"] = candidates
     with open(os.path.join(output_dir, MANIFEST), "w") as file:
         json.dump(manifest, file, indent=2)
     return manifest
