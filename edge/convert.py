@@ -12,7 +12,8 @@ It then says which gated layers skip work in that export: those its
 predictors' weights prune and, with --calibration, those computing fewer
 filters on the calibration images (`ftwt_keras.export.paying_gates`); every
 other gate only adds its predictor. With --time (and --calibration) it times
-the written model against the dense one on this machine; with --check it runs
+the written model against the dense one on this machine (and against the
+dense one in full int8); with --check it runs
 it beside the Keras model on the images given and says how far they agree.
 See edge/README.md.
 
@@ -104,7 +105,8 @@ flags.DEFINE_bool(
     False,
     "Dynamic export with --calibration only: then time the written .tflite against the --dense export of the same "
     "weights on the calibration images, side by side on this machine with --threads (3 loops, each invoke alone), "
-    "and print both: whether the gates pay here. On a phone, benchmark_model answers that (edge/README.md).",
+    "and print both: whether the gates pay here; a float export also against the dense model in full int8, what "
+    "an app may ship instead. On a phone, benchmark_model answers that (edge/README.md).",
 )
 flags.DEFINE_string(
     "check",
@@ -179,17 +181,27 @@ def _dtype_options(images):
 
 
 def _timed_here(model, flatbuffer, images, loops=3):
-    """The written export and the dense one timed side by side on `images` here: one line."""
+    """The written export and the dense one timed side by side on `images` here: one line.
+
+    A float export is also timed against the dense model in full int8 (what an app may ship instead).
+    """
     from ftwt_keras.export import tflite
 
-    dense = tflite.convert(model, dynamic=False, **_dtype_options(images))
-    medians = tflite.median_ms({"dense": dense, "dynamic": flatbuffer}, images, loops, FLAGS.threads)
+    exports = {"dense": tflite.convert(model, dynamic=False, **_dtype_options(images)), "dynamic": flatbuffer}
+    if FLAGS.weight_dtype != "int8_full":
+        exports["int8"] = tflite.convert(model, dynamic=False, weight_dtype="int8", representative_images=images)
+    medians = tflite.median_ms(exports, images, loops, FLAGS.threads)
     dense_ms, dynamic_ms = medians["dense"], medians["dynamic"]
     verdict = "faster than" if dynamic_ms < dense_ms else "no faster than"
-    return (f"Timed here ({tflite.cpu_name()}; {FLAGS.threads} thread{'s' if FLAGS.threads > 1 else ''}, "
+    line = (f"Timed here ({tflite.cpu_name()}; {FLAGS.threads} thread{'s' if FLAGS.threads > 1 else ''}, "
             f"{len(images)} calibration images "
             f"x {loops} loops, medians): dense {dense_ms:.2f} ms, this .tflite {dynamic_ms:.2f} ms "
             f"({dense_ms / dynamic_ms:.2f}x), {verdict} dense on this machine.")
+    if "int8" in medians:
+        int8_ms = medians["int8"]
+        line += (f" The dense model in full int8 (--dense --weight_dtype=int8_full): {int8_ms:.2f} ms, "
+                 f"this .tflite at {int8_ms / dynamic_ms:.2f}x of its speed.")
+    return line
 
 
 def _skipped_work(model, calibration, policy):

@@ -113,11 +113,15 @@ def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
     assert "The other 7 compute every filter" in out
     timed = re.search(re.escape(f"Timed here ({export.cpu_name()}; ")
                       + r"1 thread, 4 calibration images x 3 loops, medians\): dense ([0-9.]+) ms, this "
-                      r"\.tflite ([0-9.]+) ms \(([0-9.]+)x\), (no )?faster than dense on this machine\.", out)
+                      r"\.tflite ([0-9.]+) ms \(([0-9.]+)x\), (no )?faster than dense on this machine\. The dense "
+                      r"model in full int8 \(--dense --weight_dtype=int8_full\): ([0-9.]+) ms, this \.tflite at "
+                      r"([0-9.]+)x of its speed\.", out)
     assert timed, out
     dense_ms, dynamic_ms, speedup = (float(value) for value in timed.groups()[:3])
     assert dense_ms > 0 and dynamic_ms > 0 and speedup == pytest.approx(dense_ms / dynamic_ms, abs=0.01)
     assert (timed.group(4) is None) == (dynamic_ms < dense_ms)
+    int8_ms, int8_speedup = float(timed.group(5)), float(timed.group(6))
+    assert int8_ms > 0 and int8_speedup == pytest.approx(int8_ms / dynamic_ms, abs=0.01)
     shared = (f"--model={path}", f"--output={tmp_path / 'x.tflite'}", "--time")
     said, _ = refusals(  # --time times the dynamic export on calibration images only
         os.path.join(ROOT, "edge", "convert.py"), shared,
