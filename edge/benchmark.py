@@ -398,12 +398,17 @@ def _write_device_plan(entries):
                    for entry in entries for file in entry["files"].values()
                    for image in entry.get("images") or [None]})
     remote = "/data/local/tmp/ftwt"
+    binary = "/data/local/tmp/benchmark_model"
     lines = ["#!/bin/sh", "# Times every .tflite of this folder on the phone adb reaches (edge/README.md).",
-             "# Needs LiteRT's benchmark_model pushed to /data/local/tmp/benchmark_model first.",
-             "set -e", 'cd "$(dirname "$0")"', f"adb shell mkdir -p {remote}"]
+             f"# Needs LiteRT's benchmark_model at {binary}: BENCHMARK_MODEL=<a local build> pushes it first.",
+             "# PIN=<taskset mask> (e.g. PIN=f0, the big cores of many phones) runs it on those cores.",
+             "set -e", 'cd "$(dirname "$0")"',
+             f'if [ -n "$BENCHMARK_MODEL" ]; then adb push "$BENCHMARK_MODEL" {binary}; adb shell chmod +x {binary}; fi',
+             'RUN=""; if [ -n "$PIN" ]; then RUN="taskset $PIN"; fi',
+             f"adb shell mkdir -p {remote}"]
     lines += [f"adb push {file} {remote}/{file}" for file in sorted({file for file, *_ in runs} | set(images))]
     for file, threads, image, size in runs:
-        command = (f"adb shell /data/local/tmp/benchmark_model --graph={remote}/{file} --num_threads={threads} "
+        command = (f"adb shell $RUN {binary} --graph={remote}/{file} --num_threads={threads} "
                    f"--use_xnnpack=true --warmup_runs={FLAGS.warmup}")
         if image is None:
             command += f" --num_runs={FLAGS.num_images}"

@@ -4,6 +4,7 @@ import collections
 import json
 import os
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -382,6 +383,26 @@ def test_benchmark_times_a_trained_model_on_the_device_on_real_images(tmp_path, 
                     "--num_runs=2 --input_layer=images --input_layer_shape=1,32,32,3 "
                     f"--input_layer_value_files=images:/data/local/tmp/ftwt/{image} > "
                     f"{file}.threads1.{image[:-4]}.log") in commands
+    # The script itself, with a stand-in adb that records its calls and answers benchmark_model runs.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "adb").write_text('#!/bin/sh\necho "$@" >> "$ADB_CALLS"\ncase "$*" in *--graph=*) echo "INFO: '
+                              'Inference timings in us: Init: 5, First inference: 9, Warmup (avg): 8, Inference '
+                              '(avg): 1500";; esac\n')
+    (fake / "adb").chmod(0o755)
+    environment = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", ADB_CALLS=str(tmp_path / "calls"),
+                       PIN="f0", BENCHMARK_MODEL="/opt/benchmark_model")
+    ran = subprocess.run(["sh", str(device / "run_on_device.sh")], env=environment, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[:2] == ["push /opt/benchmark_model /data/local/tmp/benchmark_model",
+                         "shell chmod +x /data/local/tmp/benchmark_model"]
+    runs = [call for call in calls if "--graph=" in call]
+    assert len(runs) == len(set(entry["files"].values())) * len(images)
+    assert all(call.startswith("shell taskset f0 /data/local/tmp/benchmark_model --graph=") for call in runs)
+    result = run_python(script, f"--device_logs={device}", f"--output={tmp_path / 'stand_in.json'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "stand_in.json").read_text())["rows"][0]["dynamic_ms"] == 1.5
     # Made-up outputs: per file, the three images take 1, 2 and 6 ms (x the file's position).
     for position, file in enumerate(sorted(set(entry["files"].values())), start=1):
         for us, image in zip((1000, 2000, 6000), images):
