@@ -426,22 +426,24 @@ class _GatePass(keras.Model):
     compiles any model (`tf.function` or `jax.jit`, XLA where Keras chooses it).
     """
 
-    def __init__(self, network, summarize, recording):
+    def __init__(self, network, summarize, recording, with_outputs=False):
         # float32: images reach the network as they would alone (a model under a mixed
         # policy would otherwise cast them to its 16-bit compute dtype first).
         super().__init__(name=f"{network.name}_gate_pass", dtype="float32")
         self.network = network
         self._summarize = summarize
         self._recording = recording
+        self._with_outputs = with_outputs
 
     def call(self, images):
         with record_gates(**self._recording) as recorder:
-            self.network(images, training=False)
-        return self._summarize(recorder.by_layer_name())
+            outputs = self.network(images, training=False)
+        summary = self._summarize(recorder.by_layer_name())
+        return (summary, outputs) if self._with_outputs else summary
 
 
 def map_gate_records(model, images, summarize, batch_size=128, targets=False, apply_masks=True, threshold=None,
-                     target=None, max_batches=None, verbose=0, run_eagerly=None):
+                     target=None, max_batches=None, verbose=0, run_eagerly=None, with_outputs=False):
     """Runs a gated model over `images` and yields, per batch, what `summarize` makes of its gates.
 
     The loop under `dynamic_macs`, `firing_rates`, `estimate_flops_reduction`
@@ -469,9 +471,13 @@ def map_gate_records(model, images, summarize, batch_size=128, targets=False, ap
             saves; an iterable of unknown length runs its first
             `COMPILE_FROM_BATCHES - 1` batches eagerly and compiles the pass
             for the rest. True / False forces either.
+        with_outputs: also yield the network's outputs of the same pass
+            (what `predict` gives, with `apply_masks=True`), saving a second
+            pass where both are needed.
 
     Yields:
-        The structure `summarize` returns, as numpy arrays, for each batch.
+        The structure `summarize` returns, as numpy arrays, for each batch;
+        with `with_outputs`, `(that structure, the batch's outputs)`.
 
     Example:
 
@@ -488,7 +494,7 @@ def map_gate_records(model, images, summarize, batch_size=128, targets=False, ap
         raise ValueError(f"'{model.name}' has no gated layer whose gates could be read: gate it first "
                          "(ftwt_keras.gate(model)).")
     probe = _GatePass(network, summarize,
-                      dict(targets=targets, apply_masks=apply_masks, threshold=threshold, target=target))
+                      dict(targets=targets, apply_masks=apply_masks, threshold=threshold, target=target), with_outputs)
     if run_eagerly is None:
         total = _batch_count(images, batch_size, max_batches)
         if total is None:  # unknown length: eager until the batches show that compiling pays

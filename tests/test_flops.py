@@ -138,6 +138,16 @@ def test_long_gate_passes_run_compiled_with_the_eager_results(images, monkeypatc
     macs, rates, reduction, counts = passes()  # 3 batches: eagerly
     assert not compiled_calls
     assert 0.05 < rates["block5_pw"].mean() < 0.95 and np.ptp(macs) > 0  # the results depend on the image
+
+    def with_outputs():  # the pass's own outputs beside the summaries: `predict`'s logits, one pass for both
+        pairs = list(flops.map_gate_records(model, images, lambda records: records["block5_pw"].mask,
+                                            batch_size=4, with_outputs=True))
+        assert [len(mask) for mask, _ in pairs] == [len(outputs) for _, outputs in pairs] == [4, 4, 3]
+        return np.concatenate([outputs for _, outputs in pairs])
+
+    expected = model.predict(images, verbose=0)
+    np.testing.assert_allclose(with_outputs(), expected, rtol=1e-5, atol=1e-5)
+    assert not compiled_calls  # eagerly
     monkeypatch.setattr(flops, "COMPILE_FROM_BATCHES", 1)
     traces.clear()
     compiled = passes()
@@ -150,6 +160,8 @@ def test_long_gate_passes_run_compiled_with_the_eager_results(images, monkeypatc
         np.testing.assert_allclose(compiled[1][name], rates[name])
         np.testing.assert_array_equal(compiled[3][name], counts[name])
     assert compiled[2] == pytest.approx(reduction, abs=1e-6)
+    np.testing.assert_allclose(with_outputs(), expected, rtol=1e-5, atol=1e-5)  # compiled, the padding cut off
+    assert compiled_calls[-3:] == [4, 4, 4]
     # An iterable of unknown length: eager until COMPILE_FROM_BATCHES - 1 batches have shown it is long.
     monkeypatch.setattr(flops, "COMPILE_FROM_BATCHES", 3)
     compiled_calls.clear()
