@@ -46,13 +46,17 @@ def _tf():
     return tf
 
 
+def keras_runs_on_tensorflow():
+    """Whether Keras runs on TensorFlow in this process, as the export (its graph is TensorFlow's) needs."""
+    return keras.backend.backend() == "tensorflow"
+
+
 def _check_backend():
     """Raises ExportError unless Keras runs on TensorFlow, which the export's graph is built with."""
-    backend = keras.backend.backend()
-    if backend != "tensorflow":
+    if not keras_runs_on_tensorflow():
         raise ExportError(
             f"The .tflite export traces a TensorFlow graph through the model's Keras layers, so it needs Keras's "
-            f"TensorFlow backend; this process runs '{backend}'. Export in a process started with "
+            f"TensorFlow backend; this process runs '{keras.backend.backend()}'. Export in a process started with "
             "KERAS_BACKEND=tensorflow (a model saved as .keras on any backend loads there); edge/convert.py "
             "runs on TensorFlow whatever KERAS_BACKEND says."
         )

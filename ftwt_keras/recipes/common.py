@@ -25,10 +25,10 @@ from absl import flags, logging
 FLAGS = flags.FLAGS
 
 
-def _keras_runs_on_tensorflow():
-    import keras
+def _export_runs_here():
+    from ftwt_keras.export.checks import keras_runs_on_tensorflow
 
-    return keras.backend.backend() == "tensorflow"
+    return keras_runs_on_tensorflow()
 
 
 def define_flags(**defaults):
@@ -92,7 +92,7 @@ def define_flags(**defaults):
         ["paying_plan", "gate_only_paying"], lambda v: v["paying_plan"] == "rules" or v["gate_only_paying"],
         message="--paying_plan=timed chooses the convs of --gate_only_paying: pass both.")
     flags.register_validator(
-        "paying_plan", lambda value: value != "timed" or _keras_runs_on_tensorflow(),
+        "paying_plan", lambda value: value != "timed" or _export_runs_here(),
         message="--paying_plan=timed times .tflite exports, which need Keras's TensorFlow backend: run it with "
                 "KERAS_BACKEND=tensorflow, or choose by --paying_plan=rules.")
     flags.DEFINE_integer("edge_threads", default("edge_threads", 1),
