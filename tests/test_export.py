@@ -490,6 +490,7 @@ def test_dense_policy_and_set_keep_ratio(cifar_images):
         assert float(np.mean(np.asarray(masks[layer.name]))) == pytest.approx(0.5, abs=0.05)
     policy = {layer.name: "dense" for layer in model.gated_layers[::2]}
     policy.update({layer.name: "inputs<0.6" for layer in model.gated_layers[1::4]})
+    policy[model.gated_layers[0].name] = "inputs<0.6"  # it reads the images: no channel known to be zero
     assert_same_logits(export.convert(model, policy=policy), model, cifar_images[:4])
     keeps = {layer.name: 0.25 if index % 2 else 1.0 for index, layer in enumerate(model.gated_layers)}
     masks = fk.flops.gate_masks_of(export.set_keep_ratio(model, keeps), cifar_images[:2])
@@ -500,6 +501,25 @@ def test_dense_policy_and_set_keep_ratio(cifar_images):
         export.set_keep_ratio(model, {name: keep for name, keep in keeps.items() if name != first})
     with pytest.raises(export.ExportError, match=rf"must be in \(0, 1\]; got 0.0 for '{first}'"):
         export.set_keep_ratio(model, dict(keeps, **{first: 0.0}))
+
+
+def test_full_int8_dynamic_export_writes_run_time_weight_matmuls_as_fully_connected(cifar_images):
+    """In full int8, LiteRT's FULLY_CONNECTED is the fast matmul with run-time weights, not BATCH_MATMUL."""
+    model = export.set_keep_ratio(perturb(fk.gate(BUILDERS["resnet20"]()), seed=3), keep=0.5, seed=1)
+    # Compact outputs (chain), compact inputs of a conv computed in full (inputs<1), both ways of laying out weights.
+    policy = {layer.name: "inputs<1" if index % 3 == 2 else "chain" for index, layer in enumerate(model.gated_layers)}
+    options = dict(policy=policy, static_gates=False)  # drawn masks: every predictor runs
+    float32 = export.convert(model, **options)
+    integer = export.convert(model, weight_dtype="int8", representative_images=cifar_images[:16], **options)
+    float_ops, integer_ops = (collections.Counter(export.op_names(flatbuffer)) for flatbuffer in (float32, integer))
+    assert float_ops["BATCH_MATMUL"] >= 10 and integer_ops["BATCH_MATMUL"] == 0
+    assert integer_ops["FULLY_CONNECTED"] == float_ops["FULLY_CONNECTED"] + float_ops["BATCH_MATMUL"]
+    assert integer_ops["QUANTIZE"] > 0
+    assert_builtin_only(integer)
+    expected = export.run(float32, cifar_images)
+    actual = export.run(integer, cifar_images)
+    assert np.abs(actual - expected).max() <= 0.25 * np.ptp(expected)  # int8 activations: close, not exact
+    assert np.mean(actual.argmax(1) == expected.argmax(1)) >= 0.9
 
 
 def test_conversion_gives_the_bytes_of_tf_s_own_freezing_path(monkeypatch):

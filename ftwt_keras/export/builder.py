@@ -103,8 +103,9 @@ class _Builder:
     """Emits the TF ops of one network, layer by layer (inside a tf.function)."""
 
     def __init__(self, network, dynamic, policies, conv_macs, with_predictors=False, calibration=None,
-                 static_gates=True, num_threads=1):
+                 static_gates=True, num_threads=1, integer_matmuls=False):
         self.network = network
+        self.integer_matmuls = integer_matmuls  # full-int8 export: see `run_time_matmul`
         self.num_threads = num_threads  # the interpreter threads `auto` chooses for
         self.dynamic = dynamic
         self.policies = policies
@@ -231,7 +232,7 @@ class _Builder:
         kernel, bias = self.pointwise[layer.name]  # (C_in, C_out), (C_out,) or None
         height, width = int(x.values.shape[1]), int(x.values.shape[2])
         rows = tf.gather(tf.constant(kernel), x.channels)  # (k, C_out)
-        y = tf.linalg.matmul(tf.reshape(x.values, [1, height * width, _size(x.values, -1)]), rows[None])
+        y = self.run_time_matmul(tf.reshape(x.values, [1, height * width, _size(x.values, -1)]), rows[None])
         if x.constants is not None:  # each absent channel's uniform value times its weights
             offset = tf.linalg.matvec(tf.constant(kernel.T.copy()), x.constants)
             bias = offset if bias is None else bias + offset
@@ -355,6 +356,8 @@ class _Builder:
     def inputs_or_dense(self, unit, activation, x, mask, cutoff):
         """Run-time choice (builtin IF): gathered inputs when few input channels are on, else dense."""
         tf = _tf()
+        if x.is_dense and x.support is None:  # no channel known to be zero (the images, a sum): nothing to gather
+            return self.masked_dense(unit, activation, x, mask)
         if not x.is_dense:
             x.positions()
         # Count the input's non-zero channels without gathering them: the
@@ -608,10 +611,27 @@ class _Builder:
         else:
             columns = tf.concat(_shifted_windows(_padded(values, layer), layer, out_h, out_w), axis=-1)
         columns = tf.reshape(columns, [1, out_h * out_w, kh * kw * k_in])
-        y = activation(tf.linalg.matmul(columns, weights) + bias)
+        y = activation(self.run_time_matmul(columns, weights) + bias)
         y = tf.reshape(y, [1, out_h, out_w, unit.filters]) * mask.values
         support = _active_channels(mask.on[0])
         return Compact(y, None, unit.filters, support=support)
+
+    def run_time_matmul(self, columns, weights, adjoint=False):
+        """`(1, P, K) @ (1, K, N)` (or `(1, N, K)` transposed, `adjoint`) with weights computed at run time.
+
+        In float32 a rank-3 matmul, LiteRT's `BATCH_MATMUL`, which XNNPACK
+        runs with run-time weights (a rank-2 one becomes a `FULLY_CONNECTED`
+        that runs on LiteRT's own kernel: 3x slower). In full int8 neither
+        reaches XNNPACK, and LiteRT's int8 `FULLY_CONNECTED` is the fast one
+        (its int8 `BATCH_MATMUL` took 7x its time: docs/experiments.md).
+        """
+        tf = _tf()
+        if not self.integer_matmuls:
+            return tf.linalg.matmul(columns, weights, adjoint_b=adjoint)
+        if not adjoint:  # FULLY_CONNECTED takes its weights as (N, K) rows
+            weights = tf.transpose(weights, [0, 2, 1])
+        weights = tf.reshape(weights, [_size(weights, 1), _size(weights, 2)])
+        return tf.linalg.matmul(tf.squeeze(columns, 0), weights, adjoint_b=True)[None]
 
     def top_channels(self, unit, mask, capacity):
         """int32 (capacity,): the active filters first, then off ones (static shape, no WHERE).
@@ -735,8 +755,7 @@ class _Builder:
         else:
             columns = tf.concat(_shifted_windows(_padded(values, layer), layer, out_h, out_w), axis=-1)
         columns = tf.reshape(columns, [1, out_h * out_w, taps * k_in])
-        # Rank-3 matmul -> BATCH_MATMUL, which XNNPACK runs with run-time weights.
-        y = activation(tf.linalg.matmul(columns, weights, adjoint_b=adjoint) + bias)
+        y = activation(self.run_time_matmul(columns, weights, adjoint) + bias)
         if not fold_on:
             y = y * on
         return Compact(tf.reshape(y, [1, out_h, out_w, k_out]), active, unit.filters)

@@ -193,13 +193,15 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
             too: LiteRT's full-integer quantization, int8 kernels wherever
             LiteRT has one, float32 elsewhere; input and output stay float32.
             What many phone apps ship as their dense model; the dynamic
-            export runs several times slower in it (its matmuls with
-            run-time weights get LiteRT's own int8 kernels, not XNNPACK's;
-            MobileNetV1-224 at keep 0.3 on an Intel CPU: 28.7 ms against 8.3
-            in float32 and the dense full-int8 model's 5.4;
-            `benchmarks/weight_dtypes.py`), and the exact fallback for an
-            image beyond a compact layer's capacity stays float32 (LiteRT
-            quantizes no `IF` branch): a larger file than float32's.
+            export runs slower in it than in float32: its matmuls with
+            run-time weights get LiteRT's own int8 kernels, not XNNPACK's
+            (written as `FULLY_CONNECTED`, the faster of them), and int8
+            makes the skipped work cheaper, not the gates' own (MobileNetV1-224
+            at keep 0.3 on an AMD CPU: 8.3 ms against 6.2 in float32 and the
+            dense full-int8 model's 5.0; `benchmarks/weight_dtypes.py`).
+            The exact fallback for an image beyond a compact layer's
+            capacity stays float32 (LiteRT quantizes no `IF` branch): a
+            larger file than float32's.
 
     Returns:
         The `.tflite` model as bytes. Input: raw RGB pixels `(1, H, W, 3)`
@@ -228,7 +230,8 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
     policies = _policies(model, policy)
     calibration = _calibration_of(model, calibration_images, calibration, capacity_stds, needed=dynamic)
     conv_macs = _conv_macs(model)
-    builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, calibration, static_gates, num_threads)
+    builder = _Builder(network, dynamic, policies, conv_macs, with_predictors, calibration, static_gates, num_threads,
+                       integer_matmuls=representative_images is not None)
     shape = (1,) + tuple(int(d) for d in network.inputs[0].shape[1:])
 
     if stop_at is not None and stop_at not in {layer.name for layer in network.layers}:
