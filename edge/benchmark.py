@@ -337,7 +337,6 @@ def _print_row(row, extra):
 
 
 DEVICE_ROWS = "device_rows.json"  # in a --device_dir folder: each row's fields, exports and files
-DEVICE_SCRIPT = "run_on_device.sh"
 
 
 def _written_for_device(fields, extra, exports):
@@ -385,6 +384,8 @@ def _device_images(entries):
 
 def _write_device_plan(entries):
     """Writes the --device_dir manifest and the adb script that times every file there; says how to go on."""
+    from ftwt_keras.export import tflite
+
     images = _device_images(entries)
     runs_per_image = max(1, FLAGS.num_images // max(1, len(images)))
     for entry in entries:
@@ -397,29 +398,11 @@ def _write_device_plan(entries):
     runs = sorted({(file, entry["fields"]["threads"], image, entry["fields"]["resolution"])
                    for entry in entries for file in entry["files"].values()
                    for image in entry.get("images") or [None]})
-    remote = "/data/local/tmp/ftwt"
-    binary = "/data/local/tmp/benchmark_model"
-    lines = ["#!/bin/sh", "# Times every .tflite of this folder on the phone adb reaches (edge/README.md).",
-             f"# Needs LiteRT's benchmark_model at {binary}: BENCHMARK_MODEL=<a local build> pushes it first.",
-             "# PIN=<taskset mask> (e.g. PIN=f0, the big cores of many phones) runs it on those cores.",
-             "set -e", 'cd "$(dirname "$0")"',
-             f'if [ -n "$BENCHMARK_MODEL" ]; then adb push "$BENCHMARK_MODEL" {binary}; adb shell chmod +x {binary}; fi',
-             'RUN=""; if [ -n "$PIN" ]; then RUN="taskset $PIN"; fi',
-             f"adb shell mkdir -p {remote}"]
-    lines += [f"adb push {file} {remote}/{file}" for file in sorted({file for file, *_ in runs} | set(images))]
-    for file, threads, image, size in runs:
-        command = (f"adb shell $RUN {binary} --graph={remote}/{file} --num_threads={threads} "
-                   f"--use_xnnpack=true --warmup_runs={FLAGS.warmup}")
-        if image is None:
-            command += f" --num_runs={FLAGS.num_images}"
-        else:  # the export's input, "images" (`convert`), fed this image's pixels
-            command += (f" --num_runs={runs_per_image} --input_layer=images --input_layer_shape=1,{size},{size},3"
-                        f" --input_layer_value_files=images:{remote}/{image}")
-        lines.append(f"{command} > {device_log_name(file, threads, image)}")
-    script = os.path.join(FLAGS.device_dir, DEVICE_SCRIPT)
-    with open(script, "w") as file:
-        file.write("\n".join(lines) + "\n")
-    os.chmod(script, 0o755)
+    script = tflite.write_device_script(FLAGS.device_dir, [
+        tflite.DeviceRun(file, device_log_name(file, threads, image), threads,
+                         num_runs=FLAGS.num_images if image is None else runs_per_image, warmup_runs=FLAGS.warmup,
+                         image=image, size=None if image is None else size)
+        for file, threads, image, size in runs])
     with open(os.path.join(FLAGS.device_dir, DEVICE_ROWS), "w") as file:
         json.dump({"rows": entries}, file, indent=1)
     print(f"Wrote {len({file for file, *_ in runs})} .tflite files"
@@ -454,7 +437,7 @@ def rows_from_device_logs(folder, device_name):
                 log = os.path.join(folder, device_log_name(file_name, threads, image))
                 if not os.path.exists(log):
                     raise tflite.ExportError(f"No benchmark_model output {log!r}: run "
-                                             f"{os.path.join(folder, DEVICE_SCRIPT)} on the device first (it saves "
+                                             f"{os.path.join(folder, tflite.DEVICE_SCRIPT)} on the device first (it saves "
                                              "each output there).")
                 with open(log) as file:
                     per_image.append(tflite.benchmark_model_ms(file.read()))

@@ -3,16 +3,19 @@
     # 1. Before FTWT training: candidates from the dense baseline at r, masks drawn at its targets.
     python edge/candidates.py --baseline runs/x/baseline.keras --threshold 0.5 --target uniform \\
         --predictor_rank 16 --calibration cifar10:train[:256] --output_dir candidates
-    # 2. On the phone: one benchmark_model run per file, each output saved as <file>.log (edge/README.md).
+    # 2. On the phone: one benchmark_model run per file, each output saved as <file>.log (edge/README.md):
+    sh candidates/run_on_device.sh
     # 3. The fastest candidate that beats dense, and the --ungated_layers that train it:
     python edge/candidates.py --pick candidates
 
 Step 1 writes dense.tflite, dense_int8.tflite (the dense network in
 full-integer int8, --int8_reference), gated_<i>.tflite (the network gated
 only where gates pay, `ftwt_keras.export.paying_gates`, then fewer and fewer
-gates: `ftwt_keras.export.gate_candidates`) and candidates.json, and prints the
-adb commands that time them. Step 3 reads <file>.log next to each file and
-says whether the pick also beats the dense int8 model.
+gates: `ftwt_keras.export.gate_candidates`), candidates.json, and
+run_on_device.sh, the adb commands that time them (`BENCHMARK_MODEL=<a local
+build>` pushes benchmark_model first, `PIN=<taskset mask>` pins the cores).
+Step 3 reads <file>.log next to each file and says whether the pick also beats
+the dense int8 model.
 """
 
 import os
@@ -42,6 +45,10 @@ flags.DEFINE_bool("int8_reference", True,
                   "Step 1: also write dense_int8.tflite, the dense network in full-integer int8 (ranges from the "
                   "--calibration images): every candidate is float32, and an app may ship int8 instead; step 3 "
                   "says how the pick compares with it.")
+flags.DEFINE_integer("num_runs", 200, "Step 1: benchmark_model's timed invokes per file, in the device script.")
+flags.DEFINE_integer("warmup", 20, "Step 1: benchmark_model's invokes before timing, in the device script.")
+flags.register_validator("num_runs", lambda value: value >= 1, message="--num_runs must be >= 1.")
+flags.register_validator("warmup", lambda value: value >= 0, message="--warmup must be >= 0.")
 flags.DEFINE_string("pick", None, "Step 3: a folder of step 1, with one benchmark_model output per file "
                     "as <file>.log (e.g. gated_0.tflite.log).")
 flags.DEFINE_float("margin", 0.01, "Step 3: how much faster than dense a candidate must be (fraction of its time).")
@@ -93,12 +100,12 @@ def _write(tflite):
               f"{len(model.gated_layers)} gated convs)")
     if not manifest["candidates"]:
         print("  (no gate pays at this r by the export's rules: train at a lower r, or not for speed)")
-    print("Time each on the device, one benchmark_model run per file, its output saved as <file>.log:")
-    print(f"  adb push {FLAGS.output_dir} /data/local/tmp/candidates")
-    print(f"  for f in {' '.join(files)}; do adb shell /data/local/tmp/benchmark_model "
-          f"--graph=/data/local/tmp/candidates/$f --num_threads={FLAGS.threads} --use_xnnpack=true "
-          f"--num_runs=200 --warmup_runs=20 > {FLAGS.output_dir}/$f.log 2>&1; done")
-    print(f"  python edge/candidates.py --pick {FLAGS.output_dir}")
+    script = tflite.write_device_script(FLAGS.output_dir, [
+        tflite.DeviceRun(file, f"{file}.log", FLAGS.threads, num_runs=FLAGS.num_runs, warmup_runs=FLAGS.warmup)
+        for file in files])
+    print(f"Time them on the device: sh {script} (one benchmark_model run per file, its output saved as "
+          f"<file>.log beside it; BENCHMARK_MODEL=<a local build> pushes benchmark_model first, PIN=<taskset mask> "
+          f"pins the cores), then: python edge/candidates.py --pick {FLAGS.output_dir}")
 
 
 def _files(manifest):

@@ -1,6 +1,7 @@
 """Shared helpers of the export tests: real images, networks whose masks and logits follow the image, checks."""
 
 import functools
+import os
 
 import keras
 import numpy as np
@@ -149,3 +150,18 @@ BUILDERS = {
     "vgg16_bn": fk.models.vgg16_bn,
 }
 GATE_OPTIONS = {"mobilenet_v1_low_rank": {"predictor_rank": 8}}
+
+
+def stand_in_adb(folder, microseconds=1500):
+    """A stand-in `adb` in `folder`: it records its calls and answers each benchmark_model run in its format.
+
+    Returns `(environment, calls)`: the environment that puts it first on PATH, and the file of its calls
+    (one line each). No phone is at hand here; this runs a device script as a user would.
+    """
+    folder.mkdir(exist_ok=True)
+    adb = folder / "adb"
+    adb.write_text('#!/bin/sh\necho "$@" >> "$ADB_CALLS"\ncase "$*" in *--graph=*) echo "INFO: Inference timings '
+                   f'in us: Init: 5, First inference: 9, Warmup (avg): 8, Inference (avg): {microseconds}";; esac\n')
+    adb.chmod(0o755)
+    calls = folder / "calls"
+    return dict(os.environ, PATH=f"{folder}:{os.environ['PATH']}", ADB_CALLS=str(calls)), calls

@@ -20,6 +20,7 @@ from export_helpers import (  # noqa: E402
     BUILDERS,
     assert_same_logits,
     perturb,
+    stand_in_adb,
 )
 
 
@@ -384,17 +385,11 @@ def test_benchmark_times_a_trained_model_on_the_device_on_real_images(tmp_path, 
                     f"--input_layer_value_files=images:/data/local/tmp/ftwt/{image} > "
                     f"{file}.threads1.{image[:-4]}.log") in commands
     # The script itself, with a stand-in adb that records its calls and answers benchmark_model runs.
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "adb").write_text('#!/bin/sh\necho "$@" >> "$ADB_CALLS"\ncase "$*" in *--graph=*) echo "INFO: '
-                              'Inference timings in us: Init: 5, First inference: 9, Warmup (avg): 8, Inference '
-                              '(avg): 1500";; esac\n')
-    (fake / "adb").chmod(0o755)
-    environment = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", ADB_CALLS=str(tmp_path / "calls"),
-                       PIN="f0", BENCHMARK_MODEL="/opt/benchmark_model")
+    environment, calls = stand_in_adb(tmp_path / "bin", microseconds=1500)
+    environment.update(PIN="f0", BENCHMARK_MODEL="/opt/benchmark_model")
     ran = subprocess.run(["sh", str(device / "run_on_device.sh")], env=environment, capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr
-    calls = (tmp_path / "calls").read_text().splitlines()
+    calls = calls.read_text().splitlines()
     assert calls[:2] == ["push /opt/benchmark_model /data/local/tmp/benchmark_model",
                          "shell chmod +x /data/local/tmp/benchmark_model"]
     runs = [call for call in calls if "--graph=" in call]

@@ -5,7 +5,8 @@ flatbuffer that computes only each image's active filters (needs TensorFlow).
 Its parts: `checks` (what the exporter accepts), `calibration` (keep ratios
 and capacities from images), `planning` (which layers compute compactly,
 which gates pay), `measured` (which gates pay, by timing on this machine), `candidates`
-(the same choice timed on a device without Python),
+(the same choice timed on a device without Python), `device` (the adb script that times
+exports there, and its output read back),
 `builder` (the TensorFlow graph), `runtime` (running and timing a `.tflite`),
 `agreement` (a `.tflite` against its Keras model, image by image)
 and `drawn_masks` (stand-ins for trained masks).
@@ -13,8 +14,10 @@ and `drawn_masks` (stand-ins for trained masks).
 
 from ftwt_keras.export.tflite import (
     CAPACITY_STDS,
+    DEVICE_SCRIPT,
     LOGIT_TOLERANCE,
     Calibration,
+    DeviceRun,
     ExportError,
     SIGNATURE_KEY,
     WEIGHT_DTYPES,
@@ -51,11 +54,14 @@ from ftwt_keras.export.tflite import (
     time_invokes,
     time_side_by_side,
     with_signature,
+    write_device_script,
 )
 
 __all__ = [
     "CAPACITY_STDS",
     "Calibration",
+    "DEVICE_SCRIPT",
+    "DeviceRun",
     "LOGIT_TOLERANCE",
     "ExportError",
     "SIGNATURE_KEY",
@@ -93,4 +99,5 @@ __all__ = [
     "time_invokes",
     "time_side_by_side",
     "with_signature",
+    "write_device_script",
 ]

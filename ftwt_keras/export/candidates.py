@@ -3,7 +3,8 @@
 `measured_paying_gates` times its candidate networks where it runs. A phone
 runs `benchmark_model`, not Python: `export_candidates` writes the same
 candidates (`gate_candidates`) and the dense network as `.tflite` files with
-a manifest, `benchmark_model_ms` reads the time out of `benchmark_model`'s
+a manifest (and `device.write_device_script` the adb script that times them),
+`benchmark_model_ms` reads the time out of `benchmark_model`'s
 output for each, and `pick_candidate` takes the fastest that beats dense.
 Before training, the candidates are the dense baseline gated at r with masks
 drawn at its targets (`drawn_at_targets`); the pick's `ungated_layers` are
@@ -12,13 +13,11 @@ then what the recipes' `--ungated_layers` takes.
 
 import json
 import os
-import re
 
 from ftwt_keras.export.checks import ExportError, _check_threads, check_ftwt_model
 from ftwt_keras.export.measured import gate_candidates
 
 MANIFEST = "candidates.json"
-_AVERAGE = re.compile(r"Inference timings in us: .*Inference \(avg\): ([0-9.eE+-]+)")
 
 
 def export_candidates(model, calibration, output_dir, num_threads=1, static_gates=False, drop_divisor=4,
@@ -83,15 +82,6 @@ def read_manifest(output_dir):
         raise ExportError(f"No {MANIFEST} in {output_dir}: write the candidates first (edge/candidates.py --baseline ...).")
     with open(path) as file:
         return json.load(file)
-
-
-def benchmark_model_ms(text):
-    """The mean inference time, in ms, that LiteRT's `benchmark_model` printed in `text` (its output)."""
-    found = _AVERAGE.findall(text)
-    if not found:
-        raise ExportError("No 'Inference timings in us: ... Inference (avg): N' line in this benchmark_model output: "
-                          "save the whole output of one benchmark_model run per file.")
-    return float(found[-1]) / 1e3
 
 
 def pick_candidate(manifest, times_ms, margin=0.01):

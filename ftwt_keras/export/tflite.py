@@ -79,7 +79,8 @@ from ftwt_keras.export.checks import (
     check_ftwt_model,
     load_ftwt_model,
 )
-from ftwt_keras.export.candidates import benchmark_model_ms, export_candidates, pick_candidate, read_manifest
+from ftwt_keras.export.candidates import export_candidates, pick_candidate, read_manifest
+from ftwt_keras.export.device import DEVICE_SCRIPT, DeviceRun, benchmark_model_ms, write_device_script
 from ftwt_keras.export.drawn_masks import drawn_at_targets, randomize_batch_norm, set_keep_ratio
 from ftwt_keras.export.planning import (
     AUTO_CHAIN_CUTOFF,
@@ -464,6 +465,8 @@ __all__ = [
     "LOGIT_TOLERANCE",
     "Calibration",
     "Compact",
+    "DEVICE_SCRIPT",
+    "DeviceRun",
     "ExportError",
     "FoldedUnit",
     "POLICIES",
@@ -509,4 +512,5 @@ __all__ = [
     "time_invokes",
     "time_side_by_side",
     "with_signature",
+    "write_device_script",
 ]
