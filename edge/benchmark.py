@@ -48,6 +48,7 @@ phone instead (LiteRT's benchmark_model over adb: run_on_device.sh beside
 them), and --device_logs turns the outputs it saved into the same rows.
 """
 
+import functools
 import json
 import os
 import sys
@@ -150,7 +151,9 @@ flags.DEFINE_bool("int8_reference", True,
 flags.DEFINE_bool("plot_only", False, "Only rewrite the Markdown tables and redraw the chart from the rows in --output.")
 
 
+@functools.lru_cache(maxsize=8)
 def _cifar_images(split, size=None):
+    """CIFAR-10 images of `split` (at `size`), read once per run: the calibration and int8-range images often agree."""
     from ftwt_keras import data
 
     return data.cifar_arrays("cifar10", split, image_size=size)[0]
