@@ -1,6 +1,7 @@
 """TFLite export (ftwt_keras.export): builtin ops only, exact logits, clear errors."""
 
 import collections
+import random
 
 import keras
 import numpy as np
@@ -501,6 +502,21 @@ def test_dense_policy_and_set_keep_ratio(cifar_images):
         export.set_keep_ratio(model, {name: keep for name, keep in keeps.items() if name != first})
     with pytest.raises(export.ExportError, match=rf"must be in \(0, 1\]; got 0.0 for '{first}'"):
         export.set_keep_ratio(model, dict(keeps, **{first: 0.0}))
+
+
+@pytest.mark.parametrize("name, capped", [("mobilenet_v1", False), ("resnet18", True)])
+def test_per_layer_policies_drawn_at_random_export_exactly(name, capped, cifar_images):
+    """Each layer its own policy, drawn from all of them (run-time cutoffs, gathered inputs, chains, ...), the
+    layers around it anything else: still the Keras model's logits. (Such a mix once crashed the conversion.)"""
+    draw = random.Random(name)
+    model = perturb(fk.gate(BUILDERS[name]()), seed=5)
+    if capped:
+        fk.cap_gates(model, cifar_images, ratio=1.0)
+    choices = [*export.POLICIES, "inputs<0.5", "inputs<1", 0.5, 0.9]
+    policy = {layer.name: draw.choice(choices) for layer in model.gated_layers}
+    assert len(set(map(str, policy.values()))) >= 7  # a real mix
+    calibration = None if capped else cifar_images[:8]
+    assert_same_logits(export.convert(model, policy=policy, calibration_images=calibration), model, cifar_images)
 
 
 def test_full_int8_dynamic_export_writes_run_time_weight_matmuls_as_fully_connected(cifar_images):

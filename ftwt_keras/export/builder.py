@@ -629,6 +629,8 @@ class _Builder:
         if not self.integer_matmuls:
             return tf.linalg.matmul(columns, weights, adjoint_b=adjoint)
         if not adjoint:  # FULLY_CONNECTED takes its weights as (N, K) rows
+            # Transposed while 3-D: the converter folds a 2-D TRANSPOSE into a
+            # transpose_b matmul and writes BATCH_MATMUL again.
             weights = tf.transpose(weights, [0, 2, 1])
         weights = tf.reshape(weights, [_size(weights, 1), _size(weights, 2)])
         return tf.linalg.matmul(tf.squeeze(columns, 0), weights, adjoint_b=True)[None]
