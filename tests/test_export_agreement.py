@@ -32,7 +32,30 @@ def test_agreement_passes_the_export_and_fails_another_network(cifar_images):
     # The dense export computes every filter: another network, which the check must catch.
     other = export.agreement(model, export.convert(model, dynamic=False), cifar_images)
     assert (other["logit_error"] > export.LOGIT_TOLERANCE).sum() > len(cifar_images) // 2
-    assert "beyond has a gate whose Keras logit is within" in export.agreement_report(other)
+    assert "beyond has a gate within" in export.agreement_report(other)
 
     with pytest.raises(export.ExportError, match=r"The images to check must be a non-empty array \(N, 32, 32, 3\)"):
         export.agreement(model, export.convert(model), cifar_images[:, :16])
+
+
+def test_a_capped_layer_s_margin_is_also_the_gap_at_its_cap(cifar_images):
+    """A capped gate flips where its logit crosses 0 or where the k-th and next positive logits swap."""
+    model = perturb(fk.gate(fk.models.resnet_cifar(depth=20)))
+    capacities = fk.cap_gates(model, cifar_images, ratio=0.8)
+    checked = export.agreement(model, export.convert(model), cifar_images)
+    assert checked["same_top1"].all() and (checked["logit_error"] <= export.LOGIT_TOLERANCE).all()
+    with fk.record_gates() as recorder:
+        model.network(cifar_images, training=False)
+    nearest = np.full(len(cifar_images), np.inf)
+    binding = 0
+    for record in recorder.records:
+        logits = keras.ops.convert_to_numpy(record.logits)
+        nearest = np.minimum(nearest, np.abs(logits).min(axis=1))
+        capacity = capacities.get(record.layer.name)
+        if capacity is not None and capacity < logits.shape[1]:
+            top = -np.sort(-logits, axis=1)
+            gap = np.where(top[:, capacity] > 0, top[:, capacity - 1] - top[:, capacity], np.inf)
+            binding += int(np.sum(np.isfinite(gap)))
+            nearest = np.minimum(nearest, gap)
+    assert binding > 0  # caps that bind on some images: the gap is tested, not only |logit|
+    np.testing.assert_allclose(checked["gate_margin"], nearest, rtol=1e-6)

@@ -3,7 +3,9 @@
 A float32 export computes the same function as Keras up to float32 summation
 order. That order can decide a gate whose logit lies within rounding of 0, so
 an image with such a gate may take other filters in the two and its logits
-differ by more than rounding: `agreement` reports each image's nearest gate
+differ by more than rounding; so can a capped layer's (`GatedConv(capacity=k)`)
+whose k-th and next positive logits lie within rounding of each other.
+`agreement` reports each image's nearest gate to either boundary
 (`gate_margin`) beside its logit difference, so such images can be told apart
 from a wrong export.
 """
@@ -31,8 +33,10 @@ def agreement(model, flatbuffer, images, num_threads=1, batch_size=250):
     Returns:
         A dict of `(N,)` arrays: `logit_error` (the largest absolute logit
         difference, as a fraction of the range of Keras's logits over all
-        `images`), `same_top1` (bool) and `gate_margin` (the image's smallest
-        |gate logit| in Keras: how near its nearest gate is to flipping).
+        `images`), `same_top1` (bool) and `gate_margin` (how near the image's
+        nearest gate is to flipping in Keras: its smallest |gate logit|, or
+        in a capped layer whose cap binds, if smaller, the gap between the
+        k-th largest logit and the next).
 
     Raises:
         ExportError: `images` are not a batch of the model's input.
@@ -51,8 +55,16 @@ def agreement(model, flatbuffer, images, num_threads=1, batch_size=250):
 
     from ftwt_keras import flops
 
-    def nearest_gate(records):  # each image's smallest |gate logit| over every gated layer
-        return ops.min(ops.concatenate([ops.abs(record.logits) for record in records.values()], axis=1), axis=1)
+    def nearest_gate(records):  # each image's smallest distance to a gate's decision boundary
+        margins = [ops.min(ops.abs(record.logits), axis=1) for record in records.values()]
+        for record in records.values():
+            capacity = record.layer.capacity
+            if capacity is not None and capacity < record.logits.shape[-1]:
+                top = ops.top_k(record.logits, capacity + 1)[0]  # descending
+                # The k-th and the next swap places only where the next is on too (> 0).
+                binding = top[:, capacity] > 0
+                margins.append(ops.where(binding, top[:, capacity - 1] - top[:, capacity], float("inf")))
+        return ops.min(ops.stack(margins, axis=1), axis=1)
 
     images = checked_images(images, _graph.as_functional(model.network), what="The images to check")
     # One Keras pass for both the logits and the gates (as `predict` computes them).
@@ -76,7 +88,7 @@ def agreement_report(checked, tolerance=LOGIT_TOLERANCE):
     >>> import numpy as np
     >>> agreement_report({"logit_error": np.array([1e-7, 2e-3]), "same_top1": np.array([True, True]),
     ...                   "gate_margin": np.array([0.4, 1e-6])})
-    "Against Keras on 2 images: the same top-1 on 2, logits within 0.001 of Keras's logit range on 1 (largest difference 2.0e-03 of the range); each of the 1 beyond has a gate whose Keras logit is within 1.0e-06 of 0."
+    "Against Keras on 2 images: the same top-1 on 2, logits within 0.001 of Keras's logit range on 1 (largest difference 2.0e-03 of the range); each of the 1 beyond has a gate within 1.0e-06 of flipping in Keras (its logit that near 0, or a capped layer's k-th and next logits that near each other)."
     """
     error = checked["logit_error"]
     count = len(error)
@@ -86,7 +98,8 @@ def agreement_report(checked, tolerance=LOGIT_TOLERANCE):
             "of the range)")
     if within < count:  # say how near a gate of theirs is to flipping, for telling rounding from an error
         margin = float(checked["gate_margin"][error > tolerance].max())
-        line += f"; each of the {count - within} beyond has a gate whose Keras logit is within {margin:.1e} of 0"
+        line += (f"; each of the {count - within} beyond has a gate within {margin:.1e} of flipping in Keras (its "
+                 "logit that near 0, or a capped layer's k-th and next logits that near each other)")
     return line + "."
 
 
