@@ -58,10 +58,11 @@ def write_device_script(folder, runs):
     """Writes `folder/run_on_device.sh`, which times `runs` on the phone adb reaches; returns its path.
 
     The script pushes every file the runs name, runs them in order and saves
-    each output as its run's `log` in `folder`. `BENCHMARK_MODEL=<a local
-    build>` pushes LiteRT's `benchmark_model` first (else it must be at
-    `BENCHMARK_MODEL` on the phone); `PIN=<taskset mask>` (e.g. `f0`, the big
-    cores of many phones) pins every run to those cores.
+    each output as its run's `log` in `folder` (`benchmark_model` prints its
+    results on stdout; an error goes to the terminal and stops the script).
+    `BENCHMARK_MODEL=<a local build>` pushes LiteRT's `benchmark_model` first
+    (else it must be at `BENCHMARK_MODEL` on the phone); `PIN=<taskset mask>`
+    (e.g. `f0`, the big cores of many phones) pins every run to those cores.
 
     Args:
         folder: the folder holding the runs' files.
