@@ -201,7 +201,7 @@ def test_weight_dtypes_benchmark_shrinks_the_files_and_times_all_eight():
                            "--calibration_images=4", "--loops=1")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = re.findall(r"^  (dense|dynamic) +(float16|int8 full|int8) *: +[0-9.]+ MB \(([0-9.]+)x\); logits within "
-                      r".* of float32's, same top-1 on [0-9.]+%$", result.stdout, re.M)
+                      r".* of float32's, same top-1 on [0-9.]+%(?:; holds the exact fallback \(IF\))?$", result.stdout, re.M)
     assert [row[:2] for row in rows] == [(kind, dtype) for kind in ("dense", "dynamic")
                                          for dtype in ("float16", "int8", "int8 full")], result.stdout
     ratios = {row[:2]: float(row[2]) for row in rows}
@@ -212,6 +212,18 @@ def test_weight_dtypes_benchmark_shrinks_the_files_and_times_all_eight():
         f"{kind} {dtype} [0-9.]+" for dtype in ("float32", "float16", "int8", "int8 full")
         for kind in ("dense", "dynamic")) + "$", result.stdout, re.M)
     assert timed, result.stdout
+    # Every layer compact (chain; the stem and 13 pointwise convs regular): the calibrated capacities' exact fallback (an IF branch) in every dynamic file;
+    # capped, no fallback in any.
+    for capped_ratio in ("0", "1.0"):
+        chained = run_benchmark("weight_dtypes.py", "--resolution=32", "--alpha=0.25", "--keeps=0.3",
+                                "--num_images=8", "--calibration_images=4", "--loops=1", "--policy=chain",
+                                f"--capped_ratio={capped_ratio}")
+        assert chained.returncode == 0, chained.stderr[-2000:]
+        fallbacks = re.findall(r"^  (dense|dynamic) .*; holds the exact fallback \(IF\)$", chained.stdout, re.M)
+        if capped_ratio == "0":
+            assert fallbacks == ["dynamic"] * 4, chained.stdout
+        else:
+            assert "14 compacted convs capped at 1x their mean count" in chained.stdout and not fallbacks
 
 
 def test_conv3x3_benchmark_computes_the_dense_convs_active_filters():
