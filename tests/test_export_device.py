@@ -68,6 +68,8 @@ def test_device_script_refuses_missing_files_and_no_runs(tmp_path):
                                                    device.DeviceRun("b.tflite", "b.log")])
     with pytest.raises(device.ExportError, match=r"\['image000.raw'\] not in"):
         device.write_device_script(str(tmp_path), [device.DeviceRun("a.tflite", "a.log", image="image000.raw", size=32)])
+    with pytest.raises(device.ExportError, match="pass `image` and `size` together"):
+        device.DeviceRun("a.tflite", "a.log", image="image000.raw")
     with pytest.raises(device.ExportError, match="No runs"):
         device.write_device_script(str(tmp_path), [])
     assert not (tmp_path / device.DEVICE_SCRIPT).exists()

@@ -44,6 +44,11 @@ class DeviceRun:
     image: Optional[str] = None
     size: Optional[int] = None
 
+    def __post_init__(self):
+        if (self.image is None) != (self.size is None):
+            raise ExportError(f"DeviceRun of {self.file}: pass `image` and `size` together (the input file and its "
+                              f"height and width); got image={self.image!r}, size={self.size!r}.")
+
     def command(self):
         """The script's line for this run: `$RUN` is empty or `taskset <mask>` (the script's `PIN`)."""
         line = (f"adb shell $RUN {BENCHMARK_MODEL} --graph={REMOTE_DIR}/{self.file} --num_threads={self.threads} "
