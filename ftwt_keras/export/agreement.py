@@ -56,8 +56,9 @@ def agreement(model, flatbuffer, images, num_threads=1, batch_size=250):
     from ftwt_keras import flops
 
     def nearest_gate(records):  # each image's smallest distance to a gate's decision boundary
-        margins = [ops.min(ops.abs(record.logits), axis=1) for record in records.values()]
+        margins = []
         for record in records.values():
+            margins.append(ops.min(ops.abs(record.logits), axis=1))
             capacity = record.layer.capacity
             if capacity is not None and capacity < record.logits.shape[-1]:
                 top = ops.top_k(record.logits, capacity + 1)[0]  # descending
