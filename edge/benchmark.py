@@ -39,7 +39,10 @@ also another model, whose accuracy cost
 `benchmarks/capped_accuracy.py` measures on a trained one. And the dense
 model in LiteRT's full-integer int8 (--int8_reference, on by default:
 `dense_int8_ms`, and the dynamic export's `speedup_vs_int8`), since every
-other export is float32 and an app may ship its dense net in int8. Rows go to
+other export is float32 and an app may ship its dense net in int8; beside it
+the capped model with int8 weights (--capped_int8_weights, on by default:
+`capped_int8_weights_*` fields, `_vs_int8` against the dense int8 model),
+the dynamic export that comes closest to that model. Rows go to
 --output as {"rows": [...]}, with the README's tables beside it
 (`<output>.md`) and a chart of measured and ideal speed-up against FLOPs
 reduction (`<output>.png`, needs matplotlib); `--plot_only` rewrites both
@@ -121,6 +124,11 @@ flags.DEFINE_float("capped_ratio", 1.1,
                    "Also time the model with the convs the export compacts capped at this many times their mean "
                    "count (ftwt_keras.cap_gates; drawn masks: the count); 0: not. 1.1 cost the demo model no top-1 "
                    "(benchmarks/capped_accuracy.py).")
+flags.DEFINE_bool("capped_int8_weights", True,
+                  "Where the capped model is timed, also time it with int8 weights (LiteRT's dynamic-range "
+                  "quantization, `convert(weight_dtype='int8')`: int8 weights, float32 activations), the one "
+                  "dynamic export that has matched the dense full-int8 model (README); not exact: a gate whose "
+                  "logit is near 0 may flip (benchmarks/weight_dtypes.py counts how often).")
 flags.DEFINE_string("output", "benchmarks/results/edge_latency.json", "JSON file for the rows ('' to skip).")
 flags.DEFINE_string("tflite_dir", "/tmp/ftwt_edge", "Folder for the .tflite files made on the way.")
 flags.DEFINE_bool("per_layer", False,
@@ -314,6 +322,11 @@ def timed_row(fields, extra, median, spread=None):
             capped_speedup=round(median["dense"] / median["capped"], 3),
             capped_flops_reduction=round(1.0 - extra["capped_executed"] / dense_macs, 3),
         )
+    if "capped_int8_weights" in median:
+        row.update(capped_int8_weights_ms=round(median["capped_int8_weights"], 3),
+                   capped_int8_weights_speedup=round(median["dense"] / median["capped_int8_weights"], 3))
+        if "dense_int8" in median:
+            row["capped_int8_weights_vs_int8"] = round(median["dense_int8"] / median["capped_int8_weights"], 3)
     return row
 
 
@@ -337,6 +350,11 @@ def _print_row(row, extra):
         print(f"{'':>16} the {row['capped_gates']} compacted convs capped at {row['capped_ratio']:g}x their mean "
               f"count: {row['capped_ms']:.2f} ms, speed-up {row['capped_speedup']:.2f}x, "
               f"FLOPs-{100 * row['capped_flops_reduction']:.1f}%", flush=True)
+    if "capped_int8_weights_ms" in row:
+        against = ("" if "capped_int8_weights_vs_int8" not in row else
+                   f", {row['capped_int8_weights_vs_int8']:.2f}x the dense full-int8 model's speed")
+        print(f"{'':>16} the capped model with int8 weights: {row['capped_int8_weights_ms']:.2f} ms, speed-up "
+              f"{row['capped_int8_weights_speedup']:.2f}x{against}", flush=True)
 
 
 DEVICE_ROWS = "device_rows.json"  # in a --device_dir folder: each row's fields, exports and files
@@ -500,6 +518,10 @@ def _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads
                     capped_calibration = capped_calibration.with_capacity_ratio(model, FLAGS.capped_ratio)
             exports["capped"] = tflite.convert(model, policy=policy, calibration=capped_calibration,
                                                static_gates=static, num_threads=threads)
+            if FLAGS.capped_int8_weights:
+                exports["capped_int8_weights"] = tflite.convert(
+                    model, policy=policy, calibration=capped_calibration, static_gates=static, num_threads=threads,
+                    weight_dtype="int8")
             extra.update(capped_gates=len(compacted),
                          capped_executed=float(np.mean(flops.dynamic_macs(model, sample, batch_size=16))))
             fk.set_gate_capacities(model, {name: None for name in compacted})
@@ -620,7 +642,9 @@ def plot_speedups(rows, path):
     Rows with `lean_*` fields (and at least one paying gate) add the network
     gated only where gates pay, with the fewest threads timed (1, unless
     --threads left it out), as open squares; rows with `capped_*` fields the
-    capped model, likewise, as open triangles.
+    capped model, likewise, as open triangles, and with `capped_int8_weights_*`
+    fields that model with int8 weights as open diamonds (against the same
+    float32 dense model).
     """
     import matplotlib
 
@@ -653,6 +677,11 @@ def plot_speedups(rows, path):
                 ax.plot([100 * x for x, _, _ in capped], [y for _, y, _ in capped], marker="^", linestyle="none",
                         color=color, markerfacecolor="none",
                         label=f"{kind}, gates capped at {capped[0][2]:g}x the mean count, {_threads(fewest)}")
+            capped_int8 = sorted((row["capped_flops_reduction"], row["capped_int8_weights_speedup"]) for row in runs
+                                 if row["threads"] == fewest and "capped_int8_weights_speedup" in row)
+            if capped_int8:
+                ax.plot([100 * x for x, _ in capped_int8], [y for _, y in capped_int8], marker="D", linestyle="none",
+                        color=color, markerfacecolor="none", label=f"{kind}, capped, int8 weights, {_threads(fewest)}")
             ideal = sorted({(row["flops_reduction"], row["ideal_speedup"]) for row in runs})
             ax.plot([100 * x for x, _ in ideal], [y for _, y in ideal], linestyle="--", color=color, alpha=0.5,
                     label=f"{kind}: ideal (dense / executed MACs)")
@@ -704,12 +733,15 @@ def markdown_tables(rows):
         lines.setdefault(key, {})[row["threads"]] = row
     capped = any("capped_ms" in row for row in rows)
     int8 = any("dense_int8_ms" in row for row in rows)
+    capped_int8 = any("capped_int8_weights_ms" in row for row in rows)
     speedups = f"speed-up, {_threads(fewest)} (ideal) |" + (f" speed-up, {_threads(more)} |" if more else "")
     main = ["| resolution | predictors | keep | FLOPs reduction | dense | dense + predictors | masked dense | "
             f"dynamic | {speedups}"
             + (f" capped gates, {fewest} / {more} threads |" if capped and more else
                f" capped gates, {_threads(fewest)} |" if capped else "")
-            + (" dense in full int8 (dynamic's speed-up against it) |" if int8 else "")]
+            + (" dense in full int8 (dynamic's speed-up against it) |" if int8 else "")
+            + (f" capped gates, int8 weights, {_threads(fewest)}: speed-up / against dense full int8 |"
+               if capped_int8 else "")]
     lean = ["| resolution | predictors | keep | gates kept | FLOPs reduction | dense | gated at those layers only | "
             f"{speedups} all gates, {_threads(fewest)} |"]
     main.append("|---" * (main[0].count("|") - 1) + "|")
@@ -740,6 +772,12 @@ def markdown_tables(rows):
             int8_cell = f" {one['dense_int8_ms']:.2f} ms ({one['speedup_vs_int8']:.2f}x) |"
         elif int8:
             int8_cell = " - |"
+        if "capped_int8_weights_ms" in one:
+            against = one.get("capped_int8_weights_vs_int8")
+            int8_cell += (f" {one['capped_int8_weights_ms']:.2f} ms: {one['capped_int8_weights_speedup']:.2f}x / "
+                          + ("-" if against is None else f"{against:.2f}x") + " |")
+        elif capped_int8:
+            int8_cell += " - |"
         main.append(f"{head} {100 * one['flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
                     f"{one['predictors_ms']:.2f} ms | {one['masked_dense_ms']:.2f} ms | {one['dynamic_ms']:.2f} ms | "
                     f"{one['speedup']:.2f}x ({one['ideal_speedup']:.2f}x) |{beside}{capped_cell}{int8_cell}")
@@ -762,12 +800,17 @@ def markdown_tables(rows):
                   "(fresh interpreters per loop, in a rotated order).\n\n" + tables)
     if int8:
         tables += ("\nDense in full int8: the dense model in LiteRT's full-integer quantization (int8 weights and "
-                   "activations, ranges from 32 training images); every other column is float32.\n")
+                   "activations, ranges from 32 training images); every other column is float32"
+                   + (" but the last" if capped_int8 else "") + ".\n")
     ratios = sorted({row["capped_ratio"] for row in rows if "capped_ratio" in row})
     if ratios:
         tables += (f"\nCapped gates: the convs the export compacts keep at most {' / '.join(f'{r:g}' for r in ratios)}x "
                    "their mean count (`ftwt_keras.cap_gates`; another model) and compute exactly that, with no "
                    "fallback.\n")
+    if capped_int8:
+        tables += ("\nCapped gates, int8 weights: the capped model in LiteRT's dynamic-range quantization (int8 "
+                   "weights, float32 activations); not exact: a gate whose logit is near 0 may flip "
+                   "(`benchmarks/weight_dtypes.py` counts the top-1s that change).\n")
     if len(lean) > 2:
         measured = any(row.get("lean_plan") == "measured" for row in rows)
         plan = "`measured_paying_gates`: timed faster than dense here" if measured else "`paying_gates`"

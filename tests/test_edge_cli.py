@@ -291,6 +291,9 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
                     capped_flops_reduction=0.9)
     for field in [field for field in rows[11] if field.startswith("capped_")]:
         del rows[11][field]  # with 2 threads no conv compacted, so nothing was capped
+    # That line (1 thread) with the dense model in full int8 and the capped model with int8 weights beside it.
+    rows[8].update(dense_int8_ms=2.4, speedup_vs_int8=0.41, capped_int8_weights_ms=3.0, capped_int8_weights_speedup=3.33,
+                   capped_int8_weights_vs_int8=0.8)
     rows.append({**rows[1], "model": "vgg16_bn_rank16", "predictor_rank": 16})  # --network=vgg16_bn
     output = tmp_path / "latency.json"
     output.write_text(json.dumps({"rows": rows}))
@@ -306,10 +309,14 @@ def test_benchmark_redraws_its_chart_from_rows(tmp_path):
     main = tables[0].splitlines()
     assert len(main) == 2 + 7  # header, rule, one line per network, resolution and keep (threads side by side)
     assert main[2].startswith("| 224x224 | full | 0.10 | 90.0% | 10.00 ms | 11.00 ms | 12.00 ms | 5.88 ms | 1.70x (10.00x) | 1.25x |")
-    assert main[2].endswith("| 4.00 ms: 2.50x / - |")  # the capped model beside it (1 thread only)
-    assert main[-2].startswith("| 32x32 | full | 1.00 | 0.0% |") and main[-2].endswith("| - |")
+    # The capped model beside it (1 thread only), the dense model in int8, the capped one with int8 weights.
+    assert main[2].endswith("| 4.00 ms: 2.50x / - | 2.40 ms (0.41x) | 3.00 ms: 3.33x / 0.80x |")
+    assert "| capped gates, int8 weights, 1 thread: speed-up / against dense full int8 |" in main[0]
+    assert main[-2].startswith("| 32x32 | full | 1.00 | 0.0% |") and main[-2].endswith("| - | - | - |")
     assert main[-1].startswith("| 32x32, vgg16_bn | rank 16 | 0.50 | 50.0% |")  # the network named where not MobileNetV1
     assert any(table.startswith("Capped gates:") and "1.1x" in table for table in tables)
+    assert any(table.startswith("Capped gates, int8 weights:") and "not exact" in table for table in tables)
+    assert any(table.startswith("Dense in full int8:") and "float32 but the last." in table for table in tables)
     lean = tables[-1].splitlines()
     assert lean[2:] == ["| 224x224 | full | 0.10 | 20 of 27 | 80.0% | 10.00 ms | 5.00 ms | 2.00x (5.00x) | 1.00x | 1.70x |"]
     # Rows timed with 2 threads only (--threads=2): the tables say so, in both tables.
@@ -335,7 +342,7 @@ def test_benchmark_writes_its_exports_for_a_device_and_reads_the_device_times_ba
     entries = json.loads((device / "device_rows.json").read_text())["rows"]
     assert [entry["fields"]["threads"] for entry in entries] == [1, 2]
     assert set(entries[0]["files"]) == {"dense", "dense_int8", "predictors", "masked_dense", "dynamic", "lean",
-                                        "capped"}
+                                        "capped", "capped_int8_weights"}
     files = {file for entry in entries for file in entry["files"].values()}
     assert all((device / file).exists() for file in files)
     assert entries[0]["files"]["dense"] == entries[1]["files"]["dense"]  # one file, timed with 1 and 2 threads
@@ -366,6 +373,8 @@ def test_benchmark_writes_its_exports_for_a_device_and_reads_the_device_times_ba
         assert row["capped_ms"] == ms["capped"] and row["lean_ms"] == ms["lean"]
         assert row["dense_int8_ms"] == ms["dense_int8"]
         assert row["speedup_vs_int8"] == round(ms["dense_int8"] / ms["dynamic"], 3)
+        assert row["capped_int8_weights_ms"] == ms["capped_int8_weights"]
+        assert row["capped_int8_weights_vs_int8"] == round(ms["dense_int8"] / ms["capped_int8_weights"], 3)
         assert row["cpu"] == "Pixel 8" and row["dense_iqr_ms"] is None
         assert row["flops_reduction"] == entry["fields"]["flops_reduction"] > 0.5
     assert "Timed on: Pixel 8 (LiteRT" in (tmp_path / "phone.md").read_text()
@@ -455,7 +464,14 @@ def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path
                    for line in tables.splitlines() if line.startswith("| ")][:2]
     assert row[header.index("dense in full int8 (dynamic's speed-up against it)")] == (
         f"{rows[0]['dense_int8_ms']:.2f} ms ({rows[0]['speedup_vs_int8']:.2f}x)")
-    assert "Dense in full int8" in tables
+    assert "Dense in full int8" in tables and "every other column is float32 but the last." in tables
+    # Beside it the capped model with int8 weights (--capped_int8_weights, the default).
+    assert rows[0]["capped_int8_weights_ms"] > 0
+    assert rows[0]["capped_int8_weights_vs_int8"] == pytest.approx(
+        rows[0]["dense_int8_ms"] / rows[0]["capped_int8_weights_ms"], rel=0.01)
+    assert row[header.index("capped gates, int8 weights, 1 thread: speed-up / against dense full int8")] == (
+        f"{rows[0]['capped_int8_weights_ms']:.2f} ms: {rows[0]['capped_int8_weights_speedup']:.2f}x / "
+        f"{rows[0]['capped_int8_weights_vs_int8']:.2f}x")
     # The network gated where gates pay, by timing here (at 32x32 none pays: the dense model).
     result = run("--lean_plan=measured", "--capped_ratio=0", "--noint8_reference",
                  f"--output={tmp_path / 'measured.json'}")
