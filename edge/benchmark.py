@@ -213,7 +213,7 @@ def _dense_references(model, resolution):
     return references
 
 
-def _measure(label, model, images, keep_label, references, calibration):
+def _measure(label, model, images, keep_label, references, calibration, device=None):
     """Times one dynamic configuration against the dense model; returns table rows.
 
     Four exports of the same weights run side by side: the dense model; the
@@ -230,7 +230,7 @@ def _measure(label, model, images, keep_label, references, calibration):
     import numpy as np
 
     from ftwt_keras import flops
-    from ftwt_keras.export import tflite
+    from ftwt_keras.export import latency, tflite
 
     drawn = keep_label != "predicted"
     calibrated = _calibrated(model, calibration, drawn)
@@ -272,8 +272,8 @@ def _measure(label, model, images, keep_label, references, calibration):
             "cpu": tflite.cpu_name(),
         }
         exports = {**shared, **tuned}
-        if FLAGS.device_dir:
-            rows.append(_written_for_device(fields, extra, exports))
+        if device is not None:
+            rows.append(device.add(fields, extra, exports))
             print(f"{label:>16} {fields['resolution']:>4} keep={fields['keep']:<5} thr={threads}: "
                   f"{len(exports)} exports written to {FLAGS.device_dir} [convert {extra['convert_seconds']:.0f}s]",
                   flush=True)
@@ -282,193 +282,24 @@ def _measure(label, model, images, keep_label, references, calibration):
         median = {name: 1e3 * float(np.median([np.median(times) for times in values])) for name, values in loops.items()}
         spread = {name: 1e3 * float(np.median([np.percentile(times, 75) - np.percentile(times, 25) for times in values]))
                   for name, values in loops.items()}
-        row = timed_row(fields, extra, median, spread)
+        row = latency.latency_row(fields, extra, median, spread)
         rows.append(row)
-        _print_row(row, extra)
+        print(latency.row_summary(row, extra["convert_seconds"]), flush=True)
     return rows
 
 
-def timed_row(fields, extra, median, spread=None):
-    """A row of the results: `fields` (what was timed) with the times `median` (`{export: ms}`), their
-    interquartile `spread` (None where unknown: times from `benchmark_model`) and what follows from them."""
-    dense_macs = extra["dense_macs"]
-    row = dict(fields)
-    row.update(
-        dense_ms=round(median["dense"], 3),
-        dynamic_ms=round(median["dynamic"], 3),
-        speedup=round(median["dense"] / median["dynamic"], 3),
-        predictors_ms=round(median["predictors"], 3),
-        masked_dense_ms=round(median["masked_dense"], 3),
-        dense_iqr_ms=None if spread is None else round(float(spread["dense"]), 3),
-        dynamic_iqr_ms=None if spread is None else round(float(spread["dynamic"]), 3),
-    )
-    if "dense_int8" in median:
-        row.update(dense_int8_ms=round(median["dense_int8"], 3),
-                   speedup_vs_int8=round(median["dense_int8"] / median["dynamic"], 3))
-    if "lean" in median:
-        row.update(
-            lean_plan=extra["lean_plan"],
-            lean_gates=extra["lean_gates"],
-            lean_ms=round(median["lean"], 3),
-            lean_speedup=round(median["dense"] / median["lean"], 3),
-            lean_flops_reduction=round(1.0 - extra["lean_executed"] / dense_macs, 3),
-            lean_ideal_speedup=round(dense_macs / extra["lean_executed"], 3),
-        )
-    if "capped" in median:
-        row.update(
-            capped_ratio=extra["capped_ratio"],
-            capped_gates=extra["capped_gates"],
-            capped_ms=round(median["capped"], 3),
-            capped_speedup=round(median["dense"] / median["capped"], 3),
-            capped_flops_reduction=round(1.0 - extra["capped_executed"] / dense_macs, 3),
-        )
-    if "capped_int8_weights" in median:
-        row.update(capped_int8_weights_ms=round(median["capped_int8_weights"], 3),
-                   capped_int8_weights_speedup=round(median["dense"] / median["capped_int8_weights"], 3))
-        if "dense_int8" in median:
-            row["capped_int8_weights_vs_int8"] = round(median["dense_int8"] / median["capped_int8_weights"], 3)
-    return row
+def _write_device_plan(device):
+    """Writes the --device_dir rows and the adb script that times every file there; says how to go on."""
+    from ftwt_keras.export import latency
 
-
-def _print_row(row, extra):
-    spread = "" if row["dense_iqr_ms"] is None else f" (IQR {row['dense_iqr_ms']:.2f})"
-    dynamic_spread = "" if row["dynamic_iqr_ms"] is None else f" (IQR {row['dynamic_iqr_ms']:.2f})"
-    convert = f"  [convert {extra['convert_seconds']:.0f}s]" if "convert_seconds" in extra else ""
-    print(f"{row['model']:>16} {row['resolution']:>4} keep={row['keep']:<5} thr={row['threads']} "
-          f"FLOPs-{100 * row['flops_reduction']:4.1f}%  dense {row['dense_ms']:7.2f} ms{spread}  "
-          f"dynamic {row['dynamic_ms']:7.2f} ms{dynamic_spread}  speed-up {row['speedup']:.2f}x  "
-          f"ideal {row['ideal_speedup']:.2f}x  | dense+predictors {row['predictors_ms']:.2f} ms  "
-          f"masked dense {row['masked_dense_ms']:.2f} ms{convert}", flush=True)
-    if "dense_int8_ms" in row:
-        print(f"{'':>16} dense in full int8: {row['dense_int8_ms']:.2f} ms; the dynamic export (float32) runs at "
-              f"{row['speedup_vs_int8']:.2f}x of its speed", flush=True)
-    if "lean_ms" in row:
-        print(f"{'':>16} gated only at the {row['lean_gates']} layers that pay (another model): "
-              f"{row['lean_ms']:.2f} ms, speed-up {row['lean_speedup']:.2f}x, "
-              f"FLOPs-{100 * row['lean_flops_reduction']:.1f}%, ideal {row['lean_ideal_speedup']:.2f}x", flush=True)
-    if "capped_ms" in row:
-        print(f"{'':>16} the {row['capped_gates']} compacted convs capped at {row['capped_ratio']:g}x their mean "
-              f"count: {row['capped_ms']:.2f} ms, speed-up {row['capped_speedup']:.2f}x, "
-              f"FLOPs-{100 * row['capped_flops_reduction']:.1f}%", flush=True)
-    if "capped_int8_weights_ms" in row:
-        against = ("" if "capped_int8_weights_vs_int8" not in row else
-                   f", {row['capped_int8_weights_vs_int8']:.2f}x the dense full-int8 model's speed")
-        print(f"{'':>16} the capped model with int8 weights: {row['capped_int8_weights_ms']:.2f} ms, speed-up "
-              f"{row['capped_int8_weights_speedup']:.2f}x{against}", flush=True)
-
-
-DEVICE_ROWS = "device_rows.json"  # in a --device_dir folder: each row's fields, exports and files
-
-
-def _written_for_device(fields, extra, exports):
-    """Writes `exports` into --device_dir (each distinct file once) for timing there; returns the manifest entry."""
-    os.makedirs(FLAGS.device_dir, exist_ok=True)
-    written = _DEVICE_FILES  # bytes -> file name: the dense export is one file for every row
-    files = {}
-    for name, flatbuffer in exports.items():
-        if flatbuffer not in written:
-            written[flatbuffer] = (f"{fields['model']}_{fields['resolution']}_keep{fields['keep']:g}"
-                                   f"_threads{fields['threads']}_{name}.tflite")
-            with open(os.path.join(FLAGS.device_dir, written[flatbuffer]), "wb") as file:
-                file.write(flatbuffer)
-        files[name] = written[flatbuffer]
-    return {"fields": fields, "extra": extra, "files": files}
-
-
-_DEVICE_FILES = {}
-
-
-def device_log_name(file, threads, image=None):
-    """Where `benchmark_model`'s output for `file` run with `threads` threads (on `image`) goes, beside it."""
-    return f"{file}.threads{threads}" + ("" if image is None else f".{os.path.splitext(image)[0]}") + ".log"
-
-
-def _device_images(entries):
-    """Writes the test images that the exports of a trained model's rows are timed on; returns the raw files.
-
-    Its masks depend on the image, so `benchmark_model`'s random inputs would time other masks than real
-    images give: each export is run on each of these instead (--device_images, float32 pixels as the
-    model takes them).
-    """
-    import numpy as np
-
-    sizes = {entry["fields"]["resolution"] for entry in entries if entry["fields"]["masks"] == "predicted"}
-    if not sizes:
-        return []
-    (size,) = sizes  # a trained model takes one size: the cifar mode's
-    names = []
-    for i, image in enumerate(_cifar_images(f"test[:{FLAGS.device_images}]", size=size)):
-        names.append(f"image{i:03d}.raw")
-        np.asarray(image, "<f4").tofile(os.path.join(FLAGS.device_dir, names[-1]))
-    return names
-
-
-def _write_device_plan(entries):
-    """Writes the --device_dir manifest and the adb script that times every file there; says how to go on."""
-    from ftwt_keras.export import tflite
-
-    images = _device_images(entries)
-    runs_per_image = max(1, FLAGS.num_images // max(1, len(images)))
-    for entry in entries:
-        if entry["fields"]["masks"] == "predicted":
-            entry["images"] = images
-            entry["fields"]["timing"] = (f"benchmark_model on {len(images)} real test images, {runs_per_image} "
-                                         "invokes each (the median over the images)")
-        else:
-            entry["fields"]["timing"] = "benchmark_model (random inputs)"
-    runs = sorted({(file, entry["fields"]["threads"], image, entry["fields"]["resolution"])
-                   for entry in entries for file in entry["files"].values()
-                   for image in entry.get("images") or [None]})
-    script = tflite.write_device_script(FLAGS.device_dir, [
-        tflite.DeviceRun(file, device_log_name(file, threads, image), threads,
-                         num_runs=FLAGS.num_images if image is None else runs_per_image, warmup_runs=FLAGS.warmup,
-                         image=image, size=None if image is None else size)
-        for file, threads, image, size in runs])
-    with open(os.path.join(FLAGS.device_dir, DEVICE_ROWS), "w") as file:
-        json.dump({"rows": entries}, file, indent=1)
-    print(f"Wrote {len({file for file, *_ in runs})} .tflite files"
-          + (f", {len(images)} test images" if images else "")
-          + f" and {DEVICE_ROWS} to {FLAGS.device_dir}, timed nothing here. On the device: sh {script} ({len(runs)} "
+    sizes = {entry["fields"]["resolution"] for entry in device.entries if entry["fields"]["masks"] == "predicted"}
+    # A trained model (one size: the cifar mode's) is timed on real test images, its masks being theirs.
+    images = _cifar_images(f"test[:{FLAGS.device_images}]", size=sizes.pop()) if sizes else None
+    script, files, runs = device.write_plan(images, num_runs=FLAGS.num_images, warmup_runs=FLAGS.warmup)
+    print(f"Wrote {files} .tflite files" + ("" if images is None else f", {len(images)} test images")
+          + f" and {latency.DEVICE_ROWS} to {FLAGS.device_dir}, timed nothing here. On the device: sh {script} ({runs} "
           "benchmark_model runs, each output saved beside its file), then: python edge/benchmark.py "
           f"--device_logs={FLAGS.device_dir} --device_name='<the phone>'")
-
-
-def rows_from_device_logs(folder, device_name):
-    """The rows of a --device_dir run with the times `benchmark_model` printed on the device (its logs beside the files).
-
-    A row timed on real images (a trained model's) takes each export's median over them, and their
-    interquartile range as its spread.
-    """
-    import numpy as np
-
-    from ftwt_keras.export import tflite
-
-    path = os.path.join(folder, DEVICE_ROWS)
-    if not os.path.exists(path):
-        raise tflite.ExportError(f"No {DEVICE_ROWS} in {folder!r}: write the files first (edge/benchmark.py "
-                                 "--device_dir=...).")
-    with open(path) as file:
-        entries = json.load(file)["rows"]
-    rows = []
-    for entry in entries:
-        threads, times, spread = entry["fields"]["threads"], {}, {}
-        for name, file_name in entry["files"].items():
-            per_image = []
-            for image in entry.get("images") or [None]:
-                log = os.path.join(folder, device_log_name(file_name, threads, image))
-                if not os.path.exists(log):
-                    raise tflite.ExportError(f"No benchmark_model output {log!r}: run "
-                                             f"{os.path.join(folder, tflite.DEVICE_SCRIPT)} on the device first (it saves "
-                                             "each output there).")
-                with open(log) as file:
-                    per_image.append(tflite.benchmark_model_ms(file.read()))
-            times[name] = float(np.median(per_image))
-            spread[name] = float(np.percentile(per_image, 75) - np.percentile(per_image, 25))
-        timing = entry["fields"].get("timing", "benchmark_model (random inputs)")
-        fields = dict(entry["fields"], cpu=device_name, images=len(entry.get("images") or []) or None, loops=1,
-                      timing=timing)
-        rows.append(timed_row(fields, entry["extra"], times, spread if entry.get("images") else None))
-    return rows
 
 
 def _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads, dense_flatbuffer):
@@ -555,7 +386,7 @@ def _per_layer(resolution, images, calibration, predictor_ranks):
     return text
 
 
-def _run_mode(resolution, images, calibration, predictor_ranks):
+def _run_mode(resolution, images, calibration, predictor_ranks, device=None):
     import ftwt_keras as fk
     from ftwt_keras.export import tflite
 
@@ -565,7 +396,7 @@ def _run_mode(resolution, images, calibration, predictor_ranks):
         references = _dense_references(model, resolution)
         print(f"cifar: trained model {FLAGS.model}, masks from its predictors.")
         return _measure(os.path.basename(FLAGS.model).replace(".keras", ""), model, images, "predicted", references,
-                        calibration)
+                        calibration, device)
     base = _random_network(resolution)
     references = None
     for rank in predictor_ranks:
@@ -578,7 +409,7 @@ def _run_mode(resolution, images, calibration, predictor_ranks):
             tflite.save(references["dense"], os.path.join(FLAGS.tflite_dir, f"{label}_{resolution}_dense.tflite"))
         for keep in FLAGS.keeps:
             tflite.set_keep_ratio(model, float(keep), seed=0)
-            rows += _measure(label, model, images, keep, references, calibration)
+            rows += _measure(label, model, images, keep, references, calibration, device)
     return rows
 
 
@@ -636,221 +467,26 @@ def _predictor_ranks():
     return [None if rank == "full" else int(rank) for rank in FLAGS.predictor_ranks]
 
 
-def plot_speedups(rows, path):
-    """Draws measured (1 and 2 threads) and ideal speed-up against FLOPs reduction, one panel per resolution.
-
-    Rows with `lean_*` fields (and at least one paying gate) add the network
-    gated only where gates pay, with the fewest threads timed (1, unless
-    --threads left it out), as open squares; rows with `capped_*` fields the
-    capped model, likewise, as open triangles, and with `capped_int8_weights_*`
-    fields that model with int8 weights as open diamonds (against the same
-    float32 dense model).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    resolutions = sorted({row["resolution"] for row in rows}, reverse=True)
-    fewest = min(row["threads"] for row in rows)
-    fig, axes = plt.subplots(1, len(resolutions), figsize=(6.5 * len(resolutions), 4.5), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, resolution in zip(axes[0], resolutions):
-        here = [row for row in rows if row["resolution"] == resolution]
-        for color, model in zip(colors, sorted({row["model"] for row in here})):
-            runs = [row for row in here if row["model"] == model]
-            rank = runs[0].get("predictor_rank")
-            kind = f"{model}, " + ("full predictors" if rank is None else f"rank-{rank} predictors")
-            for threads in sorted({row["threads"] for row in runs}):
-                points = sorted((row["flops_reduction"], row["speedup"]) for row in runs if row["threads"] == threads)
-                ax.plot([100 * x for x, _ in points], [y for _, y in points], marker="o", color=color,
-                        linestyle="-" if threads == 1 else ":", label=f"{kind}, {threads} thread(s)")
-            lean = sorted((row["lean_flops_reduction"], row["lean_speedup"]) for row in runs
-                          if row["threads"] == fewest and row.get("lean_gates"))
-            if lean:
-                ax.plot([100 * x for x, _ in lean], [y for _, y in lean], marker="s", linestyle="none", color=color,
-                        markerfacecolor="none", label=f"{kind}, gated only where gates pay, {_threads(fewest)}")
-            capped = sorted((row["capped_flops_reduction"], row["capped_speedup"], row["capped_ratio"]) for row in runs
-                            if row["threads"] == fewest and "capped_speedup" in row)
-            if capped:
-                ax.plot([100 * x for x, _, _ in capped], [y for _, y, _ in capped], marker="^", linestyle="none",
-                        color=color, markerfacecolor="none",
-                        label=f"{kind}, gates capped at {capped[0][2]:g}x the mean count, {_threads(fewest)}")
-            capped_int8 = sorted((row["capped_flops_reduction"], row["capped_int8_weights_speedup"]) for row in runs
-                                 if row["threads"] == fewest and "capped_int8_weights_speedup" in row)
-            if capped_int8:
-                ax.plot([100 * x for x, _ in capped_int8], [y for _, y in capped_int8], marker="D", linestyle="none",
-                        color=color, markerfacecolor="none", label=f"{kind}, capped, int8 weights, {_threads(fewest)}")
-            ideal = sorted({(row["flops_reduction"], row["ideal_speedup"]) for row in runs})
-            ax.plot([100 * x for x, _ in ideal], [y for _, y in ideal], linestyle="--", color=color, alpha=0.5,
-                    label=f"{kind}: ideal (dense / executed MACs)")
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_yscale("log")
-        ax.set_yticks([0.5, 0.75, 1, 1.5, 2, 3, 5, 10])
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("FLOPs reduction (%)")
-        ax.set_ylabel("speed-up vs the dense .tflite")
-        drawn = all(str(row.get("masks", "")).startswith("random") for row in here)
-        masks = "masks drawn at random, fixed keep per layer" if drawn else "masks from the model's predictors"
-        rules = sorted({row["drawn_capacities"] for row in here if row.get("drawn_capacities")})
-        if rules:
-            masks += f",\ncapacities: {' / '.join(_capacity_rule(rule) for rule in rules)}"
-        ax.set_title(f"{resolution}x{resolution}, LiteRT XNNPACK, batch 1\n({masks})", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.15))  # below the axes: inside, it hid points
-        ax.grid(True, which="both", alpha=0.3)
-    fig.subplots_adjust(wspace=0.25)
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # the canvas grows to hold the legends
-    plt.close(fig)
-    return path
-
-
-def _threads(count):
-    return f"{count} thread" + ("s" if count > 1 else "")
-
-
-def _capacity_rule(rule):
-    """A --drawn_capacities value in words."""
-    return "binomial spread" if rule == "binomial" else f"{float(rule):g}x the count"
-
-
-def markdown_tables(rows):
-    """The rows as two Markdown tables: every export timed, and the network gated only where gates pay.
-
-    One line per model and keep ratio: times with the fewest threads timed
-    (1, unless --threads left it out), with the speed-up at the next thread
-    count beside them. The second table holds only rows with `lean_*`
-    fields (runs with calibration images). A line timed only with more
-    threads (rows of several runs put together) stays in the JSON alone.
-    """
-    counts = sorted({row["threads"] for row in rows})
-    fewest, more = counts[0], (counts[1] if len(counts) > 1 else None)
-    lines = {}
-    for row in rows:
-        rank = row.get("predictor_rank")
-        key = (-row["resolution"], rank is not None, rank or 0, row["model"], row["keep"])
-        lines.setdefault(key, {})[row["threads"]] = row
-    capped = any("capped_ms" in row for row in rows)
-    int8 = any("dense_int8_ms" in row for row in rows)
-    capped_int8 = any("capped_int8_weights_ms" in row for row in rows)
-    speedups = f"speed-up, {_threads(fewest)} (ideal) |" + (f" speed-up, {_threads(more)} |" if more else "")
-    main = ["| resolution | predictors | keep | FLOPs reduction | dense | dense + predictors | masked dense | "
-            f"dynamic | {speedups}"
-            + (f" capped gates, {fewest} / {more} threads |" if capped and more else
-               f" capped gates, {_threads(fewest)} |" if capped else "")
-            + (" dense in full int8 (dynamic's speed-up against it) |" if int8 else "")
-            + (f" capped gates, int8 weights, {_threads(fewest)}: speed-up / against dense full int8 |"
-               if capped_int8 else "")]
-    lean = ["| resolution | predictors | keep | gates kept | FLOPs reduction | dense | gated at those layers only | "
-            f"{speedups} all gates, {_threads(fewest)} |"]
-    main.append("|---" * (main[0].count("|") - 1) + "|")
-    lean.append("|---" * (lean[0].count("|") - 1) + "|")
-
-    def speedup_of(row, field):  # "-" where that thread count was not timed, or had no such export
-        return "-" if row is None or field not in row else f"{row[field]:.2f}x"
-
-    for key in sorted(lines):
-        by_threads = lines[key]
-        one = by_threads.get(fewest)
-        if one is None:
-            continue
-        two = by_threads.get(more)
-        beside = f" {speedup_of(two, 'speedup')} |" if more else ""
-        rank = one.get("predictor_rank")
-        network = one["model"].split("_rank")[0]
-        where = f"{one['resolution']}x{one['resolution']}" + ("" if network.startswith("mobilenet_v1") else f", {network}")
-        head = f"| {where} | {'full' if rank is None else f'rank {rank}'} | {one['keep']:.2f} |"
-        capped_cell = ""
-        if "capped_ms" in one:
-            capped_cell = (f" {one['capped_ms']:.2f} ms: {one['capped_speedup']:.2f}x"
-                           + (f" / {speedup_of(two, 'capped_speedup')}" if more else "") + " |")
-        elif capped:
-            capped_cell = " - |"
-        int8_cell = ""
-        if "dense_int8_ms" in one:
-            int8_cell = f" {one['dense_int8_ms']:.2f} ms ({one['speedup_vs_int8']:.2f}x) |"
-        elif int8:
-            int8_cell = " - |"
-        if "capped_int8_weights_ms" in one:
-            against = one.get("capped_int8_weights_vs_int8")
-            int8_cell += (f" {one['capped_int8_weights_ms']:.2f} ms: {one['capped_int8_weights_speedup']:.2f}x / "
-                          + ("-" if against is None else f"{against:.2f}x") + " |")
-        elif capped_int8:
-            int8_cell += " - |"
-        main.append(f"{head} {100 * one['flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
-                    f"{one['predictors_ms']:.2f} ms | {one['masked_dense_ms']:.2f} ms | {one['dynamic_ms']:.2f} ms | "
-                    f"{one['speedup']:.2f}x ({one['ideal_speedup']:.2f}x) |{beside}{capped_cell}{int8_cell}")
-        if "lean_ms" in one:
-            lean.append(f"{head} {one['lean_gates']} of {one.get('gates', '?')} | "
-                        f"{100 * one['lean_flops_reduction']:.1f}% | {one['dense_ms']:.2f} ms | "
-                        f"{one['lean_ms']:.2f} ms | {one['lean_speedup']:.2f}x ({one['lean_ideal_speedup']:.2f}x) |"
-                        + (f" {speedup_of(two, 'lean_speedup')} |" if more else "") + f" {one['speedup']:.2f}x |")
-    tables = "\n".join(main) + "\n"
-    rules = sorted({row["drawn_capacities"] for row in rows if row.get("drawn_capacities")})
-    if rules:
-        tables = (f"Drawn masks, capacities of the compact layers (`--drawn_capacities`, the margin real masks, "
-                  f"which vary by image, need): {' / '.join(_capacity_rule(rule) for rule in rules)}.\n\n" + tables)
-    cpus = sorted({row["cpu"] for row in rows if row.get("cpu")})
-    if cpus:
-        tables = f"Timed on: {' / '.join(cpus)} (LiteRT, XNNPACK on, batch 1).\n\n" + tables
-    loops = sorted({row.get("loops", 1) for row in rows} - {1})
-    if loops:
-        tables = (f"Each time: the median over {' / '.join(map(str, loops))} side-by-side loops of each loop's median "
-                  "(fresh interpreters per loop, in a rotated order).\n\n" + tables)
-    if int8:
-        tables += ("\nDense in full int8: the dense model in LiteRT's full-integer quantization (int8 weights and "
-                   "activations, ranges from 32 training images); every other column is float32"
-                   + (" but the last" if capped_int8 else "") + ".\n")
-    ratios = sorted({row["capped_ratio"] for row in rows if "capped_ratio" in row})
-    if ratios:
-        tables += (f"\nCapped gates: the convs the export compacts keep at most {' / '.join(f'{r:g}' for r in ratios)}x "
-                   "their mean count (`ftwt_keras.cap_gates`; another model) and compute exactly that, with no "
-                   "fallback.\n")
-    if capped_int8:
-        tables += ("\nCapped gates, int8 weights: the capped model in LiteRT's dynamic-range quantization (int8 "
-                   "weights, float32 activations); not exact: a gate whose logit is near 0 may flip "
-                   "(`benchmarks/weight_dtypes.py` counts the top-1s that change).\n")
-    if len(lean) > 2:
-        measured = any(row.get("lean_plan") == "measured" for row in rows)
-        plan = "`measured_paying_gates`: timed faster than dense here" if measured else "`paying_gates`"
-        tables += f"\nGated only at the layers that pay ({plan}; another model, see `ungate`):\n\n"
-        tables += "\n".join(lean) + "\n"
-    return tables
-
-
-def _report(rows, output=None):
-    """Writes the Markdown tables and the chart beside `output` (default --output)."""
-    stem = os.path.splitext(output or FLAGS.output)[0]
-    with open(stem + ".md", "w") as file:
-        file.write(markdown_tables(rows))
-    print(f"Wrote the tables to {stem}.md.")
-    try:
-        print(f"Wrote the chart to {plot_speedups(rows, stem + '.png')}.")
-    except ImportError:
-        print("matplotlib is not installed: no chart (pip install -e .[plots]).")
-
-
 def main(argv):
+    from ftwt_keras.export import ExportError, latency
+
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.plot_only:
         if not FLAGS.output or not os.path.exists(FLAGS.output):
             raise app.UsageError(f"--plot_only needs the rows of an earlier run in --output ({FLAGS.output!r}).")
         with open(FLAGS.output) as file:
-            _report(json.load(file)["rows"])
+            _report(json.load(file)["rows"], FLAGS.output, tables_only=True)
         return 0
     if FLAGS.device_logs:
-        from ftwt_keras.export import tflite
-
         try:
-            rows = rows_from_device_logs(FLAGS.device_logs, FLAGS.device_name)
-        except tflite.ExportError as error:
+            rows = latency.rows_from_device_logs(FLAGS.device_logs, FLAGS.device_name)
+        except ExportError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
         for row in rows:
-            _print_row(row, {})
-        _write_rows(rows, FLAGS.output if FLAGS["output"].present else "benchmarks/results/edge_latency_device.json")
+            print(latency.row_summary(row))
+        _report(rows, FLAGS.output if FLAGS["output"].present else "benchmarks/results/edge_latency_device.json")
         return 0
     if FLAGS.num_images < 1:
         raise app.UsageError("--num_images must be positive.")
@@ -863,16 +499,15 @@ def main(argv):
     predictor_ranks = _predictor_ranks()  # refuses a bad list before any conversion
     if FLAGS.drawn_capacities != "binomial":
         _drawn_capacity_ratio()  # likewise
-    from ftwt_keras.export import tflite
-
-    measure = _per_layer if FLAGS.per_layer else _run_mode
+    device = latency.DeviceFolder(FLAGS.device_dir) if FLAGS.device_dir else None
+    measure = _per_layer if FLAGS.per_layer else functools.partial(_run_mode, device=device)
     sizes = ((32, "cifar"), (FLAGS.imagenet_size, "imagenet"))
     resolutions = [size for size, mode in sizes if FLAGS.mode in (mode, "both")]
     try:
         _policy()  # refuses a bad value before any conversion
         results = [measure(size, _cifar_images(f"test[:{FLAGS.num_images}]", size=size), _calibration(size),
                            predictor_ranks) for size in resolutions]
-    except tflite.ExportError as error:
+    except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if FLAGS.per_layer:
@@ -883,24 +518,27 @@ def main(argv):
             print(f"Wrote the per-layer tables to {path}.")
         return 0
     rows = [row for result in results for row in result]
-    if FLAGS.device_dir:
-        _write_device_plan(rows)
+    if device is not None:
+        _write_device_plan(device)
         return 0
     print("Per-layer times: --per_layer (truncated exports timed side by side); per op: LiteRT's benchmark_model "
           f"with --enable_op_profiling=true on the .tflite files in {FLAGS.tflite_dir} (see edge/README.md).")
-    _write_rows(rows, FLAGS.output)
+    _report(rows, FLAGS.output)
     return 0
 
 
-def _write_rows(rows, output):
-    """The rows as {"rows": [...]} in `output` ('' to skip), with their tables and chart beside it."""
+def _report(rows, output, tables_only=False):
+    """`latency.write_report` ('' as `output`: nothing), saying what it wrote."""
+    from ftwt_keras.export import latency
+
     if not output:
         return
-    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-    with open(output, "w") as file:
-        json.dump({"rows": rows}, file, indent=1)
-    print(f"Wrote {len(rows)} rows to {output}.")
-    _report(rows, output)
+    written = latency.write_report(rows, output, tables_only=tables_only)
+    if written["rows"]:
+        print(f"Wrote {len(rows)} rows to {written['rows']}.")
+    print(f"Wrote the tables to {written['tables']}.")
+    print(f"Wrote the chart to {written['chart']}." if written["chart"] else
+          "matplotlib is not installed: no chart (pip install -e .[plots]).")
 
 
 if __name__ == "__main__":

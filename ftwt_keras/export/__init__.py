@@ -6,7 +6,8 @@ Its parts: `checks` (what the exporter accepts), `calibration` (keep ratios
 and capacities from images), `planning` (which layers compute compactly,
 which gates pay), `measured` (which gates pay, by timing on this machine), `candidates`
 (the same choice timed on a device without Python), `device` (the adb script that times
-exports there, and its output read back),
+exports there, and its output read back), `latency` (rows of timed exports, their tables and
+chart, here or on a device: `edge/benchmark.py`'s),
 `builder` (the TensorFlow graph), `runtime` (running and timing a `.tflite`),
 `agreement` (a `.tflite` against its Keras model, image by image)
 and `drawn_masks` (stand-ins for trained masks).
