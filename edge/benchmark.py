@@ -221,11 +221,14 @@ def _measure(label, model, images, keep_label, references, calibration, device=N
     alone cost); every layer masked but computed dense (policy
     `dense`); and the dynamic export under test (`--policy`). With
     calibration images a fifth: the network gated only at the layers that
-    pay in the export (`paying_gates`; the others `ungate`d: another model).
-    `references` holds the dense model (and with --int8_reference its full-int8
-    export), made once for every row of a network.
+    pay in the export (`paying_gates`; the others `ungate`d: another model);
+    with --capped_ratio the capped model, and with --capped_int8_weights that
+    model with int8 weights. `references` holds the dense model (and with
+    --int8_reference its full-int8 export), made once for every row of a network.
     The dynamic, lean and capped exports are made for each thread count timed
     (`convert(num_threads=...)`: with more threads fewer layers compact).
+    With `device` (a `latency.DeviceFolder`) the exports are written there
+    instead of timed, and its entries returned.
     """
     import numpy as np
 

@@ -186,8 +186,9 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
             quantize their input on the fly, compact layers gather int8
             weight rows and dequantize them). Faster than float32 where
             the predictors' weight reads weigh: capped
-            (`cap_compacted_gates`), MobileNetV1-224 at keep 0.3 ran at the
-            dense full-int8 model's speed (5.07 against 5.10 ms, AMD CPU).
+            (`cap_compacted_gates`), MobileNetV1-224 at keep 0.3 ran at
+            0.89-1.01x of the dense full-int8 model's speed (5.07 against
+            5.10 ms at best, AMD CPU; `edge/benchmark.py`'s last column).
             Both are close, not exact: besides the rounding of each weight, a
             gate whose logit lies near 0 can flip (`make demo`'s model, 2,000
             test images: top-1 changed on 0.8% in float16, 3.4% in int8, the
