@@ -126,8 +126,8 @@ flags.DEFINE_float("capped_ratio", 1.1,
                    "(benchmarks/capped_accuracy.py).")
 flags.DEFINE_bool("capped_int8_weights", True,
                   "Where the capped model is timed, also time it with int8 weights (LiteRT's dynamic-range "
-                  "quantization, `convert(weight_dtype='int8')`: int8 weights, float32 activations), the one "
-                  "dynamic export that has matched the dense full-int8 model (README); not exact: a gate whose "
+                  "quantization, `convert(weight_dtype='int8')`: int8 weights, float32 activations), the dynamic "
+                  "export that comes closest to the dense full-int8 model (README); not exact: a gate whose "
                   "logit is near 0 may flip (benchmarks/weight_dtypes.py counts how often).")
 flags.DEFINE_string("output", "benchmarks/results/edge_latency.json", "JSON file for the rows ('' to skip).")
 flags.DEFINE_string("tflite_dir", "/tmp/ftwt_edge", "Folder for the .tflite files made on the way.")
