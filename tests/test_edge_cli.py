@@ -226,6 +226,21 @@ def test_weight_dtypes_benchmark_shrinks_the_files_and_times_all_eight():
             assert "14 compacted convs capped at 1x their mean count" in chained.stdout and not fallbacks
 
 
+def test_thread_scaling_benchmark_times_each_file_with_each_thread_count():
+    """benchmarks/thread_scaling.py end to end on a tiny drawn-mask MobileNetV1 (every layer compact: chain)."""
+    result = run_benchmark("thread_scaling.py", "--resolution=32", "--alpha=0.25", "--policy=chain", "--num_images=3",
+                           "--calibration_images=4", "--loops=1", "--capped_ratio=1.2", "--threads=2,1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "14 compacted convs capped at 1.2x" in result.stdout
+    rows = re.findall(r"^\| (dense|dense \+ predictors|dynamic|capped) \| ([0-9.]+) ms \| ([0-9.]+) ms \(([0-9.]+)x\) \|$",
+                      result.stdout, re.M)
+    assert [row[0] for row in rows] == ["dense", "dense + predictors", "dynamic", "capped"], result.stdout
+    for _, one, two, speedup in rows:  # 1 thread first; the speed-up is the 1-thread time over the 2-thread one
+        assert float(speedup) == pytest.approx(float(one) / float(two), rel=0.1)  # of times rounded to 0.01 ms
+    said, _ = refusals(os.path.join(ROOT, "benchmarks", "thread_scaling.py"), ("--threads=0",))
+    assert "--threads takes positive integers" in said[0]
+
+
 def test_conv3x3_benchmark_computes_the_dense_convs_active_filters():
     """benchmarks/edge_ops.py --conv3x3: both compact forms give the dense conv's active filters, strided too."""
     result = run_benchmark("edge_ops.py", "--conv3x3", "--conv_cases=8x8,6x8:full:s2", "--keep=0.5", "--repeats=3")
