@@ -106,7 +106,8 @@ flags.DEFINE_bool(
     "Dynamic export with --calibration only: then time the written .tflite against the --dense export of the same "
     "weights on the calibration images, side by side on this machine with --threads (3 loops, each invoke alone), "
     "and print both: whether the gates pay here; a float export also against the dense model in full int8, what "
-    "an app may ship instead. On a phone, benchmark_model answers that (edge/README.md).",
+    "an app may ship instead; with --threads above 1, the written .tflite with 1 thread too (a second thread can "
+    "slow a gated export down). On a phone, benchmark_model answers that (edge/README.md).",
 )
 flags.DEFINE_string(
     "check",
@@ -183,7 +184,9 @@ def _dtype_options(images):
 def _timed_here(model, flatbuffer, images, loops=3):
     """The written export and the dense one timed side by side on `images` here: one line.
 
-    A float export is also timed against the dense model in full int8 (what an app may ship instead).
+    A float export is also timed against the dense model in full int8 (what an app may ship instead),
+    and with --threads above 1 the written export with 1 thread too: a second thread can make the gated
+    export slower (benchmarks/thread_scaling.py), and then an app had better run it on one core.
     """
     from ftwt_keras.export import tflite
 
@@ -201,6 +204,10 @@ def _timed_here(model, flatbuffer, images, loops=3):
         int8_ms = medians["int8"]
         line += (f" The dense model in full int8 (--dense --weight_dtype=int8_full): {int8_ms:.2f} ms, "
                  f"this .tflite at {int8_ms / dynamic_ms:.2f}x of its speed.")
+    if FLAGS.threads > 1:
+        alone_ms = tflite.median_ms({"dynamic": flatbuffer}, images, loops, 1)["dynamic"]
+        line += (f" With 1 thread this .tflite takes {alone_ms:.2f} ms"
+                 + (f", less than with {FLAGS.threads}: run it on one core." if alone_ms < dynamic_ms else "."))
     return line
 
 

@@ -129,8 +129,16 @@ def test_convert_cli_says_which_gates_skip_work(tmp_path, cifar_images):
         os.path.join(ROOT, "edge", "convert.py"), shared,
         (*shared, f"--calibration={tmp_path / 'calibration.npy'}", "--dense"))
     assert all("--time times the dynamic export on the --calibration images" in answer for answer in said), said
-    out = convert("--weight_dtype=float16")  # with static pruning every layer is pruned
+    out = convert("--weight_dtype=float16", "--threads=2", "--time")  # with static pruning every layer is pruned
     assert "13 of 13 gated layers pruned by their predictors' weights" in out and "The other" not in out
+    # Timed with 2 threads, and with 1: a second thread may slow a gated export down.
+    assert "Timed here (" in out and "; 2 threads, 4 calibration images" in out
+    timed = re.search(r"this \.tflite ([0-9.]+) ms \(.*With 1 thread this \.tflite takes ([0-9.]+) ms(, less than with 2: "
+                      r"run it on one core)?\.$", out, re.M)
+    assert timed, out
+    threaded_ms, alone_ms = float(timed.group(1)), float(timed.group(2))
+    if alone_ms != threaded_ms:  # (equal to 0.01 ms as printed: either)
+        assert (timed.group(3) is not None) == (alone_ms < threaded_ms)
     assert "dynamic (gathered), float16 weights" in out
     assert "DEQUANTIZE" in export.op_names(open(tmp_path / "vgg.tflite", "rb").read())
     assert "0 of 13 compute fewer filters on the calibration images." in out  # none is compacted per image
