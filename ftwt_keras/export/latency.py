@@ -200,6 +200,9 @@ class DeviceFolder:
                 such rows.
             num_runs: timed invokes per export (in all, over the images).
             warmup_runs: invokes before timing.
+
+        Raises:
+            ExportError: rows with predicted masks and no `images`.
         """
         predicted = [entry for entry in self.entries if entry["fields"]["masks"] == "predicted"]
         on_images = {id(entry) for entry in predicted}
