@@ -84,8 +84,8 @@ flags.DEFINE_integer(
     "threads",
     1,
     "Dynamic export only: the interpreter threads the app will run the .tflite with. With more than one, "
-    "XNNPACK splits the dense convs across them but not the compact path's builtin kernels, so --policy=auto "
-    "computes fewer layers compactly. Exact at any thread count.",
+    "XNNPACK splits the dense convs across them while the compact path gains little (its GATHER and TOPK_V2 run on "
+    "one), so --policy=auto computes fewer layers compactly. Exact at any thread count.",
 )
 flags.register_validator("threads", lambda value: value >= 1, message="--threads must be >= 1.")
 flags.DEFINE_enum(

@@ -110,8 +110,9 @@ PAYING_MAX_DEPTHWISE_CHAIN_PIXELS = 56 * 56
 PAYING_MIN_SAVED_MACS_PER_SCATTERED = 300
 
 # With more than one interpreter thread, XNNPACK splits the dense convs across
-# the threads while the builtin GATHER, TOPK_V2 and depthwise kernels of the
-# compact path run on one: compacting pays at lower keep ratios only, and
+# the threads while the compact path gains little (its builtin GATHER and
+# TOPK_V2 run on one; benchmarks/thread_scaling.py): compacting pays at lower
+# keep ratios only, and
 # `convert(..., num_threads=2)` (and `paying_gates`) use these cutoffs instead
 # of AUTO_CHAIN_CUTOFF(_MID) and AUTO_INPUT_CUTOFF. Drawn masks, capacities
 # 1.26x the count, rank-16 predictors, the network gated only where gates pay

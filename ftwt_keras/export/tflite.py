@@ -173,8 +173,9 @@ def convert(model, dynamic=True, policy="auto", with_predictors=False, calibrati
             construction, and stand in for masks that are not).
         num_threads: the interpreter threads the `.tflite` will run with
             (its `num_threads`): `"auto"` compacts layers for that many. With
-            more than one, XNNPACK splits the dense convs across threads but
-            not the compact path's builtin kernels, so fewer layers compact
+            more than one, XNNPACK splits the dense convs across threads while
+            the compact path gains little (its `GATHER` and `TOPK_V2` run on
+            one; `benchmarks/thread_scaling.py`), so fewer layers compact
             (`AUTO_MULTITHREAD_CHAIN_CUTOFF`, `..._INPUT_CUTOFF`). The
             export is exact at any thread count; only its speed is tuned.
         weight_dtype: how the file stores the weights. `"float32"`
