@@ -51,6 +51,7 @@ def main(argv):
     import ftwt_keras as fk
     from ftwt_keras import export
     from ftwt_keras.export import tflite
+    from ftwt_keras.export.drawn_masks import DRAWN_CAPACITY_RATIO
 
     size, threads = FLAGS.resolution, sorted({int(count) for count in FLAGS.threads})
     images = fk.data.cifar_arrays("cifar10", f"test[:{FLAGS.num_images}]", image_size=size)[0]
@@ -68,7 +69,7 @@ def main(argv):
         "dense": export.convert(model, dynamic=False),
         "dense + predictors": export.convert(model, dynamic=False, with_predictors=True),
         "dynamic": export.convert(model, calibration=export.calibrate(model, calibration).with_capacity_ratio(
-            model, 1.26), **options),
+            model, DRAWN_CAPACITY_RATIO), **options),
     }
     capped = []
     if FLAGS.capped_ratio:

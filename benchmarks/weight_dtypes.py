@@ -63,6 +63,7 @@ def main(argv):
     import ftwt_keras as fk
     from ftwt_keras import export
     from ftwt_keras.export import tflite
+    from ftwt_keras.export.drawn_masks import DRAWN_CAPACITY_RATIO
 
     policy = tflite.parse_policy(FLAGS.policy)
     drawn = not FLAGS.model
@@ -88,7 +89,7 @@ def main(argv):
             name += f", {len(capped)} compacted convs capped at {FLAGS.capped_ratio:g}x their mean count"
         calibration = export.calibrate(model, images[: FLAGS.calibration_images])
         if drawn:  # the same masks on every image: capacities with the edge benchmark's margin
-            calibration = calibration.with_capacity_ratio(model, 1.26)
+            calibration = calibration.with_capacity_ratio(model, DRAWN_CAPACITY_RATIO)
         exports = {}
         for dtype in DTYPES:
             options = dict(weight_dtype="int8", representative_images=images[: FLAGS.calibration_images]) if (

@@ -204,8 +204,7 @@ class DeviceFolder:
         Raises:
             ExportError: rows with predicted masks and no `images`.
         """
-        predicted = [entry for entry in self.entries if entry["fields"]["masks"] == "predicted"]
-        on_images = {id(entry) for entry in predicted}
+        predicted = any(entry["fields"]["masks"] == "predicted" for entry in self.entries)
         if predicted and images is None:
             raise ExportError("Rows with predicted masks are timed on real images: pass `images`.")
         names = []
@@ -214,7 +213,7 @@ class DeviceFolder:
             np.asarray(image, "<f4").tofile(os.path.join(self.folder, names[-1]))
         runs_per_image = max(1, num_runs // max(1, len(names)))
         for entry in self.entries:
-            if id(entry) in on_images:
+            if entry["fields"]["masks"] == "predicted":
                 entry["images"] = names
                 entry["fields"]["timing"] = (f"benchmark_model on {len(names)} real test images, {runs_per_image} "
                                              "invokes each (the median over the images)")
