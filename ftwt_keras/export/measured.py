@@ -4,7 +4,7 @@
 1 MB of L2 per core); another CPU moves them. On an Intel Xeon with 2 MB of L2
 per core, where XNNPACK's dense convs ran up to 1.4x faster, MobileNetV1-224 gated
 where those cutoffs say ran at 0.92x of dense at keep 0.5, and DenseNet121-224
-at 0.97x at keep 0.3 (2026-12-05, README "Edge export"). Here the network
+at 0.97x at keep 0.3 (2026-12-05, docs/edge_results.md). Here the network
 gated at those layers is timed against the dense one where it will run, and
 gates are left out, those whose masks remove the fewest multiply-adds
 first, until it is faster.
