@@ -30,7 +30,7 @@ the default export and timed in the same loops: how the cutoff was chosen. An
 export equal to one made before (another cutoff, the default) is timed once
 and marked `(= that one)`.
 
-    python benchmarks/frozen_gates.py --model runs/demo_softmax_a1/model.keras \
+    python benchmarks/frozen_gates.py --model runs/demo_softmax_a1/model.keras \\
         --agreements=none,1.0 --accuracy_images=0 --static_min_decided=0.5,0.7,0.9,1.0
 
 Rows go to --results (JSON) as {"rows": [{"model", "resolution", "agreement", ...}]},

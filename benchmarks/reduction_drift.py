@@ -1,6 +1,6 @@
 """Where the gap between the before-training estimate and the achieved FLOPs reduction comes from.
 
-    python benchmarks/reduction_drift.py --baseline=runs/cifar_cpu/baseline.keras \
+    python benchmarks/reduction_drift.py --baseline=runs/cifar_cpu/baseline.keras \\
         --models=runs/cifar_cpu/r0.9_decoupled/model.keras,runs/cifar_cpu/r0.83_decoupled/model.keras
 
 For each trained FTWT model, on the first --test_images CIFAR-10 test images,

@@ -17,7 +17,7 @@ dense one in full int8); with --check it runs
 it beside the Keras model on the images given and says how far they agree.
 See edge/README.md.
 
-    python edge/convert.py --model M.keras --output M.tflite --calibration=cifar10:train[:64] \
+    python edge/convert.py --model M.keras --output M.tflite --calibration=cifar10:train[:64] \\
         --check=cifar10:test[:1000] --time
 """
 

@@ -1,7 +1,11 @@
-"""The README's "Use" example runs as written, on a batch of real CIFAR-10."""
+"""The documentation as written: the README's "Use" example runs on a batch of real CIFAR-10, and the CLIs'
+usage examples print as they are written."""
 
+import glob
+import io
 import os
 import re
+import tokenize
 import warnings
 
 import pytest
@@ -37,3 +41,24 @@ def test_the_use_example_runs(tmp_path, monkeypatch):
         tf.config.run_functions_eagerly(False)
     assert (tmp_path / "m.keras").exists() and (tmp_path / "m.tflite").exists()
     assert type(namespace["model"]).__name__ == "FTWTModel"
+
+
+def test_cli_usage_lines_print_as_written():
+    """A usage example continued with a backslash must not be joined into one line by the docstring itself.
+
+    absl prints a CLI's module docstring as its --help; in a plain string literal a backslash at a line's end
+    joins the next line onto it (edge/convert.py's --help ran its example together until 2026-12-07).
+    """
+    scripts = [path for folder in ("edge", "benchmarks", os.path.join("ftwt_keras", "recipes"))
+               for path in sorted(glob.glob(os.path.join(ROOT, folder, "*.py")))]
+    assert len(scripts) > 20
+    joined = []
+    for path in scripts:
+        with open(path) as file:
+            for token in tokenize.generate_tokens(io.StringIO(file.read()).readline):
+                if token.type == tokenize.STRING:  # the first string is the module docstring
+                    raw = token.string.lstrip("bBuU")[:1] in "rR"
+                    if not raw and re.search(r"(?<!\\)(\\\\)*\\\n", token.string):  # an odd run of \\ ends a line
+                        joined.append(os.path.relpath(path, ROOT))
+                    break
+    assert not joined, f"end the continued usage lines of these docstrings with \\\\ (or make them raw): {joined}"
