@@ -58,7 +58,7 @@ def test_cli_usage_lines_print_as_written():
             for token in tokenize.generate_tokens(io.StringIO(file.read()).readline):
                 if token.type == tokenize.STRING:  # the first string is the module docstring
                     raw = token.string.lstrip("bBuU")[:1] in "rR"
-                    if not raw and re.search(r"(?<!\\)(\\\\)*\\\n", token.string):  # an odd run of \\ ends a line
+                    if not raw and re.search(r"(?<!\\)(\\\\)*\\\n", token.string):  # a line ends in an odd run of backslashes
                         joined.append(os.path.relpath(path, ROOT))
                     break
     assert not joined, f"end the continued usage lines of these docstrings with \\\\ (or make them raw): {joined}"
