@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_string("model", None, "A trained FTWT .keras model.", required=True)
-flags.DEFINE_string("calibration", "cifar10:train[:64]", "Calibration images (.npy or tfds split spec).")
-flags.DEFINE_string("images", "cifar10:test", "Images to check against the capacities.")
+flags.DEFINE_string("calibration", "cifar10:train[:64]", "Calibration images (.npy, image folder or NAME:SPLIT).")
+flags.DEFINE_string("images", "cifar10:test", "Images to check against the capacities (the same kinds).")
 flags.DEFINE_list("capacity_stds", ["0", "1", "2", "3"], "Margins in standard deviations of each count.")
 flags.DEFINE_float("fixed_margin", 0.05, "Also the margin as a fixed fraction of the filters (the rule before "
                    "2026-12-04); 0 to skip.")
@@ -41,8 +41,8 @@ def main(argv):
     from ftwt_keras import export
 
     model = export.load_ftwt_model(FLAGS.model)
-    calibration_images = export.load_calibration_images(FLAGS.calibration)
-    images = export.load_calibration_images(FLAGS.images)
+    calibration_images = export.load_calibration_images(FLAGS.calibration, model)
+    images = export.load_calibration_images(FLAGS.images, model, what=f"--images={FLAGS.images}")
     counts = export.gate_counts(model, images, batch_size=256)
     mean_count = sum(float(count.mean()) for count in counts.values())
     rules = [(f"max + {float(stds):g} std", export.calibrate(model, calibration_images, capacity_stds=float(stds)))

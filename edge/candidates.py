@@ -36,8 +36,9 @@ flags.DEFINE_enum("target", "mass", ["mass", "uniform"],
                   "Step 1: the target rule training will use (ftwt_keras.gate's default: mass).")
 flags.DEFINE_integer("predictor_rank", None, "Step 1: the predictor rank training will use (default: full).")
 flags.DEFINE_list("ungated_layers", [], "Step 1: conv layers training will leave dense (names or patterns).")
-flags.DEFINE_string("calibration", None, "Step 1: training images, a .npy file (N, H, W, 3) or NAME:SPLIT "
-                    "(e.g. cifar10:train[:256]): the targets' keep ratios and capacities.")
+flags.DEFINE_string("calibration", None, "Step 1: training images, a .npy file (N, H, W, 3), an image folder (PATH or "
+                    "PATH[:N], resized to the model's input) or NAME:SPLIT (e.g. cifar10:train[:256]): the "
+                    "targets' keep ratios and capacities.")
 flags.DEFINE_string("output_dir", None, "Step 1: where to write the .tflite files and candidates.json.")
 flags.DEFINE_integer("threads", 1, "Step 1: the interpreter threads the device will run with.")
 flags.register_validator("threads", lambda value: value >= 1, message="--threads must be >= 1.")
@@ -87,7 +88,7 @@ def _write(tflite):
     if isinstance(baseline, FTWTModel):
         raise tflite.ExportError(f"{FLAGS.baseline} is an FTWT model: pass the dense baseline it was gated from "
                                  "(the recipes' baseline.keras); its candidates are gated at --threshold here.")
-    images = tflite.load_calibration_images(FLAGS.calibration)
+    images = tflite.load_calibration_images(FLAGS.calibration, baseline, what=f"--calibration={FLAGS.calibration}: the images")
     layers = gating.layers_except(baseline, FLAGS.ungated_layers) if FLAGS.ungated_layers else None
     model, calibration = tflite.drawn_at_targets(baseline, images, FLAGS.threshold, target=FLAGS.target,
                                                  layers_to_gate=layers, predictor_rank=FLAGS.predictor_rank)

@@ -58,7 +58,8 @@ flags.DEFINE_string(
     "calibration",
     None,
     "Images like those the model will see, for --policy=auto: a .npy file of raw images "
-    "(N, H, W, 3) or a CIFAR split as NAME:SPLIT (e.g. cifar10:train[:64]). auto then picks each "
+    "(N, H, W, 3), a folder of image files such as photos from the device (PATH, or PATH[:N] for N of them; "
+    "resized to the model's input) or a CIFAR split as NAME:SPLIT (e.g. cifar10:train[:64]). auto then picks each "
     "layer's computation once, from its mean keep ratio on them, and gives compact layers static "
     "capacities (an image beyond them is recomputed exactly by the masked-dense network); without, "
     "it picks per image with a builtin IF (exact either way, ~0.2 ms per branching layer slower at 224x224).",
@@ -112,8 +113,8 @@ flags.DEFINE_bool(
 flags.DEFINE_string(
     "check",
     None,
-    "Dynamic export only: images to run the written .tflite on beside the Keras model (a .npy file of raw images "
-    "or NAME:SPLIT, as --calibration; e.g. cifar10:test[:1000]): prints on how many the top-1 agrees and the logits "
+    "Dynamic export only: images to run the written .tflite on beside the Keras model (a .npy file of raw images, "
+    "an image folder or NAME:SPLIT, as --calibration; e.g. cifar10:test[:1000]): prints on how many the top-1 agrees and the logits "
     "lie within 1e-3 of Keras's range (ftwt_keras.export.agreement). Exact in float32 up to gates within float32 "
     "rounding of 0; --weight_dtype=float16 / int8 move logits further.",
 )
@@ -143,7 +144,7 @@ def main(argv):
         if FLAGS.check:
             checked_images = tflite.load_calibration_images(FLAGS.check, model, what=f"--check={FLAGS.check}: the images")
         if FLAGS.calibration:  # read (and so checked) with --dense too, where it goes unused
-            images = tflite.load_calibration_images(FLAGS.calibration)
+            images = tflite.load_calibration_images(FLAGS.calibration, model, what=f"--calibration={FLAGS.calibration}: the images")
             if not FLAGS.dense:
                 calibration = tflite.calibrate(model, images, capacity_stds=FLAGS.capacity_stds)
         path = tflite.export_file(model, FLAGS.output, dynamic=not FLAGS.dense, policy=policy,

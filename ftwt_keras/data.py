@@ -194,6 +194,41 @@ def image_folder(directory, image_size, batch_size=64, training=False, seed=None
     return _finish(dataset, batch_size, training, augment, 10_000, seed)
 
 
+def folder_arrays(directory, image_size, take=None, seed=0):
+    """The image files under `directory` (any depth) as one float32 array `(N, height, width, 3)` in 0..255.
+
+    For images without labels, such as a device's own photos to calibrate or
+    check an export on: each file is resized (bilinear) to `image_size`
+    `(height, width)` as `image_folder` resizes them, grayscale and RGBA files
+    become RGB. `take` keeps the first `take` files of a `seed`ed random order,
+    so that a few of a folder sorted by class still span its classes.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> import keras, numpy as np
+    >>> folder = tempfile.mkdtemp()
+    >>> for index in range(3):
+    ...     keras.utils.save_img(os.path.join(folder, f"{index}.png"), np.full((40, 60, 3), 50 * index, "uint8"), scale=False)
+    >>> images = folder_arrays(folder, (32, 32), take=2)
+    >>> images.shape, images.dtype
+    ((2, 32, 32, 3), dtype('float32'))
+    """
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Image folder {directory!r} does not exist.")
+    import keras
+    import numpy as np
+
+    dataset = keras.utils.image_dataset_from_directory(
+        directory, labels=None, image_size=tuple(image_size), batch_size=None, shuffle=True, seed=seed, verbose=False)
+    if take is not None:
+        dataset = dataset.take(take)
+    images = [np.asarray(image, np.float32) for image in dataset]
+    if not images:
+        raise ValueError(f"Image folder {directory!r} holds no images (take={take}).")
+    return np.stack(images)
+
+
 def load(name, split, batch_size=128, training=None, data_dir=None, **kwargs):
     """Dispatches on `name`: "cifar10", "cifar100", "imagenet2012" or a folder path."""
     if name in CIFAR_DATASETS:

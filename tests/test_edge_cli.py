@@ -151,17 +151,24 @@ def test_convert_cli_checks_the_export_against_keras(tmp_path, cifar_images, mon
     anyway (without JAX installed, Keras would not even import).
     """
     monkeypatch.setenv("KERAS_BACKEND", "jax")
+    import keras
+
     model = perturb(fk.gate(fk.models.resnet_cifar(depth=20)))  # masks and logits that follow the image
     path = str(tmp_path / "resnet.keras")
     model.save(path)
     np.save(tmp_path / "check.npy", cifar_images)
+    photos = tmp_path / "photos"  # the images as a device's photos: files in a folder
+    photos.mkdir()
+    for index, image in enumerate(cifar_images):
+        keras.utils.save_img(photos / f"{index:03d}.png", image, scale=False)
     convert = os.path.join(ROOT, "edge", "convert.py")
     shared = (f"--model={path}", f"--output={tmp_path / 'resnet.tflite'}")
-    result = run_python(convert, *shared, f"--check={tmp_path / 'check.npy'}", timeout=300)
+    result = run_python(convert, *shared, f"--calibration={photos}[:16]", f"--check={photos}", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     count = len(cifar_images)
-    assert (f"Checked on {tmp_path / 'check.npy'}. Against Keras on {count} images: the same top-1 on {count}, "
+    assert (f"Checked on {photos}. Against Keras on {count} images: the same top-1 on {count}, "
             f"logits within 0.001 of Keras's logit range on {count}") in result.stdout
+    assert "compute fewer filters on the calibration images" in result.stdout  # calibrated on the photos
     # The dense reference in full-integer int8, its activations' ranges set on the --calibration images.
     full = run_python(convert, f"--model={path}", f"--output={tmp_path / 'full.tflite'}", "--dense",
                       "--weight_dtype=int8_full", f"--calibration={tmp_path / 'check.npy'}", timeout=300)

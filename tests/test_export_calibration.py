@@ -74,3 +74,31 @@ def test_load_calibration_images(tmp_path, cifar_images):
         export.load_calibration_images(str(tmp_path / "missing.npy"))
     with pytest.raises(export.ExportError, match="NAME:SPLIT"):
         export.load_calibration_images("imagenet")
+
+
+def test_load_calibration_images_from_a_folder_of_photos(tmp_path):
+    """A device's own photos (any depth, any size, grayscale or RGBA too) come resized to the model's input."""
+    import keras
+
+    folder = tmp_path / "photos"
+    (folder / "kitchen" / "old").mkdir(parents=True)
+    pixels = {"a.png": np.full((40, 60, 3), 100, "uint8"),  # RGB, another size and aspect
+              "kitchen/b.png": np.full((20, 30, 4), 30, "uint8"),  # RGBA: the alpha channel dropped
+              "kitchen/old/c.png": np.full((50, 50, 1), 200, "uint8")}  # grayscale: to RGB
+    for name, image in pixels.items():
+        keras.utils.save_img(folder / name, image, scale=False)
+    (folder / "notes.txt").write_text("not an image")
+    model = fk.gate(fk.models.mobilenet_v1(input_shape=(24, 24, 3), alpha=0.25, num_classes=10))
+    images = export.load_calibration_images(str(folder), model)
+    assert images.shape == (3, 24, 24, 3) and images.dtype == np.float32
+    assert sorted(float(image.mean()) for image in images) == [30.0, 100.0, 200.0]  # constant images stay constant
+    assert all(np.ptp(image) == 0 for image in images)
+    assert len(export.load_calibration_images(f"{folder}[:2]", model)) == 2
+    np.testing.assert_array_equal(export.load_calibration_images(str(folder), model), images)  # the same order
+    # A plain Keras model (the baseline of edge/candidates.py) gives its input size too.
+    assert export.load_calibration_images(f"{folder}[:1]", model.network).shape == (1, 24, 24, 3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(export.ExportError, match="--check=empty: No images found"):
+        export.load_calibration_images(str(tmp_path / "empty"), model, what="--check=empty")
+    with pytest.raises(export.ExportError, match="pass the model"):
+        export.load_calibration_images(str(folder))

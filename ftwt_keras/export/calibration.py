@@ -189,28 +189,54 @@ def _calibration_of(model, calibration_images, calibration, capacity_stds=None, 
 
 
 def load_calibration_images(spec, model=None, what="Calibration images"):
-    """Images from a command-line value (calibration or checking): a `.npy` file or `NAME:SPLIT`.
+    """Images from a command-line value (calibration or checking): a `.npy` file, an image folder or `NAME:SPLIT`.
 
-    `NAME:SPLIT` reads a CIFAR split through tfds (e.g. `cifar10:train[:64]`);
-    a `.npy` file holds raw images `(N, H, W, C)`. With `model` (an
-    `FTWTModel`), an `ExportError` naming `what` unless they are a batch of its input.
+    A `.npy` file holds raw images `(N, H, W, C)`; `NAME:SPLIT` reads a CIFAR
+    split through tfds (e.g. `cifar10:train[:64]`); a folder, `PATH` or
+    `PATH[:N]` (N of its images), reads the image files under it, such as
+    photos from the device, resized to `model`'s input (`data.folder_arrays`).
+    With `model` (an `FTWTModel` or a plain Keras model), an `ExportError`
+    naming `what` unless they are a batch of its input.
     """
-    if model is not None:
-        images = load_calibration_images(spec)
-        return checked_images(images, _graph.as_functional(model.network), what=what)
-    if spec.endswith(".npy"):
+    network = None if model is None else _graph.as_functional(getattr(model, "network", model))
+    folder, take = _folder_and_take(spec)
+    if os.path.isdir(folder):
+        if network is None:
+            raise ExportError(f"{what}: the images of a folder ({spec!r}) are resized to the model's input; "
+                              "pass the model.")
+        from ftwt_keras import data
+
+        height, width = network.inputs[0].shape[1:3]
+        if height is None or width is None:
+            raise ExportError(f"{what}: the model's input has no fixed size to resize the images of {spec!r} to; "
+                              "give them as a .npy file.")
+        try:
+            images = data.folder_arrays(folder, (int(height), int(width)), take=take)
+        except ValueError as error:
+            raise ExportError(f"{what}: {error}") from None
+    elif spec.endswith(".npy"):
         if not os.path.exists(spec):
             raise ExportError(f"Image file {spec!r} does not exist.")
-        return np.load(spec).astype(np.float32)
-    name, _, split = spec.partition(":")
-    if name not in ("cifar10", "cifar100") or not split:
-        raise ExportError(
-            f"Images {spec!r}: pass a .npy file of raw images (N, H, W, C) or a CIFAR "
-            "split as NAME:SPLIT, e.g. cifar10:train[:64]."
-        )
-    from ftwt_keras import data
+        images = np.load(spec).astype(np.float32)
+    else:
+        name, _, split = spec.partition(":")
+        if name not in ("cifar10", "cifar100") or not split:
+            raise ExportError(
+                f"Images {spec!r}: pass a .npy file of raw images (N, H, W, C), a folder of image files (PATH, or "
+                "PATH[:N] for N of them), or a CIFAR split as NAME:SPLIT, e.g. cifar10:train[:64]."
+            )
+        from ftwt_keras import data
 
-    return data.cifar_arrays(name, split)[0]
+        images = data.cifar_arrays(name, split)[0]
+    return images if network is None else checked_images(images, network, what=what)
+
+
+def _folder_and_take(spec):
+    """`PATH[:N]` -> `(PATH, N)`; anything else -> `(spec, None)`."""
+    path, bracket, rest = spec.rpartition("[:")
+    if bracket and rest.endswith("]") and rest[:-1].isdigit():
+        return path, int(rest[:-1])
+    return spec, None
 
 
 def checked_images(images, network, what="Calibration images"):
