@@ -1,18 +1,22 @@
 """Time the dense and the dynamic (FTWT, gathered) .tflite side by side with LiteRT.
 
     python edge/benchmark.py                      # both modes, 1 and 2 threads
-    python edge/benchmark.py --mode cifar --model runs/x/ftwt.keras
+    python edge/benchmark.py --model runs/x/ftwt.keras              # a trained model, on CIFAR-10 test images
+    python edge/benchmark.py --model m.keras --images 'photos/[:200]' --calibration 'train_photos/[:64]'  # on yours
     python edge/benchmark.py --mode imagenet --per_layer --keeps 0.3 --threads 1   # time per layer
     python edge/benchmark.py --mode imagenet --device_dir phone    # write the exports for a phone (no timing here)
-    python edge/benchmark.py --mode cifar --model m.keras --device_dir phone   # ... timed there on real test images
+    python edge/benchmark.py --model m.keras --device_dir phone   # ... timed there on real test images
     python edge/benchmark.py --device_logs phone --device_name "Pixel 8"   # its benchmark_model outputs -> rows
 
-Mode "cifar": MobileNetV1 (--network: VGG16-bn, ResNet-56 or ResNet-18; or
---model, a trained FTWT .keras) on >= 200 real CIFAR-10 test images at 32x32. Without
---model the gates are untrained, so masks are drawn at random at each --keeps
-ratio per layer (said in the output). Mode "imagenet": --network at 224x224 (--imagenet_size), 1000 classes,
+Mode "cifar": MobileNetV1 (--network: VGG16-bn, ResNet-56 or ResNet-18) on
+>= 200 real CIFAR-10 test images at 32x32; the gates are untrained, so masks
+are drawn at random at each --keeps ratio per layer (said in the output).
+Mode "imagenet": --network at 224x224 (--imagenet_size), 1000 classes,
 random weights and batch-norm statistics (no ImageNet weights exist here), masks drawn at each
 --keeps ratio per layer, timed on CIFAR-10 test images resized to that size.
+With --model, a trained FTWT .keras instead: timed at its own input size, its
+masks from its predictors, on --images (default: CIFAR-10 test images at that
+size; your own: an image folder or a .npy), calibrated on --calibration.
 
 Each invoke is timed alone (batch 1, XNNPACK on, after warm-up), the models
 alternating image by image (with --loops N, N such loops, each with fresh
@@ -67,10 +71,20 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "both", ["cifar", "imagenet", "both"], "What to time.")
-flags.DEFINE_string("model", None, "cifar mode: a trained FTWT .keras model (masks from its predictors).")
+flags.DEFINE_string("model", None,
+                    "A trained FTWT .keras model to time instead of --network, at its own input size, its masks from "
+                    "its predictors (--mode, --network, --keeps and --predictor_ranks do not apply).")
+flags.DEFINE_string("images", None,
+                    "With --model: the images to time on, whose masks its predictors give: an image folder (PATH or "
+                    "PATH[:N], files at any depth, resized to the model's input), a .npy of raw images or NAME:SPLIT; "
+                    "the first --num_images. Default: CIFAR-10 test images at the model's input size.")
+flags.DEFINE_string("calibration", None,
+                    "With --model: the calibration images (the same kinds as --images; the first 32 also set the "
+                    "dense int8 model's ranges). Default: the first --calibration_images CIFAR-10 training images "
+                    "at the model's input size.")
 flags.DEFINE_list("keeps", ["0.3", "0.5", "0.7", "1.0"], "Keep ratios per layer for drawn masks.")
 flags.DEFINE_list("threads", ["1", "2"], "Interpreter thread counts.")
-flags.DEFINE_integer("num_images", 200, "Timed images per configuration (real CIFAR-10 test images).")
+flags.DEFINE_integer("num_images", 200, "Timed images per configuration (real CIFAR-10 test images, or --images).")
 flags.DEFINE_integer("warmup", 20, "Untimed invokes before timing.")
 flags.DEFINE_integer("loops", 1,
                      "Side-by-side loops per configuration, each with fresh interpreters in an order rotated by "
@@ -107,8 +121,8 @@ flags.register_validator("imagenet_size", lambda size: size > 32,
                          message="--imagenet_size must be larger than 32 (32x32 is --mode=cifar).")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV1 / V2 width multiplier (when no --model).")
 flags.DEFINE_integer("calibration_images", 64,
-                     "CIFAR-10 training images from which --policy=auto picks each layer's computation "
-                     "once (0: per image, with builtin IF).")
+                     "CIFAR-10 training images (or, with --model, --calibration) from which --policy=auto picks each "
+                     "layer's computation once (0: per image, with builtin IF).")
 flags.DEFINE_string("drawn_capacities", "1.26",
                     "Drawn masks keep the same filters on for every image, so calibration alone gives each "
                     "compact layer exactly its count as capacity, which real masks, varying by image, never "
@@ -202,14 +216,17 @@ def _drawn_capacity_ratio():
     return ratio
 
 
-def _dense_references(model, resolution):
-    """`{"dense": float32}` and, with --int8_reference, `"dense_int8"`: the dense model in full int8."""
+def _dense_references(model, int8_images):
+    """`{"dense": float32}` and, with --int8_reference, `"dense_int8"`: the dense model in full int8.
+
+    `int8_images`: training-like images whose activations set the int8 ranges.
+    """
     from ftwt_keras.export import tflite
 
     references = {"dense": tflite.convert(model, dynamic=False)}
     if FLAGS.int8_reference:
         references["dense_int8"] = tflite.convert(model, dynamic=False, weight_dtype="int8",
-                                                  representative_images=_cifar_images("train[:32]", resolution))
+                                                  representative_images=int8_images)
     return references
 
 
@@ -291,13 +308,14 @@ def _measure(label, model, images, keep_label, references, calibration, device=N
     return rows
 
 
-def _write_device_plan(device):
-    """Writes the --device_dir rows and the adb script that times every file there; says how to go on."""
+def _write_device_plan(device, images=None):
+    """Writes the --device_dir rows and the adb script that times every file there; says how to go on.
+
+    `images`: the real images a trained model's exports are timed on there (its masks are theirs);
+    None for drawn masks, which benchmark_model's random inputs serve.
+    """
     from ftwt_keras.export import latency
 
-    sizes = {entry["fields"]["resolution"] for entry in device.entries if entry["fields"]["masks"] == "predicted"}
-    # A trained model (one size: the cifar mode's) is timed on real test images, its masks being theirs.
-    images = _cifar_images(f"test[:{FLAGS.device_images}]", size=sizes.pop()) if sizes else None
     script, files, runs = device.write_plan(images, num_runs=FLAGS.num_images, warmup_runs=FLAGS.warmup)
     print(f"Wrote {files} .tflite files" + ("" if images is None else f", {len(images)} test images")
           + f" and {latency.DEVICE_ROWS} to {FLAGS.device_dir}, timed nothing here. On the device: sh {script} ({runs} "
@@ -394,12 +412,6 @@ def _run_mode(resolution, images, calibration, predictor_ranks, device=None):
     from ftwt_keras.export import tflite
 
     rows = []
-    if resolution == 32 and FLAGS.model:
-        model = tflite.load_ftwt_model(FLAGS.model)
-        references = _dense_references(model, resolution)
-        print(f"cifar: trained model {FLAGS.model}, masks from its predictors.")
-        return _measure(os.path.basename(FLAGS.model).replace(".keras", ""), model, images, "predicted", references,
-                        calibration, device)
     base = _random_network(resolution)
     references = None
     for rank in predictor_ranks:
@@ -408,12 +420,43 @@ def _run_mode(resolution, images, calibration, predictor_ranks, device=None):
               "per layer (not predicted by trained gates).", flush=True)
         model = fk.gate(base, predictor_rank=rank, layers_to_gate=_gateable)
         if references is None:  # the same dense network for every predictor rank
-            references = _dense_references(model, resolution)
+            references = _dense_references(model, _cifar_images("train[:32]", resolution))
             tflite.save(references["dense"], os.path.join(FLAGS.tflite_dir, f"{label}_{resolution}_dense.tflite"))
         for keep in FLAGS.keeps:
             tflite.set_keep_ratio(model, float(keep), seed=0)
             rows += _measure(label, model, images, keep, references, calibration, device)
     return rows
+
+
+def _model_images(model):
+    """--model's images: `(timed, calibration or None, int8 ranges)`, from --images / --calibration or CIFAR-10."""
+    from ftwt_keras.export import tflite
+
+    height, width = (int(size) for size in model.network.inputs[0].shape[1:3])
+
+    def cifar(split):
+        if height != width:
+            raise app.UsageError(f"{FLAGS.model} takes {height}x{width} images, which CIFAR-10's square ones cannot "
+                                 "stand in for: pass --images and --calibration.")
+        return _cifar_images(split, size=height)
+
+    def given(flag):
+        return tflite.load_calibration_images(FLAGS[flag].value, model, what=f"--{flag}={FLAGS[flag].value}")
+
+    images = (given("images") if FLAGS.images else cifar(f"test[:{FLAGS.num_images}]"))[: FLAGS.num_images]
+    calibration = None
+    if FLAGS.calibration_images:
+        calibration = given("calibration") if FLAGS.calibration else cifar(f"train[:{FLAGS.calibration_images}]")
+    int8_images = calibration[:32] if calibration is not None else images[:32]
+    return images, calibration, int8_images
+
+
+def _run_model(model, images, calibration, int8_images, device=None):
+    """The rows of --model: its own masks, on `images`."""
+    print(f"Trained model {FLAGS.model}, masks from its predictors, {len(images)} images "
+          f"({FLAGS.images or 'CIFAR-10 test'}).", flush=True)
+    label = os.path.basename(FLAGS.model).replace(".keras", "")
+    return _measure(label, model, images, "predicted", _dense_references(model, int8_images), calibration, device)
 
 
 def _random_network(resolution):
@@ -471,7 +514,7 @@ def _predictor_ranks():
 
 
 def main(argv):
-    from ftwt_keras.export import ExportError, latency
+    from ftwt_keras.export import ExportError, latency, tflite
 
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -493,6 +536,11 @@ def main(argv):
         return 0
     if FLAGS.num_images < 1:
         raise app.UsageError("--num_images must be positive.")
+    if FLAGS.model and FLAGS.per_layer:
+        raise app.UsageError("--per_layer times --network's layers with drawn masks; leave out --model.")
+    if (FLAGS.images or FLAGS.calibration) and not FLAGS.model:
+        raise app.UsageError("--images and --calibration are the images of a --model; --network is timed on "
+                             "CIFAR-10.")
     if FLAGS.device_dir and (FLAGS.per_layer or FLAGS.lean_plan == "measured"):
         raise app.UsageError("--device_dir writes exports for benchmark_model, which runs no Python: not with "
                              "--per_layer or --lean_plan=measured (both time here).")
@@ -506,10 +554,16 @@ def main(argv):
     measure = _per_layer if FLAGS.per_layer else functools.partial(_run_mode, device=device)
     sizes = ((32, "cifar"), (FLAGS.imagenet_size, "imagenet"))
     resolutions = [size for size, mode in sizes if FLAGS.mode in (mode, "both")]
+    model_images = None
     try:
         _policy()  # refuses a bad value before any conversion
-        results = [measure(size, _cifar_images(f"test[:{FLAGS.num_images}]", size=size), _calibration(size),
-                           predictor_ranks) for size in resolutions]
+        if FLAGS.model:
+            model = tflite.load_ftwt_model(FLAGS.model)
+            model_images, calibration, int8_images = _model_images(model)
+            results = [_run_model(model, model_images, calibration, int8_images, device)]
+        else:
+            results = [measure(size, _cifar_images(f"test[:{FLAGS.num_images}]", size=size), _calibration(size),
+                               predictor_ranks) for size in resolutions]
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -522,7 +576,7 @@ def main(argv):
         return 0
     rows = [row for result in results for row in result]
     if device is not None:
-        _write_device_plan(device)
+        _write_device_plan(device, None if model_images is None else model_images[: FLAGS.device_images])
         return 0
     print("Per-layer times: --per_layer (truncated exports timed side by side); per op: LiteRT's benchmark_model "
           f"with --enable_op_profiling=true on the .tflite files in {FLAGS.tflite_dir} (see edge/README.md).")

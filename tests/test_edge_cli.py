@@ -438,6 +438,39 @@ def test_benchmark_times_a_trained_model_on_the_device_on_real_images(tmp_path, 
     assert "--device_images must be between 1 and --num_images (6); got 7" in said[0]
 
 
+def test_benchmark_times_a_trained_model_at_its_own_size_on_a_folder_of_photos(tmp_path, cifar_images):
+    """--model at an input size CIFAR-10 does not have, timed and calibrated on image files of other sizes."""
+    import keras
+
+    model = perturb(fk.gate(fk.models.resnet_cifar(depth=20, input_shape=(40, 40, 3))))
+    path = tmp_path / "resnet40.keras"
+    model.save(path)
+    photos = tmp_path / "photos"
+    (photos / "holiday").mkdir(parents=True)
+    for index, image in enumerate(cifar_images[:10]):  # 32x32 files, in two folders
+        keras.utils.save_img(photos / ("holiday" if index % 2 else "") / f"{index}.png", image, scale=False)
+    script = os.path.join(ROOT, "edge", "benchmark.py")
+    output = tmp_path / "rows.json"
+    result = run_python(script, f"--model={path}", f"--images={photos}", f"--calibration={photos}[:4]",
+                        "--num_images=6", "--threads=1", "--capped_ratio=0", "--noint8_reference",
+                        f"--output={output}", f"--tflite_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = json.loads(output.read_text())["rows"]
+    assert (row["model"], row["resolution"], row["images"], row["calibration_images"]) == ("resnet40", 40, 6, 4)
+    assert row["masks"] == "predicted" and row["dense_ms"] > 0 and row["dynamic_ms"] > 0
+    assert f"6 images ({photos})" in result.stdout
+    # A model whose input is not square cannot be timed on CIFAR-10 by default; --images belong to a --model.
+    wide = tmp_path / "wide.keras"
+    fk.gate(fk.models.resnet_cifar(depth=20, input_shape=(32, 48, 3))).save(wide)
+    said, _ = refusals(script, (f"--model={wide}", "--threads=1", f"--output={tmp_path / 'no.json'}"),
+                       (f"--images={photos}", "--mode=cifar"),
+                       (f"--model={path}", "--per_layer"))
+    assert "takes 32x48 images, which CIFAR-10's square ones cannot stand in for: pass --images" in said[0]
+    assert "--images and --calibration are the images of a --model" in said[1]
+    assert "--per_layer times --network's layers with drawn masks; leave out --model." in said[2]
+    assert not (tmp_path / "no.json").exists()
+
+
 def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path, cifar_images):
     """edge/benchmark.py end to end on a tiny MobileNetV1: rows, tables and the --drawn_capacities rule."""
 
