@@ -88,7 +88,8 @@ def _write(tflite):
     if isinstance(baseline, FTWTModel):
         raise tflite.ExportError(f"{FLAGS.baseline} is an FTWT model: pass the dense baseline it was gated from "
                                  "(the recipes' baseline.keras); its candidates are gated at --threshold here.")
-    images = tflite.load_calibration_images(FLAGS.calibration, baseline, what=f"--calibration={FLAGS.calibration}: the images")
+    images = tflite.load_calibration_images(FLAGS.calibration, baseline,
+                                            what=f"--calibration={FLAGS.calibration}: the images")
     layers = gating.layers_except(baseline, FLAGS.ungated_layers) if FLAGS.ungated_layers else None
     model, calibration = tflite.drawn_at_targets(baseline, images, FLAGS.threshold, target=FLAGS.target,
                                                  layers_to_gate=layers, predictor_rank=FLAGS.predictor_rank)

@@ -114,9 +114,9 @@ flags.DEFINE_string(
     "check",
     None,
     "Dynamic export only: images to run the written .tflite on beside the Keras model (a .npy file of raw images, "
-    "an image folder or NAME:SPLIT, as --calibration; e.g. cifar10:test[:1000]): prints on how many the top-1 agrees and the logits "
-    "lie within 1e-3 of Keras's range (ftwt_keras.export.agreement). Exact in float32 up to gates within float32 "
-    "rounding of 0; --weight_dtype=float16 / int8 move logits further.",
+    "an image folder or NAME:SPLIT, as --calibration; e.g. cifar10:test[:1000]): prints on how many the top-1 "
+    "agrees and the logits lie within 1e-3 of Keras's range (ftwt_keras.export.agreement). Exact in float32 up to "
+    "gates within float32 rounding of 0; --weight_dtype=float16 / int8 move logits further.",
 )
 
 
@@ -144,7 +144,8 @@ def main(argv):
         if FLAGS.check:
             checked_images = tflite.load_calibration_images(FLAGS.check, model, what=f"--check={FLAGS.check}: the images")
         if FLAGS.calibration:  # read (and so checked) with --dense too, where it goes unused
-            images = tflite.load_calibration_images(FLAGS.calibration, model, what=f"--calibration={FLAGS.calibration}: the images")
+            images = tflite.load_calibration_images(FLAGS.calibration, model,
+                                                    what=f"--calibration={FLAGS.calibration}: the images")
             if not FLAGS.dense:
                 calibration = tflite.calibrate(model, images, capacity_stds=FLAGS.capacity_stds)
         path = tflite.export_file(model, FLAGS.output, dynamic=not FLAGS.dense, policy=policy,

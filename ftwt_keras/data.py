@@ -209,7 +209,8 @@ def folder_arrays(directory, image_size, take=None, seed=0):
     >>> import keras, numpy as np
     >>> folder = tempfile.mkdtemp()
     >>> for index in range(3):
-    ...     keras.utils.save_img(os.path.join(folder, f"{index}.png"), np.full((40, 60, 3), 50 * index, "uint8"), scale=False)
+    ...     image = np.full((40, 60, 3), 50 * index, "uint8")
+    ...     keras.utils.save_img(os.path.join(folder, f"{index}.png"), image, scale=False)
     >>> images = folder_arrays(folder, (32, 32), take=2)
     >>> images.shape, images.dtype
     ((2, 32, 32, 3), dtype('float32'))
