@@ -5,6 +5,7 @@
     python benchmarks/edge_ops.py --predictor_weights     # MobileNetV1's predictors: fp32 / int8 / fp16
     python benchmarks/edge_ops.py --predictor_pool        # predictors pooling the padded vs unpadded input
     python benchmarks/edge_ops.py --conv3x3               # a compact 3x3 conv: run-time filter vs im2col
+    python benchmarks/edge_ops.py --thread_overhead       # what a second thread costs per op and per partition
 
 For each activation shape (H x H x C, batch 1) and keep ratio k, converts tiny
 builtins-only graphs with TFLite and times each invoke alone with LiteRT
@@ -52,6 +53,15 @@ the export's way, im2col (`STRIDED_SLICE` windows, `CONCATENATION`) and a
 `BATCH_MATMUL` with gathered weight rows (XNNPACK). A case reads its input
 compact (k of C channels, as behind a compacted layer) unless it says
 `full`; both compact forms are checked against the dense conv's output.
+
+`--thread_overhead` times, with 1 and 2 interpreter threads, a chain of
+`--chain_ops` tiny elementwise ops (on 14x14x64) that XNNPACK runs as one
+partition, the same chain cut into `--partitions` partitions by builtin
+`GATHER`s between its ops, and those `GATHER`s alone: what a second thread
+costs per XNNPACK op and per XNNPACK partition where the work is too small to
+split. A compact export is made of many small ops in many partitions (capped
+MobileNetV1-224: 89 partitions), which is why it can run slower with 2
+threads than with 1 (`benchmarks/thread_scaling.py`).
 """
 
 import os
@@ -77,6 +87,11 @@ flags.DEFINE_list("conv_cases", ["32x16", "16x32", "8x64", "56x64", "14x256", "3
                   "--conv3x3 cases: SIZExFILTERS (a square map, as many input channels), then `:full` for an "
                   "input with all channels, `:s2` for stride 2.")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV1 width multiplier for --predictor_weights and --predictor_pool.")
+flags.DEFINE_bool("thread_overhead", False,
+                  "Time chains of tiny ops with 1 and 2 threads: what a second thread costs per XNNPACK op and "
+                  "per XNNPACK partition.")
+flags.DEFINE_integer("chain_ops", 300, "--thread_overhead: elementwise ops in the chain.", lower_bound=2)
+flags.DEFINE_integer("partitions", 100, "--thread_overhead: XNNPACK partitions the cut chain runs as.", lower_bound=2)
 
 
 def _flatbuffer(fn, specs, weights="float32"):
@@ -253,6 +268,35 @@ def predictor_pool_exports(alpha, ranks=(None, 64)):
     return built
 
 
+def thread_overhead_graphs(ops, partitions, size=14, channels=64, seed=0):
+    """`{name: (flatbuffer, inputs)}`: `ops` tiny elementwise ops in one XNNPACK partition, the same ops cut
+    into `partitions` partitions by builtin `GATHER`s (a copy of the whole activation each), those alone."""
+    import numpy as np
+    import tensorflow as tf
+
+    x = np.random.default_rng(seed).normal(size=(1, size, size, channels)).astype("float32")
+    spec = [tf.TensorSpec(x.shape, tf.float32)]
+    cut_after = {round(ops * (index + 1) / partitions) - 1 for index in range(partitions - 1)}
+
+    def chain(cuts):
+        def graph(y):
+            for index in range(ops):
+                y = y * 1.0001 if index % 2 else y + 0.001  # alternating, so that no two fold into one
+                if index in cuts:
+                    y = tf.gather(y, [0])  # axis 0 of batch 1: a plain copy, on the builtin kernel
+            return y
+        return graph
+
+    def gathers(y):
+        for _ in cut_after:
+            y = tf.gather(y, [0])
+        return y
+
+    return {f"{ops} ops, 1 partition": (_flatbuffer(chain(set()), spec), [x]),
+            f"{ops} ops, {partitions} partitions": (_flatbuffer(chain(cut_after), spec), [x]),
+            f"{len(cut_after)} GATHERs alone": (_flatbuffer(gathers, spec), [x])}
+
+
 def _runner(flatbuffer, inputs, threads):
     """An interpreter for `flatbuffer` with `inputs` set, ready to invoke."""
     from ftwt_keras.export import tflite
@@ -297,6 +341,8 @@ def main(argv):
         return _predictor_pool()
     if FLAGS.conv3x3:
         return _conv3x3()
+    if FLAGS.thread_overhead:
+        return _thread_overhead()
     print(f"LiteRT, XNNPACK, {FLAGS.threads} thread(s), keep {FLAGS.keep:g}; median of {FLAGS.repeats} invokes.")
     for shape in FLAGS.shapes:
         size, channels = (int(v) for v in shape.lower().split("x"))
@@ -372,6 +418,32 @@ def _conv3x3():
         times = " | ".join(f"{1e6 * seconds:.0f} us" for seconds in medians.values())
         print(f"| {size}x{size}, {channels} filters{f', stride {stride}' if stride > 1 else ''} "
               f"| {'compact' if compact else 'full'} | {times} | {difference:.1e} |", flush=True)
+    return 0
+
+
+def _thread_overhead():
+    from ftwt_keras.export import tflite
+
+    if FLAGS.partitions > FLAGS.chain_ops:
+        raise app.UsageError(f"--partitions ({FLAGS.partitions}) cannot exceed --chain_ops ({FLAGS.chain_ops}).")
+    built = thread_overhead_graphs(FLAGS.chain_ops, FLAGS.partitions)
+    # 1 and 2 threads twice, in turn, so that a drift of the host's speed falls on both.
+    runs = [(threads, time_graphs(built, FLAGS.repeats, threads)) for threads in (1, 2, 1, 2)]
+    ms = {threads: {name: 1e3 * min(medians[name] for count, medians in runs if count == threads) for name in built}
+          for threads in (1, 2)}
+    print(f"Chains of tiny ops on 14x14x64, LiteRT, XNNPACK; the lower of two medians of {FLAGS.repeats} invokes "
+          "per thread count, graphs alternating.")
+    print("| graph | ops | 1 thread | 2 threads | the 2nd thread adds |\n|---|---|---|---|---|")
+    added = {}
+    for name, (flatbuffer, _) in built.items():
+        added[name] = ms[2][name] - ms[1][name]
+        print(f"| {name} | {len(tflite.op_names(flatbuffer))} | {ms[1][name]:.3f} ms | {ms[2][name]:.3f} ms "
+              f"| {1e3 * added[name]:+.0f} us |")
+    whole, cut, alone = added.values()
+    per_op = whole / FLAGS.chain_ops
+    per_partition = (cut - whole - alone) / (FLAGS.partitions - 1)
+    print(f"A second thread adds {1e3 * per_op:.2f} us per XNNPACK op and {1e3 * per_partition:.2f} us per "
+          "XNNPACK partition where there is too little work to split.")
     return 0
 
 
