@@ -56,7 +56,7 @@ def measured_paying_gates(model, calibration, images, num_threads=1, static_gate
     the dense model (both threads in XNNPACK) more than the gated one
     (builtin ops on one thread): a network passed twice there (9.76 / 10.47
     ms, 9.38 / 10.08; dense 7.1-7.5 ms before) and ran at 0.96x of dense
-    afterwards (2026-12-06, README "Another CPU"). The times are this
+    afterwards (2026-12-06, docs/edge_results.md, "Another CPU"). The times are this
     machine's: run it where the model will run, or take its answer as a
     sketch of that.
 
