@@ -117,7 +117,13 @@ def run_python(*args, timeout=600):
 
 
 def benchmark_script(name):
-    """The module of `benchmarks/<name>.py` (the benchmarks are scripts, not a package)."""
+    """The module of `benchmarks/<name>.py` (the benchmarks are scripts, not a package).
+
+    Importing a script defines its absl flags in this process, for good: two scripts that define the same flag
+    name cannot both be imported (absl's DuplicateFlagError), and pytest-xdist puts tests together in one worker
+    at random. So only for flag-free modules or scripts whose flags no other imported one shares (cifar_cpu,
+    export_exactness); run the others in a subprocess (`run_python`, `refusals`).
+    """
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
         return importlib.import_module(name)
