@@ -440,10 +440,11 @@ def _model_images(model):
                                  "stand in for: pass --images and --calibration.")
         return _cifar_images(split, size=height)
 
-    def given(flag):
-        return tflite.load_calibration_images(FLAGS[flag].value, model, what=f"--{flag}={FLAGS[flag].value}")
+    def given(flag, limit=None):
+        return tflite.load_calibration_images(FLAGS[flag].value, model, what=f"--{flag}={FLAGS[flag].value}",
+                                              limit=limit)
 
-    images = (given("images") if FLAGS.images else cifar(f"test[:{FLAGS.num_images}]"))[: FLAGS.num_images]
+    images = given("images", FLAGS.num_images) if FLAGS.images else cifar(f"test[:{FLAGS.num_images}]")
     calibration = None
     if FLAGS.calibration_images:
         calibration = given("calibration") if FLAGS.calibration else cifar(f"train[:{FLAGS.calibration_images}]")

@@ -94,6 +94,9 @@ def test_load_calibration_images_from_a_folder_of_photos(tmp_path):
     assert sorted(float(image.mean()) for image in images) == [30.0, 100.0, 200.0]  # constant images stay constant
     assert all(np.ptp(image) == 0 for image in images)
     assert len(export.load_calibration_images(f"{folder}[:2]", model)) == 2
+    # `limit` reads no more than that many: the first of the same order, with or without [:N].
+    np.testing.assert_array_equal(export.load_calibration_images(str(folder), model, limit=2), images[:2])
+    assert len(export.load_calibration_images(f"{folder}[:2]", model, limit=1)) == 1
     np.testing.assert_array_equal(export.load_calibration_images(str(folder), model), images)  # the same order
     # A plain Keras model (the baseline of edge/candidates.py) gives its input size too.
     assert export.load_calibration_images(f"{folder}[:1]", model.network).shape == (1, 24, 24, 3)

@@ -188,7 +188,7 @@ def _calibration_of(model, calibration_images, calibration, capacity_stds=None, 
     return calibrate(model, np.asarray(calibration_images, np.float32), capacity_stds=capacity_stds)
 
 
-def load_calibration_images(spec, model=None, what="Calibration images"):
+def load_calibration_images(spec, model=None, what="Calibration images", limit=None):
     """Images from a command-line value (calibration or checking): a `.npy` file, an image folder or `NAME:SPLIT`.
 
     A `.npy` file holds raw images `(N, H, W, C)`; `NAME:SPLIT` reads a CIFAR
@@ -196,10 +196,13 @@ def load_calibration_images(spec, model=None, what="Calibration images"):
     `PATH[:N]` (N of its images), reads the image files under it, such as
     photos from the device, resized to `model`'s input (`data.folder_arrays`).
     With `model` (an `FTWTModel` or a plain Keras model), an `ExportError`
-    naming `what` unless they are a batch of its input.
+    naming `what` unless they are a batch of its input. `limit`: at most that
+    many (a folder's other files are not read).
     """
     network = None if model is None else _graph.as_functional(getattr(model, "network", model))
     folder, take = _folder_and_take(spec)
+    if limit is not None:
+        take = limit if take is None else min(take, limit)
     if os.path.isdir(folder):
         if network is None:
             raise ExportError(f"{what}: the images of a folder ({spec!r}) are resized to the model's input; "
@@ -228,6 +231,7 @@ def load_calibration_images(spec, model=None, what="Calibration images"):
         from ftwt_keras import data
 
         images = data.cifar_arrays(name, split)[0]
+    images = images[:limit]
     return images if network is None else checked_images(images, network, what=what)
 
 

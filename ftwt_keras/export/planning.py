@@ -112,11 +112,11 @@ PAYING_MIN_SAVED_MACS_PER_SCATTERED = 300
 # With more than one interpreter thread, XNNPACK splits the dense convs across
 # the threads while the compact path gains little (its builtin GATHER and
 # TOPK_V2 run on one; benchmarks/thread_scaling.py): compacting pays at lower
-# keep ratios only, and
-# `convert(..., num_threads=2)` (and `paying_gates`) use these cutoffs instead
-# of AUTO_CHAIN_CUTOFF(_MID) and AUTO_INPUT_CUTOFF. Drawn masks, capacities
-# 1.26x the count, rank-16 predictors, the network gated only where gates pay
-# by the 1-thread / these cutoffs, timed with 2 threads side by side
+# keep ratios only, and `convert(..., num_threads=2)` (and `paying_gates`) use
+# these cutoffs instead of AUTO_CHAIN_CUTOFF(_MID) and AUTO_INPUT_CUTOFF.
+# Drawn masks, capacities 1.26x the count, rank-16 predictors, the network
+# gated only where gates pay by the 1-thread / these cutoffs, timed with 2
+# threads side by side
 # (2026-12-05 03:32-03:33, 2 loops): keep 0.3 MobileNetV1-224 1.10-1.12x /
 # 1.14-1.15x, VGG16-bn at 32x32 1.07x / 1.07x of dense; keep 0.4 0.85x (a
 # noisy loop: 0.54x) / 1.00-1.02x (no gate pays) and 0.93-0.94x / 0.99x;
