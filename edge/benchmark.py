@@ -434,20 +434,24 @@ def _model_images(model):
 
     height, width = (int(size) for size in model.network.inputs[0].shape[1:3])
 
-    def cifar(split):
+    def square_size():
         if height != width:
             raise app.UsageError(f"{FLAGS.model} takes {height}x{width} images, which CIFAR-10's square ones cannot "
                                  "stand in for: pass --images and --calibration.")
-        return _cifar_images(split, size=height)
+        return height
 
     def given(flag, limit=None):
         return tflite.load_calibration_images(FLAGS[flag].value, model, what=f"--{flag}={FLAGS[flag].value}",
                                               limit=limit)
 
-    images = given("images", FLAGS.num_images) if FLAGS.images else cifar(f"test[:{FLAGS.num_images}]")
-    calibration = None
-    if FLAGS.calibration_images:
-        calibration = given("calibration") if FLAGS.calibration else cifar(f"train[:{FLAGS.calibration_images}]")
+    if FLAGS.images:
+        images = given("images", FLAGS.num_images)
+    else:
+        images = _cifar_images(f"test[:{FLAGS.num_images}]", size=square_size())
+    if FLAGS.calibration:
+        calibration = given("calibration")
+    else:
+        calibration = _calibration(square_size()) if FLAGS.calibration_images else None
     int8_images = calibration[:32] if calibration is not None else images[:32]
     return images, calibration, int8_images
 
@@ -542,6 +546,9 @@ def main(argv):
     if (FLAGS.images or FLAGS.calibration) and not FLAGS.model:
         raise app.UsageError("--images and --calibration are the images of a --model; --network is timed on "
                              "CIFAR-10.")
+    if FLAGS.calibration and not FLAGS.calibration_images:
+        raise app.UsageError("--calibration_images=0 asks for no calibration (a builtin IF per image), so "
+                             "--calibration would be ignored: leave out one of them.")
     if FLAGS.device_dir and (FLAGS.per_layer or FLAGS.lean_plan == "measured"):
         raise app.UsageError("--device_dir writes exports for benchmark_model, which runs no Python: not with "
                              "--per_layer or --lean_plan=measured (both time here).")

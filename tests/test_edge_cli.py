@@ -479,10 +479,12 @@ def test_benchmark_times_a_trained_model_at_its_own_size_on_a_folder_of_photos(t
     fk.gate(fk.models.resnet_cifar(depth=20, input_shape=(32, 48, 3))).save(wide)
     said, _ = refusals(script, (f"--model={wide}", "--threads=1", f"--output={tmp_path / 'no.json'}"),
                        (f"--images={photos}", "--mode=cifar"),
-                       (f"--model={path}", "--per_layer"))
+                       (f"--model={path}", "--per_layer"),
+                       (f"--model={path}", f"--calibration={photos}", "--calibration_images=0"))
     assert "takes 32x48 images, which CIFAR-10's square ones cannot stand in for: pass --images" in said[0]
     assert "--images and --calibration are the images of a --model" in said[1]
     assert "--per_layer times --network's layers with drawn masks; leave out --model." in said[2]
+    assert "--calibration_images=0 asks for no calibration" in said[3]
     assert not (tmp_path / "no.json").exists()
 
 
