@@ -89,7 +89,8 @@ def _imagenet_eval(image, label, size):
     return tf.image.resize_with_crop_or_pad(image, size, size), label
 
 
-def _finish(dataset, batch_size, training, augment, shuffle_buffer, seed):
+def _finish(dataset, batch_size, training, augment, shuffle_buffer, seed, resize=None):
+    """Float images and int labels, shuffled and augmented when training, in batches (resized to `resize`)."""
     tf = _tf()
 
     def to_float(image, label):
@@ -100,11 +101,15 @@ def _finish(dataset, batch_size, training, augment, shuffle_buffer, seed):
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if augment is not None:
         dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    if resize is not None:
+        dataset = dataset.map(lambda images, labels: (tf.image.resize(images, resize), labels),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def cifar(name="cifar10", split="train", batch_size=128, training=None, data_dir=None,
-          take=None, seed=None):
+          take=None, seed=None, image_size=None):
     """A CIFAR-10/100 pipeline of `(images, labels)` batches.
 
     Args:
@@ -115,6 +120,9 @@ def cifar(name="cifar10", split="train", batch_size=128, training=None, data_dir
         data_dir: tfds data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
         take: keep only the first `take` examples (before shuffling).
         seed: shuffle / augmentation seed.
+        image_size: resize every image (bilinear, after the 32x32
+            augmentation) to `image_size x image_size`, e.g. 224 for a network
+            in its ImageNet layout; None keeps 32x32.
     """
     if name not in CIFAR_DATASETS:
         raise ValueError(f"`name` must be one of {CIFAR_DATASETS}; got {name!r}.")
@@ -124,7 +132,9 @@ def cifar(name="cifar10", split="train", batch_size=128, training=None, data_dir
         dataset = dataset.take(take)
     # 150 MB decoded: keeping it in memory saves decoding every image every epoch.
     dataset = dataset.cache()
-    return _finish(dataset, batch_size, training, _cifar_augment if training else None, 50_000, seed)
+    # Resized after the cache, batch by batch: 50,000 resized copies would not fit it (30 GB at 224).
+    resize = None if image_size in (None, 32) else (image_size, image_size)
+    return _finish(dataset, batch_size, training, _cifar_augment if training else None, 50_000, seed, resize)
 
 
 def cifar_arrays(name="cifar10", split="test", take=None, data_dir=None, image_size=None):
@@ -137,13 +147,12 @@ def cifar_arrays(name="cifar10", split="test", take=None, data_dir=None, image_s
     """
     import numpy as np
 
-    batches = list(cifar(name, split, batch_size=1000, training=False, data_dir=data_dir, take=take))
+    batches = list(cifar(name, split, batch_size=1000, training=False, data_dir=data_dir, take=take,
+                         image_size=image_size))
     if not batches:
         raise ValueError(f"Split {split!r} of {name} holds no images (take={take}).")
     images = np.concatenate([np.asarray(x) for x, _ in batches]).astype("float32")
     labels = np.concatenate([np.asarray(y) for _, y in batches])
-    if image_size is not None and image_size != images.shape[1]:
-        images = _tf().image.resize(images, (image_size, image_size)).numpy().astype("float32")
     return images, labels
 
 

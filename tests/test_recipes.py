@@ -293,6 +293,22 @@ def test_recipes_estimate_and_calibrate_on_training_images_of_an_image_folder(tm
         common._datasets(dict(config, train_take=8))
 
 
+def test_recipes_resize_cifar_to_the_image_size_asked_for():
+    """--image_size other than 32 on CIFAR: every pipeline resized after the 32x32 augmentation (the ImageNet layout)."""
+    config = {"dataset": "cifar10", "image_size": 96, "batch_size": 8, "seed": 0, "estimate_images": 12,
+              "data_dir": None, "train_take": 16, "test_take": 10}
+    train, test, estimate = common._datasets(config)
+    images, labels = next(iter(train))
+    assert images.shape == (8, 96, 96, 3) and labels.shape == (8,)
+    test_images = np.concatenate([np.asarray(batch[0]) for batch in test])
+    assert test_images.shape == (10, 96, 96, 3)
+    assert sum(len(batch[0]) for batch in estimate) == 12
+    # The evaluation images are the arrays the export calibrates and checks on at that size.
+    np.testing.assert_array_equal(test_images, fk.data.cifar_arrays("cifar10", "test", take=10, image_size=96)[0])
+    small = fk.data.cifar_arrays("cifar10", "test", take=10)[0]
+    assert np.abs(test_images[:, 1::3, 1::3] - small).mean() < 2.0  # each pixel a 3x3 patch of about its value
+
+
 def test_imagenet_recipe_reads_the_splits_it_is_told_to(monkeypatch):
     """--train_take / --test_take slice the tfds splits; the estimate reads training images without augmentation."""
     import tensorflow as tf

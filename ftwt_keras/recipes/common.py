@@ -43,7 +43,8 @@ def define_flags(**defaults):
     flags.DEFINE_string("model", default("model", "mobilenet_v1"), "Zoo model: mobilenet_v1, resnet_cifar, vgg16_bn, resnet18, resnet34.")
     flags.DEFINE_float("alpha", default("alpha", 1.0), "MobileNetV1 width multiplier.")
     flags.DEFINE_integer("depth", default("depth", 56), "CIFAR ResNet depth.")
-    flags.DEFINE_integer("image_size", default("image_size", 32), "Input resolution.")
+    flags.DEFINE_integer("image_size", default("image_size", 32),
+                         "Input resolution (CIFAR images are resized to it, after their 32x32 augmentation).")
     flags.DEFINE_integer("batch_size", default("batch_size", 128), "Batch size.")
     flags.DEFINE_integer("train_take", None, "Use only the first N training images (quick runs; tfds datasets only).")
     flags.DEFINE_integer("test_take", None, "Use only the first N test images (quick runs; tfds datasets only).")
@@ -255,12 +256,13 @@ def _datasets(config):
     from ftwt_keras import data
 
     if config["dataset"] in data.CIFAR_DATASETS:
+        size = config["image_size"]  # other than 32: the images resized, as for a network in its ImageNet layout
         train = data.cifar(config["dataset"], "train", config["batch_size"], data_dir=config["data_dir"],
-                           take=config["train_take"], seed=config["seed"])
+                           take=config["train_take"], seed=config["seed"], image_size=size)
         test = data.cifar(config["dataset"], "test", 256, training=False, data_dir=config["data_dir"],
-                          take=config["test_take"])
+                          take=config["test_take"], image_size=size)
         estimate = data.cifar(config["dataset"], "train", 256, training=False, data_dir=config["data_dir"],
-                              take=config["estimate_images"])
+                              take=config["estimate_images"], image_size=size)
         return train, test, estimate
     # The estimate, the --gate_only_paying plan, the caps and the frozen gates read the first
     # --estimate_images training images, prepared as for evaluation (no augmentation): never test images.
