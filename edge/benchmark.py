@@ -76,7 +76,7 @@ flags.DEFINE_string("model", None,
                     "its predictors (--mode, --network, --keeps and --predictor_ranks do not apply).")
 flags.DEFINE_string("images", None,
                     "With --model: the images to time on, whose masks its predictors give: an image folder (PATH or "
-                    "PATH[:N], files at any depth, resized to the model's input), a .npy of raw images or NAME:SPLIT; "
+                    "PATH[:N], files at any depth) or NAME:SPLIT, resized to the model's input, or a .npy of raw images; "
                     "the first --num_images. Default: CIFAR-10 test images at the model's input size.")
 flags.DEFINE_string("calibration", None,
                     "With --model: the calibration images (the same kinds as --images; the first 32 also set the "

@@ -37,7 +37,7 @@ flags.DEFINE_enum("target", "mass", ["mass", "uniform"],
 flags.DEFINE_integer("predictor_rank", None, "Step 1: the predictor rank training will use (default: full).")
 flags.DEFINE_list("ungated_layers", [], "Step 1: conv layers training will leave dense (names or patterns).")
 flags.DEFINE_string("calibration", None, "Step 1: training images, a .npy file (N, H, W, 3), an image folder (PATH or "
-                    "PATH[:N], resized to the model's input) or NAME:SPLIT (e.g. cifar10:train[:256]): the "
+                    "PATH[:N]) or NAME:SPLIT (e.g. cifar10:train[:256]), resized to the model's input: the "
                     "targets' keep ratios and capacities.")
 flags.DEFINE_string("output_dir", None, "Step 1: where to write the .tflite files and candidates.json.")
 flags.DEFINE_integer("threads", 1, "Step 1: the interpreter threads the device will run with.")

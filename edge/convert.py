@@ -59,7 +59,8 @@ flags.DEFINE_string(
     None,
     "Images like those the model will see, for --policy=auto: a .npy file of raw images "
     "(N, H, W, 3), a folder of image files such as photos from the device (PATH, or PATH[:N] for N of them; "
-    "resized to the model's input) or a CIFAR split as NAME:SPLIT (e.g. cifar10:train[:64]). auto then picks each "
+    "resized to the model's input) or a CIFAR split as NAME:SPLIT (e.g. cifar10:train[:64]; likewise resized). auto "
+    "then picks each "
     "layer's computation once, from its mean keep ratio on them, and gives compact layers static "
     "capacities (an image beyond them is recomputed exactly by the masked-dense network); without, "
     "it picks per image with a builtin IF (exact either way, ~0.2 ms per branching layer slower at 224x224).",

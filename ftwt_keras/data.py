@@ -121,8 +121,8 @@ def cifar(name="cifar10", split="train", batch_size=128, training=None, data_dir
         take: keep only the first `take` examples (before shuffling).
         seed: shuffle / augmentation seed.
         image_size: resize every image (bilinear, after the 32x32
-            augmentation) to `image_size x image_size`, e.g. 224 for a network
-            in its ImageNet layout; None keeps 32x32.
+            augmentation) to `image_size x image_size` (or `(height, width)`),
+            e.g. 224 for a network in its ImageNet layout; None keeps 32x32.
     """
     if name not in CIFAR_DATASETS:
         raise ValueError(f"`name` must be one of {CIFAR_DATASETS}; got {name!r}.")
@@ -133,7 +133,9 @@ def cifar(name="cifar10", split="train", batch_size=128, training=None, data_dir
     # 150 MB decoded: keeping it in memory saves decoding every image every epoch.
     dataset = dataset.cache()
     # Resized after the cache, batch by batch: 50,000 resized copies would not fit it (30 GB at 224).
-    resize = None if image_size in (None, 32) else (image_size, image_size)
+    resize = None if image_size is None else tuple(image_size) if isinstance(image_size, (tuple, list)) else (
+        image_size, image_size)
+    resize = None if resize == (32, 32) else resize
     return _finish(dataset, batch_size, training, _cifar_augment if training else None, 50_000, seed, resize)
 
 
@@ -142,8 +144,8 @@ def cifar_arrays(name="cifar10", split="test", take=None, data_dir=None, image_s
 
     Unshuffled and not augmented: for evaluation and benchmarks that need the
     images themselves (shifted copies, .tflite timing). `image_size` resizes
-    them (bilinear) to `image_size x image_size`, e.g. 224 to time a network
-    at phone resolution on real pixels.
+    them (bilinear) to `image_size x image_size` (or `(height, width)`), e.g.
+    224 to time a network at phone resolution on real pixels.
     """
     import numpy as np
 

@@ -70,6 +70,13 @@ def test_load_calibration_images(tmp_path, cifar_images):
     np.save(path, cifar_images[:3])
     np.testing.assert_array_equal(export.load_calibration_images(str(path)), cifar_images[:3])
     assert export.load_calibration_images("cifar10:test[:5]").shape == (5, 32, 32, 3)
+    # A CIFAR split comes at the model's input size, as the recipes' --image_size trains on it.
+    for shape in ((40, 40, 3), (32, 48, 3)):
+        model = fk.models.resnet_cifar(depth=20, input_shape=shape)
+        images = export.load_calibration_images("cifar10:test[:3]", model)
+        np.testing.assert_array_equal(images, fk.data.cifar_arrays("cifar10", "test", take=3,
+                                                                   image_size=shape[:2])[0])
+        assert images.shape == (3, *shape)
     with pytest.raises(export.ExportError, match="does not exist"):
         export.load_calibration_images(str(tmp_path / "missing.npy"))
     with pytest.raises(export.ExportError, match="NAME:SPLIT"):

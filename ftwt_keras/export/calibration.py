@@ -192,9 +192,11 @@ def load_calibration_images(spec, model=None, what="Calibration images", limit=N
     """Images from a command-line value (calibration or checking): a `.npy` file, an image folder or `NAME:SPLIT`.
 
     A `.npy` file holds raw images `(N, H, W, C)`; `NAME:SPLIT` reads a CIFAR
-    split through tfds (e.g. `cifar10:train[:64]`); a folder, `PATH` or
-    `PATH[:N]` (N of its images), reads the image files under it, such as
-    photos from the device, resized to `model`'s input (`data.folder_arrays`).
+    split through tfds (e.g. `cifar10:train[:64]`), resized to `model`'s
+    input where it is not 32x32 (as the recipes' `--image_size` trains); a
+    folder, `PATH` or `PATH[:N]` (N of its images), reads the image files
+    under it, such as photos from the device, resized to `model`'s input
+    (`data.folder_arrays`).
     With `model` (an `FTWTModel` or a plain Keras model), an `ExportError`
     naming `what` unless they are a batch of its input. `limit`: at most that
     many (a folder's other files are not read).
@@ -230,7 +232,10 @@ def load_calibration_images(spec, model=None, what="Calibration images", limit=N
             )
         from ftwt_keras import data
 
-        images = data.cifar_arrays(name, split)[0]
+        size = None
+        if network is not None and None not in network.inputs[0].shape[1:3]:
+            size = tuple(int(side) for side in network.inputs[0].shape[1:3])
+        images = data.cifar_arrays(name, split, image_size=size)[0]
     images = images[:limit]
     return images if network is None else checked_images(images, network, what=what)
 
