@@ -132,10 +132,10 @@ def cifar(name="cifar10", split="train", batch_size=128, training=None, data_dir
         dataset = dataset.take(take)
     # 150 MB decoded: keeping it in memory saves decoding every image every epoch.
     dataset = dataset.cache()
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
     # Resized after the cache, batch by batch: 50,000 resized copies would not fit it (30 GB at 224).
-    resize = None if image_size is None else tuple(image_size) if isinstance(image_size, (tuple, list)) else (
-        image_size, image_size)
-    resize = None if resize == (32, 32) else resize
+    resize = None if image_size is None or tuple(image_size) == (32, 32) else tuple(image_size)
     return _finish(dataset, batch_size, training, _cifar_augment if training else None, 50_000, seed, resize)
 
 
