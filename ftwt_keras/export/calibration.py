@@ -202,6 +202,9 @@ def load_calibration_images(spec, model=None, what="Calibration images", limit=N
     many (a folder's other files are not read).
     """
     network = None if model is None else _graph.as_functional(getattr(model, "network", model))
+    input_size = None  # (height, width) that folder and CIFAR images are resized to
+    if network is not None and None not in network.inputs[0].shape[1:3]:
+        input_size = tuple(int(side) for side in network.inputs[0].shape[1:3])
     folder, take = _folder_and_take(spec)
     if limit is not None:
         take = limit if take is None else min(take, limit)
@@ -211,12 +214,11 @@ def load_calibration_images(spec, model=None, what="Calibration images", limit=N
                               "pass the model.")
         from ftwt_keras import data
 
-        height, width = network.inputs[0].shape[1:3]
-        if height is None or width is None:
+        if input_size is None:
             raise ExportError(f"{what}: the model's input has no fixed size to resize the images of {spec!r} to; "
                               "give them as a .npy file.")
         try:
-            images = data.folder_arrays(folder, (int(height), int(width)), take=take)
+            images = data.folder_arrays(folder, input_size, take=take)
         except ValueError as error:
             raise ExportError(f"{what}: {error}") from None
     elif spec.endswith(".npy"):
@@ -232,10 +234,8 @@ def load_calibration_images(spec, model=None, what="Calibration images", limit=N
             )
         from ftwt_keras import data
 
-        size = None
-        if network is not None and None not in network.inputs[0].shape[1:3]:
-            size = tuple(int(side) for side in network.inputs[0].shape[1:3])
-        images = data.cifar_arrays(name, split, image_size=size)[0]
+        # `limit` as tfds's take: only those images are decoded and resized (all 10,000 at 224x224: 6 GB).
+        images = data.cifar_arrays(name, split, take=limit, image_size=input_size)[0]
     images = images[:limit]
     return images if network is None else checked_images(images, network, what=what)
 
