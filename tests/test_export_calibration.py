@@ -77,6 +77,8 @@ def test_load_calibration_images(tmp_path, cifar_images):
         np.testing.assert_array_equal(images, fk.data.cifar_arrays("cifar10", "test", take=3,
                                                                    image_size=shape[:2])[0])
         assert images.shape == (3, *shape)
+        # `limit` takes the first of the split, the same images (only those are read).
+        np.testing.assert_array_equal(export.load_calibration_images("cifar10:test", model, limit=2), images[:2])
     with pytest.raises(export.ExportError, match="does not exist"):
         export.load_calibration_images(str(tmp_path / "missing.npy"))
     with pytest.raises(export.ExportError, match="NAME:SPLIT"):
