@@ -35,7 +35,10 @@ removed with `ftwt_keras.ungate`, the kept ones with the same masks), i.e. what
 a model trained with gates at those layers only would run (`lean_*` fields).
 On a trained model that is another model, not a faster export of the same
 one: removing gates it was trained with costs most of its accuracy (see
-`ungate`). A sixth (--capped_ratio, default 1.1; 0: off) where any layer
+`ungate`), and the kept gates, reading other activations, give other masks
+(MobileNetV1-224 at r = 0.4 without its four early gates: 74.6% fewer MACs
+instead of 83.2%, docs/edge_results.md); read its speed-up against its own
+FLOPs reduction, or time a model trained so (the recipes' --gate_only_paying). A sixth (--capped_ratio, default 1.1; 0: off) where any layer
 compacts: the gated regular convs that the export computes compactly
 (`compacted_layers`) capped at that many times their mean count (`ftwt_keras.cap_gates`), so they compute
 exactly their caps with no overflow check or fallback (`capped_*` fields);

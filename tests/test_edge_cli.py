@@ -575,6 +575,43 @@ def test_capacity_overflow_benchmark_counts_images_beyond_capacities(tmp_path, c
         assert binomial == pytest.approx(np.sqrt(filters * keep * (1 - keep)), abs=2e-2)
 
 
+def test_trained_side_by_side_benchmark_times_each_model_against_its_dense_export(tmp_path, cifar_images):
+    """benchmarks/trained_side_by_side.py: one dense export per architecture, each model's FLOPs and exactness."""
+    from ftwt_keras import flops
+
+    mobilenet = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
+    vgg = perturb(fk.gate(BUILDERS["vgg16_bn"]()), seed=4)
+    another_mobilenet = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=5)
+    paths = []
+    for name, model in (("m", mobilenet), ("v", vgg), ("m2", another_mobilenet)):
+        model.save(tmp_path / f"{name}.keras")
+        paths.append(str(tmp_path / f"{name}.keras"))
+    np.save(tmp_path / "images.npy", cifar_images[:12])
+    np.save(tmp_path / "calibration.npy", cifar_images)
+    output = tmp_path / "rows.json"
+    result = run_benchmark("trained_side_by_side.py", f"--models={','.join(paths)}", "--labels=a,b,c",
+                           f"--images={tmp_path / 'images.npy'}", f"--calibration={tmp_path / 'calibration.npy'}",
+                           "--loops=2", "--warmup=1", f"--output={output}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(output.read_text())["rows"]
+    assert [(row["model"], row["dense"]) for row in rows] == [("a", "dense (a)"), ("b", "dense (b)"), ("c", "dense (a)")]
+    for row, model in zip(rows, (mobilenet, vgg, another_mobilenet)):
+        executed = flops.dynamic_macs(model, cifar_images[:12]).mean()
+        assert row["flops_reduction"] == pytest.approx(1 - executed / flops.count_macs(model), abs=1e-4)
+        assert row["same_top1"] == row["logits_within_tolerance"] == 1.0
+        assert len(row["loop_ms"]) == 2 and row["speedup"] == pytest.approx(row["dense_ms"] / row["dynamic_ms"],
+                                                                             rel=2e-3)
+    assert rows[0]["dense_ms"] == rows[2]["dense_ms"] != rows[1]["dense_ms"]
+    assert "| a | " in result.stdout and "| c | " in result.stdout
+    # Models of two input sizes, and labels that do not name each model once, are refused.
+    fk.gate(fk.models.mobilenet_v1(input_shape=(40, 40, 3), alpha=0.25)).save(tmp_path / "m40.keras")
+    said, _ = refusals(os.path.join(ROOT, "benchmarks", "trained_side_by_side.py"),
+                       (f"--models={paths[0]},{tmp_path / 'm40.keras'}", f"--images={tmp_path / 'images.npy'}"),
+                       (f"--models={paths[0]},{paths[1]}", "--labels=a,a"), (f"--models={paths[0]}", "--labels=a,b"))
+    assert "--models take different input shapes" in said[0]
+    assert all("--labels needs one distinct label per --models entry." in message for message in said[1:])
+
+
 def test_capped_accuracy_benchmark_caps_evaluates_and_fine_tunes(tmp_path, cifar_images):
     """benchmarks/capped_accuracy.py end to end: tighter caps skip more work; both fine-tunings reported."""
     model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
