@@ -31,15 +31,16 @@ the main path, they may run after the last conv, see edge/README.md) and every l
 computed dense (`masked_dense_ms`). With calibration images (the default) a
 fifth export runs in the loop: the network gated only where the export turns
 masks into skipped work (`ftwt_keras.export.paying_gates`; the other gates
-removed with `ftwt_keras.ungate`, the kept ones with the same masks), i.e. what
-a model trained with gates at those layers only would run (`lean_*` fields).
-On a trained model that is another model, not a faster export of the same
-one: removing gates it was trained with costs most of its accuracy (see
+removed with `ftwt_keras.ungate`; `lean_*` fields). With drawn masks the kept
+gates keep their masks: what a model trained with gates at those layers only
+would run. On a trained model it is another model, not a faster export of the
+same one: removing gates it was trained with costs most of its accuracy (see
 `ungate`), and the kept gates, reading other activations, give other masks
 (MobileNetV1-224 at r = 0.4 without its four early gates: 74.6% fewer MACs
 instead of 83.2%, docs/edge_results.md); read its speed-up against its own
-FLOPs reduction, or time a model trained so (the recipes' --gate_only_paying). A sixth (--capped_ratio, default 1.1; 0: off) where any layer
-compacts: the gated regular convs that the export computes compactly
+FLOPs reduction, or train one so (the recipes' --gate_only_paying) and time it
+(benchmarks/trained_side_by_side.py). A sixth (--capped_ratio, default 1.1; 0:
+off) where any layer compacts: the gated regular convs that the export computes compactly
 (`compacted_layers`) capped at that many times their mean count (`ftwt_keras.cap_gates`), so they compute
 exactly their caps with no overflow check or fallback (`capped_*` fields);
 also another model, whose accuracy cost
