@@ -580,10 +580,10 @@ def test_trained_side_by_side_benchmark_times_each_model_against_its_dense_expor
     from ftwt_keras import flops
 
     mobilenet = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
-    vgg = perturb(fk.gate(BUILDERS["vgg16_bn"]()), seed=4)
+    resnet = perturb(fk.gate(BUILDERS["resnet20"]()), seed=4)
     another_mobilenet = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=5)
     paths = []
-    for name, model in (("m", mobilenet), ("v", vgg), ("m2", another_mobilenet)):
+    for name, model in (("m", mobilenet), ("r", resnet), ("m2", another_mobilenet)):
         model.save(tmp_path / f"{name}.keras")
         paths.append(str(tmp_path / f"{name}.keras"))
     np.save(tmp_path / "images.npy", cifar_images[:12])
@@ -595,7 +595,7 @@ def test_trained_side_by_side_benchmark_times_each_model_against_its_dense_expor
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(output.read_text())["rows"]
     assert [(row["model"], row["dense"]) for row in rows] == [("a", "dense (a)"), ("b", "dense (b)"), ("c", "dense (a)")]
-    for row, model in zip(rows, (mobilenet, vgg, another_mobilenet)):
+    for row, model in zip(rows, (mobilenet, resnet, another_mobilenet)):
         executed = flops.dynamic_macs(model, cifar_images[:12]).mean()
         assert row["flops_reduction"] == pytest.approx(1 - executed / flops.count_macs(model), abs=1e-4)
         assert row["same_top1"] == row["logits_within_tolerance"] == 1.0
