@@ -60,6 +60,8 @@ def main(argv):
     from ftwt_keras.export.runtime import loop_times
 
     labels = FLAGS.labels or [_label(path) for path in FLAGS.models]
+    if len(set(labels)) < len(labels):
+        raise app.UsageError(f"Two --models would get the same label ({labels}): name them with --labels.")
     models = [export.load_ftwt_model(path) for path in FLAGS.models]
     shapes = {tuple(model.network.inputs[0].shape[1:]) for model in models}
     if len(shapes) > 1:

@@ -607,9 +607,11 @@ def test_trained_side_by_side_benchmark_times_each_model_against_its_dense_expor
     fk.gate(fk.models.mobilenet_v1(input_shape=(40, 40, 3), alpha=0.25)).save(tmp_path / "m40.keras")
     said, _ = refusals(os.path.join(ROOT, "benchmarks", "trained_side_by_side.py"),
                        (f"--models={paths[0]},{tmp_path / 'm40.keras'}", f"--images={tmp_path / 'images.npy'}"),
-                       (f"--models={paths[0]},{paths[1]}", "--labels=a,a"), (f"--models={paths[0]}", "--labels=a,b"))
+                       (f"--models={paths[0]},{paths[1]}", "--labels=a,a"), (f"--models={paths[0]}", "--labels=a,b"),
+                       (f"--models={paths[0]},{paths[0]}",))
     assert "--models take different input shapes" in said[0]
-    assert all("--labels needs one distinct label per --models entry." in message for message in said[1:])
+    assert all("--labels needs one distinct label per --models entry." in message for message in said[1:3])
+    assert "would get the same label" in said[3]
 
 
 def test_capped_accuracy_benchmark_caps_evaluates_and_fine_tunes(tmp_path, cifar_images):
