@@ -5,7 +5,7 @@
 
 `edge/benchmark.py --model` times one trained model, in its own run; this
 times several in one loop (batch 1, XNNPACK on, each invoke timed alone,
-fresh interpreters per loop in a rotated order: `runtime.loop_times`), so
+fresh interpreters per loop in a rotated order: `runtime.loop_medians`), so
 that models trained differently from the same baseline (every gate against
 gated only where gates pay, `--gate_only_paying`; uncapped against capped)
 compare on the same host minute. Each model's dynamic export is calibrated
@@ -57,7 +57,7 @@ def main(argv):
     import numpy as np
 
     from ftwt_keras import export, flops
-    from ftwt_keras.export.runtime import loop_times
+    from ftwt_keras.export.runtime import loop_medians
 
     labels = FLAGS.labels or [_label(path) for path in FLAGS.models]
     if len(set(labels)) < len(labels):
@@ -86,16 +86,16 @@ def main(argv):
                      "flops_reduction": round(1.0 - executed / dense_macs, 4),
                      "same_top1": round(float(checked["same_top1"].mean()), 4),
                      "logits_within_tolerance": round(float(within.mean()), 4)})
+    cpu = export.cpu_name()
     print(f"Timing {len(exports)} exports side by side: {len(images)} images x {FLAGS.loops} loops, "
-          f"{FLAGS.threads} thread(s), on {export.cpu_name()}...", flush=True)
-    loops = loop_times(exports, images, FLAGS.loops, FLAGS.threads, FLAGS.warmup)
-    per_loop = {name: [1e3 * float(np.median(times)) for times in values] for name, values in loops.items()}
+          f"{FLAGS.threads} thread(s), on {cpu}...", flush=True)
+    per_loop = loop_medians(exports, images, FLAGS.loops, FLAGS.threads, FLAGS.warmup)
     median = {name: float(np.median(values)) for name, values in per_loop.items()}
     print("| model | FLOPs reduction | dense | dynamic | speed-up | loops (dynamic) | same top-1 as Keras |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         row.update(dense_ms=round(median[row["dense"]], 3), dynamic_ms=round(median[row["model"]], 3),
-                   loop_ms=[round(value, 3) for value in per_loop[row["model"]]], cpu=export.cpu_name())
+                   loop_ms=[round(value, 3) for value in per_loop[row["model"]]], cpu=cpu)
         row["speedup"] = round(row["dense_ms"] / row["dynamic_ms"], 3)
         print(f"| {row['model']} | {100 * row['flops_reduction']:.1f}% | {row['dense_ms']:.2f} ms | "
               f"{row['dynamic_ms']:.2f} ms | {row['speedup']:.2f}x | "
