@@ -1,7 +1,8 @@
-"""The same .tflite files timed with 1 and 2 interpreter threads: what a second thread gives each export.
+"""The same .tflite files timed with 1 and 2 threads: what a second thread gives each export, under either LiteRT API.
 
     python benchmarks/thread_scaling.py                        # MobileNetV1-224, rank-16 predictors, keep 0.3, capped
     python benchmarks/thread_scaling.py --keep=0.5 --predictor_rank=0 --capped_ratio=0
+    python benchmarks/thread_scaling.py --runtimes=interpreter  # LiteRT's Interpreter only
 
 A zoo MobileNetV1 (--alpha) with random weights and batch-norm statistics and
 masks drawn at --keep per layer, as `edge/benchmark.py --mode=imagenet` draws
@@ -14,7 +15,11 @@ model, the dense model plus every mask predictor, the dynamic export and, with
 --capped_ratio, the model with its compacted convs capped at that multiple of
 their mean count (`export.cap_compacted_gates`; another model). It prints each
 file's median time per thread count and its speed-up over its own time with
-the fewest threads.
+the fewest threads. Each file runs through every LiteRT API of --runtimes
+(`runtime.RUNTIMES`): the Interpreter (LiteRT 1.x's, what benchmark_model
+runs) and LiteRT 2.x's CompiledModel (what apps written for LiteRT 2.x run),
+both in the same side-by-side loop, after a check that both give the same
+logits on the timed images.
 """
 
 import os
@@ -42,6 +47,10 @@ flags.DEFINE_integer("num_images", 120, "Real CIFAR-10 test images timed.", lowe
 flags.DEFINE_integer("calibration_images", 64, "CIFAR-10 training images calibrating the dynamic export.",
                      lower_bound=1)
 flags.DEFINE_integer("loops", 3, "Side-by-side timing loops per thread count.", lower_bound=1)
+flags.DEFINE_list("runtimes", ["interpreter", "compiled_model"],
+                  "The LiteRT APIs to run each file through (`ftwt_keras.export.runtime.RUNTIMES`).")
+flags.register_validator("runtimes", lambda names: bool(names) and set(names) <= {"interpreter", "compiled_model"},
+                         message="--runtimes takes interpreter and/or compiled_model.")
 flags.register_validator("threads", lambda counts: all(count.isdigit() and int(count) > 0 for count in counts),
                          message="--threads takes positive integers.")
 
@@ -82,16 +91,34 @@ def main(argv):
           f"at keep {FLAGS.keep:g} per layer, exports made for {FLAGS.plan_threads} thread(s)"
           + (f", {len(capped)} compacted convs capped at {FLAGS.capped_ratio:g}x" if capped else "")
           + f"; {len(images)} test images x {FLAGS.loops} loops per thread count.", flush=True)
-    times = {count: tflite.median_ms(exports, images, FLAGS.loops, num_threads=count) for count in threads}
+    # Every file under every API, side by side: named "dynamic" through the Interpreter,
+    # "dynamic (CompiledModel)" through LiteRT 2.x's CompiledModel.
+    runtimes = list(dict.fromkeys(FLAGS.runtimes))
+    timed = {_labelled(name, api): (flatbuffer, api) for name, flatbuffer in exports.items() for api in runtimes}
+    if len(runtimes) > 1:
+        differing = [name for name, flatbuffer in exports.items()
+                     if len({tflite.run(flatbuffer, images, api=api).tobytes() for api in runtimes}) > 1]
+        print(f"Through {' and '.join(runtimes)}: "
+              + (f"different logits from {', '.join(differing)}." if differing else
+                 f"the same logits from every file on the {len(images)} images."), flush=True)
+    flatbuffers = {label: flatbuffer for label, (flatbuffer, _) in timed.items()}
+    apis = {label: api for label, (_, api) in timed.items()}
+    times = {count: tflite.median_ms(flatbuffers, images, FLAGS.loops, num_threads=count, api=apis)
+             for count in threads}
     fewest = threads[0]
     print("| export | " + " | ".join(f"{count} thread(s)" for count in threads) + " |")
     print("|---" * (len(threads) + 1) + "|")
-    for name in exports:
-        cells = [f"{times[count][name]:.2f} ms" + ("" if count == fewest else
-                                                   f" ({times[fewest][name] / times[count][name]:.2f}x)")
+    for label in timed:
+        cells = [f"{times[count][label]:.2f} ms" + ("" if count == fewest else
+                                                    f" ({times[fewest][label] / times[count][label]:.2f}x)")
                  for count in threads]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        print(f"| {label} | " + " | ".join(cells) + " |")
     return 0
+
+
+def _labelled(name, api):
+    """An export's name in the table: as is through the Interpreter, "(CompiledModel)" added through LiteRT 2.x's."""
+    return name if api == "interpreter" else f"{name} (CompiledModel)"
 
 
 if __name__ == "__main__":

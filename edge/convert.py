@@ -111,6 +111,14 @@ flags.DEFINE_bool(
     "an app may ship instead; with --threads above 1, the written .tflite with 1 thread too (a second thread can "
     "slow a gated export down). On a phone, benchmark_model answers that (edge/README.md).",
 )
+flags.DEFINE_enum(
+    "runtime",
+    "interpreter",
+    ["interpreter", "compiled_model"],
+    "The LiteRT API --check and --time run the .tflite with: interpreter (LiteRT's Interpreter, what "
+    "benchmark_model runs) or compiled_model (LiteRT 2.x's CompiledModel on the CPU, what apps written for LiteRT "
+    "2.x use). Both give the same logits (tests/test_export.py).",
+)
 flags.DEFINE_string(
     "check",
     None,
@@ -132,6 +140,9 @@ def main(argv):
     if FLAGS.weight_dtype == "int8_full" and not FLAGS.calibration:
         raise app.UsageError("--weight_dtype=int8_full sets the int8 ranges of the activations on the --calibration "
                              "images: pass --calibration.")
+    if FLAGS["runtime"].present and not (FLAGS.check or FLAGS.time):
+        raise app.UsageError("--runtime picks the LiteRT API that --check and --time run the .tflite with: pass "
+                             "either.")
     if FLAGS.check and FLAGS.dense:
         raise app.UsageError("--check compares the dynamic export with the FTWT model it computes; the --dense export "
                              "computes another network (every filter, no gates). Leave out --dense.")
@@ -170,8 +181,8 @@ def main(argv):
     else:
         print(_skipped_work(model, calibration, policy))
     if FLAGS.check:
-        checked = tflite.agreement(model, flatbuffer, checked_images, num_threads=FLAGS.threads)
-        print(f"Checked on {FLAGS.check}. {tflite.agreement_report(checked)}")
+        checked = tflite.agreement(model, flatbuffer, checked_images, num_threads=FLAGS.threads, api=FLAGS.runtime)
+        print(f"Checked on {FLAGS.check}{_through()}. {tflite.agreement_report(checked)}")
     if FLAGS.time:
         print(_timed_here(model, flatbuffer, images))
     return 0
@@ -196,10 +207,10 @@ def _timed_here(model, flatbuffer, images, loops=3):
     exports = {"dense": tflite.convert(model, dynamic=False, **_dtype_options(images)), "dynamic": flatbuffer}
     if FLAGS.weight_dtype != "int8_full":
         exports["int8"] = tflite.convert(model, dynamic=False, weight_dtype="int8", representative_images=images)
-    medians = tflite.median_ms(exports, images, loops, FLAGS.threads)
+    medians = tflite.median_ms(exports, images, loops, FLAGS.threads, api=FLAGS.runtime)
     dense_ms, dynamic_ms = medians["dense"], medians["dynamic"]
     verdict = "faster than" if dynamic_ms < dense_ms else "no faster than"
-    line = (f"Timed here ({tflite.cpu_name()}; {FLAGS.threads} thread{'s' if FLAGS.threads > 1 else ''}, "
+    line = (f"Timed here ({tflite.cpu_name()}{_through()}; {FLAGS.threads} thread{'s' if FLAGS.threads > 1 else ''}, "
             f"{len(images)} calibration images "
             f"x {loops} loops, medians): dense {dense_ms:.2f} ms, this .tflite {dynamic_ms:.2f} ms "
             f"({dense_ms / dynamic_ms:.2f}x), {verdict} dense on this machine.")
@@ -208,10 +219,15 @@ def _timed_here(model, flatbuffer, images, loops=3):
         line += (f" The dense model in full int8 (--dense --weight_dtype=int8_full): {int8_ms:.2f} ms, "
                  f"this .tflite at {int8_ms / dynamic_ms:.2f}x of its speed.")
     if FLAGS.threads > 1:
-        alone_ms = tflite.median_ms({"dynamic": flatbuffer}, images, loops, 1)["dynamic"]
+        alone_ms = tflite.median_ms({"dynamic": flatbuffer}, images, loops, 1, api=FLAGS.runtime)["dynamic"]
         line += (f" With 1 thread this .tflite takes {alone_ms:.2f} ms"
                  + (f", less than with {FLAGS.threads}: run it on one core." if alone_ms < dynamic_ms else "."))
     return line
+
+
+def _through():
+    """", through LiteRT 2.x's CompiledModel" with --runtime=compiled_model; "" with the Interpreter (the default)."""
+    return ", through LiteRT 2.x's CompiledModel" if FLAGS.runtime == "compiled_model" else ""
 
 
 def _skipped_work(model, calibration, policy):

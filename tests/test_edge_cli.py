@@ -163,11 +163,14 @@ def test_convert_cli_checks_the_export_against_keras(tmp_path, cifar_images, mon
         keras.utils.save_img(photos / f"{index:03d}.png", image, scale=False)
     convert = os.path.join(ROOT, "edge", "convert.py")
     shared = (f"--model={path}", f"--output={tmp_path / 'resnet.tflite'}")
-    result = run_python(convert, *shared, f"--calibration={photos}[:16]", f"--check={photos}", timeout=300)
+    # Checked and timed through LiteRT 2.x's CompiledModel, as an app written for it runs the file.
+    result = run_python(convert, *shared, f"--calibration={photos}[:16]", f"--check={photos}", "--time",
+                        "--runtime=compiled_model", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     count = len(cifar_images)
-    assert (f"Checked on {photos}. Against Keras on {count} images: the same top-1 on {count}, "
-            f"logits within 0.001 of Keras's logit range on {count}") in result.stdout
+    assert (f"Checked on {photos}, through LiteRT 2.x's CompiledModel. Against Keras on {count} images: the same "
+            f"top-1 on {count}, logits within 0.001 of Keras's logit range on {count}") in result.stdout
+    assert f"Timed here ({export.cpu_name()}, through LiteRT 2.x's CompiledModel; 1 thread, 16 calibration" in result.stdout
     assert "compute fewer filters on the calibration images" in result.stdout  # calibrated on the photos
     # The dense reference in full-integer int8, its activations' ranges set on the --calibration images.
     full = run_python(convert, f"--model={path}", f"--output={tmp_path / 'full.tflite'}", "--dense",
@@ -179,11 +182,13 @@ def test_convert_cli_checks_the_export_against_keras(tmp_path, cifar_images, mon
     said, _ = refusals(convert, (*shared, f"--check={tmp_path / 'check.npy'}", "--dense"),
                        (*shared, f"--check={tmp_path / 'missing.npy'}"),
                        (f"--model={path}", f"--output={tmp_path / 'x.tflite'}", f"--check={tmp_path / 'small.npy'}"),
-                       (f"--model={path}", f"--output={tmp_path / 'x.tflite'}", "--weight_dtype=int8_full"))
+                       (f"--model={path}", f"--output={tmp_path / 'x.tflite'}", "--weight_dtype=int8_full"),
+                       (f"--model={path}", f"--output={tmp_path / 'x.tflite'}", "--runtime=compiled_model"))
     assert "--check compares the dynamic export with the FTWT model it computes" in said[0]
     assert "Image file" in said[1] and "missing.npy' does not exist" in said[1]
     assert "the images must be a non-empty array (N, 32, 32, 3)" in said[2] and "small.npy" in said[2]
     assert "--weight_dtype=int8_full sets the int8 ranges of the activations on the --calibration images" in said[3]
+    assert "--runtime picks the LiteRT API that --check and --time run the .tflite with" in said[4]
     assert not (tmp_path / "x.tflite").exists()  # refused before writing
 
 
@@ -247,13 +252,18 @@ def test_thread_scaling_benchmark_times_each_file_with_each_thread_count():
                            "--calibration_images=4", "--loops=1", "--capped_ratio=1.2", "--threads=2,1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "14 compacted convs capped at 1.2x" in result.stdout
-    rows = re.findall(r"^\| (dense|dense \+ predictors|dynamic|capped) \| ([0-9.]+) ms \| ([0-9.]+) ms \(([0-9.]+)x\) \|$",
-                      result.stdout, re.M)
-    assert [row[0] for row in rows] == ["dense", "dense + predictors", "dynamic", "capped"], result.stdout
+    # Each file through LiteRT's Interpreter and its 2.x CompiledModel, checked to give the same logits.
+    assert "Through interpreter and compiled_model: the same logits from every file on the 3 images." in result.stdout
+    rows = re.findall(r"^\| ((?:dense|dense \+ predictors|dynamic|capped)(?: \(CompiledModel\))?) \| ([0-9.]+) ms \| "
+                      r"([0-9.]+) ms \(([0-9.]+)x\) \|$", result.stdout, re.M)
+    names = ["dense", "dense + predictors", "dynamic", "capped"]
+    assert [row[0] for row in rows] == [label for name in names for label in (name, f"{name} (CompiledModel)")], \
+        result.stdout
     for _, one, two, speedup in rows:  # 1 thread first; the speed-up is the 1-thread time over the 2-thread one
         assert float(speedup) == pytest.approx(float(one) / float(two), rel=0.1)  # of times rounded to 0.01 ms
-    said, _ = refusals(os.path.join(ROOT, "benchmarks", "thread_scaling.py"), ("--threads=0",))
+    said, _ = refusals(os.path.join(ROOT, "benchmarks", "thread_scaling.py"), ("--threads=0",), ("--runtimes=nnapi",))
     assert "--threads takes positive integers" in said[0]
+    assert "--runtimes takes interpreter and/or compiled_model" in said[1]
 
 
 def test_conv3x3_benchmark_computes_the_dense_convs_active_filters():

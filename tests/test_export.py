@@ -763,3 +763,25 @@ def test_ungated_pointwise_conv_reads_a_compact_input_without_putting_channels_b
     flatbuffer = export.convert(model, policy="chain", calibration=calibration, static_gates=False)
     assert ("block2_pw", True) in calls
     assert_same_logits(flatbuffer, model, cifar_images)
+
+
+def test_compiled_model_api_gives_the_interpreter_s_logits_for_every_kind_of_export(cifar_images, monkeypatch):
+    """LiteRT 2.x's CompiledModel runs the exports' control flow, run-time shapes and int8 as the Interpreter does."""
+    model = perturb(fk.gate(BUILDERS["mobilenet_v1"]()), seed=3)
+    monkeypatch.setattr(export_calibration, "CAPACITY_STDS", 0.0)
+    counts = export.gate_counts(model, cifar_images)
+    sparsest = int(np.argmin(sum(counts.values())))  # calibrated on it alone, other images overflow
+    capacities = export.calibrate(model, cifar_images[sparsest:][:1]).capacities
+    assert np.any([counts[name] > capacity for name, capacity in capacities.items()])  # the IF branch runs
+    exports = {
+        "run-time shapes": export.convert(model, policy="gather"),
+        "overflow fallback": export.convert(model, policy="chain", calibration_images=cifar_images[sparsest:][:1]),
+        "full int8": export.convert(model, calibration_images=cifar_images, weight_dtype="int8",
+                                    representative_images=cifar_images),
+    }
+    assert "WHERE" in export.op_names(exports["run-time shapes"]) and "IF" in export.op_names(exports["overflow fallback"])
+    for name, flatbuffer in exports.items():
+        logits = export.run(flatbuffer, cifar_images, api="compiled_model")
+        np.testing.assert_array_equal(logits, export.run(flatbuffer, cifar_images), err_msg=name)
+    checked = export.agreement(model, exports["overflow fallback"], cifar_images, api="compiled_model")
+    assert checked["same_top1"].all() and (checked["logit_error"] <= export.LOGIT_TOLERANCE).all()

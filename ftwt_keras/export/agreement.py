@@ -20,15 +20,16 @@ from ftwt_keras.export.runtime import run
 LOGIT_TOLERANCE = 1e-3
 
 
-def agreement(model, flatbuffer, images, num_threads=1, batch_size=250):
+def agreement(model, flatbuffer, images, num_threads=1, batch_size=250, api="interpreter"):
     """Runs `flatbuffer` and `model` on `images` and compares them per image.
 
     Args:
         model: the `FTWTModel` the `.tflite` was exported from.
         flatbuffer: the `.tflite` bytes or path (batch 1, as `convert` writes it).
         images: `(N, H, W, C)` raw pixels, as the model takes them.
-        num_threads: interpreter threads.
+        num_threads: CPU threads of the `.tflite`.
         batch_size: Keras's batch size.
+        api: the LiteRT API to run the `.tflite` with (`runtime.RUNTIMES`).
 
     Returns:
         A dict of `(N,)` arrays: `logit_error` (the largest absolute logit
@@ -72,7 +73,7 @@ def agreement(model, flatbuffer, images, num_threads=1, batch_size=250):
     margins, expected = zip(*flops.map_gate_records(model, images, nearest_gate, batch_size=batch_size,
                                                     with_outputs=True))
     expected = np.concatenate(expected)
-    actual = run(flatbuffer, images, num_threads)
+    actual = run(flatbuffer, images, num_threads, api)
     logit_range = max(float(expected.max() - expected.min()), np.finfo(np.float32).tiny)
     return {
         "logit_error": np.abs(actual - expected).max(axis=1) / logit_range,

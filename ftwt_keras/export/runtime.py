@@ -1,9 +1,18 @@
-"""Running and timing `.tflite` models with LiteRT (XNNPACK on), batch 1."""
+"""Running and timing `.tflite` models with LiteRT (XNNPACK on), batch 1.
+
+Two LiteRT APIs run a file (`RUNTIMES`): the `Interpreter` (LiteRT 1.x's, and
+what `benchmark_model` runs) and LiteRT 2.x's `CompiledModel`, which Android
+apps written for LiteRT 2.x use. Every function taking `api` runs the files
+through the one named.
+"""
 
 import os
 import platform
 
 import numpy as np
+
+# The LiteRT APIs `api=` names: LiteRT 1.x's Interpreter, LiteRT 2.x's CompiledModel (CPU).
+RUNTIMES = ("interpreter", "compiled_model")
 
 
 def interpreter(flatbuffer, num_threads=1):
@@ -18,54 +27,154 @@ def interpreter(flatbuffer, num_threads=1):
     return runner
 
 
-def time_invokes(flatbuffer, images, num_threads=1, warmup=10):
-    """Seconds taken by each `invoke()` alone, one image at a time (after `warmup` runs)."""
+class _InterpreterRunner:
+    """A batch-1 model in an `Interpreter` (tensors allocated): `feed` an image, `invoke`, read its `output`."""
+
+    def __init__(self, loaded):
+        self._interpreter = loaded
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+
+    def feed(self, image):
+        self._interpreter.set_tensor(self._input, image)
+
+    def invoke(self):
+        self._interpreter.invoke()
+
+    def output(self):
+        return np.array(self._interpreter.get_tensor(self._output)[0])
+
+
+class _CompiledModelRunner:
+    """A batch-1 model in LiteRT 2.x's `CompiledModel` on the CPU (XNNPACK), with the same interface.
+
+    The file's first signature (a file without one, as `convert` writes it,
+    gets a placeholder signature) and its first input and output.
+    """
+
+    def __init__(self, flatbuffer, num_threads):
+        try:
+            from ai_edge_litert.compiled_model import CompiledModel
+            from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+            from ai_edge_litert.options import CpuOptions, Options
+        except ImportError as error:
+            raise ImportError("api='compiled_model' needs LiteRT 2.x's CompiledModel: pip install -U "
+                              f"'ai-edge-litert>=2' ({error}).") from error
+        options = Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=num_threads))
+        if isinstance(flatbuffer, (str, os.PathLike)):
+            self._model = CompiledModel.from_file(os.fspath(flatbuffer), options=options)
+        else:
+            self._model = CompiledModel.from_buffer(bytes(flatbuffer), options=options)
+        signature = next(iter(self._model.get_signature_list()))
+        self._input_shape = tuple(next(iter(self._model.get_input_tensor_details(signature).values()))["shape"])
+        output = next(iter(self._model.get_output_tensor_details(signature).values()))
+        self._output_shape, self._output_dtype = tuple(output["shape"]), np.dtype(output["dtype"])
+        self._inputs = self._model.create_input_buffers(0)
+        self._outputs = self._model.create_output_buffers(0)
+
+    def feed(self, image):
+        if tuple(image.shape) != self._input_shape:  # a buffer takes any bytes that fit: say what was wrong
+            raise ValueError(f"The model takes input of shape {self._input_shape}; got {tuple(image.shape)}.")
+        self._inputs[0].write(image)
+
+    def invoke(self):
+        self._model.run_by_index(0, self._inputs, self._outputs)
+
+    def output(self):
+        count = int(np.prod(self._output_shape))
+        values = np.asarray(self._outputs[0].read(count, self._output_dtype))
+        return values.reshape(self._output_shape)[0]
+
+
+def runner(flatbuffer, num_threads=1, api="interpreter"):
+    """A batch-1 model ready to run: `feed(image)` (1, H, W, C) float32, `invoke()`, `output()` (the logits).
+
+    Args:
+        flatbuffer: `.tflite` bytes or path.
+        num_threads: CPU threads.
+        api: one of `RUNTIMES`: "interpreter" (LiteRT's `Interpreter`) or
+            "compiled_model" (LiteRT 2.x's `CompiledModel`, CPU).
+
+    Raises:
+        ValueError: `api` is not one of `RUNTIMES`.
+
+    Example (an app on LiteRT 2.x runs the file through `CompiledModel`: the same logits):
+
+    >>> import numpy as np, ftwt_keras as fk
+    >>> from ftwt_keras import export
+    >>> flatbuffer = export.convert(fk.gate(fk.models.resnet_cifar(depth=20)))
+    >>> image = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    >>> model = export.runner(flatbuffer, api="compiled_model")
+    >>> model.feed(image); model.invoke()
+    >>> bool(np.array_equal(model.output(), export.run(flatbuffer, image)[0]))
+    True
+    """
+    if api == "interpreter":
+        return _InterpreterRunner(interpreter(flatbuffer, num_threads))
+    if api == "compiled_model":
+        return _CompiledModelRunner(flatbuffer, num_threads)
+    raise ValueError(f"`api` must be one of {', '.join(RUNTIMES)}; got {api!r}.")
+
+
+def _api_of(api, name):
+    """The API to run model `name` with: `api` itself, or its entry when a `{name: api}` mapping."""
+    if not isinstance(api, dict):
+        return api
+    if name not in api:
+        raise ValueError(f"`api` names no API for the model {name!r}: give one for each of the models.")
+    return api[name]
+
+
+def time_invokes(flatbuffer, images, num_threads=1, warmup=10, api="interpreter"):
+    """Seconds taken by each `invoke()` alone, one image at a time (after `warmup` runs), through `api` (`runner`'s)."""
     import time
 
-    runner = interpreter(flatbuffer, num_threads)
-    input_index = runner.get_input_details()[0]["index"]
+    model = runner(flatbuffer, num_threads, api)
     images = np.asarray(images, np.float32)
     for i in range(warmup):
-        runner.set_tensor(input_index, images[i % len(images)][None])
-        runner.invoke()
+        model.feed(images[i % len(images)][None])
+        model.invoke()
     times = np.empty(len(images))
     for i, image in enumerate(images):
-        runner.set_tensor(input_index, image[None])
+        model.feed(image[None])
         start = time.perf_counter()
-        runner.invoke()
+        model.invoke()
         times[i] = time.perf_counter() - start
     return times
 
 
-def time_side_by_side(flatbuffers, images, num_threads=1, warmup=10):
+def time_side_by_side(flatbuffers, images, num_threads=1, warmup=10, api="interpreter"):
     """Times several models on the same images, alternating models image by image.
 
     Args:
         flatbuffers: `{name: .tflite bytes or path}`.
         images: (N, H, W, C) float32; each invoke is timed alone.
+        num_threads: CPU threads of every model.
+        warmup: untimed runs per model first.
+        api: one of `RUNTIMES` for every model, or `{name: api}` (the same
+            file under both APIs, side by side).
 
     Returns:
         `{name: np.ndarray of N seconds}`.
     """
     import time
 
-    runners = {name: interpreter(fb, num_threads) for name, fb in flatbuffers.items()}
-    inputs = {name: r.get_input_details()[0]["index"] for name, r in runners.items()}
+    runners = {name: runner(fb, num_threads, _api_of(api, name)) for name, fb in flatbuffers.items()}
     images = np.asarray(images, np.float32)
     times = {name: np.empty(len(images)) for name in runners}
     for step in range(-warmup, len(images)):
         image = images[step % len(images)][None]
-        for name, runner in runners.items():
-            runner.set_tensor(inputs[name], image)
+        for name, model in runners.items():
+            model.feed(image)
             start = time.perf_counter()
-            runner.invoke()
+            model.invoke()
             elapsed = time.perf_counter() - start
             if step >= 0:
                 times[name][step] = elapsed
     return times
 
 
-def loop_times(flatbuffers, images, repeats, num_threads=1, warmup=10):
+def loop_times(flatbuffers, images, repeats, num_threads=1, warmup=10, api="interpreter"):
     """`time_side_by_side` run `repeats` times: `{name: [N seconds of each loop]}`.
 
     Loops apart show how much the host's noise moves a time. Each loop
@@ -82,21 +191,21 @@ def loop_times(flatbuffers, images, repeats, num_threads=1, warmup=10):
     for repeat in range(repeats):
         start = repeat % len(names)
         order = {name: flatbuffers[name] for name in names[start:] + names[:start]}
-        for name, values in time_side_by_side(order, images, num_threads, warmup).items():
+        for name, values in time_side_by_side(order, images, num_threads, warmup, api).items():
             times[name].append(values)
     return times
 
 
-def loop_medians(flatbuffers, images, repeats, num_threads=1, warmup=10):
+def loop_medians(flatbuffers, images, repeats, num_threads=1, warmup=10, api="interpreter"):
     """`loop_times` as `{name: [median ms per invoke of each loop]}`: compare the median over loops."""
     return {name: [1e3 * float(np.median(values)) for values in loops]
-            for name, loops in loop_times(flatbuffers, images, repeats, num_threads, warmup).items()}
+            for name, loops in loop_times(flatbuffers, images, repeats, num_threads, warmup, api).items()}
 
 
-def median_ms(flatbuffers, images, repeats, num_threads=1, warmup=10):
+def median_ms(flatbuffers, images, repeats, num_threads=1, warmup=10, api="interpreter"):
     """`{name: ms}`: the median over `repeats` side-by-side loops of each loop's median (`loop_medians`)."""
     return {name: float(np.median(values))
-            for name, values in loop_medians(flatbuffers, images, repeats, num_threads, warmup).items()}
+            for name, values in loop_medians(flatbuffers, images, repeats, num_threads, warmup, api).items()}
 
 
 def cpu_name():
@@ -119,16 +228,21 @@ def cpu_name():
     return f"{name}, {os.cpu_count()} cores"
 
 
-def run(flatbuffer_or_interpreter, images, num_threads=1):
-    """Runs a batch-1 .tflite model on each image of `images` (N, H, W, C); returns (N, classes)."""
-    runner = flatbuffer_or_interpreter
-    if not hasattr(runner, "invoke"):
-        runner = interpreter(runner, num_threads)
-    input_index = runner.get_input_details()[0]["index"]
-    output_index = runner.get_output_details()[0]["index"]
+def run(flatbuffer, images, num_threads=1, api="interpreter"):
+    """Runs a batch-1 .tflite model on each image of `images` (N, H, W, C); returns (N, classes).
+
+    `flatbuffer`: `.tflite` bytes or path, or a `runner` (or an `Interpreter`
+    with tensors allocated) to run again without loading the file anew.
+    """
+    if hasattr(flatbuffer, "feed"):
+        model = flatbuffer
+    elif hasattr(flatbuffer, "invoke"):  # an Interpreter
+        model = _InterpreterRunner(flatbuffer)
+    else:
+        model = runner(flatbuffer, num_threads, api)
     outputs = []
     for image in np.asarray(images, np.float32):
-        runner.set_tensor(input_index, image[None])
-        runner.invoke()
-        outputs.append(np.array(runner.get_tensor(output_index)[0]))
+        model.feed(image[None])
+        model.invoke()
+        outputs.append(model.output())
     return np.stack(outputs)

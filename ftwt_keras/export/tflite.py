@@ -106,12 +106,14 @@ from ftwt_keras.export.planning import (
 )
 from ftwt_keras.export.measured import TimedPlan, gate_candidates, measured_paying_gates
 from ftwt_keras.export.runtime import (
+    RUNTIMES,
     cpu_name,
     interpreter,
     loop_medians,
     loop_times,
     median_ms,
     run,
+    runner,
     time_invokes,
     time_side_by_side,
 )
@@ -477,6 +479,7 @@ __all__ = [
     "ExportError",
     "FoldedUnit",
     "POLICIES",
+    "RUNTIMES",
     "SIGNATURE_KEY",
     "STATIC_MIN_DECIDED",
     "SUPPORTED_LAYERS",
@@ -513,6 +516,7 @@ __all__ = [
     "randomize_batch_norm",
     "read_manifest",
     "run",
+    "runner",
     "save",
     "set_keep_ratio",
     "statically_pruned_layers",
