@@ -3,8 +3,10 @@
 import collections
 import json
 import os
+import platform
 import re
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -55,7 +57,7 @@ def run_benchmark(script, *flags):
     return run_python(os.path.join(ROOT, "benchmarks", script), *flags)
 
 
-@pytest.mark.parametrize("script", ["convert.py", "benchmark.py", "candidates.py"])
+@pytest.mark.parametrize("script", ["convert.py", "benchmark.py", "candidates.py", "run_tflite.py"])
 def test_cli_help(script):
     result = run_python(os.path.join(ROOT, "edge", script), "--help", timeout=120)
     # absl prints the help and exits (with status 1 in absl-py 2.x).
@@ -644,3 +646,40 @@ def test_capped_accuracy_benchmark_caps_evaluates_and_fine_tunes(tmp_path, cifar
     check = re.search(r"\((\d+) BATCH_MATMUL, (\d+) IF\): same top-1 on ([\d.]+)% .* (\d+) above 1e-3", result.stdout)
     assert check, result.stdout
     assert check.groups() == ("13", "0", "100.00", "0")  # the 13 pointwise convs (the stem: dense, then selected)
+
+
+def test_run_tflite_needs_litert_only_and_arm64_exactness_checks_its_logits_against_keras(tmp_path, cifar_images):
+    """edge/run_tflite.py runs .tflite files on a machine without Keras or TensorFlow; benchmarks/arm64_exactness.py
+    exports trained models, runs them there through --device_python (here this Python stands in for an ARM64 one)
+    under both LiteRT APIs, and compares with Keras and with this CPU's LiteRT."""
+    model = perturb(fk.gate(fk.models.resnet_cifar(depth=20)))  # masks and logits that follow the image
+    path = tmp_path / "resnet.keras"
+    model.save(path)
+    images = tmp_path / "images.npy"
+    np.save(images, cifar_images)
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    export.save(export.convert(model, calibration_images=cifar_images), exports / "resnet.tflite")
+    without_keras = ("import runpy, sys; sys.modules.update(keras=None, tensorflow=None); "  # importing them fails
+                     "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    ran = run_python("-c", without_keras, os.path.join(ROOT, "edge", "run_tflite.py"), f"--tflite_dir={exports}",
+                     f"--images={images}", f"--output={tmp_path / 'logits.npz'}", "--loops=1")
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    with np.load(tmp_path / "logits.npz") as logits:
+        np.testing.assert_array_equal(logits["logits/resnet.tflite"], export.run(exports / "resnet.tflite", cifar_images))
+        assert logits["seconds/resnet.tflite"].shape == (1, len(cifar_images)) and str(logits["api"]) == "interpreter"
+    script = os.path.join(ROOT, "benchmarks", "arm64_exactness.py")
+    shared = (f"--models={path}", f"--images={images}", f"--calibration={images}", f"--work_dir={tmp_path / 'work'}")
+    result = run_python(script, *shared, f"--device_python={sys.executable}", f"--output={tmp_path / 'rows.json'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.load(open(tmp_path / "rows.json"))["rows"]
+    count = len(cifar_images)
+    assert [row["api"] for row in rows] == ["interpreter", "compiled_model"]
+    for row in rows:  # the same machine: the same logits as here, and Keras's
+        assert (row["same_top1"], row["within_tolerance"], row["same_as_here"]) == (count, count, count), row
+        assert row["machine"] == platform.machine() and row["model"] == f"{tmp_path.name}_resnet"
+    assert re.search(rf"^\| {tmp_path.name}_resnet \| {count} \| compiled_model \| {count} / {count} \| {count} / "
+                     rf"{count} \| {count} \| 0\.0e\+00 \|$", result.stdout, re.M), result.stdout
+    said, _ = refusals(script, (*shared, "--device_python=false", "--output="), ("--device_python=x", "--apis=nnapi"))
+    assert "The --device_python run failed (exit status 1): false" in said[0]
+    assert "--apis takes interpreter and/or compiled_model" in said[1]

@@ -28,6 +28,14 @@ def test_agreement_passes_the_export_and_fails_another_network(cifar_images):
     assert report.startswith(f"Against Keras on {len(cifar_images)} images: the same top-1 on {len(cifar_images)}, "
                              f"logits within 0.001 of Keras's logit range on {len(cifar_images)}")
     assert "beyond" not in report
+    # Logits computed elsewhere (another machine's LiteRT) are compared as given; the file is not run.
+    flatbuffer = export.convert(model, calibration_images=cifar_images[:8])
+    shifted = export.run(flatbuffer, cifar_images)
+    shifted[0] += 0.01 * np.ptp(shifted)
+    given = export.agreement(model, None, cifar_images, logits=shifted)
+    assert given["logit_error"][0] > export.LOGIT_TOLERANCE and (given["logit_error"][1:] <= export.LOGIT_TOLERANCE).all()
+    with pytest.raises(ValueError, match=r"`logits` must be the .tflite's logits on the \d+ images"):
+        export.agreement(model, None, cifar_images, logits=shifted[:2])
 
     # The dense export computes every filter: another network, which the check must catch.
     other = export.agreement(model, export.convert(model, dynamic=False), cifar_images)

@@ -20,7 +20,7 @@ from ftwt_keras.export.runtime import run
 LOGIT_TOLERANCE = 1e-3
 
 
-def agreement(model, flatbuffer, images, num_threads=1, batch_size=250, api="interpreter"):
+def agreement(model, flatbuffer, images, num_threads=1, batch_size=250, api="interpreter", logits=None):
     """Runs `flatbuffer` and `model` on `images` and compares them per image.
 
     Args:
@@ -30,6 +30,9 @@ def agreement(model, flatbuffer, images, num_threads=1, batch_size=250, api="int
         num_threads: CPU threads of the `.tflite`.
         batch_size: Keras's batch size.
         api: the LiteRT API to run the `.tflite` with (`runtime.RUNTIMES`).
+        logits: `(N, classes)`, the `.tflite`'s logits on `images` computed
+            elsewhere (another machine: `edge/run_tflite.py`); then
+            `flatbuffer` is not run here (it may be None).
 
     Returns:
         A dict of `(N,)` arrays: `logit_error` (the largest absolute logit
@@ -41,6 +44,7 @@ def agreement(model, flatbuffer, images, num_threads=1, batch_size=250, api="int
 
     Raises:
         ExportError: `images` are not a batch of the model's input.
+        ValueError: `logits` are not one row of the model's classes per image.
 
     Example:
 
@@ -73,7 +77,13 @@ def agreement(model, flatbuffer, images, num_threads=1, batch_size=250, api="int
     margins, expected = zip(*flops.map_gate_records(model, images, nearest_gate, batch_size=batch_size,
                                                     with_outputs=True))
     expected = np.concatenate(expected)
-    actual = run(flatbuffer, images, num_threads, api)
+    if logits is None:
+        actual = run(flatbuffer, images, num_threads, api)
+    else:
+        actual = np.asarray(logits, np.float32)
+        if actual.shape != expected.shape:
+            raise ValueError(f"`logits` must be the .tflite's logits on the {len(images)} images, "
+                             f"{expected.shape}; got {actual.shape}.")
     logit_range = max(float(expected.max() - expected.min()), np.finfo(np.float32).tiny)
     return {
         "logit_error": np.abs(actual - expected).max(axis=1) / logit_range,

@@ -221,11 +221,28 @@ def cpu_name():
     name = None
     try:
         with open("/proc/cpuinfo") as file:
-            name = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), None)
+            name = _cpu_name_from(file.read())
     except OSError:
         pass
     name = name or platform.processor() or platform.machine() or "unknown CPU"
     return f"{name}, {os.cpu_count()} cores"
+
+
+def _cpu_name_from(cpuinfo):
+    """The CPU's name in a /proc/cpuinfo text: x86's model name; an ARM's hardware, or its cores' part numbers.
+
+    >>> _cpu_name_from("processor : 0\\nmodel name : AMD EPYC\\n")
+    'AMD EPYC'
+    >>> _cpu_name_from("CPU implementer : 0x41\\nCPU part : 0xd05\\n\\nCPU part : 0xd0b\\nCPU part : 0xd05\\n")
+    'ARM CPU parts 0xd05, 0xd0b'
+    """
+    fields = [[part.strip() for part in line.split(":", 1)] for line in cpuinfo.splitlines() if ":" in line]
+    for key in ("model name", "Hardware"):
+        value = next((value for name, value in fields if name == key and value), None)
+        if value:
+            return value
+    parts = sorted({value for name, value in fields if name == "CPU part"})
+    return f"ARM CPU parts {', '.join(parts)}" if parts else None
 
 
 def run(flatbuffer, images, num_threads=1, api="interpreter"):
