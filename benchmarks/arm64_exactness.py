@@ -8,7 +8,7 @@ A phone runs LiteRT's ARM64 kernels (NEON; XNNPACK's aarch64 micro-kernels),
 which sum in another order than the x86 ones every other check here runs:
 a gate whose logit lies near 0 could decide otherwise there. This exports
 each of --models as `edge/convert.py` does (calibrated on --calibration,
-policy `auto`, the signed file), runs it on --images here (LiteRT on this
+policy --policy, `auto` by default, the signed file), runs it on --images here (LiteRT on this
 CPU) and through --device_python, a command that starts Python on the other
 machine (it runs `edge/run_tflite.py`, which needs numpy, absl-py and
 ai-edge-litert only), once per LiteRT API of --apis, and compares each
@@ -41,6 +41,8 @@ flags.DEFINE_list("apis", ["interpreter", "compiled_model"], "The LiteRT APIs to
 flags.DEFINE_string("images", "cifar10:test[:1000]", "Images to check on (.npy, image folder or NAME:SPLIT), "
                     "resized to each model's input.")
 flags.DEFINE_string("calibration", "cifar10:train[:64]", "Calibration images of the exports (the same kinds).")
+flags.DEFINE_string("policy", "auto", "The exports' policy (`convert`'s: auto, chain, gather, dense or a keep cutoff): "
+                    "`chain` and `gather` compute every gated conv compactly, so that every compact kernel runs there.")
 flags.DEFINE_string("work_dir", "/tmp/ftwt_arm64", "Folder for the exports, images and logits exchanged.")
 flags.DEFINE_integer("timeout", 3600, "Seconds one run on the other machine may take.", lower_bound=1)
 flags.DEFINE_string("output", "benchmarks/results/arm64_exactness.json", "JSON file for the rows ('' to skip).")
@@ -79,6 +81,11 @@ def main(argv):
     from ftwt_keras.export import tflite
 
     rows = []
+    try:
+        policy = tflite.parse_policy(FLAGS.policy)
+    except export.ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     for path in FLAGS.models:
         label = _label(path)
         try:
@@ -95,7 +102,7 @@ def main(argv):
             if stale.endswith((".tflite", ".npz")):
                 os.remove(os.path.join(folder, stale))
         file = f"{label}.tflite"
-        exported = tflite.export_file(model, os.path.join(folder, file),
+        exported = tflite.export_file(model, os.path.join(folder, file), policy=policy,
                                       calibration=tflite.calibrate(model, calibration))
         np.save(os.path.join(folder, "images.npy"), np.asarray(images, np.float32))
         here = tflite.run(exported, images)
@@ -111,6 +118,7 @@ def main(argv):
             row = {
                 "model": label,
                 "images": int(len(images)),
+                "policy": FLAGS.policy,
                 "api": api,
                 "machine": machine,
                 "cpu": cpu,
