@@ -226,7 +226,7 @@ def _timed_here(model, flatbuffer, images, loops=3):
 
 
 def _through():
-    """", through LiteRT 2.x's CompiledModel" with --runtime=compiled_model; "" with the Interpreter (the default)."""
+    """The words naming --runtime in a printed line: none for the Interpreter (the default)."""
     return ", through LiteRT 2.x's CompiledModel" if FLAGS.runtime == "compiled_model" else ""
 
 
