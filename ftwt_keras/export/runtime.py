@@ -59,7 +59,7 @@ class _CompiledModelRunner:
             from ai_edge_litert.options import CpuOptions, Options
         except ImportError as error:
             raise ImportError("api='compiled_model' needs LiteRT 2.x's CompiledModel: pip install -U "
-                              f"'ai-edge-litert>=2' ({error}).") from error
+                              f"'ai-edge-litert>=2.3' ({error}).") from error
         options = Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=num_threads))
         if isinstance(flatbuffer, (str, os.PathLike)):
             self._model = CompiledModel.from_file(os.fspath(flatbuffer), options=options)
