@@ -20,11 +20,11 @@ def interpreter(flatbuffer, num_threads=1):
     from ai_edge_litert.interpreter import Interpreter
 
     if isinstance(flatbuffer, (str, os.PathLike)):
-        runner = Interpreter(model_path=os.fspath(flatbuffer), num_threads=num_threads)
+        loaded = Interpreter(model_path=os.fspath(flatbuffer), num_threads=num_threads)
     else:
-        runner = Interpreter(model_content=flatbuffer, num_threads=num_threads)
-    runner.allocate_tensors()
-    return runner
+        loaded = Interpreter(model_content=flatbuffer, num_threads=num_threads)
+    loaded.allocate_tensors()
+    return loaded
 
 
 class _InterpreterRunner:
