@@ -107,6 +107,7 @@ def main(argv):
         np.save(os.path.join(folder, "images.npy"), np.asarray(images, np.float32))
         here = tflite.run(exported, images)
         checked_here = tflite.agreement(model, None, images, logits=here)
+        logit_range = float(np.ptp(here)) or 1.0
         for api in FLAGS.apis:
             try:
                 logits, machine, cpu = _run_there(folder, api)
@@ -114,7 +115,6 @@ def main(argv):
                 print(f"error: {error}", file=sys.stderr)
                 return 1
             checked = tflite.agreement(model, None, images, logits=logits[file])
-            logit_range = float(np.ptp(here)) or 1.0
             row = {
                 "model": label,
                 "images": int(len(images)),
