@@ -18,41 +18,24 @@ With --model, a trained FTWT .keras instead: timed at its own input size, its
 masks from its predictors, on --images (default: CIFAR-10 test images at that
 size; your own: an image folder or a .npy), calibrated on --calibration.
 
-Each invoke is timed alone (batch 1, XNNPACK on, after warm-up), the models
+Each configuration runs `ftwt_keras.export.ExportSuite` (its docstring
+says what each export is): the dense and the dynamic export, timed side by
+side with the references that show where the gap goes (the dense model plus
+every mask predictor, `predictors_ms`; every layer masked but computed dense,
+`masked_dense_ms`), and, as flags ask, the network gated only where gates
+pay (`lean_*`: another model; on a trained one it costs accuracy, see
+`ungate`: read its speed-up against its own FLOPs reduction, or train one so
+with the recipes' --gate_only_paying and time it with
+benchmarks/trained_side_by_side.py), the capped model (`capped_*`: another
+model, `benchmarks/capped_accuracy.py` measures its accuracy), the dense model
+in full int8 (`dense_int8_ms`) and the capped model with int8 weights. Each
+invoke is timed alone (batch 1, XNNPACK on, after warm-up), the exports
 alternating image by image (with --loops N, N such loops, each with fresh
 interpreters in a rotated order: then the median over loops of each loop's
-median); the table gives medians and the interquartile
-spread, the measured speed-up and the ideal one (dense MACs / executed MACs,
-predictors included, from ftwt_keras.flops). Two reference exports run in the
-same loop to show where the gap goes: the dense model plus every mask
-predictor, not applied (`predictors_ms`: what the predictors, which every
-exact dynamic export runs, add to the dense model, at most: read by nothing on
-the main path, they may run after the last conv, see edge/README.md) and every layer masked but
-computed dense (`masked_dense_ms`). With calibration images (the default) a
-fifth export runs in the loop: the network gated only where the export turns
-masks into skipped work (`ftwt_keras.export.paying_gates`; the other gates
-removed with `ftwt_keras.ungate`; `lean_*` fields). With drawn masks the kept
-gates keep their masks: what a model trained with gates at those layers only
-would run. On a trained model it is another model, not a faster export of the
-same one: removing gates it was trained with costs most of its accuracy (see
-`ungate`), and the kept gates, reading other activations, give other masks
-(MobileNetV1-224 at r = 0.4 without its four early gates: 74.6% fewer MACs
-instead of 83.2%, docs/edge_results.md); read its speed-up against its own
-FLOPs reduction, or train one so (the recipes' --gate_only_paying) and time it
-(benchmarks/trained_side_by_side.py). A sixth (--capped_ratio, default 1.1; 0:
-off) where any layer compacts: the gated regular convs that the export computes compactly
-(`compacted_layers`) capped at that many times their mean count (`ftwt_keras.cap_gates`), so they compute
-exactly their caps with no overflow check or fallback (`capped_*` fields);
-also another model, whose accuracy cost
-`benchmarks/capped_accuracy.py` measures on a trained one. And the dense
-model in LiteRT's full-integer int8 (--int8_reference, on by default:
-`dense_int8_ms`, and the dynamic export's `speedup_vs_int8`), since every
-other export is float32 and an app may ship its dense net in int8; beside it
-the capped model with int8 weights (--capped_int8_weights, on by default:
-`capped_int8_weights_*` fields, `_vs_int8` against the dense int8 model),
-the dynamic export that comes closest to that model. Rows go to
---output as {"rows": [...]}, with the README's tables beside it
-(`<output>.md`) and a chart of measured and ideal speed-up against FLOPs
+median); rows give medians, the interquartile spread, the measured speed-up
+and the ideal one (dense MACs / executed MACs, predictors included, from
+ftwt_keras.flops). Rows go to --output as {"rows": [...]}, with the
+README's tables beside it (`<output>.md`) and a chart of measured and ideal speed-up against FLOPs
 reduction (`<output>.png`, needs matplotlib); `--plot_only` rewrites both
 from the JSON. With --device_dir the same exports are written for timing on a
 phone instead (LiteRT's benchmark_model over adb: run_on_device.sh beside
@@ -63,7 +46,6 @@ import functools
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The export is a TensorFlow graph built through Keras layers: Keras runs on TensorFlow here whatever
@@ -88,6 +70,8 @@ flags.DEFINE_string("calibration", None,
                     "at the model's input size.")
 flags.DEFINE_list("keeps", ["0.3", "0.5", "0.7", "1.0"], "Keep ratios per layer for drawn masks.")
 flags.DEFINE_list("threads", ["1", "2"], "Interpreter thread counts.")
+flags.register_validator("threads", lambda counts: bool(counts) and all(c.isdigit() and int(c) > 0 for c in counts),
+                         message="--threads takes positive ints.")
 flags.DEFINE_integer("num_images", 200, "Timed images per configuration (real CIFAR-10 test images, or --images).")
 flags.DEFINE_integer("warmup", 20, "Untimed invokes before timing.")
 flags.DEFINE_integer("loops", 1,
@@ -134,6 +118,17 @@ flags.DEFINE_string("drawn_capacities", "1.26",
                     "gave the demo model's gates, with no overflow on the 10,000 test images: "
                     "benchmarks/capacity_overflow.py; 1: no margin). 'binomial': the capacities calibration "
                     "would give if each filter were on independently with its layer's keep ratio.")
+
+
+def _capacity_rule(text):
+    try:
+        return text == "binomial" or float(text) >= 1.0
+    except ValueError:
+        return False
+
+
+flags.register_validator("drawn_capacities", _capacity_rule,
+                         message="--drawn_capacities takes 'binomial' or a number >= 1.")
 flags.DEFINE_enum("lean_plan", "rules", ["rules", "measured"],
                   "Where the network gated only where gates pay keeps its gates: 'rules' (`paying_gates`, cutoffs "
                   "measured on one x86 CPU) or 'measured' (`measured_paying_gates`: those, fewer until it times at "
@@ -142,6 +137,8 @@ flags.DEFINE_float("capped_ratio", 1.1,
                    "Also time the model with the convs the export compacts capped at this many times their mean "
                    "count (ftwt_keras.cap_gates; drawn masks: the count); 0: not. 1.1 cost the demo model no top-1 "
                    "(benchmarks/capped_accuracy.py).")
+flags.register_validator("capped_ratio", lambda ratio: ratio == 0 or ratio >= 1.0,
+                         message="--capped_ratio takes 0 (no capped model) or a ratio >= 1.")
 flags.DEFINE_bool("capped_int8_weights", True,
                   "Where the capped model is timed, also time it with int8 weights (LiteRT's dynamic-range "
                   "quantization, `convert(weight_dtype='int8')`: int8 weights, float32 activations), the dynamic "
@@ -192,124 +189,14 @@ def _calibration(size):
     return _cifar_images(f"train[:{FLAGS.calibration_images}]", size=size)
 
 
-def _calibrated(model, calibration, drawn):
-    """The `Calibration` the dynamic export uses (None without calibration images).
+def _suite():
+    """The `ExportSuite` the flags describe (an ExportError for a value it refuses)."""
+    from ftwt_keras.export import ExportSuite
 
-    With `drawn` masks (the same on every image) capacities get --drawn_capacities'
-    margin; a trained model's own masks set theirs.
-    """
-    from ftwt_keras.export import tflite
-
-    if calibration is None:
-        return None
-    calibrated = tflite.calibrate(model, calibration)
-    if not drawn:
-        return calibrated
-    if FLAGS.drawn_capacities == "binomial":
-        return calibrated.with_binomial_spread(model, num_images=len(calibration))
-    return calibrated.with_capacity_ratio(model, _drawn_capacity_ratio())
-
-
-def _drawn_capacity_ratio():
-    try:
-        ratio = float(FLAGS.drawn_capacities)
-    except ValueError:
-        ratio = 0.0
-    if ratio < 1.0:
-        raise app.UsageError(f"--drawn_capacities takes 'binomial' or a number >= 1; got {FLAGS.drawn_capacities!r}.")
-    return ratio
-
-
-def _dense_references(model, int8_images):
-    """`{"dense": float32}` and, with --int8_reference, `"dense_int8"`: the dense model in full int8.
-
-    `int8_images`: training-like images whose activations set the int8 ranges.
-    """
-    from ftwt_keras.export import tflite
-
-    references = {"dense": tflite.convert(model, dynamic=False)}
-    if FLAGS.int8_reference:
-        references["dense_int8"] = tflite.convert(model, dynamic=False, weight_dtype="int8",
-                                                  representative_images=int8_images)
-    return references
-
-
-def _measure(label, model, images, keep_label, references, calibration, device=None):
-    """Times one dynamic configuration against the dense model; returns table rows.
-
-    Four exports of the same weights run side by side: the dense model; the
-    dense model plus every mask predictor (not applied: what the predictors
-    alone cost); every layer masked but computed dense (policy
-    `dense`); and the dynamic export under test (`--policy`). With
-    calibration images a fifth: the network gated only at the layers that
-    pay in the export (`paying_gates`; the others `ungate`d: another model);
-    with --capped_ratio the capped model, and with --capped_int8_weights that
-    model with int8 weights. `references` holds the dense model (and with
-    --int8_reference its full-int8 export), made once for every row of a network.
-    The dynamic, lean and capped exports are made for each thread count timed
-    (`convert(num_threads=...)`: with more threads fewer layers compact).
-    With `device` (a `latency.DeviceFolder`) the exports are written there
-    instead of timed, and its entries returned.
-    """
-    import numpy as np
-
-    from ftwt_keras import flops
-    from ftwt_keras.export import latency, tflite
-
-    drawn = keep_label != "predicted"
-    calibrated = _calibrated(model, calibration, drawn)
-    # Drawn masks are the same on every image by construction, and stand in for masks that are
-    # not: a static-gate export would prune them away for good; keep every predictor running.
-    static = not drawn
-    shared = {
-        **references,
-        "predictors": tflite.convert(model, dynamic=False, with_predictors=True),
-        "masked_dense": tflite.convert(model, policy="dense", static_gates=static),
-    }
-    sample = images[: min(len(images), 64)]
-    executed = float(np.mean(flops.dynamic_macs(model, sample, batch_size=16)))
-    dense_macs = flops.count_macs(model)
-    masks = flops.gate_masks_of(model, sample[:16])
-    keep = float(np.mean([np.asarray(m).mean() for m in masks.values()]))
-    rows = []
-    for threads in (int(t) for t in FLAGS.threads):
-        tuned, extra = _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads,
-                                             references["dense"])
-        extra.update(dense_macs=dense_macs, capped_ratio=FLAGS.capped_ratio, lean_plan=FLAGS.lean_plan)
-        tflite.save(tuned["dynamic"], os.path.join(
-            FLAGS.tflite_dir, f"{label}_{images.shape[1]}_keep{keep_label}_threads{threads}.tflite"))
-        fields = {
-            "model": label,
-            "resolution": int(images.shape[1]),
-            "keep": round(keep, 3),
-            "threads": threads,
-            "flops_reduction": round(1.0 - executed / dense_macs, 3),
-            "ideal_speedup": round(dense_macs / executed, 3),
-            "images": int(len(images)),
-            "loops": FLAGS.loops,
-            "policy": FLAGS.policy,
-            "calibration_images": 0 if calibration is None else int(len(calibration)),
-            "drawn_capacities": FLAGS.drawn_capacities if calibration is not None and drawn else None,
-            "predictor_rank": model.gated_layers[-1].predictor_rank,
-            "gates": len(model.gated_layers),
-            "masks": keep_label if keep_label == "predicted" else f"random, keep {keep_label} per layer",
-            "cpu": tflite.cpu_name(),
-        }
-        exports = {**shared, **tuned}
-        if device is not None:
-            rows.append(device.add(fields, extra, exports))
-            print(f"{label:>16} {fields['resolution']:>4} keep={fields['keep']:<5} thr={threads}: "
-                  f"{len(exports)} exports written to {FLAGS.device_dir} [convert {extra['convert_seconds']:.0f}s]",
-                  flush=True)
-            continue
-        loops = tflite.loop_times(exports, images, FLAGS.loops, threads, FLAGS.warmup)
-        median = {name: 1e3 * float(np.median([np.median(times) for times in values])) for name, values in loops.items()}
-        spread = {name: 1e3 * float(np.median([np.percentile(times, 75) - np.percentile(times, 25) for times in values]))
-                  for name, values in loops.items()}
-        row = latency.latency_row(fields, extra, median, spread)
-        rows.append(row)
-        print(latency.row_summary(row, extra["convert_seconds"]), flush=True)
-    return rows
+    return ExportSuite(threads=[int(count) for count in FLAGS.threads], policy=FLAGS.policy, loops=FLAGS.loops,
+                       warmup=FLAGS.warmup, drawn_capacities=FLAGS.drawn_capacities, lean_plan=FLAGS.lean_plan,
+                       capped_ratio=FLAGS.capped_ratio, capped_int8_weights=FLAGS.capped_int8_weights,
+                       int8_reference=FLAGS.int8_reference, save_dir=FLAGS.tflite_dir)
 
 
 def _write_device_plan(device, images=None):
@@ -327,70 +214,13 @@ def _write_device_plan(device, images=None):
           f"--device_logs={FLAGS.device_dir} --device_name='<the phone>'")
 
 
-def _thread_tuned_exports(model, sample, calibration, calibrated, drawn, threads, dense_flatbuffer):
-    """The exports made for `threads` interpreter threads, and their conversion time, gate counts and MACs.
-
-    Dynamic: `model` under `--policy`. Lean (with calibration images): the
-    network gated only where gates pay for that many threads (the dense
-    model where none does). Capped (--capped_ratio, where any layer
-    compacts): the convs the export compacts capped at that ratio; the caps
-    are taken off `model` again.
-    """
-    import numpy as np
-
-    import ftwt_keras as fk
-    from ftwt_keras import flops
-    from ftwt_keras.export import tflite
-
-    policy, static = _policy(), not drawn
-    start = time.time()
-    exports = {"dynamic": tflite.convert(model, policy=policy, calibration=calibrated, static_gates=static,
-                                         num_threads=threads)}
-    extra = {"convert_seconds": time.time() - start}
-    if calibration is not None:
-        if FLAGS.lean_plan == "measured":
-            plan = tflite.measured_paying_gates(model, calibrated, sample, num_threads=threads, static_gates=static,
-                                                loops=2, warmup=FLAGS.warmup)
-            print(f"{'':>16} measured plan ({threads} thread(s)), gates kept: ms against dense's: "
-                  + ", ".join(f"{count}: {ms:.2f} / {dense_ms:.2f}" for count, ms, dense_ms in plan.tried), flush=True)
-            kept_gates = set(plan.gates)  # static ones included
-        else:
-            kept_gates = set(tflite.kept_gates(model, calibrated, threads, static))  # the export's capacities
-        lean = fk.ungate(model, [layer.name for layer in model.gated_layers if layer.name not in kept_gates])
-        extra.update(lean_gates=len(kept_gates),
-                     lean_executed=float(np.mean(flops.dynamic_macs(lean, sample, batch_size=16))))
-        exports["lean"] = (tflite.convert(lean, policy=policy, calibration=_calibrated(lean, calibration, drawn),
-                                          static_gates=static, num_threads=threads)
-                           if kept_gates else dense_flatbuffer)
-    if FLAGS.capped_ratio:
-        compacted = tflite.cap_compacted_gates(model, sample if calibration is None else calibration,
-                                               ratio=FLAGS.capped_ratio, policy=policy, num_threads=threads,
-                                               static_gates=static)
-        if compacted:
-            capped_calibration = None
-            if calibration is not None:
-                capped_calibration = tflite.calibrate(model, calibration)
-                if drawn:  # the count itself; the caps (the same ratio) bound it
-                    capped_calibration = capped_calibration.with_capacity_ratio(model, FLAGS.capped_ratio)
-            exports["capped"] = tflite.convert(model, policy=policy, calibration=capped_calibration,
-                                               static_gates=static, num_threads=threads)
-            if FLAGS.capped_int8_weights:
-                exports["capped_int8_weights"] = tflite.convert(
-                    model, policy=policy, calibration=capped_calibration, static_gates=static, num_threads=threads,
-                    weight_dtype="int8")
-            extra.update(capped_gates=len(compacted),
-                         capped_executed=float(np.mean(flops.dynamic_macs(model, sample, batch_size=16))))
-            fk.set_gate_capacities(model, {name: None for name in compacted})
-    return exports, extra
-
-
-def _per_layer(resolution, images, calibration, predictor_ranks):
+def _per_layer(suite, resolution, images, calibration, predictor_ranks):
     """Prints (and returns as Markdown) per-layer dense and dynamic times of --network."""
     import ftwt_keras as fk
     from ftwt_keras.export import tflite
 
     base = _random_network(resolution)
-    keep, threads = float(FLAGS.keeps[0]), int(FLAGS.threads[0])
+    keep, threads = float(FLAGS.keeps[0]), suite.threads[0]
     lines = []
     for rank in predictor_ranks:
         model = fk.gate(base, predictor_rank=rank, layers_to_gate=_gateable)
@@ -398,8 +228,8 @@ def _per_layer(resolution, images, calibration, predictor_ranks):
         predictors = "full" if rank is None else f"rank {rank}"
         print(f"{resolution}x{resolution}, {predictors} predictors, keep {keep} per layer, {threads} thread(s): "
               f"per-layer times from truncated exports ({2 * len(model.gated_layers)} conversions)...", flush=True)
-        rows = tflite.layer_times(model, images, policy=_policy(),
-                                  calibration=_calibrated(model, calibration, drawn=True), num_threads=threads,
+        rows = tflite.layer_times(model, images, policy=suite.policy,
+                                  calibration=suite.calibrated(model, calibration, drawn=True), num_threads=threads,
                                   warmup=FLAGS.warmup, static_gates=False)
         lines += [f"\n{resolution}x{resolution}, {predictors} predictors, keep {keep}, {threads} thread(s), "
                   f"policy {FLAGS.policy}:\n", "| layer | dense | dynamic |", "|---|---|---|"]
@@ -411,7 +241,7 @@ def _per_layer(resolution, images, calibration, predictor_ranks):
     return text
 
 
-def _run_mode(resolution, images, calibration, predictor_ranks, device=None):
+def _run_mode(suite, resolution, images, calibration, predictor_ranks, device=None):
     import ftwt_keras as fk
     from ftwt_keras.export import tflite
 
@@ -424,11 +254,12 @@ def _run_mode(resolution, images, calibration, predictor_ranks, device=None):
               "per layer (not predicted by trained gates).", flush=True)
         model = fk.gate(base, predictor_rank=rank, layers_to_gate=_gateable)
         if references is None:  # the same dense network for every predictor rank
-            references = _dense_references(model, _cifar_images("train[:32]", resolution))
+            references = suite.references(model, _cifar_images("train[:32]", resolution))
             tflite.save(references["dense"], os.path.join(FLAGS.tflite_dir, f"{label}_{resolution}_dense.tflite"))
         for keep in FLAGS.keeps:
             tflite.set_keep_ratio(model, float(keep), seed=0)
-            rows += _measure(label, model, images, keep, references, calibration, device)
+            rows += suite.measure(model, images, label, drawn_keep=float(keep), calibration=calibration,
+                                  references=references, device=device)
     return rows
 
 
@@ -460,12 +291,12 @@ def _model_images(model):
     return images, calibration, int8_images
 
 
-def _run_model(model, images, calibration, int8_images, device=None):
+def _run_model(suite, model, images, calibration, int8_images, device=None):
     """The rows of --model: its own masks, on `images`."""
     print(f"Trained model {FLAGS.model}, masks from its predictors, {len(images)} images "
           f"({FLAGS.images or 'CIFAR-10 test'}).", flush=True)
     label = os.path.basename(FLAGS.model).replace(".keras", "")
-    return _measure(label, model, images, "predicted", _dense_references(model, int8_images), calibration, device)
+    return suite.measure(model, images, label, calibration=calibration, int8_images=int8_images, device=device)
 
 
 def _random_network(resolution):
@@ -506,13 +337,6 @@ def _gateable(layer):
 
 def _network_label():
     return f"{FLAGS.network}_{FLAGS.alpha:g}" if FLAGS.network in ("mobilenet_v1", "mobilenet_v2") else FLAGS.network
-
-
-def _policy():
-    """--policy as `convert` takes it (an ExportError for a bad value)."""
-    from ftwt_keras.export import tflite
-
-    return tflite.parse_policy(FLAGS.policy)
 
 
 def _predictor_ranks():
@@ -560,22 +384,20 @@ def main(argv):
         raise app.UsageError(f"--device_images must be between 1 and --num_images ({FLAGS.num_images}); got "
                              f"{FLAGS.device_images}.")
     predictor_ranks = _predictor_ranks()  # refuses a bad list before any conversion
-    if FLAGS.drawn_capacities != "binomial":
-        _drawn_capacity_ratio()  # likewise
     device = latency.DeviceFolder(FLAGS.device_dir) if FLAGS.device_dir else None
-    measure = _per_layer if FLAGS.per_layer else functools.partial(_run_mode, device=device)
     sizes = ((32, "cifar"), (FLAGS.imagenet_size, "imagenet"))
     resolutions = [size for size, mode in sizes if FLAGS.mode in (mode, "both")]
     model_images = None
     try:
-        _policy()  # refuses a bad value before any conversion
+        suite = _suite()  # refuses a bad --policy before any conversion
+        measure = _per_layer if FLAGS.per_layer else functools.partial(_run_mode, device=device)
         if FLAGS.model:
             model = tflite.load_ftwt_model(FLAGS.model)
             model_images, calibration, int8_images = _model_images(model)
-            results = [_run_model(model, model_images, calibration, int8_images, device)]
+            results = [_run_model(suite, model, model_images, calibration, int8_images, device)]
         else:
-            results = [measure(size, _cifar_images(f"test[:{FLAGS.num_images}]", size=size), _calibration(size),
-                               predictor_ranks) for size in resolutions]
+            results = [measure(suite, size, _cifar_images(f"test[:{FLAGS.num_images}]", size=size),
+                               _calibration(size), predictor_ranks) for size in resolutions]
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

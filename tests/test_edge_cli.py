@@ -554,9 +554,12 @@ def test_benchmark_times_drawn_masks_with_the_capacity_margin_asked_for(tmp_path
     assert rows[0]["dynamic_ms"] > 0
     shared = ("--alpha=0.25", "--keeps=0.3", "--threads=1", "--num_images=3", f"--output={tmp_path / 'bad.json'}")
     said, _ = refusals(os.path.join(ROOT, "edge", "benchmark.py"), (*shared, "--drawn_capacities=0.5"),
-                       (*shared, "--mode=imagenet", "--imagenet_size=32"))
+                       (*shared, "--mode=imagenet", "--imagenet_size=32"), (*shared, "--capped_ratio=0.5"),
+                       (*shared, "--threads=1,0"), (*shared, "--policy=fastest"))
     assert "--drawn_capacities takes 'binomial' or a number >= 1" in said[0]
     assert "--imagenet_size must be larger than 32" in said[1]
+    assert "--capped_ratio takes 0 (no capped model) or a ratio >= 1" in said[2]
+    assert "--threads takes positive ints" in said[3] and "Policy must be one of" in said[4]
     assert not (tmp_path / "bad.json").exists()
 
 

@@ -4,12 +4,13 @@
 flatbuffer that computes only each image's active filters (needs TensorFlow).
 Its parts: `checks` (what the exporter accepts), `calibration` (keep ratios
 and capacities from images), `planning` (which layers compute compactly,
-which gates pay), `measured` (which gates pay, by timing on this machine), `candidates`
-(the same choice timed on a device without Python), `device` (the adb script that times
-exports there, and its output read back), `latency` (rows of timed exports, their tables and
-chart, here or on a device: `edge/benchmark.py`'s),
-`builder` (the TensorFlow graph), `runtime` (running and timing a `.tflite`),
-`agreement` (a `.tflite` against its Keras model, image by image)
+which gates pay), `measured` (which gates pay, by timing on this machine),
+`candidates` (the same choice timed on a device without Python), `device`
+(the adb script that times exports there, and its output read back),
+`latency` (rows of timed exports, their tables and chart, here or on a
+device), `suite` (a model's exports timed side by side: `edge/benchmark.py`'s
+rows), `builder` (the TensorFlow graph), `runtime` (running and timing a
+`.tflite`), `agreement` (a `.tflite` against its Keras model, image by image)
 and `drawn_masks` (stand-ins for trained masks).
 """
 
@@ -21,6 +22,7 @@ from ftwt_keras.export.tflite import (
     Calibration,
     DeviceRun,
     ExportError,
+    ExportSuite,
     SIGNATURE_KEY,
     WEIGHT_DTYPES,
     TimedPlan,
@@ -68,6 +70,7 @@ __all__ = [
     "LOGIT_TOLERANCE",
     "RUNTIMES",
     "ExportError",
+    "ExportSuite",
     "SIGNATURE_KEY",
     "TimedPlan",
     "WEIGHT_DTYPES",

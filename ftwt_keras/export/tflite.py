@@ -46,8 +46,8 @@ batch norm as one kernel and bias), `compact` (activations carried with some
 channels only, and gate masks), `runtime` (running and timing a `.tflite`),
 `agreement` (a `.tflite` against its Keras model, image by image), `measured`
 (which gates pay, by timing), `drawn_masks` (stand-ins for trained masks in
-benchmarks), and this module: conversion, which re-exports the public names
-of the others.
+benchmarks), `suite` (a model's exports timed side by side), and this
+module: conversion, which re-exports the public names of the others.
 """
 
 import os
@@ -117,6 +117,7 @@ from ftwt_keras.export.runtime import (
     time_invokes,
     time_side_by_side,
 )
+from ftwt_keras.export.suite import LEAN_PLANS, ExportSuite
 
 
 def convert(model, dynamic=True, policy="auto", with_predictors=False, calibration_images=None, stop_at=None,
@@ -471,12 +472,14 @@ __all__ = [
     "AUTO_MULTITHREAD_CHAIN_CUTOFF",
     "AUTO_MULTITHREAD_INPUT_CUTOFF",
     "CAPACITY_STDS",
+    "LEAN_PLANS",
     "LOGIT_TOLERANCE",
     "Calibration",
     "Compact",
     "DEVICE_SCRIPT",
     "DeviceRun",
     "ExportError",
+    "ExportSuite",
     "FoldedUnit",
     "POLICIES",
     "RUNTIMES",
