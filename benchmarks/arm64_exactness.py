@@ -106,7 +106,8 @@ def main(argv):
                                       calibration=tflite.calibrate(model, calibration))
         np.save(os.path.join(folder, "images.npy"), np.asarray(images, np.float32))
         here = tflite.run(exported, images)
-        checked_here = tflite.agreement(model, None, images, logits=here)
+        reference = tflite.keras_reference(model, images)  # one Keras pass for every check below
+        checked_here = tflite.agreement(model, None, images, logits=here, reference=reference)
         logit_range = float(np.ptp(here)) or 1.0
         for api in FLAGS.apis:
             try:
@@ -114,7 +115,7 @@ def main(argv):
             except (OSError, RuntimeError, subprocess.TimeoutExpired) as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 1
-            checked = tflite.agreement(model, None, images, logits=logits[file])
+            checked = tflite.agreement(model, None, images, logits=logits[file], reference=reference)
             row = {
                 "model": label,
                 "images": int(len(images)),

@@ -36,6 +36,17 @@ def test_agreement_passes_the_export_and_fails_another_network(cifar_images):
     assert given["logit_error"][0] > export.LOGIT_TOLERANCE and (given["logit_error"][1:] <= export.LOGIT_TOLERANCE).all()
     with pytest.raises(ValueError, match=r"`logits` must be the .tflite's logits on the \d+ images"):
         export.agreement(model, None, cifar_images, logits=shifted[:2])
+    # Keras's side computed once for several checks: the same answers, and the given reference is what is compared.
+    reference = export.keras_reference(model, cifar_images)
+    again = export.agreement(model, None, cifar_images, logits=shifted, reference=reference)
+    for key in given:
+        np.testing.assert_array_equal(again[key], given[key])
+    moved = dict(reference, logits=reference["logits"].copy())
+    moved["logits"][1:] += np.ptp(reference["logits"])
+    moved_check = export.agreement(model, None, cifar_images, logits=shifted, reference=moved)
+    assert (moved_check["logit_error"][1:] > export.LOGIT_TOLERANCE).all()
+    with pytest.raises(ValueError, match=r"`reference` must be `keras_reference` on these \d+ images"):
+        export.agreement(model, None, cifar_images[:2], logits=shifted[:2], reference=reference)
 
     # The dense export computes every filter: another network, which the check must catch.
     other = export.agreement(model, export.convert(model, dynamic=False), cifar_images)

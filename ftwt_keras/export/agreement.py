@@ -20,41 +20,17 @@ from ftwt_keras.export.runtime import run
 LOGIT_TOLERANCE = 1e-3
 
 
-def agreement(model, flatbuffer, images, num_threads=1, batch_size=250, api="interpreter", logits=None):
-    """Runs `flatbuffer` and `model` on `images` and compares them per image.
+def keras_reference(model, images, batch_size=250):
+    """What `agreement` compares a `.tflite` with: Keras's logits on `images` and each image's nearest gate.
 
-    Args:
-        model: the `FTWTModel` the `.tflite` was exported from.
-        flatbuffer: the `.tflite` bytes or path (batch 1, as `convert` writes it).
-        images: `(N, H, W, C)` raw pixels, as the model takes them.
-        num_threads: CPU threads of the `.tflite`.
-        batch_size: Keras's batch size.
-        api: the LiteRT API to run the `.tflite` with (`runtime.RUNTIMES`).
-        logits: `(N, classes)`, the `.tflite`'s logits on `images` computed
-            elsewhere (another machine: `edge/run_tflite.py`); then
-            `flatbuffer` is not run here (it may be None).
+    One Keras pass; pass the result as `agreement(..., reference=)` to check several `.tflite` runs on
+    the same images (other APIs, other machines) against one pass.
 
     Returns:
-        A dict of `(N,)` arrays: `logit_error` (the largest absolute logit
-        difference, as a fraction of the range of Keras's logits over all
-        `images`), `same_top1` (bool) and `gate_margin` (how near the image's
-        nearest gate is to flipping in Keras: its smallest |gate logit|, or
-        in a capped layer whose cap binds, if smaller, the gap between the
-        k-th largest logit and the next).
+        A dict: `logits` `(N, classes)` and `gate_margin` `(N,)` (see `agreement`).
 
     Raises:
         ExportError: `images` are not a batch of the model's input.
-        ValueError: `logits` are not one row of the model's classes per image.
-
-    Example:
-
-    >>> import numpy as np, ftwt_keras as fk
-    >>> from ftwt_keras import export
-    >>> model = fk.gate(fk.models.resnet_cifar(depth=20))
-    >>> images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
-    >>> checked = export.agreement(model, export.convert(model), images)
-    >>> bool(checked["same_top1"].all()), bool((checked["logit_error"] <= export.LOGIT_TOLERANCE).all())
-    (True, True)
     """
     from keras import ops
 
@@ -74,9 +50,57 @@ def agreement(model, flatbuffer, images, num_threads=1, batch_size=250, api="int
 
     images = checked_images(images, _graph.as_functional(model.network), what="The images to check")
     # One Keras pass for both the logits and the gates (as `predict` computes them).
-    margins, expected = zip(*flops.map_gate_records(model, images, nearest_gate, batch_size=batch_size,
-                                                    with_outputs=True))
-    expected = np.concatenate(expected)
+    margins, logits = zip(*flops.map_gate_records(model, images, nearest_gate, batch_size=batch_size,
+                                                  with_outputs=True))
+    return {"logits": np.concatenate(logits), "gate_margin": np.concatenate(margins)}
+
+
+def agreement(model, flatbuffer, images, num_threads=1, batch_size=250, api="interpreter", logits=None,
+              reference=None):
+    """Runs `flatbuffer` and `model` on `images` and compares them per image.
+
+    Args:
+        model: the `FTWTModel` the `.tflite` was exported from.
+        flatbuffer: the `.tflite` bytes or path (batch 1, as `convert` writes it).
+        images: `(N, H, W, C)` raw pixels, as the model takes them.
+        num_threads: CPU threads of the `.tflite`.
+        batch_size: Keras's batch size.
+        api: the LiteRT API to run the `.tflite` with (`runtime.RUNTIMES`).
+        logits: `(N, classes)`, the `.tflite`'s logits on `images` computed
+            elsewhere (another machine: `edge/run_tflite.py`); then
+            `flatbuffer` is not run here (it may be None).
+        reference: `keras_reference(model, images)`, computed once for
+            several checks on the same images; then Keras is not run here.
+
+    Returns:
+        A dict of `(N,)` arrays: `logit_error` (the largest absolute logit
+        difference, as a fraction of the range of Keras's logits over all
+        `images`), `same_top1` (bool) and `gate_margin` (how near the image's
+        nearest gate is to flipping in Keras: its smallest |gate logit|, or
+        in a capped layer whose cap binds, if smaller, the gap between the
+        k-th largest logit and the next).
+
+    Raises:
+        ExportError: `images` are not a batch of the model's input.
+        ValueError: `logits` or `reference` are not one row per image.
+
+    Example:
+
+    >>> import numpy as np, ftwt_keras as fk
+    >>> from ftwt_keras import export
+    >>> model = fk.gate(fk.models.resnet_cifar(depth=20))
+    >>> images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    >>> checked = export.agreement(model, export.convert(model), images)
+    >>> bool(checked["same_top1"].all()), bool((checked["logit_error"] <= export.LOGIT_TOLERANCE).all())
+    (True, True)
+    """
+    images = checked_images(images, _graph.as_functional(model.network), what="The images to check")
+    if reference is None:
+        reference = keras_reference(model, images, batch_size)
+    expected = np.asarray(reference["logits"], np.float32)
+    if len(expected) != len(images) or len(reference["gate_margin"]) != len(images):
+        raise ValueError(f"`reference` must be `keras_reference` on these {len(images)} images; it holds "
+                         f"{len(expected)} images' logits.")
     if logits is None:
         actual = run(flatbuffer, images, num_threads, api)
     else:
@@ -88,7 +112,7 @@ def agreement(model, flatbuffer, images, num_threads=1, batch_size=250, api="int
     return {
         "logit_error": np.abs(actual - expected).max(axis=1) / logit_range,
         "same_top1": actual.argmax(axis=1) == expected.argmax(axis=1),
-        "gate_margin": np.concatenate(margins),
+        "gate_margin": np.asarray(reference["gate_margin"]),
     }
 
 
@@ -115,4 +139,4 @@ def agreement_report(checked, tolerance=LOGIT_TOLERANCE):
     return line + "."
 
 
-__all__ = ["LOGIT_TOLERANCE", "agreement", "agreement_report"]
+__all__ = ["LOGIT_TOLERANCE", "agreement", "agreement_report", "keras_reference"]

@@ -55,7 +55,7 @@ import os
 import numpy as np
 
 from ftwt_keras import _graph
-from ftwt_keras.export.agreement import LOGIT_TOLERANCE, agreement, agreement_report
+from ftwt_keras.export.agreement import LOGIT_TOLERANCE, agreement, agreement_report, keras_reference
 from ftwt_keras.export.builder import _Builder
 from ftwt_keras.export.compact import Compact
 from ftwt_keras.export.folding import FoldedUnit, fold_batch_norm
@@ -504,6 +504,7 @@ __all__ = [
     "gate_candidates",
     "gate_counts",
     "interpreter",
+    "keras_reference",
     "kept_gates",
     "layer_times",
     "load_calibration_images",
