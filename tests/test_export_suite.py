@@ -8,7 +8,7 @@ import pytest
 import ftwt_keras as fk
 from conftest import short_mobilenet
 from ftwt_keras import flops
-from ftwt_keras.export import ExportError, ExportSuite, set_keep_ratio
+from ftwt_keras.export import ExportError, ExportSuite, latency, set_keep_ratio
 
 
 @pytest.mark.parametrize("options, said", [
@@ -82,3 +82,5 @@ def test_suite_on_a_models_own_masks_without_calibration_times_the_per_image_exp
     assert capsys.readouterr().out == ""
     with pytest.raises(ExportError, match="`int8_reference` needs `int8_images`"):
         ExportSuite().references(model)
+    with pytest.raises(ExportError, match="lean_plan='measured' times the lean network here"):
+        ExportSuite(lean_plan="measured").measure(model, cifar_images[:2], "own", device=latency.DeviceFolder("x"))

@@ -168,9 +168,15 @@ class ExportSuite:
 
         Returns:
             A list of `latency_row` dicts (with `device`: of `DeviceFolder.add` entries).
+
+        Raises:
+            ExportError: what the export refuses, or `device` with `lean_plan="measured"`.
         """
         from ftwt_keras.export.tflite import convert, save  # tflite re-exports this module's names
 
+        if device is not None and self.lean_plan == "measured":
+            raise ExportError("lean_plan='measured' times the lean network here, but `device` times the exports on "
+                              "another device: use lean_plan='rules' there (or `edge/candidates.py`).")
         drawn = drawn_keep is not None
         if references is None:
             int8_images = int8_images if int8_images is not None else (
