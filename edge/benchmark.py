@@ -120,14 +120,14 @@ flags.DEFINE_string("drawn_capacities", "1.26",
                     "would give if each filter were on independently with its layer's keep ratio.")
 
 
-def _capacity_rule(text):
+def _valid_drawn_capacities(text):
     try:
         return text == "binomial" or float(text) >= 1.0
     except ValueError:
         return False
 
 
-flags.register_validator("drawn_capacities", _capacity_rule,
+flags.register_validator("drawn_capacities", _valid_drawn_capacities,
                          message="--drawn_capacities takes 'binomial' or a number >= 1.")
 flags.DEFINE_enum("lean_plan", "rules", ["rules", "measured"],
                   "Where the network gated only where gates pay keeps its gates: 'rules' (`paying_gates`, cutoffs "

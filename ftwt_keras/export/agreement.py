@@ -26,6 +26,11 @@ def keras_reference(model, images, batch_size=250):
     One Keras pass; pass the result as `agreement(..., reference=)` to check several `.tflite` runs on
     the same images (other APIs, other machines) against one pass.
 
+    Args:
+        model: the `FTWTModel` the `.tflite` files were exported from.
+        images: `(N, H, W, C)` raw pixels, as the model takes them.
+        batch_size: Keras's batch size.
+
     Returns:
         A dict: `logits` `(N, classes)` and `gate_margin` `(N,)` (see `agreement`).
 
