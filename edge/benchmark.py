@@ -53,7 +53,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["KERAS_BACKEND"] = "tensorflow"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "both", ["cifar", "imagenet", "both"], "What to time.")
@@ -349,6 +349,8 @@ def _predictor_ranks():
 def main(argv):
     from ftwt_keras.export import ExportError, latency, tflite
 
+    if not FLAGS["verbosity"].present:  # absl's app would print TensorFlow's and tfds's INFO lines
+        logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.plot_only:

@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["KERAS_BACKEND"] = "tensorflow"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("baseline", None, "Step 1: the dense baseline (.keras) FTWT training will gate.")
@@ -56,6 +56,8 @@ flags.DEFINE_float("margin", 0.01, "Step 3: how much faster than dense a candida
 
 
 def main(argv):
+    if not FLAGS["verbosity"].present:  # absl's app would print TensorFlow's and tfds's INFO lines
+        logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if bool(FLAGS.pick) == bool(FLAGS.baseline):

@@ -75,12 +75,16 @@ def test_convert_cli_prunes_decided_gates_unless_told_not_to(tmp_path, cifar_ima
                           f"--output={tmp_path / f'{flag}.tflite'}", flag, *more, timeout=300)
 
     gated, first = len(model.gated_layers), model.gated_layers[0].name
+    python_info = re.compile(r"^I\d{4} [\d:.]+ +\d+ \S+\.py:\d+\]", re.M)  # an absl INFO line of a Python module
     for flag, more, pruned in (("--static_gates", (), f"1 of {gated} gated layers pruned by their predictors' "
                                 f"weights: {first}."),
-                               ("--nostatic_gates", ("--threads=2",), f"0 of {gated} gated layers pruned")):
+                               ("--nostatic_gates", ("--threads=2", "--verbosity=0"),
+                                f"0 of {gated} gated layers pruned")):
         result = convert(flag, *more)
         assert result.returncode == 0, result.stderr[-2000:]
         assert pruned in result.stdout and "Pass --calibration" in result.stdout
+        # TensorFlow's converter logs at INFO: absl's app shows that only when asked (--verbosity=0).
+        assert bool(python_info.search(result.stderr)) == ("--verbosity=0" in more), result.stderr[-2000:]
         flatbuffer = open(tmp_path / f"{flag}.tflite", "rb").read()
         assert_same_logits(flatbuffer, model, cifar_images[:8])
         softmaxes[flag] = export.op_names(flatbuffer).count("SOFTMAX")
