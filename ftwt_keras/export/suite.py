@@ -177,6 +177,7 @@ class ExportSuite:
         if device is not None and self.lean_plan == "measured":
             raise ExportError("lean_plan='measured' times the lean network here, but `device` times the exports on "
                               "another device: use lean_plan='rules' there (or `edge/candidates.py`).")
+        images = np.asarray(images, np.float32)
         drawn = drawn_keep is not None
         if references is None:
             int8_images = int8_images if int8_images is not None else (
