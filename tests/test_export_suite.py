@@ -82,5 +82,7 @@ def test_suite_on_a_models_own_masks_without_calibration_times_the_per_image_exp
     assert capsys.readouterr().out == ""
     with pytest.raises(ExportError, match="`int8_reference` needs `int8_images`"):
         ExportSuite().references(model)
+    with pytest.raises(ExportError, match=r"drawn_keep=0.3 labels masks drawn by `set_keep_ratio`.*'own''s masks vary"):
+        suite.measure(model, cifar_images[:4], "own", drawn_keep=0.3, references=references)
     with pytest.raises(ExportError, match="lean_plan='measured' times the lean network here"):
         ExportSuite(lean_plan="measured").measure(model, cifar_images[:2], "own", device=latency.DeviceFolder("x"))

@@ -157,7 +157,8 @@ class ExportSuite:
             model: an `FTWTModel`, with its own masks or masks drawn by `set_keep_ratio`.
             images: `(N, H, W, 3)` raw pixels, each timed alone.
             label: the rows' `model` field (and the saved files' names).
-            drawn_keep: the keep ratio the masks were drawn at (None: the model's own masks).
+            drawn_keep: the keep ratio `set_keep_ratio` drew the masks at (None: the model's own masks,
+                which vary by image).
             calibration: training-like raw images for `calibrate` (static capacities, the lean network);
                 None: no lean network, and the export chooses per image with a builtin IF.
             references: `references(model, ...)`, made once per network (None: made here).
@@ -170,7 +171,8 @@ class ExportSuite:
             A list of `latency_row` dicts (with `device`: of `DeviceFolder.add` entries).
 
         Raises:
-            ExportError: what the export refuses, or `device` with `lean_plan="measured"`.
+            ExportError: what the export refuses; `drawn_keep` with masks that vary by image; `device`
+                with `lean_plan="measured"`.
         """
         from ftwt_keras.export.tflite import convert, save  # tflite re-exports this module's names
 
@@ -195,8 +197,12 @@ class ExportSuite:
         sample = images[:_MAC_IMAGES]
         executed = float(np.mean(flops.dynamic_macs(model, sample, batch_size=16)))
         dense_macs = flops.count_macs(model)
-        masks = flops.gate_masks_of(model, sample[:16])
-        keep = float(np.mean([np.asarray(mask).mean() for mask in masks.values()]))
+        masks = {name: np.asarray(mask) for name, mask in flops.gate_masks_of(model, sample[:16]).items()}
+        if drawn and not all((mask == mask[:1]).all() for mask in masks.values()):
+            raise ExportError(f"drawn_keep={drawn_keep} labels masks drawn by `set_keep_ratio` (the same on every "
+                              f"image), but '{label}''s masks vary by image: draw them first "
+                              f"(export.set_keep_ratio(model, {drawn_keep})), or leave out drawn_keep.")
+        keep = float(np.mean([mask.mean() for mask in masks.values()]))
         keep_label = f"{float(drawn_keep)}" if drawn else "predicted"
         rows = []
         for threads in self.threads:
