@@ -74,9 +74,8 @@ def main(argv):
         print(f"{name}: {len(images)} images run ({FLAGS.api}, {runtime.platform.machine()}).", flush=True)
     if FLAGS.loops:
         loops = runtime.loop_times(paths, images, FLAGS.loops, FLAGS.threads, api=FLAGS.api)
-        for name, values in loops.items():
-            results[f"seconds/{name}"] = np.array(values)
-            median = 1e3 * float(np.median([np.median(loop) for loop in values]))
+        for name, median in runtime.medians_over_loops(loops).items():
+            results[f"seconds/{name}"] = np.array(loops[name])
             print(f"{name}: {median:.3f} ms (median over {FLAGS.loops} side-by-side loops of each loop's median).")
     np.savez(FLAGS.output, **results)
     print(f"Wrote the logits of {len(files)} files on {len(images)} images to {FLAGS.output}.")

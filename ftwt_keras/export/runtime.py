@@ -204,8 +204,12 @@ def loop_medians(flatbuffers, images, repeats, num_threads=1, warmup=10, api="in
 
 def median_ms(flatbuffers, images, repeats, num_threads=1, warmup=10, api="interpreter"):
     """`{name: ms}`: the median over `repeats` side-by-side loops of each loop's median (`loop_medians`)."""
-    return {name: float(np.median(values))
-            for name, values in loop_medians(flatbuffers, images, repeats, num_threads, warmup, api).items()}
+    return medians_over_loops(loop_times(flatbuffers, images, repeats, num_threads, warmup, api))
+
+
+def medians_over_loops(loops):
+    """`{name: ms}` from `loop_times`'s `{name: [seconds of each loop]}`: the median of each loop's median."""
+    return {name: float(np.median([1e3 * np.median(times) for times in values])) for name, values in loops.items()}
 
 
 def cpu_name():

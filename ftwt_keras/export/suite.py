@@ -57,7 +57,7 @@ from ftwt_keras.export.drawn_masks import DRAWN_CAPACITY_RATIO
 from ftwt_keras.export.latency import latency_row, row_summary
 from ftwt_keras.export.measured import measured_paying_gates
 from ftwt_keras.export.planning import cap_compacted_gates, kept_gates, parse_policy
-from ftwt_keras.export.runtime import cpu_name, loop_times
+from ftwt_keras.export.runtime import cpu_name, loop_times, medians_over_loops
 from ftwt_keras.gating import ungate
 
 LEAN_PLANS = ("rules", "measured")
@@ -236,8 +236,7 @@ class ExportSuite:
                           f"{len(exports)} exports written to {device.folder} [convert {extra['convert_seconds']:.0f}s]")
                 continue
             loops = loop_times(exports, images, self.loops, threads, self.warmup)
-            median = {name: 1e3 * float(np.median([np.median(times) for times in values]))
-                      for name, values in loops.items()}
+            median = medians_over_loops(loops)
             spread = {name: 1e3 * float(np.median([np.percentile(times, 75) - np.percentile(times, 25)
                                                    for times in values]))
                       for name, values in loops.items()}
